@@ -1,0 +1,143 @@
+"""The exceptions fusekit raises.
+
+Every error fusekit raises on purpose derives from :class:`FusekitError`, and also from the
+builtin exception a caller would expect (``InvalidModel`` is a ``ValueError``, ``UnknownSlot`` a
+``KeyError``...), so ``except ValueError`` keeps working for code that does not know fusekit.
+Errors carry the facts as fields (``path``, ``op``, ``slot``, ``problems``) and say in their
+message what went wrong and where, so a user never has to read a protobuf traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "DanglingInput",
+    "DuplicateProducer",
+    "ExportError",
+    "FusekitError",
+    "GraphCycle",
+    "InvalidGraph",
+    "InvalidModel",
+    "InvalidPlan",
+    "InvalidPlatform",
+    "MissingDependency",
+    "ModelNotFound",
+    "NotCalibrated",
+    "SharingCycle",
+    "UnknownOp",
+    "UnknownPlatform",
+    "UnknownSlot",
+]
+
+
+class FusekitError(Exception):
+    """Root of every error fusekit raises on purpose."""
+
+
+class InvalidGraph(FusekitError, ValueError):
+    """A graph breaks a structural rule (one producer per tensor, acyclic, ...).
+
+    ``problems`` lists every violation found, one plain sentence each.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = (), source: str | None = None):
+        self.problems = tuple(problems) or (message,)
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        super().__init__(prefix + message)
+
+
+class DanglingInput(InvalidGraph):
+    """An op consumes a tensor that nothing produces (no op, graph input or initializer)."""
+
+
+class DuplicateProducer(InvalidGraph):
+    """Two producers (ops, graph inputs or initializers) write the same tensor name."""
+
+
+class GraphCycle(InvalidGraph):
+    """The ops cannot be ordered: some op (indirectly) consumes its own output."""
+
+
+class InvalidModel(FusekitError, ValueError):
+    """A file or byte string is not a usable ONNX model."""
+
+    def __init__(self, message: str, source: str | None = None):
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        super().__init__(prefix + message)
+
+
+class ModelNotFound(InvalidModel, FileNotFoundError):
+    """The model path does not exist."""
+
+
+class UnknownOp(FusekitError, KeyError):
+    """An op name that the graph does not have."""
+
+    def __init__(self, op: str, where: str = "graph"):
+        self.op = op
+        super().__init__(f"no op named {op!r} in the {where}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnknownSlot(FusekitError, KeyError):
+    """A slot key that does not address an input or output of an op in the graph/plan."""
+
+    def __init__(self, slot: object, why: str = ""):
+        self.slot = slot
+        super().__init__(f"unknown slot {slot}" + (f": {why}" if why else ""))
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SharingCycle(FusekitError, ValueError):
+    """Linking two slots would make a slot (indirectly) its own master.
+
+    ``chain`` is the link path that would close the cycle, first element the slot being linked.
+    """
+
+    def __init__(self, chain: Sequence[object]):
+        self.chain = tuple(chain)
+        text = " -> ".join(str(s) for s in self.chain)
+        super().__init__(f"sharing cycle: {text}")
+
+
+class InvalidPlan(FusekitError, ValueError):
+    """A quantization plan (or its JSON form) is malformed; the message names the field."""
+
+
+class InvalidPlatform(FusekitError, ValueError):
+    """A platform rule set is malformed: unknown field, unknown op type, bad value."""
+
+
+class UnknownPlatform(FusekitError, KeyError):
+    """A platform name that is not registered."""
+
+    def __init__(self, name: str, known: Sequence[str] = ()):
+        self.name = name
+        hint = f"; registered: {', '.join(known)}" if known else ""
+        super().__init__(f"unknown platform {name!r}{hint}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NotCalibrated(FusekitError, ValueError):
+    """An export or derivation needs a scale that a slot does not have yet."""
+
+    def __init__(self, message: str, slot: object = None):
+        self.slot = slot
+        super().__init__(message)
+
+
+class ExportError(FusekitError, RuntimeError):
+    """Export could not produce a valid model; nothing was written."""
+
+
+class MissingDependency(FusekitError, ImportError):
+    """An optional dependency (onnxruntime, hypothesis) is needed for this feature."""

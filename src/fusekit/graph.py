@@ -1,0 +1,1330 @@
+"""The graph value: ops, tensors and initializers of an ONNX model as immutable data.
+
+A :class:`Graph` is a frozen value. Its ops live in a ``PMap`` keyed by name and its
+topological order in a ``PVector``; every edit (:meth:`Graph.add_op`, :meth:`Graph.remove_op`,
+:meth:`Graph.rename_tensor`, ...) returns a new graph and leaves the old one valid, sharing
+everything that did not change.
+
+Passes read the graph through its :class:`GraphIndex`, a derived producer/consumer index that
+numbers ops, slots and tensors with integers so that the hot loops run over C-backed vectors
+instead of hashing names. The index is built once per graph lineage: a graph derived by an edit
+patches its parent's index instead of rebuilding it.
+
+This module knows nothing of protobuf: :mod:`fusekit.onnx_io` translates ONNX to and from these
+values, and hands over opaque ``source`` references so that a round trip is lossless without the
+core ever importing ``onnx``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import attrs
+import numpy as np
+from pyrsistent import PMap, PVector, pmap, pvector
+
+from ._layered import LayeredMap
+from ._util import gc_paused
+from .errors import (
+    DanglingInput,
+    DuplicateProducer,
+    GraphCycle,
+    InvalidGraph,
+    UnknownOp,
+    UnknownSlot,
+)
+
+__all__ = [
+    "Attributes",
+    "Graph",
+    "GraphIndex",
+    "Initializer",
+    "Op",
+    "OpaqueAttribute",
+    "Slot",
+    "Tensor",
+    "TensorType",
+    "check_invariants",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Slots
+
+
+class Slot(NamedTuple):
+    """One input or output of one op: ``Slot("conv_1", "out", 0)``.
+
+    A slot, not a tensor, is what gets a quantization config: ``Mul(x, x)`` has two input slots
+    reading one tensor. ``Slot`` is a named tuple (not an attrs class) because plans and passes
+    hash millions of them; it is immutable and compares by value.
+    """
+
+    op: str
+    side: str  # "in" or "out"
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose
+
+    def __str__(self) -> str:
+        return f"{self[0]}|{self[1]}|{self[2]}"
+
+    @classmethod
+    def parse(cls, text: str) -> Slot:
+        """Parse the ``"op|in|0"`` form used in JSON files and PPQ goldens."""
+        op, sep, rest = text.rpartition("|")
+        name, sep2, side = op.rpartition("|")
+        if not sep or not sep2 or side not in ("in", "out") or not rest.isdigit():
+            raise UnknownSlot(text, "expected 'op|in|N' or 'op|out|N'")
+        return cls(name, side, int(rest))
+
+
+# --------------------------------------------------------------------------------------------
+# Attributes
+
+
+@attrs.frozen
+class OpaqueAttribute:
+    """An attribute fusekit keeps but does not interpret (sub-graphs, type protos, ...).
+
+    ``kind`` is the ONNX attribute type name (``"GRAPH"``, ``"GRAPHS"``, ``"TYPE_PROTO"`` ...) and
+    ``payload`` the serialized ``AttributeProto``, written back byte for byte.
+    """
+
+    kind: str
+    payload: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
+
+
+def _values_equal(a: object, b: object) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+        )
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_values_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+class Attributes(Mapping[str, Any]):
+    """An op's attributes: an immutable ``name -> value`` mapping.
+
+    Values are plain Python (``int``, ``float``, ``str``, tuples of those), read-only numpy arrays
+    for tensors, and :class:`OpaqueAttribute` for sub-graphs. A mapping loaded from ONNX is decoded
+    lazily on first access: a 100k-op model has half a million attributes and most passes never
+    look at them. ``source`` is the opaque original the loader re-emits when nothing changed.
+    """
+
+    __slots__ = ("_decode", "_items", "_source")
+
+    def __init__(
+        self,
+        items: Mapping[str, Any] | None = None,
+        *,
+        source: object = None,
+        decode: Callable[[object], Mapping[str, Any]] | None = None,
+    ):
+        self._items: PMap[str, Any] | None = pmap(items) if items is not None else None
+        self._source = source
+        self._decode = decode
+        if self._items is None and (source is None or decode is None):
+            self._items = pmap()
+
+    @property
+    def source(self) -> object:
+        """The loader's original attribute list, or None for attributes built in Python."""
+        return self._source
+
+    def _map(self) -> PMap[str, Any]:
+        items = self._items
+        if items is None:
+            assert self._decode is not None
+            items = pmap(self._decode(self._source))
+            self._items = items
+        return items
+
+    def __getitem__(self, key: str) -> Any:
+        return self._map()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._map()))
+
+    def __len__(self) -> int:
+        return len(self._map())
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        mine, theirs = self._map(), dict(other.items())
+        return mine.keys() == theirs.keys() and all(
+            _values_equal(v, theirs[k]) for k, v in mine.items()
+        )
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._map().keys())))
+
+    def set(self, key: str, value: Any) -> Attributes:
+        """Return new attributes with ``key`` set (the ONNX source is dropped)."""
+        return Attributes(self._map().set(key, value))
+
+    def __repr__(self) -> str:
+        return "Attributes({" + ", ".join(f"{k!r}: {self[k]!r}" for k in self) + "})"
+
+
+EMPTY_ATTRIBUTES = Attributes()
+
+
+def _to_attributes(value: Mapping[str, Any] | Attributes | None) -> Attributes:
+    if value is None:
+        return EMPTY_ATTRIBUTES
+    if isinstance(value, Attributes):
+        return value
+    return Attributes(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Ops, tensors, initializers
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return value if type(value) is tuple else tuple(value)
+
+
+@attrs.frozen
+class Op:
+    """One node of the graph.
+
+    ``inputs`` and ``outputs`` are tensor names in slot order; ``""`` marks an omitted optional
+    input. ``implicit_inputs`` lists outer-scope tensors that the op's sub-graphs (If/Loop/Scan)
+    read; they order the op after their producers but are not quantization slots. ``source`` is
+    the loader's original node, kept so that fields fusekit does not model (doc strings,
+    metadata) survive a round trip; it takes no part in equality.
+    """
+
+    name: str
+    op_type: str
+    inputs: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    outputs: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    attributes: Attributes = attrs.field(
+        default=EMPTY_ATTRIBUTES, converter=_to_attributes, hash=False
+    )
+    domain: str = ""
+    implicit_inputs: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    source: object = attrs.field(default=None, eq=False, repr=False, hash=False)
+
+    def slots(self) -> tuple[Slot, ...]:
+        """Every input slot then every output slot of this op."""
+        n = self.name
+        return tuple(Slot(n, "in", i) for i in range(len(self.inputs))) + tuple(
+            Slot(n, "out", i) for i in range(len(self.outputs))
+        )
+
+
+_new = object.__new__
+
+
+def _fast_op_factory() -> Callable[..., Op]:
+    """A constructor for the loader's hot loop: no converters, fields already normalised."""
+    d = Op.__dict__
+    setters = [d[f.name].__set__ for f in attrs.fields(Op)]
+    s_name, s_type, s_in, s_out, s_attr, s_dom, s_impl, s_src = setters
+
+    def make(
+        name: str,
+        op_type: str,
+        inputs: tuple[str, ...],
+        outputs: tuple[str, ...],
+        attributes: Attributes,
+        domain: str,
+        implicit_inputs: tuple[str, ...],
+        source: object,
+    ) -> Op:
+        op = _new(Op)
+        s_name(op, name)
+        s_type(op, op_type)
+        s_in(op, inputs)
+        s_out(op, outputs)
+        s_attr(op, attributes)
+        s_dom(op, domain)
+        s_impl(op, implicit_inputs)
+        s_src(op, source)
+        return op
+
+    return make
+
+
+make_op_fast = _fast_op_factory()
+
+
+@attrs.frozen
+class TensorType:
+    """Element type (ONNX ``TensorProto.DataType`` number, 0 = unknown) and shape if known.
+
+    A shape is a tuple whose entries are ints, symbolic dimension names, or None when unknown;
+    ``shape is None`` means even the rank is unknown.
+    """
+
+    elem_type: int = 0
+    shape: tuple[int | str | None, ...] | None = None
+
+
+UNKNOWN_TYPE = TensorType()
+
+
+@attrs.frozen
+class Tensor:
+    """What the graph knows about one tensor name (a view computed by :meth:`Graph.tensor`)."""
+
+    name: str
+    elem_type: int
+    shape: tuple[int | str | None, ...] | None
+    is_initializer: bool
+    is_constant: bool
+    is_graph_input: bool
+    is_graph_output: bool
+
+
+# ONNX TensorProto.DataType numbers for the numpy dtypes fusekit creates (facts, not onnx import).
+_NP_TO_ONNX = {
+    np.dtype("float32"): 1,
+    np.dtype("uint8"): 2,
+    np.dtype("int8"): 3,
+    np.dtype("uint16"): 4,
+    np.dtype("int16"): 5,
+    np.dtype("int32"): 6,
+    np.dtype("int64"): 7,
+    np.dtype("bool"): 9,
+    np.dtype("float16"): 10,
+    np.dtype("float64"): 11,
+    np.dtype("uint32"): 12,
+    np.dtype("uint64"): 13,
+}
+
+
+def onnx_elem_type(dtype: np.dtype[Any]) -> int:
+    """The ONNX element type number of a numpy dtype (InvalidGraph if unsupported)."""
+    try:
+        return _NP_TO_ONNX[np.dtype(dtype)]
+    except KeyError:
+        raise InvalidGraph(f"numpy dtype {dtype} has no ONNX element type here") from None
+
+
+class Initializer:
+    """A constant tensor stored in the model (a weight, a bias, a shape).
+
+    Data is held lazily: an initializer read from ONNX keeps a reference to the protobuf tensor
+    and decodes it to a read-only numpy array only when :meth:`array` is called, so loading a
+    model never copies its weights into Python objects. The original bytes are written back on
+    export, so a round trip is byte-identical.
+    """
+
+    __slots__ = ("_array", "_decode", "dims", "elem_type", "name", "source")
+
+    def __init__(
+        self,
+        name: str,
+        elem_type: int,
+        dims: tuple[int, ...],
+        *,
+        array: np.ndarray[Any, Any] | None = None,
+        source: object = None,
+        decode: Callable[[object], np.ndarray[Any, Any]] | None = None,
+    ):
+        self.name = name
+        self.elem_type = elem_type
+        self.dims = dims
+        self.source = source
+        self._decode = decode
+        if array is not None:
+            array = np.array(array, copy=True)
+            array.setflags(write=False)
+        self._array = array
+
+    def __setattr__(self, key: str, value: object) -> None:
+        if key in ("_array",) or not hasattr(self, key):
+            object.__setattr__(self, key, value)
+        else:
+            raise attrs.exceptions.FrozenInstanceError()
+
+    @classmethod
+    def from_array(cls, name: str, array: np.ndarray[Any, Any]) -> Initializer:
+        """An initializer holding a (copied, read-only) numpy array."""
+        arr = np.asarray(array)
+        return cls(name, onnx_elem_type(arr.dtype), tuple(arr.shape), array=arr)
+
+    def array(self) -> np.ndarray[Any, Any]:
+        """The value as a read-only numpy array (decoded on first use)."""
+        arr = self._array
+        if arr is None:
+            assert self._decode is not None, "initializer has neither data nor source"
+            arr = np.asarray(self._decode(self.source))
+            if arr.flags.writeable:
+                arr.setflags(write=False)
+            self._array = arr
+        return arr
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        n = 1
+        for d in self.dims:
+            n *= d
+        return n
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Initializer):
+            return NotImplemented
+        return (
+            self.name == other.name
+            and self.elem_type == other.elem_type
+            and self.dims == other.dims
+            and (self.source is other.source or _values_equal(self.array(), other.array()))
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.elem_type, self.dims))
+
+    def __repr__(self) -> str:
+        return f"Initializer({self.name!r}, elem_type={self.elem_type}, dims={self.dims})"
+
+
+# --------------------------------------------------------------------------------------------
+# The derived index
+
+
+class GraphIndex:
+    """Producer/consumer index of one graph lineage, in integer ids.
+
+    Ops, slots and tensors are numbered; per id the index stores names, the tensor each slot
+    reads or writes, each tensor's producing slot and consuming slots. Everything is held in
+    persistent vectors, so an edit patches a few entries and returns a new index sharing the rest
+    (:meth:`Graph.add_op` and friends do this); ids are stable across edits (a removed op leaves
+    a hole). Slot ids of an op are contiguous: inputs first, then outputs.
+    """
+
+    __slots__ = (
+        "consumers",
+        "n_in",
+        "n_out",
+        "op_id",
+        "op_names",
+        "op_types",
+        "producer",
+        "slot_base",
+        "slot_op",
+        "slot_tensor",
+        "tensor_id",
+        "tensor_names",
+    )
+
+    op_id: LayeredMap[str, int]
+    op_names: PVector[Any]  # op id -> name (None once removed)
+    op_types: PVector[Any]  # op id -> op type
+    slot_base: PVector[Any]  # op id -> first slot id
+    n_in: PVector[Any]  # op id -> number of inputs
+    n_out: PVector[Any]  # op id -> number of outputs
+    slot_op: PVector[Any]  # slot id -> op id
+    slot_tensor: PVector[Any]  # slot id -> tensor id (-1 for an omitted optional input)
+    tensor_id: LayeredMap[str, int]
+    tensor_names: PVector[Any]  # tensor id -> name
+    producer: PVector[Any]  # tensor id -> producing output slot id, or -1
+    consumers: PVector[Any]  # tensor id -> tuple of consuming input slot ids
+
+    def __init__(self, **fields: Any):
+        for k, v in fields.items():
+            object.__setattr__(self, k, v)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise attrs.exceptions.FrozenInstanceError()
+
+    def _replace(self, **changes: Any) -> GraphIndex:
+        fields = {k: getattr(self, k) for k in GraphIndex.__slots__}
+        fields.update(changes)
+        return GraphIndex(**fields)
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, ops: Iterable[Op]) -> GraphIndex:
+        """Index ``ops`` (numbered in the given order)."""
+        op_id: dict[str, int] = {}
+        op_names: list[str | None] = []
+        op_types: list[str] = []
+        slot_base: list[int] = []
+        n_in: list[int] = []
+        n_out: list[int] = []
+        slot_op: list[int] = []
+        slot_tensor: list[int] = []
+        tensor_id: dict[str, int] = {}
+        tensor_names: list[str] = []
+        producer: list[int] = []
+        consumers: list[list[int]] = []
+        sid = 0
+        for oid, op in enumerate(ops):
+            op_id[op.name] = oid
+            op_names.append(op.name)
+            op_types.append(op.op_type)
+            slot_base.append(sid)
+            ins, outs = op.inputs, op.outputs
+            n_in.append(len(ins))
+            n_out.append(len(outs))
+            for t in ins:
+                if t:
+                    tid = tensor_id.get(t)
+                    if tid is None:
+                        tid = tensor_id[t] = len(tensor_names)
+                        tensor_names.append(t)
+                        producer.append(-1)
+                        consumers.append([])
+                    consumers[tid].append(sid)
+                    slot_tensor.append(tid)
+                else:
+                    slot_tensor.append(-1)
+                slot_op.append(oid)
+                sid += 1
+            for t in outs:
+                if t:
+                    tid = tensor_id.get(t)
+                    if tid is None:
+                        tid = tensor_id[t] = len(tensor_names)
+                        tensor_names.append(t)
+                        producer.append(sid)
+                        consumers.append([])
+                    elif producer[tid] < 0:
+                        producer[tid] = sid
+                    # a second producer is reported by check_invariants, first one wins here
+                    slot_tensor.append(tid)
+                else:
+                    slot_tensor.append(-1)
+                slot_op.append(oid)
+                sid += 1
+        return cls(
+            op_id=LayeredMap(op_id),
+            op_names=pvector(op_names),
+            op_types=pvector(op_types),
+            slot_base=pvector(slot_base),
+            n_in=pvector(n_in),
+            n_out=pvector(n_out),
+            slot_op=pvector(slot_op),
+            slot_tensor=pvector(slot_tensor),
+            tensor_id=LayeredMap(tensor_id),
+            tensor_names=pvector(tensor_names),
+            producer=pvector(producer),
+            consumers=pvector([tuple(c) for c in consumers]),
+        )
+
+    # -- id <-> key conversions -----------------------------------------------------------
+
+    @property
+    def n_slots(self) -> int:
+        """Number of slot ids allocated (including those of removed ops)."""
+        return len(self.slot_op)
+
+    def slot_id(self, slot: Slot) -> int:
+        """The integer id of a slot key (UnknownSlot if it does not exist)."""
+        oid = self.op_id.get(slot[0])
+        if oid is None:
+            raise UnknownSlot(slot, f"no op named {slot[0]!r}")
+        side, i = slot[1], slot[2]
+        if side == "in":
+            if not 0 <= i < self.n_in[oid]:
+                raise UnknownSlot(slot, f"{slot[0]} has {self.n_in[oid]} inputs")
+            return int(self.slot_base[oid] + i)
+        if side == "out":
+            if not 0 <= i < self.n_out[oid]:
+                raise UnknownSlot(slot, f"{slot[0]} has {self.n_out[oid]} outputs")
+            return int(self.slot_base[oid] + self.n_in[oid] + i)
+        raise UnknownSlot(slot, "side must be 'in' or 'out'")
+
+    def slot_key(self, sid: int) -> Slot:
+        """The slot key of an integer slot id."""
+        oid = self.slot_op[sid]
+        k = sid - self.slot_base[oid]
+        ni = self.n_in[oid]
+        name = self.op_names[oid]
+        if k < ni:
+            return Slot(name, "in", k)
+        return Slot(name, "out", k - ni)
+
+    def is_output_slot(self, sid: int) -> bool:
+        """True if the slot id is an output slot."""
+        oid = self.slot_op[sid]
+        return bool(sid - self.slot_base[oid] >= self.n_in[oid])
+
+    def slot_ids_of(self, oid: int) -> range:
+        """All slot ids of an op (inputs then outputs)."""
+        b = self.slot_base[oid]
+        return range(b, b + self.n_in[oid] + self.n_out[oid])
+
+    def input_sids(self, oid: int) -> range:
+        """Input slot ids of an op."""
+        b = self.slot_base[oid]
+        return range(b, b + self.n_in[oid])
+
+    def output_sids(self, oid: int) -> range:
+        """Output slot ids of an op."""
+        b = self.slot_base[oid] + self.n_in[oid]
+        return range(b, b + self.n_out[oid])
+
+    # -- incremental patches --------------------------------------------------------------
+
+    def with_op_added(self, op: Op) -> GraphIndex:
+        """Index with ``op`` appended under a new op id."""
+        oid = len(self.op_names)
+        base = len(self.slot_op)
+        tid_map, names = self.tensor_id, self.tensor_names
+        prod, cons = self.producer.evolver(), self.consumers.evolver()
+        slot_op = self.slot_op.evolver()
+        slot_tensor = self.slot_tensor.evolver()
+        sid = base
+        for t in op.inputs:
+            if t:
+                tid = tid_map.get(t)
+                if tid is None:
+                    tid = len(names)
+                    tid_map = tid_map.set(t, tid)
+                    names = names.append(t)
+                    prod.append(-1)
+                    cons.append(())
+                cons[tid] = (*cons[tid], sid)
+                slot_tensor.append(tid)
+            else:
+                slot_tensor.append(-1)
+            slot_op.append(oid)
+            sid += 1
+        for t in op.outputs:
+            if t:
+                tid = tid_map.get(t)
+                if tid is None:
+                    tid = len(names)
+                    tid_map = tid_map.set(t, tid)
+                    names = names.append(t)
+                    prod.append(sid)
+                    cons.append(())
+                elif prod[tid] < 0:
+                    prod[tid] = sid
+                slot_tensor.append(tid)
+            else:
+                slot_tensor.append(-1)
+            slot_op.append(oid)
+            sid += 1
+        return self._replace(
+            op_id=self.op_id.set(op.name, oid),
+            op_names=self.op_names.append(op.name),
+            op_types=self.op_types.append(op.op_type),
+            slot_base=self.slot_base.append(base),
+            n_in=self.n_in.append(len(op.inputs)),
+            n_out=self.n_out.append(len(op.outputs)),
+            slot_op=slot_op.persistent(),
+            slot_tensor=slot_tensor.persistent(),
+            tensor_id=tid_map,
+            tensor_names=names,
+            producer=prod.persistent(),
+            consumers=cons.persistent(),
+        )
+
+    def with_op_removed(self, name: str) -> GraphIndex:
+        """Index without op ``name``: its id becomes a hole, its edges are unlinked."""
+        oid = self.op_id[name]
+        prod, cons = self.producer.evolver(), self.consumers.evolver()
+        for sid in self.input_sids(oid):
+            tid = self.slot_tensor[sid]
+            if tid >= 0:
+                cons[tid] = tuple(s for s in cons[tid] if s != sid)
+        for sid in self.output_sids(oid):
+            tid = self.slot_tensor[sid]
+            if tid >= 0 and prod[tid] == sid:
+                prod[tid] = -1
+        return self._replace(
+            op_id=self.op_id.remove(name),
+            op_names=self.op_names.set(oid, None),
+            producer=prod.persistent(),
+            consumers=cons.persistent(),
+        )
+
+    def with_op_rewired(self, old: Op, new: Op) -> GraphIndex:
+        """Index where ``old`` (same name and arity as ``new``) reads/writes ``new``'s tensors."""
+        oid = self.op_id[old.name]
+        tid_map, names = self.tensor_id, self.tensor_names
+        prod, cons = self.producer.evolver(), self.consumers.evolver()
+        slot_tensor = self.slot_tensor.evolver()
+        base = self.slot_base[oid]
+        for k, (a, b) in enumerate(zip(old.inputs, new.inputs)):
+            if a == b:
+                continue
+            sid = base + k
+            if a:
+                ta = self.slot_tensor[sid]
+                cons[ta] = tuple(s for s in cons[ta] if s != sid)
+            if b:
+                tid = tid_map.get(b)
+                if tid is None:
+                    tid = len(names)
+                    tid_map = tid_map.set(b, tid)
+                    names = names.append(b)
+                    prod.append(-1)
+                    cons.append(())
+                cons[tid] = tuple(sorted((*cons[tid], sid)))
+                slot_tensor[sid] = tid
+            else:
+                slot_tensor[sid] = -1
+        obase = base + len(old.inputs)
+        for k, (a, b) in enumerate(zip(old.outputs, new.outputs)):
+            if a == b:
+                continue
+            sid = obase + k
+            if a:
+                ta = self.slot_tensor[sid]
+                if prod[ta] == sid:
+                    prod[ta] = -1
+            if b:
+                tid = tid_map.get(b)
+                if tid is None:
+                    tid = len(names)
+                    tid_map = tid_map.set(b, tid)
+                    names = names.append(b)
+                    prod.append(sid)
+                    cons.append(())
+                elif prod[tid] < 0:
+                    prod[tid] = sid
+                slot_tensor[sid] = tid
+            else:
+                slot_tensor[sid] = -1
+        return self._replace(
+            op_types=self.op_types.set(oid, new.op_type),
+            slot_tensor=slot_tensor.persistent(),
+            tensor_id=tid_map,
+            tensor_names=names,
+            producer=prod.persistent(),
+            consumers=cons.persistent(),
+        )
+
+    def with_tensor_renamed(self, old: str, new: str) -> GraphIndex:
+        """Index where tensor ``old`` is called ``new`` (``new`` must be unused)."""
+        tid = self.tensor_id[old]
+        return self._replace(
+            tensor_id=self.tensor_id.remove(old).set(new, tid),
+            tensor_names=self.tensor_names.set(tid, new),
+        )
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """A comparable summary (names, not ids) used by the invariant check."""
+        producers = {}
+        consumers = {}
+        for tid, name in enumerate(self.tensor_names):
+            if self.tensor_id.get(name) != tid:
+                continue
+            p = self.producer[tid]
+            if p >= 0:
+                producers[name] = self.slot_key(p)
+            c = self.consumers[tid]
+            if c:
+                consumers[name] = sorted(self.slot_key(s) for s in c)
+        live = {n: self.op_types[i] for i, n in enumerate(self.op_names) if n is not None}
+        return live, producers, consumers
+
+
+# --------------------------------------------------------------------------------------------
+# The graph
+
+
+class _Cache:
+    """Derived data of one graph value, computed on first use (never part of equality)."""
+
+    __slots__ = ("by_type", "index", "positions")
+
+    def __init__(self, index: GraphIndex | None = None):
+        self.index = index
+        self.by_type: dict[str, tuple[int, ...]] | None = None
+        self.positions: dict[str, int] | None = None
+
+
+@attrs.frozen
+class Graph:
+    """An ONNX graph as an immutable value.
+
+    ``ops`` maps unique op names to :class:`Op`; ``order`` is a topological order of those names.
+    ``inputs``/``outputs`` are the graph's input and output tensor names, ``initializers`` its
+    constant tensors and ``value_types`` the element types and shapes it declares.
+    ``original_names`` maps an op name fusekit invented (the ONNX node was unnamed, or its name
+    was a duplicate) to the node's original name, restored on export. ``extras`` is the loader's
+    opaque record of everything fusekit does not model (opsets, metadata, functions, ...).
+    """
+
+    ops: PMap[str, Op] = attrs.field(repr=lambda m: f"<{len(m)} ops>")
+    order: PVector[str] = attrs.field(repr=False)
+    inputs: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    outputs: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    initializers: PMap[str, Initializer] = attrs.field(
+        factory=pmap, repr=lambda m: f"<{len(m)} initializers>"
+    )
+    value_types: PMap[str, TensorType] = attrs.field(factory=pmap, repr=False)
+    name: str = ""
+    original_names: PMap[str, str] = attrs.field(factory=pmap, repr=False)
+    extras: object = attrs.field(default=None, eq=False, repr=False)
+    _cache: _Cache = attrs.field(factory=_Cache, eq=False, repr=False, alias="_cache")
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        ops: Iterable[Op],
+        inputs: Sequence[str] | Mapping[str, TensorType],
+        outputs: Sequence[str],
+        initializers: Iterable[Initializer] = (),
+        value_types: Mapping[str, TensorType] | None = None,
+        name: str = "graph",
+    ) -> Graph:
+        """Build and validate a graph from ops in any order (they are sorted topologically).
+
+        ``inputs`` may be a mapping of graph input name to its :class:`TensorType`.
+        Raises :class:`InvalidGraph` (or a subclass) naming every problem found.
+        """
+        op_list = list(ops)
+        types = dict(value_types or {})
+        if isinstance(inputs, Mapping):
+            types.update(inputs)
+            input_names = tuple(inputs)
+        else:
+            input_names = tuple(inputs)
+        seen: set[str] = set()
+        dups = [op.name for op in op_list if op.name in seen or seen.add(op.name)]  # type: ignore[func-returns-value]
+        if dups:
+            raise InvalidGraph(f"duplicate op names: {', '.join(sorted(set(dups)))}")
+        inits = {i.name: i for i in initializers}
+        order = topological_order(op_list, set(input_names) | set(inits))
+        g = cls(
+            ops=pmap({op.name: op for op in op_list}),
+            order=pvector(order),
+            inputs=input_names,
+            outputs=tuple(outputs),
+            initializers=pmap(inits),
+            value_types=pmap(types),
+            name=name,
+        )
+        check_invariants(g)
+        return g
+
+    # -- derived data ---------------------------------------------------------------------
+
+    @property
+    def index(self) -> GraphIndex:
+        """The producer/consumer index (built on first use, then shared and patched)."""
+        idx = self._cache.index
+        if idx is None:
+            ops = self.ops
+            with gc_paused():
+                idx = self._cache.index = GraphIndex.build(ops[n] for n in self.order)
+        return idx
+
+    def positions(self) -> Mapping[str, int]:
+        """Op name -> position in :attr:`order` (computed once per graph value)."""
+        pos = self._cache.positions
+        if pos is None:
+            pos = self._cache.positions = {n: i for i, n in enumerate(self.order)}
+        return pos
+
+    def ops_by_type(self) -> Mapping[str, tuple[int, ...]]:
+        """Op type -> op ids in topological order (computed once per graph value).
+
+        The pattern matcher starts from these lists, so it never scans every op per pattern node.
+        """
+        by = self._cache.by_type
+        if by is None:
+            idx = self.index
+            op_id, types = idx.op_id, idx.op_types
+            acc: dict[str, list[int]] = {}
+            for name in self.order:
+                oid = op_id[name]
+                acc.setdefault(types[oid], []).append(oid)
+            by = self._cache.by_type = {k: tuple(v) for k, v in acc.items()}
+        return by
+
+    # -- queries --------------------------------------------------------------------------
+
+    def op(self, name: str) -> Op:
+        """The op called ``name`` (UnknownOp if absent)."""
+        try:
+            return self.ops[name]
+        except KeyError:
+            raise UnknownOp(name) from None
+
+    def __iter__(self) -> Iterator[Op]:
+        ops = self.ops
+        return (ops[n] for n in self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def producer(self, tensor: str) -> Slot | None:
+        """The output slot producing ``tensor``, or None (graph input, initializer, unknown)."""
+        idx = self.index
+        tid = idx.tensor_id.get(tensor)
+        if tid is None or idx.producer[tid] < 0:
+            return None
+        return idx.slot_key(idx.producer[tid])
+
+    def consumers(self, tensor: str) -> tuple[Slot, ...]:
+        """Every input slot reading ``tensor``, in op-id then input order."""
+        idx = self.index
+        tid = idx.tensor_id.get(tensor)
+        if tid is None:
+            return ()
+        return tuple(idx.slot_key(s) for s in idx.consumers[tid])
+
+    def tensor_of(self, slot: Slot) -> str:
+        """The tensor name a slot reads or writes (``""`` for an omitted optional input)."""
+        op = self.op(slot.op)
+        seq = op.inputs if slot.side == "in" else op.outputs
+        if slot.side not in ("in", "out") or not 0 <= slot.index < len(seq):
+            raise UnknownSlot(slot)
+        return seq[slot.index]
+
+    def is_graph_input(self, tensor: str) -> bool:
+        """True if ``tensor`` is a graph input."""
+        return tensor in self.inputs
+
+    def is_graph_output(self, tensor: str) -> bool:
+        """True if ``tensor`` is a graph output."""
+        return tensor in self.outputs
+
+    def is_initializer(self, tensor: str) -> bool:
+        """True if ``tensor`` is an initializer."""
+        return tensor in self.initializers
+
+    def is_constant(self, tensor: str) -> bool:
+        """True if ``tensor`` is an initializer or the output of a ``Constant`` op."""
+        if tensor in self.initializers:
+            return True
+        p = self.producer(tensor)
+        return p is not None and self.ops[p.op].op_type == "Constant"
+
+    def tensor(self, name: str) -> Tensor:
+        """What the graph knows about tensor ``name``."""
+        tt = self.value_types.get(name)
+        init = self.initializers.get(name)
+        if init is not None and (tt is None or tt.shape is None):
+            tt = TensorType(init.elem_type, tuple(init.dims))
+        tt = tt or UNKNOWN_TYPE
+        return Tensor(
+            name,
+            tt.elem_type,
+            tt.shape,
+            is_initializer=init is not None,
+            is_constant=self.is_constant(name),
+            is_graph_input=name in self.inputs,
+            is_graph_output=name in self.outputs,
+        )
+
+    def tensor_names(self) -> tuple[str, ...]:
+        """Every tensor name the graph mentions, graph inputs first."""
+        seen: dict[str, None] = dict.fromkeys(self.inputs)
+        seen.update(dict.fromkeys(self.initializers))
+        for op in self:
+            seen.update(dict.fromkeys(t for t in op.inputs if t))
+            seen.update(dict.fromkeys(t for t in op.outputs if t))
+        return tuple(seen)
+
+    def downstream(self, op_name: str) -> tuple[str, ...]:
+        """Names of ops consuming any output of ``op_name`` (one entry per consuming slot)."""
+        idx = self.index
+        oid = idx.op_id.get(op_name)
+        if oid is None:
+            raise UnknownOp(op_name)
+        out: list[str] = []
+        for sid in idx.output_sids(oid):
+            tid = idx.slot_tensor[sid]
+            if tid >= 0:
+                out.extend(idx.op_names[idx.slot_op[c]] for c in idx.consumers[tid])
+        return tuple(out)
+
+    def upstream(self, op_name: str) -> tuple[str, ...]:
+        """Names of ops producing the inputs of ``op_name`` (one entry per produced input)."""
+        idx = self.index
+        oid = idx.op_id.get(op_name)
+        if oid is None:
+            raise UnknownOp(op_name)
+        out: list[str] = []
+        for sid in idx.input_sids(oid):
+            tid = idx.slot_tensor[sid]
+            if tid >= 0 and idx.producer[tid] >= 0:
+                out.append(idx.op_names[idx.slot_op[idx.producer[tid]]])
+        return tuple(out)
+
+    # -- pure edits -------------------------------------------------------------------------
+
+    def _derive(
+        self, index_patch: Callable[[GraphIndex], GraphIndex] | None, **changes: Any
+    ) -> Graph:
+        old = self._cache.index
+        new_index = index_patch(old) if (old is not None and index_patch is not None) else None
+        return attrs.evolve(self, _cache=_Cache(new_index), **changes)
+
+    def _known_tensor(self, name: str) -> bool:
+        if name in self.inputs or name in self.initializers:
+            return True
+        idx = self.index
+        tid = idx.tensor_id.get(name)
+        return tid is not None and idx.producer[tid] >= 0
+
+    def add_op(self, op: Op, *, before: str | None = None) -> Graph:
+        """A graph with ``op`` added.
+
+        It is placed right after the last producer of its inputs, or just before the op named
+        ``before`` when given. Its inputs must exist and its outputs must be new.
+        """
+        if op.name in self.ops:
+            raise InvalidGraph(f"op {op.name!r} already exists")
+        for t in op.inputs:
+            if t and not self._known_tensor(t):
+                raise DanglingInput(f"op {op.name!r} reads {t!r}, which nothing produces")
+        for t in op.outputs:
+            if t and (self._known_tensor(t) or t in self.inputs):
+                raise DuplicateProducer(f"op {op.name!r} writes {t!r}, which is already produced")
+        pos = self.positions()
+        idx = self.index
+        if before is not None:
+            if before not in self.ops:
+                raise UnknownOp(before)
+            at = pos[before]
+        else:
+            at = 0
+            for t in (*op.inputs, *op.implicit_inputs):
+                tid = idx.tensor_id.get(t) if t else None
+                if tid is not None and idx.producer[tid] >= 0:
+                    at = max(at, pos[idx.op_names[idx.slot_op[idx.producer[tid]]]] + 1)
+        order = self.order
+        new_order = (
+            order[:at].append(op.name).extend(order[at:])
+            if at < len(order)
+            else order.append(op.name)
+        )
+        g = self._derive(
+            lambda i: i.with_op_added(op), ops=self.ops.set(op.name, op), order=new_order
+        )
+        if before is not None:
+            _check_order_local(g, op.name)
+        return g
+
+    def remove_op(self, name: str) -> Graph:
+        """A graph without op ``name``; its outputs must no longer be consumed."""
+        op = self.op(name)
+        idx = self.index
+        for t in op.outputs:
+            tid = idx.tensor_id.get(t) if t else None
+            if tid is not None and idx.consumers[tid]:
+                users = sorted({idx.op_names[idx.slot_op[s]] for s in idx.consumers[tid]})
+                raise InvalidGraph(
+                    f"cannot remove {name!r}: its output {t!r} is still read by {', '.join(users)}"
+                )
+        at = self.positions()[name]
+        order = self.order
+        new_order = order[:at].extend(order[at + 1 :])
+        return self._derive(
+            lambda i: i.with_op_removed(name),
+            ops=self.ops.remove(name),
+            order=new_order,
+            original_names=self.original_names.discard(name),
+        )
+
+    def replace_op(self, name: str, new: Op) -> Graph:
+        """A graph where op ``name`` is replaced by ``new`` (which may rename or rewire it)."""
+        old = self.op(name)
+        if new.name != name:
+            if new.name in self.ops:
+                raise InvalidGraph(f"op {new.name!r} already exists")
+            before = self._next_after(name)
+            g = self.remove_op_unchecked(name)
+            return g.add_op(new, before=before) if before else g.add_op(new)
+        for t in new.inputs:
+            if t and t not in old.inputs and not self._known_tensor(t):
+                raise DanglingInput(f"op {name!r} would read {t!r}, which nothing produces")
+        same_arity = len(old.inputs) == len(new.inputs) and len(old.outputs) == len(new.outputs)
+        if same_arity:
+            g = self._derive(lambda i: i.with_op_rewired(old, new), ops=self.ops.set(name, new))
+        else:
+            g = self._derive(
+                lambda i: i.with_op_removed(name).with_op_added(new), ops=self.ops.set(name, new)
+            )
+        _check_order_local(g, name)
+        return g
+
+    def _next_after(self, name: str) -> str | None:
+        at = self.positions()[name]
+        return self.order[at + 1] if at + 1 < len(self.order) else None
+
+    def remove_op_unchecked(self, name: str) -> Graph:
+        """Remove ``name`` even if its outputs are still consumed (for rewiring in steps)."""
+        self.op(name)
+        at = self.positions()[name]
+        order = self.order
+        return self._derive(
+            lambda i: i.with_op_removed(name),
+            ops=self.ops.remove(name),
+            order=order[:at].extend(order[at + 1 :]),
+            original_names=self.original_names.discard(name),
+        )
+
+    def set_input(self, op_name: str, index: int, tensor: str) -> Graph:
+        """A graph where input ``index`` of ``op_name`` reads ``tensor``."""
+        op = self.op(op_name)
+        if not 0 <= index < len(op.inputs):
+            raise UnknownSlot(Slot(op_name, "in", index))
+        ins = list(op.inputs)
+        ins[index] = tensor
+        return self.replace_op(op_name, attrs.evolve(op, inputs=tuple(ins)))
+
+    def rename_tensor(self, old: str, new: str) -> Graph:
+        """A graph where tensor ``old`` is called ``new`` everywhere (ops, I/O, initializers)."""
+        if old == new:
+            return self
+        if self._mentions(new):
+            raise InvalidGraph(f"cannot rename {old!r} to {new!r}: {new!r} is already used")
+        if not self._mentions(old):
+            raise InvalidGraph(f"cannot rename {old!r}: no such tensor")
+        idx = self.index
+        tid = idx.tensor_id.get(old)
+        touched: set[str] = set()
+        if tid is not None:
+            if idx.producer[tid] >= 0:
+                touched.add(idx.op_names[idx.slot_op[idx.producer[tid]]])
+            touched.update(idx.op_names[idx.slot_op[s]] for s in idx.consumers[tid])
+        for op in self:  # implicit inputs are not indexed; they are rare
+            if old in op.implicit_inputs:
+                touched.add(op.name)
+        ops_e = self.ops.evolver()
+
+        def ren(ts: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(new if t == old else t for t in ts)
+
+        for n in touched:
+            op = self.ops[n]
+            ops_e[n] = attrs.evolve(
+                op,
+                inputs=ren(op.inputs),
+                outputs=ren(op.outputs),
+                implicit_inputs=ren(op.implicit_inputs),
+            )
+        inits = self.initializers
+        if old in inits:
+            i = inits[old]
+            moved = Initializer(
+                new,
+                i.elem_type,
+                i.dims,
+                array=i.array() if i.source is None else None,
+                source=i.source,
+                decode=i._decode,
+            )
+            inits = inits.remove(old).set(new, moved)
+        vt = self.value_types
+        if old in vt:
+            vt = vt.remove(old).set(new, vt[old])
+        return self._derive(
+            (lambda i: i.with_tensor_renamed(old, new)) if tid is not None else (lambda i: i),
+            ops=ops_e.persistent(),
+            inputs=ren(self.inputs),
+            outputs=ren(self.outputs),
+            initializers=inits,
+            value_types=vt,
+        )
+
+    def _mentions(self, name: str) -> bool:
+        return (
+            name in self.inputs
+            or name in self.outputs
+            or name in self.initializers
+            or name in self.index.tensor_id
+        )
+
+    def add_initializer(self, init: Initializer) -> Graph:
+        """A graph with a new constant tensor."""
+        if self._mentions(init.name):
+            raise DuplicateProducer(f"initializer {init.name!r}: the name is already used")
+        return self._derive(lambda i: i, initializers=self.initializers.set(init.name, init))
+
+    def remove_initializer(self, name: str) -> Graph:
+        """A graph without initializer ``name`` (which must be unused)."""
+        if name not in self.initializers:
+            raise InvalidGraph(f"no initializer named {name!r}")
+        tid = self.index.tensor_id.get(name)
+        if tid is not None and self.index.consumers[tid]:
+            raise InvalidGraph(f"initializer {name!r} is still read")
+        return self._derive(lambda i: i, initializers=self.initializers.remove(name))
+
+    def with_outputs(self, outputs: Sequence[str]) -> Graph:
+        """A graph with different graph outputs (each must be produced)."""
+        for t in outputs:
+            if not self._known_tensor(t):
+                raise DanglingInput(f"graph output {t!r} is not produced")
+        return self._derive(lambda i: i, outputs=tuple(outputs))
+
+    def with_value_type(self, tensor: str, tt: TensorType) -> Graph:
+        """A graph declaring ``tensor``'s element type and shape."""
+        return self._derive(lambda i: i, value_types=self.value_types.set(tensor, tt))
+
+
+def _check_order_local(g: Graph, name: str) -> None:
+    """Validate that ``name`` sits after its producers and before its consumers."""
+    pos = g.positions()
+    at = pos[name]
+    op = g.ops[name]
+    idx = g.index
+    for t in (*op.inputs, *op.implicit_inputs):
+        tid = idx.tensor_id.get(t) if t else None
+        if tid is not None and idx.producer[tid] >= 0:
+            p = idx.op_names[idx.slot_op[idx.producer[tid]]]
+            if pos[p] >= at:
+                raise GraphCycle(f"op {name!r} would read {t!r} before {p!r} produces it")
+    for t in op.outputs:
+        tid = idx.tensor_id.get(t) if t else None
+        if tid is not None:
+            for s in idx.consumers[tid]:
+                c = idx.op_names[idx.slot_op[s]]
+                if pos[c] <= at:
+                    raise GraphCycle(f"op {c!r} would read {t!r} before {name!r} produces it")
+
+
+# --------------------------------------------------------------------------------------------
+# Ordering and invariants
+
+
+def topological_order(
+    ops: Sequence[Op], available: set[str], source: str | None = None
+) -> list[str]:
+    """Names of ``ops`` in a topological order, as close to the given order as possible.
+
+    If the given order is already topological it is returned unchanged (so a round trip keeps
+    the file's node order). Otherwise Kahn's algorithm picks, among ready ops, the one that came
+    first. Raises :class:`GraphCycle` naming the ops on a cycle, :class:`DuplicateProducer` for a
+    tensor written twice and :class:`DanglingInput` for a tensor nothing produces.
+    """
+    producer: dict[str, int] = {}
+    problems: list[str] = []
+    for t in available:
+        producer[t] = -1
+    for i, op in enumerate(ops):
+        for t in op.outputs:
+            if not t:
+                continue
+            if t in producer:
+                who = (
+                    "a graph input or initializer"
+                    if producer[t] < 0
+                    else repr(ops[producer[t]].name)
+                )
+                problems.append(f"tensor {t!r} is produced by both {who} and op {op.name!r}")
+            else:
+                producer[t] = i
+    if problems:
+        raise DuplicateProducer(problems[0], problems, source)
+    dangling = []
+    for op in ops:
+        for t in (*op.inputs, *op.implicit_inputs):
+            if t and t not in producer:
+                dangling.append(f"op {op.name!r} reads {t!r}, which nothing produces")
+    if dangling:
+        raise DanglingInput(dangling[0], dangling, source)
+    # fast path: already topological
+    ok = True
+    for i, op in enumerate(ops):
+        for t in (*op.inputs, *op.implicit_inputs):
+            if t and producer[t] >= i:
+                ok = False
+                break
+        if not ok:
+            break
+    if ok:
+        return [op.name for op in ops]
+    n = len(ops)
+    indeg = [0] * n
+    succ: list[list[int]] = [[] for _ in range(n)]
+    for i, op in enumerate(ops):
+        deps = {producer[t] for t in (*op.inputs, *op.implicit_inputs) if t and producer[t] >= 0}
+        indeg[i] = len(deps)
+        for d in deps:
+            succ[d].append(i)
+    heap = [i for i in range(n) if indeg[i] == 0]
+    heapq.heapify(heap)
+    out: list[int] = []
+    while heap:
+        i = heapq.heappop(heap)
+        out.append(i)
+        for j in succ[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(heap, j)
+    if len(out) < n:
+        stuck = sorted(ops[i].name for i in range(n) if indeg[i] > 0)
+        shown = ", ".join(stuck[:8]) + (" ..." if len(stuck) > 8 else "")
+        raise GraphCycle(f"the graph has a cycle through {len(stuck)} ops: {shown}", source=source)
+    return [ops[i].name for i in out]
+
+
+def check_invariants(graph: Graph) -> None:
+    """Raise :class:`InvalidGraph` listing every broken structural rule of ``graph``.
+
+    Checks: op keys match op names; ``order`` is a permutation of the ops; one producer per
+    tensor (op, graph input or initializer); no dangling input; acyclic and ``order``
+    topological; graph outputs produced; duplicate graph input names; and, if an index was built
+    or patched, that it equals an index built from scratch.
+    """
+    problems: list[str] = []
+    ops = graph.ops
+    for k, stored in ops.items():
+        if k != stored.name:
+            problems.append(f"op stored under {k!r} is named {stored.name!r}")
+    order = list(graph.order)
+    if len(order) != len(set(order)):
+        problems.append("order lists an op twice")
+    if set(order) != set(ops.keys()):
+        missing = set(ops.keys()) - set(order)
+        extra = set(order) - set(ops.keys())
+        if missing:
+            problems.append(f"ops missing from order: {sorted(missing)[:5]}")
+        if extra:
+            problems.append(f"order names unknown ops: {sorted(extra)[:5]}")
+    if len(graph.inputs) != len(set(graph.inputs)):
+        problems.append("duplicate graph input names")
+    produced: dict[str, str] = {}
+    for t in graph.inputs:
+        produced[t] = "graph input"
+    for t in graph.initializers:
+        if t in produced and produced[t] == "graph input":
+            continue  # IR < 4 lists initializers as graph inputs too; that is allowed
+        produced[t] = "initializer"
+    for name in order:
+        maybe = ops.get(name)
+        if maybe is None:
+            continue
+        op = maybe
+        for t in (*op.inputs, *op.implicit_inputs):
+            if not t:
+                continue
+            if t not in produced:
+                problems.append(f"op {name!r} reads {t!r} before anything produces it")
+        for t in op.outputs:
+            if not t:
+                continue
+            if t in produced:
+                problems.append(f"tensor {t!r} is produced by both {produced[t]} and op {name!r}")
+            else:
+                produced[t] = f"op {name!r}"
+    for t in graph.outputs:
+        if t not in produced:
+            problems.append(f"graph output {t!r} is not produced")
+    idx = graph._cache.index
+    if idx is not None and not problems:
+        fresh = GraphIndex.build(ops[n] for n in order)
+        if idx.snapshot() != fresh.snapshot():
+            problems.append("the patched producer/consumer index differs from a fresh one")
+    if problems:
+        raise InvalidGraph(problems[0], problems)

@@ -1,0 +1,818 @@
+"""Quantization plans: a config for every slot, and which slots share one scale.
+
+A :class:`QuantPlan` is the value every fusion pass turns into a new version. It holds
+
+* a :class:`TensorQuantConfig` per slot of every quantized op (PPQ's ``TensorQuantizationConfig``:
+  policy, bits, range, rounding, observer, state, scale and offset), and
+* the sharing structure, a persistent union-find over slots with PPQ's two link kinds:
+  ``overlap`` (PPQ ``dominated_by``: the slot is switched off and reads its root's scale) and
+  ``follow`` (PPQ ``master_by``: the slot stays active but quantizes with its master's scale).
+
+Plans are immutable. Every update (:meth:`QuantPlan.overlap`, :meth:`QuantPlan.follow`,
+:meth:`QuantPlan.with_config`, :meth:`QuantPlan.set_scale`) returns a new plan that shares all
+unchanged data with the old one. Passes batch their updates through a :class:`PlanEvolver`
+(a transient, like pyrsistent's evolvers); if nothing changed it gives back the very same plan
+object, so "did this pass do anything" is ``result.plan is plan``.
+
+Internally slots are numbered by the graph's :class:`~fusekit.graph.GraphIndex` and configs and
+links live in persistent vectors indexed by slot id; the public API speaks :class:`Slot` keys.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+import attrs
+import numpy as np
+from pyrsistent import PVector, pvector
+
+from .errors import InvalidPlan, SharingCycle, UnknownSlot
+from .graph import Graph, GraphIndex, Slot
+
+__all__ = [
+    "LinkKind",
+    "NotARoot",
+    "PlanEvolver",
+    "QuantPlan",
+    "QuantPolicy",
+    "QuantProperty",
+    "QuantState",
+    "RoundingPolicy",
+    "SlotDiff",
+    "TensorQuantConfig",
+    "Visibility",
+    "diff",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Enums (PPQ 0.6.6 names and numbers)
+
+
+class QuantState(enum.IntEnum):
+    """The life-cycle state of one slot's config, with PPQ's meanings.
+
+    ``INITIAL``: no scale yet, will be calibrated. ``ACTIVATED``: own scale, quantizes.
+    ``OVERLAPPED``: switched off, another slot quantizes this tensor (fused). ``PASSIVE``: quantizes
+    with a scale that belongs to another slot (bias, aligned inputs). ``PASSIVE_INIT``: passive,
+    master not calibrated yet. ``BAKED``/``PASSIVE_BAKED``: the parameter already holds its
+    quantized value. ``FP32``: never quantized.
+    """
+
+    INITIAL = 1
+    BAKED = 2
+    OVERLAPPED = 3
+    ACTIVATED = 4
+    PASSIVE = 5
+    PASSIVE_INIT = 6
+    PASSIVE_BAKED = 7
+    FP32 = 8
+
+    @property
+    def is_active(self) -> bool:
+        """True for the states in which the slot quantizes its tensor (ACTIVATED, PASSIVE)."""
+        return self in _ACTIVE
+
+    @property
+    def can_export(self) -> bool:
+        """PPQ's ``QuantizationStates.can_export``: False only for INITIAL and PASSIVE_INIT."""
+        return self not in (QuantState.INITIAL, QuantState.PASSIVE_INIT)
+
+
+_ACTIVE = frozenset({QuantState.ACTIVATED, QuantState.PASSIVE})
+_EXPORT_STATES = frozenset(
+    {QuantState.ACTIVATED, QuantState.PASSIVE, QuantState.BAKED, QuantState.PASSIVE_BAKED}
+)
+
+
+class QuantProperty(enum.IntFlag):
+    """Policy bit flags, as PPQ numbers them."""
+
+    PER_TENSOR = 0x1
+    PER_CHANNEL = 0x2
+    LINEAR = 0x4
+    FLOATING = 0x8
+    SYMMETRICAL = 0x10
+    ASYMMETRICAL = 0x20
+    POWER_OF_2 = 0x40
+    DYNAMIC = 0x80
+
+
+def _accepted_policies() -> frozenset[int]:
+    P = QuantProperty
+    out: set[int] = set()
+    for sym in (P.SYMMETRICAL, P.ASYMMETRICAL):
+        for gran in (P.PER_TENSOR, P.PER_CHANNEL):
+            for p2 in (0, P.POWER_OF_2):
+                out.add(int(P.LINEAR | sym | gran | p2))
+                out.add(int(P.LINEAR | sym | gran | p2 | P.DYNAMIC))
+    for gran in (P.PER_TENSOR, P.PER_CHANNEL):
+        out.add(int(P.FLOATING | P.SYMMETRICAL | gran | P.POWER_OF_2))
+    return frozenset(out)
+
+
+_ACCEPTED = _accepted_policies()
+
+
+def _check_policy(_: object, __: object, value: int) -> None:
+    if int(value) not in _ACCEPTED:
+        raise InvalidPlan(
+            f"quantization policy {QuantProperty(value)!r} is not a combination PPQ accepts"
+        )
+
+
+@attrs.frozen
+class QuantPolicy:
+    """A validated combination of :class:`QuantProperty` flags (only PPQ's 18 combinations).
+
+    ``str(policy)`` is PPQ's spelling, e.g. ``"PER_TENSOR+LINEAR+SYMMETRICAL"``.
+    """
+
+    flags: int = attrs.field(converter=int, validator=_check_policy)
+
+    @classmethod
+    def of(cls, *props: QuantProperty | str) -> QuantPolicy:
+        """Build from flags or names: ``QuantPolicy.of("PER_TENSOR", "LINEAR", "SYMMETRICAL")``."""
+        v = 0
+        for p in props:
+            v |= int(QuantProperty[p] if isinstance(p, str) else p)
+        return cls(v)
+
+    @classmethod
+    def parse(cls, text: str) -> QuantPolicy:
+        """Parse ``"PER_TENSOR+LINEAR+SYMMETRICAL"`` (order free)."""
+        try:
+            return cls.of(*[p.strip() for p in text.split("+") if p.strip()])
+        except KeyError as e:
+            raise InvalidPlan(f"unknown policy flag {e.args[0]!r} in {text!r}") from None
+
+    def has(self, prop: QuantProperty) -> bool:
+        """True if ``prop`` is set."""
+        return bool(self.flags & prop)
+
+    @property
+    def per_channel(self) -> bool:
+        """True for per-channel policies."""
+        return bool(self.flags & QuantProperty.PER_CHANNEL)
+
+    @property
+    def symmetric(self) -> bool:
+        """True for symmetric policies."""
+        return bool(self.flags & QuantProperty.SYMMETRICAL)
+
+    @property
+    def floating(self) -> bool:
+        """True for floating-point (FP8-style) policies."""
+        return bool(self.flags & QuantProperty.FLOATING)
+
+    def names(self) -> tuple[str, ...]:
+        """Flag names in PPQ's order (ascending bit value)."""
+        return tuple(p.name for p in QuantProperty if self.flags & p and p.name)
+
+    def __str__(self) -> str:
+        return "+".join(self.names())
+
+
+class RoundingPolicy(enum.IntEnum):
+    """PPQ's seven rounding policies (PPQ's misspelt ``ROUND_HALF_FAR_FORM_ZERO`` is an alias)."""
+
+    ROUND_HALF_EVEN = 0
+    ROUND_HALF_UP = 1
+    ROUND_HALF_DOWN = 2
+    ROUND_HALF_TOWARDS_ZERO = 3
+    ROUND_HALF_FAR_FROM_ZERO = 4
+    ROUND_TO_NEAR_INT = 5
+    ROUND_UP = 6
+    ROUND_HALF_FAR_FORM_ZERO = 4  # PPQ spells it so; an alias of ROUND_HALF_FAR_FROM_ZERO
+
+
+class Visibility(enum.IntEnum):
+    """Whether an exporter writes a config: when active (default), always, or never."""
+
+    FORCE_EXPORT = 1
+    EXPORT_WHEN_ACTIVE = 2
+    INTERNAL = 3
+
+
+class LinkKind(enum.IntEnum):
+    """How a slot is linked to its parent in the sharing structure."""
+
+    OVERLAP = 0  # PPQ dominated_by: switched off, the root quantizes this tensor
+    FOLLOW = 1  # PPQ master_by: still quantizes, with the master's scale/offset
+
+
+# --------------------------------------------------------------------------------------------
+# Tensor quantization config
+
+
+def _array_or_none(value: Any) -> np.ndarray[Any, Any] | None:
+    if value is None:
+        return None
+    arr = np.array(
+        value, dtype=np.float32 if not isinstance(value, np.ndarray) else None, copy=True
+    )
+    arr.setflags(write=False)
+    return arr
+
+
+def _arrays_equal(a: np.ndarray[Any, Any] | None, b: np.ndarray[Any, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
+
+
+def _check_bits(inst: TensorQuantConfig, _: object, value: int) -> None:
+    if not 2 <= value <= 32:
+        raise InvalidPlan(f"num_bits must be in 2..32, got {value}")
+
+
+def _check_exponent(inst: TensorQuantConfig, _: object, value: int) -> None:
+    if not 0 <= value <= 8:
+        raise InvalidPlan(f"exponent_bits must be in 0..8, got {value}")
+    if value and not inst.policy.floating:
+        raise InvalidPlan("exponent_bits is only allowed with a FLOATING policy")
+
+
+def _check_axis(inst: TensorQuantConfig, _: object, value: int | None) -> None:
+    if value is not None and not inst.policy.per_channel:
+        raise InvalidPlan("channel_axis is only allowed with a PER_CHANNEL policy")
+
+
+@attrs.frozen
+class TensorQuantConfig:
+    """How one slot is quantized (PPQ's TensorQuantizationConfig, as a value).
+
+    ``quant_min``/``quant_max`` are ints for LINEAR policies and floats (e.g. +-448.0) for FLOATING
+    ones. ``scale``/``offset`` are None until calibration, then read-only numpy arrays. A slot
+    that shares another slot's scale keeps its own policy and bits (PPQ does the same); the
+    shared scale is read with :meth:`QuantPlan.scale_of`.
+    """
+
+    policy: QuantPolicy
+    num_bits: int = attrs.field(default=8, validator=_check_bits)
+    quant_min: int | float = -128
+    quant_max: int | float = 127
+    exponent_bits: int = attrs.field(default=0, validator=_check_exponent)
+    rounding: RoundingPolicy = RoundingPolicy.ROUND_HALF_EVEN
+    channel_axis: int | None = attrs.field(default=None, validator=_check_axis)
+    observer: str | None = None
+    scale: np.ndarray[Any, Any] | None = attrs.field(
+        default=None, converter=_array_or_none, eq=attrs.cmp_using(eq=_arrays_equal), hash=False
+    )
+    offset: np.ndarray[Any, Any] | None = attrs.field(
+        default=None, converter=_array_or_none, eq=attrs.cmp_using(eq=_arrays_equal), hash=False
+    )
+    visibility: Visibility = Visibility.EXPORT_WHEN_ACTIVE
+    state: QuantState = QuantState.INITIAL
+
+    @property
+    def is_active(self) -> bool:
+        """True if the config quantizes its tensor now (ACTIVATED or PASSIVE)."""
+        return self.state in _ACTIVE
+
+    def can_export(
+        self, export_overlapped: bool = False, *, scale: Any = None, offset: Any = None
+    ) -> bool:
+        """PPQ's ``TensorQuantizationConfig.can_export``.
+
+        False for INTERNAL visibility; otherwise scale and offset must exist (pass the resolved
+        ones with ``scale=``/``offset=`` for a slot that shares its root's) and the state must be
+        ACTIVATED, PASSIVE, BAKED or PASSIVE_BAKED (or OVERLAPPED with ``export_overlapped``), or
+        the visibility FORCE_EXPORT.
+        """
+        if self.visibility == Visibility.INTERNAL:
+            return False
+        s = self.scale if scale is None else scale
+        o = self.offset if offset is None else offset
+        if s is None or o is None:
+            return False
+        if self.visibility == Visibility.FORCE_EXPORT:
+            return True
+        return self.state in _EXPORT_STATES or (
+            export_overlapped and self.state == QuantState.OVERLAPPED
+        )
+
+    def same_scheme(self, other: TensorQuantConfig) -> bool:
+        """PPQ's ``is_same_scheme``: equal range, policy, bits, exponent, axis and rounding."""
+        if self is other:
+            return True
+        return (
+            self.quant_max == other.quant_max
+            and self.quant_min == other.quant_min
+            and self.policy == other.policy
+            and self.num_bits == other.num_bits
+            and self.exponent_bits == other.exponent_bits
+            and self.channel_axis == other.channel_axis
+            and self.rounding == other.rounding
+        )
+
+    def with_state(self, state: QuantState) -> TensorQuantConfig:
+        """The same config in another state (a fast copy; passes call this in hot loops)."""
+        if self.state is state:
+            return self
+        return _fast_replace(self, state=state)
+
+    def with_scale(self, scale: Any, offset: Any) -> TensorQuantConfig:
+        """The same config with a scale and offset."""
+        return _fast_replace(self, scale=_array_or_none(scale), offset=_array_or_none(offset))
+
+
+_TQC_FIELDS = tuple(f.name for f in attrs.fields(TensorQuantConfig))
+_TQC_SETTERS = tuple(TensorQuantConfig.__dict__[n].__set__ for n in _TQC_FIELDS)
+
+
+def _fast_replace(cfg: TensorQuantConfig, **changes: Any) -> TensorQuantConfig:
+    """Copy ``cfg`` with ``changes`` without re-running converters/validators (3x faster)."""
+    new = object.__new__(TensorQuantConfig)
+    for name, setter in zip(_TQC_FIELDS, _TQC_SETTERS):
+        setter(new, changes[name] if name in changes else getattr(cfg, name))
+    return new
+
+
+# --------------------------------------------------------------------------------------------
+# The plan
+
+
+class NotARoot(InvalidPlan, PermissionError):
+    """Setting a scale on a slot that reads its scale from another slot (as PPQ forbids)."""
+
+
+NO_LINK = -1
+
+
+def _encode_link(parent: int, kind: LinkKind) -> int:
+    return parent * 2 + int(kind)
+
+
+class SlotDiff(NamedTuple):
+    """One slot that differs between two plans."""
+
+    slot: Slot
+    before: TensorQuantConfig | None
+    after: TensorQuantConfig | None
+    root_before: Slot | None
+    root_after: Slot | None
+
+
+@attrs.frozen(eq=False)
+class QuantPlan:
+    """Per-slot quantization configs of one graph plus their scale-sharing structure.
+
+    Build one with :func:`fusekit.init_plan`. ``plan[slot]`` is the slot's
+    :class:`TensorQuantConfig`; :meth:`root`, :meth:`group`, :meth:`groups`, :meth:`scale_of` query
+    the sharing; :meth:`overlap`, :meth:`follow`, :meth:`with_config`, :meth:`set_scale` return
+    new plans. Two plans are equal when they give every slot the same config, link and platform.
+    """
+
+    graph: Graph = attrs.field(repr=False)
+    configs: PVector[Any] = attrs.field(repr=False)  # slot id -> TensorQuantConfig | None
+    links: PVector[int] = attrs.field(repr=False)  # slot id -> NO_LINK or parent*2 + LinkKind
+    dispatch: PVector[str | None] = attrs.field(repr=False)  # op id -> platform (None: FP32)
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def empty(cls, graph: Graph) -> QuantPlan:
+        """A plan in which no op is quantized."""
+        idx = graph.index
+        n = idx.n_slots
+        return cls(
+            graph, pvector([None] * n), pvector([NO_LINK] * n), pvector([None] * len(idx.op_names))
+        )
+
+    @classmethod
+    def from_configs(
+        cls,
+        graph: Graph,
+        ops: Mapping[str, tuple[str, Iterable[TensorQuantConfig], Iterable[TensorQuantConfig]]],
+    ) -> QuantPlan:
+        """A plan from ``{op: (platform, input configs, output configs)}``; other ops unquantized.
+
+        Validates that every op exists and that each op gets one config per input and output.
+        """
+        idx = graph.index
+        configs: list[TensorQuantConfig | None] = [None] * idx.n_slots
+        dispatch: list[str | None] = [None] * len(idx.op_names)
+        for name, (platform, ins, outs) in ops.items():
+            oid = idx.op_id.get(name)
+            if oid is None:
+                raise InvalidPlan(f"plan names op {name!r}, which the graph does not have")
+            ins, outs = tuple(ins), tuple(outs)
+            if len(ins) != idx.n_in[oid] or len(outs) != idx.n_out[oid]:
+                raise InvalidPlan(
+                    f"op {name!r} has {idx.n_in[oid]} inputs and {idx.n_out[oid]} outputs, "
+                    f"the plan gives {len(ins)} and {len(outs)} configs"
+                )
+            base = idx.slot_base[oid]
+            for k, c in enumerate((*ins, *outs)):
+                if not isinstance(c, TensorQuantConfig):
+                    raise InvalidPlan(f"op {name!r} slot {k}: expected a TensorQuantConfig")
+                configs[base + k] = c
+            dispatch[oid] = platform
+        return cls(graph, pvector(configs), pvector([NO_LINK] * idx.n_slots), pvector(dispatch))
+
+    # -- equality ---------------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, QuantPlan):
+            return NotImplemented
+        return (
+            self.links == other.links
+            and self.dispatch == other.dispatch
+            and len(self.configs) == len(other.configs)
+            and all(a is b or a == b for a, b in zip(self.configs, other.configs))
+        )
+
+    def __hash__(self) -> int:
+        return hash((len(self.configs), tuple(self.links)))
+
+    # -- slot access ------------------------------------------------------------------------
+
+    @property
+    def index(self) -> GraphIndex:
+        """The graph's index (slot ids)."""
+        return self.graph.index
+
+    def _sid(self, slot: Slot) -> int:
+        sid = self.graph.index.slot_id(slot)
+        if self.configs[sid] is None:
+            raise UnknownSlot(slot, f"op {slot[0]!r} is not quantized in this plan")
+        return sid
+
+    def __getitem__(self, slot: Slot) -> TensorQuantConfig:
+        return self.configs[self._sid(slot)]  # type: ignore[no-any-return]
+
+    def get(self, slot: Slot) -> TensorQuantConfig | None:
+        """The slot's config, or None if its op is not quantized or the slot does not exist."""
+        try:
+            return self.configs[self.graph.index.slot_id(slot)]  # type: ignore[no-any-return]
+        except UnknownSlot:
+            return None
+
+    def __contains__(self, slot: object) -> bool:
+        if not isinstance(slot, tuple) or len(slot) != 3:
+            return False
+        return self.get(Slot(*slot)) is not None
+
+    def slots(self) -> Iterator[Slot]:
+        """Every slot of every quantized op, ops in topological order, inputs before outputs."""
+        idx = self.graph.index
+        configs = self.configs
+        for name in self.graph.order:
+            oid = idx.op_id[name]
+            for sid in idx.slot_ids_of(oid):
+                if configs[sid] is not None:
+                    yield idx.slot_key(sid)
+
+    def __iter__(self) -> Iterator[Slot]:
+        return self.slots()
+
+    def __len__(self) -> int:
+        return sum(1 for c in self.configs if c is not None)
+
+    def is_quantized(self, op: str) -> bool:
+        """True if ``op`` is quantized in this plan."""
+        oid = self.graph.index.op_id.get(op)
+        return oid is not None and self.dispatch[oid] is not None
+
+    def platform_of(self, op: str) -> str | None:
+        """The platform ``op`` is dispatched to, or None if it is not quantized."""
+        oid = self.graph.index.op_id.get(op)
+        return None if oid is None else self.dispatch[oid]
+
+    def state(self, slot: Slot) -> QuantState:
+        """The slot's state."""
+        return self[slot].state
+
+    # -- sharing ------------------------------------------------------------------------------
+
+    def _root_sid(self, sid: int) -> int:
+        links = self.links
+        seen = 0
+        limit = len(links)
+        while True:
+            link = links[sid]
+            if link < 0:
+                return sid
+            sid = link >> 1
+            seen += 1
+            if seen > limit:  # impossible by construction; guard against corrupted input
+                raise InvalidPlan("sharing links contain a cycle")
+
+    def parent(self, slot: Slot) -> tuple[Slot, LinkKind] | None:
+        """The slot's direct link ``(parent, kind)``, or None for a root."""
+        sid = self._sid(slot)
+        link = self.links[sid]
+        if link < 0:
+            return None
+        return self.graph.index.slot_key(link >> 1), LinkKind(link & 1)
+
+    def root(self, slot: Slot) -> Slot:
+        """The slot whose scale/offset ``slot`` uses, following every overlap and follow link."""
+        return self.graph.index.slot_key(self._root_sid(self._sid(slot)))
+
+    def chain(self, slot: Slot) -> tuple[tuple[Slot, LinkKind | None], ...]:
+        """The link path from ``slot`` to its root: ``((slot, kind), ..., (root, None))``."""
+        idx = self.graph.index
+        sid = self._sid(slot)
+        out: list[tuple[Slot, LinkKind | None]] = []
+        while True:
+            link = self.links[sid]
+            if link < 0:
+                out.append((idx.slot_key(sid), None))
+                return tuple(out)
+            out.append((idx.slot_key(sid), LinkKind(link & 1)))
+            sid = link >> 1
+
+    def root_ids(self) -> list[int]:
+        """Root slot id of every slot id (-1 where the op is not quantized), in O(slots)."""
+        links = self.links.tolist()
+        configs = self.configs
+        roots = [-1] * len(links)
+        for sid in range(len(links)):
+            if configs[sid] is None or roots[sid] >= 0:
+                continue
+            path = []
+            s = sid
+            while links[s] >= 0 and roots[s] < 0:
+                path.append(s)
+                s = links[s] >> 1
+            r = roots[s] if roots[s] >= 0 else s
+            roots[s] = r
+            for p in path:
+                roots[p] = r
+        return roots
+
+    def group(self, slot: Slot) -> frozenset[Slot]:
+        """Every slot sharing ``slot``'s root (including both)."""
+        r = self._root_sid(self._sid(slot))
+        idx = self.graph.index
+        return frozenset(idx.slot_key(s) for s, rr in enumerate(self.root_ids()) if rr == r)
+
+    def groups(self, min_size: int = 2) -> tuple[frozenset[Slot], ...]:
+        """Every set of at least ``min_size`` slots sharing one root, ordered by root slot id."""
+        acc: dict[int, list[int]] = {}
+        for s, r in enumerate(self.root_ids()):
+            if r >= 0:
+                acc.setdefault(r, []).append(s)
+        idx = self.graph.index
+        return tuple(
+            frozenset(idx.slot_key(s) for s in members)
+            for _, members in sorted(acc.items())
+            if len(members) >= min_size
+        )
+
+    def scale_of(self, slot: Slot) -> np.ndarray[Any, Any] | None:
+        """The scale ``slot`` quantizes with: its root's."""
+        return self.configs[self._root_sid(self._sid(slot))].scale  # type: ignore[no-any-return]
+
+    def offset_of(self, slot: Slot) -> np.ndarray[Any, Any] | None:
+        """The offset (zero point) ``slot`` quantizes with: its root's."""
+        return self.configs[self._root_sid(self._sid(slot))].offset  # type: ignore[no-any-return]
+
+    # -- updates ------------------------------------------------------------------------------
+
+    def evolver(self) -> PlanEvolver:
+        """A transient for batching many updates (what passes use)."""
+        return PlanEvolver(self)
+
+    def overlap(self, slot: Slot, by: Slot) -> QuantPlan:
+        """PPQ's ``slot.dominated_by = by``: merge ``slot``'s group into ``by``'s.
+
+        ``slot``'s root is re-parented under ``by``'s root and so is ``slot`` itself; both become
+        OVERLAPPED. If they already share a root nothing changes (PPQ raises for a root linked to
+        its own member; fusekit treats both directions alike).
+        """
+        e = self.evolver()
+        e.overlap(slot, by)
+        return e.persistent()
+
+    def follow(self, slot: Slot, master: Slot) -> QuantPlan:
+        """PPQ's ``slot.master_by = master``: ``slot`` quantizes with ``master``'s scale.
+
+        ``slot`` becomes PASSIVE (or PASSIVE_INIT while the master has no scale). Raises
+        :class:`~fusekit.errors.SharingCycle` when ``master`` already depends on ``slot``.
+        """
+        e = self.evolver()
+        e.follow(slot, master)
+        return e.persistent()
+
+    def with_config(self, slot: Slot, config: TensorQuantConfig) -> QuantPlan:
+        """A plan where ``slot`` has ``config`` (its links are unchanged)."""
+        e = self.evolver()
+        e.set_config(slot, config)
+        return e.persistent()
+
+    def with_state(self, slot: Slot, state: QuantState) -> QuantPlan:
+        """A plan where ``slot`` is in ``state``."""
+        return self.with_config(slot, self[slot].with_state(state))
+
+    def set_scale(self, root: Slot, scale: Any, offset: Any) -> QuantPlan:
+        """A plan where root slot ``root`` has ``scale``/``offset`` (NotARoot for a linked slot)."""
+        e = self.evolver()
+        e.set_scale(root, scale, offset)
+        return e.persistent()
+
+    def unlink(self, slot: Slot) -> QuantPlan:
+        """A plan where ``slot`` is its own root again (its state is left as it is)."""
+        e = self.evolver()
+        e.unlink(slot)
+        return e.persistent()
+
+
+class PlanEvolver:
+    """A transient over a :class:`QuantPlan`: batch updates, then :meth:`persistent`.
+
+    Reads see the updates made so far. :meth:`persistent` returns the original plan object when
+    nothing changed. Methods taking ``sid`` work on integer slot ids (the graph index's) and are
+    what passes use in their loops; the others take :class:`Slot` keys.
+    """
+
+    __slots__ = ("_cfg", "_dirty", "_dispatch", "_index", "_links", "_plan")
+
+    def __init__(self, plan: QuantPlan):
+        self._plan = plan
+        self._cfg = plan.configs.evolver()
+        self._links = plan.links.evolver()
+        self._dispatch = plan.dispatch.evolver()
+        self._index = plan.graph.index
+        self._dirty = False
+
+    @property
+    def plan(self) -> QuantPlan:
+        """The plan this evolver started from."""
+        return self._plan
+
+    @property
+    def index(self) -> GraphIndex:
+        """The graph index (slot ids)."""
+        return self._index
+
+    def sid(self, slot: Slot) -> int:
+        """Integer id of a slot of a quantized op."""
+        sid = self._index.slot_id(slot)
+        if self._cfg[sid] is None:
+            raise UnknownSlot(slot, f"op {slot[0]!r} is not quantized in this plan")
+        return sid
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def cfg(self, sid: int) -> TensorQuantConfig | None:
+        """Config of slot id ``sid`` (None if its op is not quantized)."""
+        return self._cfg[sid]  # type: ignore[no-any-return]
+
+    def link(self, sid: int) -> int:
+        """Encoded link of ``sid``: -1 for a root, else ``parent * 2 + kind``."""
+        return self._links[sid]
+
+    def root(self, sid: int) -> int:
+        """Root slot id of ``sid``."""
+        links = self._links
+        n = 0
+        while True:
+            link = links[sid]
+            if link < 0:
+                return sid
+            sid = link >> 1
+            n += 1
+            if n > len(links):
+                raise InvalidPlan("sharing links contain a cycle")
+
+    def platform(self, oid: int) -> str | None:
+        """Platform of op id ``oid`` (None if not quantized)."""
+        return self._dispatch[oid]
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def set_cfg(self, sid: int, cfg: TensorQuantConfig | None) -> None:
+        """Set the config of slot id ``sid`` (no-op if it is the same object)."""
+        if self._cfg[sid] is not cfg:
+            self._cfg[sid] = cfg
+            self._dirty = True
+
+    def set_state(self, sid: int, state: QuantState) -> None:
+        """Set the state of slot id ``sid``."""
+        cfg = self._cfg[sid]
+        if cfg.state is not state:
+            self._cfg[sid] = cfg.with_state(state)
+            self._dirty = True
+
+    def _set_link(self, sid: int, link: int) -> None:
+        if self._links[sid] != link:
+            self._links[sid] = link
+            self._dirty = True
+
+    def set_platform(self, oid: int, platform: str | None) -> None:
+        """Dispatch op id ``oid`` to ``platform`` (configs must be set separately)."""
+        if self._dispatch[oid] != platform:
+            self._dispatch[oid] = platform
+            self._dirty = True
+
+    def overlap_sid(self, a: int, b: int) -> bool:
+        """PPQ ``dominated_by`` on slot ids; returns False when nothing changed."""
+        if a == b:
+            raise SharingCycle([self._index.slot_key(a), self._index.slot_key(b)])
+        ra = self.root(a)
+        rb = self.root(b)
+        if ra == rb:
+            return False
+        link = _encode_link(rb, LinkKind.OVERLAP)
+        self._set_link(ra, link)
+        self._set_link(a, link)
+        self.set_state(ra, QuantState.OVERLAPPED)
+        self.set_state(a, QuantState.OVERLAPPED)
+        return True
+
+    def follow_sid(self, a: int, m: int) -> bool:
+        """PPQ ``master_by`` on slot ids (cycle-safe); returns False when nothing changed."""
+        if a == m:
+            raise SharingCycle([self._index.slot_key(a), self._index.slot_key(m)])
+        chain = [m]
+        s = m
+        links = self._links
+        while links[s] >= 0:
+            s = links[s] >> 1
+            chain.append(s)
+            if s == a:
+                key = self._index.slot_key
+                raise SharingCycle([key(a), *(key(x) for x in chain)])
+        root_cfg = self._cfg[s]
+        ready = root_cfg.scale is not None and root_cfg.offset is not None
+        changed = self._links[a] != _encode_link(m, LinkKind.FOLLOW)
+        self._set_link(a, _encode_link(m, LinkKind.FOLLOW))
+        before = self._cfg[a].state
+        self.set_state(a, QuantState.PASSIVE if ready else QuantState.PASSIVE_INIT)
+        return changed or before is not self._cfg[a].state
+
+    def unlink_sid(self, sid: int) -> None:
+        """Make ``sid`` its own root (state unchanged)."""
+        self._set_link(sid, NO_LINK)
+
+    def overlap(self, slot: Slot, by: Slot) -> bool:
+        """:meth:`QuantPlan.overlap` on this transient."""
+        return self.overlap_sid(self.sid(slot), self.sid(by))
+
+    def follow(self, slot: Slot, master: Slot) -> bool:
+        """:meth:`QuantPlan.follow` on this transient."""
+        return self.follow_sid(self.sid(slot), self.sid(master))
+
+    def unlink(self, slot: Slot) -> None:
+        """:meth:`QuantPlan.unlink` on this transient."""
+        self.unlink_sid(self.sid(slot))
+
+    def set_config(self, slot: Slot, cfg: TensorQuantConfig) -> None:
+        """Set a slot's config."""
+        if not isinstance(cfg, TensorQuantConfig):
+            raise InvalidPlan(f"config for {slot} must be a TensorQuantConfig")
+        self.set_cfg(self.sid(slot), cfg)
+
+    def set_scale(self, slot: Slot, scale: Any, offset: Any) -> None:
+        """Set the scale/offset of a root slot (NotARoot otherwise)."""
+        sid = self.sid(slot)
+        if self._links[sid] >= 0:
+            owner = self._index.slot_key(self.root(sid))
+            raise NotARoot(f"cannot set the scale of {slot}: it uses the scale of {owner}")
+        self.set_cfg(sid, self._cfg[sid].with_scale(scale, offset))
+
+    def is_dirty(self) -> bool:
+        """True once any write changed something."""
+        return self._dirty
+
+    def persistent(self) -> QuantPlan:
+        """The resulting plan (the original object if nothing changed)."""
+        if not self._dirty:
+            return self._plan
+        p = self._plan
+        return QuantPlan(
+            p.graph, self._cfg.persistent(), self._links.persistent(), self._dispatch.persistent()
+        )
+
+
+def diff(a: QuantPlan, b: QuantPlan) -> tuple[SlotDiff, ...]:
+    """Slots whose config or root differ between two plans of the same graph, in slot-id order."""
+    if a is b:
+        return ()
+    if a.graph.index is not b.graph.index and len(a.configs) != len(b.configs):
+        raise InvalidPlan("diff needs two plans of the same graph")
+    ra, rb = a.root_ids(), b.root_ids()
+    idx = a.graph.index
+    out: list[SlotDiff] = []
+    for sid, (ca, cb) in enumerate(zip(a.configs, b.configs)):
+        if ca is cb and ra[sid] == rb[sid]:
+            continue
+        if ca is not None and cb is not None and ca == cb and ra[sid] == rb[sid]:
+            continue
+        out.append(
+            SlotDiff(
+                idx.slot_key(sid),
+                ca,
+                cb,
+                idx.slot_key(ra[sid]) if ra[sid] >= 0 else None,
+                idx.slot_key(rb[sid]) if rb[sid] >= 0 else None,
+            )
+        )
+    return tuple(out)
