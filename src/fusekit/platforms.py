@@ -1,0 +1,1227 @@
+"""Platform rule sets as data, and :func:`init_plan`.
+
+A :class:`Platform` is a frozen value, not a class hierarchy: which op types a backend
+quantizes, which activations it fuses into the preceding computing op, which ops only move data
+(passive), which inputs are never quantized (sockets), and the policies of activations, weights
+and biases. fusekit ships corrected rule sets (``trt_int8``, ``ort_int8``, ``ppl_cuda_int8``) and
+the rule sets of PPQ 0.6.6 reproduced exactly, typos included (``ppq066_trt_int8``,
+``ppq066_ort_int8``, ``ppq066_ppl_cuda_int8``, ``ppq066_ort_int8_softplus_tanh``), for parity
+tests and for users migrating from PPQ. Users register their own with :func:`register_platform`
+or load them from JSON/TOML with :func:`load_platform`.
+
+Every op type named in a rule set is checked against the ONNX operator registry by the test
+suite; names that are not ONNX ops (PPQ's own fused types and typos) must be listed in
+``non_onnx_types``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from pyrsistent import PMap, pmap, pvector
+
+from ._util import gc_paused
+from .errors import InvalidPlatform, UnknownPlatform
+from .graph import Graph
+from .quant import (
+    NO_LINK,
+    QuantPlan,
+    QuantPolicy,
+    QuantProperty,
+    QuantState,
+    RoundingPolicy,
+    TensorQuantConfig,
+    Visibility,
+)
+
+__all__ = [
+    "QUIRKS",
+    "BiasRule",
+    "Platform",
+    "QuantRule",
+    "SocketRule",
+    "get_platform",
+    "init_plan",
+    "load_platform",
+    "platform_from_dict",
+    "platform_to_dict",
+    "platforms",
+    "register_platform",
+]
+
+P = QuantProperty
+SYM_PT = QuantPolicy.of(P.PER_TENSOR, P.LINEAR, P.SYMMETRICAL)
+SYM_PC = QuantPolicy.of(P.PER_CHANNEL, P.LINEAR, P.SYMMETRICAL)
+
+#: PPQ 0.6.6 behaviours a rule set can switch on (the ``ppq066_*`` sets switch on all of them).
+QUIRKS: Mapping[str, str] = {
+    "graph_output_fusion": "activation/Swish fusion ignores graph outputs and overlaps them",
+    "first_occurrence_input": "Mul(x, x): only the first input slot of a repeated tensor is "
+    "de-duplicated by simplify",
+    "alignment_overlap": "alignment overlaps upstream outputs (0.6.6 dominated_by), leaving "
+    "fan-out edges unquantized",
+    "align_to_large_slave_bug": "align-to-large tests the last input's state instead of each "
+    "slave's",
+    "align_to_large_regrow": "align-to-large recomputes the range from the current scales on "
+    "every run (the scale grows by 256/255 each time)",
+    "platform_mismatch_fp32_fuse": "activation fusion across platforms proceeds when the computing "
+    "op's output is FP32",
+    "bake_clip_bounds": "Clip min/max become passive slaves of the Clip input, so a fused ReLU6 "
+    "bound is rewritten by baking",
+}
+
+
+@attrs.frozen
+class SocketRule:
+    """Which inputs/outputs of an op type are never quantized.
+
+    Each entry is ``"U"`` (unspecified: quantized like any slot), ``"FP32"`` or ``"SOI"``
+    (shape-or-index data). Slots beyond the tuple are ``"U"``.
+    """
+
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    def input(self, i: int) -> str:
+        """The rule for input ``i``."""
+        return self.inputs[i] if i < len(self.inputs) else "U"
+
+    def output(self, i: int) -> str:
+        """The rule for output ``i``."""
+        return self.outputs[i] if i < len(self.outputs) else "U"
+
+
+@attrs.frozen
+class QuantRule:
+    """How a class of slots (activations, or one op type's weight) is quantized."""
+
+    policy: QuantPolicy = SYM_PT
+    num_bits: int = 8
+    quant_min: int | float = -128
+    quant_max: int | float = 127
+    rounding: RoundingPolicy = RoundingPolicy.ROUND_HALF_EVEN
+    observer: str = "percentile"
+    channel_axis: int | None = None  # -1: the last axis of the weight
+    exponent_bits: int = 0
+
+    def config(
+        self, state: QuantState = QuantState.INITIAL, axis: int | None = None
+    ) -> TensorQuantConfig:
+        """A fresh config following this rule."""
+        return TensorQuantConfig(
+            policy=self.policy,
+            num_bits=self.num_bits,
+            quant_min=self.quant_min,
+            quant_max=self.quant_max,
+            exponent_bits=self.exponent_bits,
+            rounding=self.rounding,
+            channel_axis=axis if axis is not None else self.channel_axis,
+            observer=self.observer,
+            state=state,
+        )
+
+
+@attrs.frozen
+class BiasRule:
+    """The bias of Conv/ConvTranspose/Gemm: FP32, or PASSIVE_INIT with ``in_scale * w_scale``."""
+
+    state: QuantState = QuantState.FP32
+    rule: QuantRule = QuantRule()
+    visibility: Visibility = Visibility.EXPORT_WHEN_ACTIVE
+
+
+def _fs(items: Iterable[str]) -> frozenset[str]:
+    return frozenset(items)
+
+
+def _pm(items: Mapping[str, Any] | None) -> PMap[str, Any]:
+    return pmap(items or {})
+
+
+@attrs.frozen
+class Platform:
+    """A backend's quantization rules, as data.
+
+    ``quant_types``: op types quantized. ``computing_types``: ops whose output an activation can
+    be fused into (PPQ's COMPUTING_OP). ``activation_types``: single-op activations fused after a
+    computing op. ``activation_patterns``: composite activations fused after a computing op
+    (``"swish"``, ``"mish"``, ``"hardswish"``, ``"gelu"``). ``passive_types``: ops whose outputs
+    keep their first input's scale. ``passive_conditions``: op type -> named precondition
+    (``"pad_constant_zero"``). ``sockets``: op type -> inputs never quantized.
+    ``weights``: op type -> rule for input 1 when it is a constant. ``bias``: rule for input 2 of
+    ``bias_types``. ``fp32_inputs_from``: op type -> first input index that stays FP32.
+    ``alignment``: what the alignment pass aligns. ``quirks``: PPQ 0.6.6 behaviours reproduced
+    (see :data:`QUIRKS`). ``non_onnx_types``: names used above that are not ONNX operators.
+    """
+
+    name: str
+    description: str = ""
+    quant_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    computing_types: frozenset[str] = attrs.field(
+        default=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"}), converter=_fs
+    )
+    activation_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    activation_patterns: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    passive_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    passive_conditions: PMap[str, str] = attrs.field(factory=pmap, converter=_pm)
+    sockets: PMap[str, SocketRule] = attrs.field(factory=pmap, converter=_pm)
+    activation: QuantRule = QuantRule()
+    weights: PMap[str, QuantRule] = attrs.field(factory=pmap, converter=_pm)
+    bias_types: frozenset[str] = attrs.field(
+        default=frozenset({"Conv", "ConvTranspose", "Gemm"}), converter=_fs
+    )
+    bias: BiasRule = BiasRule()
+    fp32_inputs_from: PMap[str, int] = attrs.field(factory=pmap, converter=_pm)
+    linear_activations: frozenset[str] = attrs.field(
+        default=frozenset({"Relu", "Clip"}), converter=_fs
+    )
+    alignment: PMap[str, frozenset[str]] = attrs.field(factory=pmap, converter=_pm)
+    quirks: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    non_onnx_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    ppq_target: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        unknown = self.quirks - set(QUIRKS)
+        if unknown:
+            raise InvalidPlatform(f"platform {self.name!r}: unknown quirks {sorted(unknown)}")
+
+    def has_quirk(self, quirk: str) -> bool:
+        """True if this rule set reproduces PPQ 0.6.6 behaviour ``quirk``."""
+        return quirk in self.quirks
+
+    def socket(self, op_type: str) -> SocketRule:
+        """The socket rule of an op type (all ``"U"`` when none is given)."""
+        return self.sockets.get(op_type, _DEFAULT_SOCKET)
+
+    def op_types(self) -> frozenset[str]:
+        """Every op type this rule set names anywhere."""
+        names: set[str] = set()
+        names |= self.quant_types | self.computing_types | self.activation_types
+        names |= self.passive_types | self.bias_types | self.linear_activations
+        names |= set(self.passive_conditions) | set(self.sockets) | set(self.weights)
+        names |= set(self.fp32_inputs_from)
+        for v in self.alignment.values():
+            names |= v
+        return frozenset(names)
+
+    def evolve(self, **changes: Any) -> Platform:
+        """A copy with some fields changed (the way to derive a custom rule set)."""
+        return attrs.evolve(self, **changes)
+
+
+_DEFAULT_SOCKET = SocketRule()
+
+U, F, S = "U", "FP32", "SOI"
+
+# PPQ's DEFAULT_SOCKET_TABLE as evaluated (reference section 2.3).
+PPQ_SOCKETS: Mapping[str, SocketRule] = {
+    "Reshape": SocketRule((U, S)),
+    "Pad": SocketRule((U, S, S)),
+    "Resize": SocketRule((U, S, S, S)),
+    "Slice": SocketRule((U, S, S, S, S)),
+    "Split": SocketRule((U, S)),
+    "Squeeze": SocketRule((U, S)),
+    "Unsqueeze": SocketRule((U, S)),
+    "Expand": SocketRule((U, S)),
+    "Tile": SocketRule((U, S, S)),
+    "TopK": SocketRule((U, S), (U, F)),
+    "Clip": SocketRule((U, F, F)),
+    "Gather": SocketRule((U, F)),
+    "GatherElements": SocketRule((U, F)),
+    "GatherND": SocketRule((U, F)),
+    "grid_sampler": SocketRule((U, F)),
+    "ScatterElements": SocketRule((U, F, U)),
+    "ScatterND": SocketRule((U, F, U)),
+    "Where": SocketRule((U, F, F)),
+    "RoiAlign": SocketRule((U, F, S)),
+    "MMCVRoiAlign": SocketRule((U, F, S)),
+    "NonMaxSuppression": SocketRule((U, F, S, S, S)),
+    "ConstantOfShape": SocketRule((S,)),
+    "Range": SocketRule((S, S, S)),
+    "OneHot": SocketRule((S, S, S), (S,)),
+    "Shape": SocketRule((U,), (S,)),
+    "NonZero": SocketRule((U,), (F,)),
+    **{
+        t: SocketRule((U, U), (F,))
+        for t in ("Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor")
+    },
+}
+
+# Corrected sockets: PPQ's, with Where's slots fixed (condition FP32, both data inputs
+# quantized), Pad's constant value quantized with the data, and ONNX ops PPQ never listed.
+FUSEKIT_SOCKETS: Mapping[str, SocketRule] = {
+    **{k: v for k, v in PPQ_SOCKETS.items() if k not in ("grid_sampler", "MMCVRoiAlign")},
+    "Where": SocketRule((F, U, U)),
+    "Pad": SocketRule((U, S, U, S)),
+    "Size": SocketRule((U,), (S,)),
+    "GridSample": SocketRule((U, F)),
+    "Upsample": SocketRule((U, S)),
+    "ReduceMean": SocketRule((U, S)),
+    "ReduceMax": SocketRule((U, S)),
+    "ReduceSum": SocketRule((U, S)),
+    "CumSum": SocketRule((U, S)),
+}
+
+PPQ_COMPUTING = frozenset(
+    {"Conv", "Gemm", "ConvTranspose", "MatMul", "Attention", "PPQBiasFusedMatMul"}
+)
+PPQ_PASSIVE = frozenset(  # as Python evaluated PPQ's set: 'Dropout' 'Slice' -> 'DropoutSlice'
+    {
+        "DropoutSlice",
+        "Flatten",
+        "GlobalMaxPool",
+        "Identity",
+        "Interp",
+        "MaxPool",
+        "Pad",
+        "Reshape",
+        "Split",
+        "Squeeze",
+        "Transpose",
+        "Unsqueeze",
+    }
+)
+PPQ_ALIGNMENT = {
+    "elementwise": frozenset({"Add", "Sub", "Sum"}),
+    "concat": frozenset({"Concat"}),
+    "pooling": frozenset({"AveragePool", "GlobalAveragePool"}),
+    "resize": frozenset({"Resize"}),
+}
+PPQ_NON_ONNX = frozenset(
+    {"Interp", "PPQBiasFusedMatMul", "DropoutSlice", "SoftPlus", "grid_sampler", "MMCVRoiAlign"}
+)
+
+_TRT_QUANT = frozenset(
+    [
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "Relu",
+        "PRelu",
+        "Clip",
+        "Pad",
+        "Resize",
+        "MaxPool",
+        "AveragePool",
+        "GlobalMaxPool",
+        "GlobalAveragePool",
+        "Softmax",
+        "Mul",
+        "Add",
+        "Max",
+        "Sub",
+        "Div",
+        "Reshape",
+        "LeakyRelu",
+        "Concat",
+        "Sigmoid",
+        "Interp",
+        "ReduceMean",
+        "Transpose",
+        "Slice",
+        "Flatten",
+        "HardSwish",
+        "HardSigmoid",
+        "MatMul",
+        "Attention",
+        "LayerNormalization",
+        "Gelu",
+        "PPQBiasFusedMatMul",
+    ]
+)
+_ORT_QUANT = (
+    _TRT_QUANT - {"Attention", "LayerNormalization", "Gelu", "PPQBiasFusedMatMul"}
+) | PPQ_PASSIVE
+_PPL_QUANT = frozenset(
+    [
+        "Conv",
+        "Relu",
+        "PRelu",
+        "Clip",
+        "Gemm",
+        "Resize",
+        "MaxPool",
+        "AveragePool",
+        "GlobalMaxPool",
+        "GlobalAveragePool",
+        "Mul",
+        "Add",
+        "LeakyRelu",
+        "Split",
+        "Concat",
+        "Transpose",
+        "Slice",
+        "Reshape",
+        "Flatten",
+        "Sigmoid",
+        "ReduceMean",
+    ]
+)
+
+_PPQ_TRT_WEIGHTS = {
+    "Conv": QuantRule(SYM_PC, channel_axis=0, observer="minmax"),
+    "ConvTranspose": QuantRule(SYM_PC, channel_axis=1, observer="minmax"),
+    "Gemm": QuantRule(SYM_PC, channel_axis=0, observer="minmax"),
+    "MatMul": QuantRule(SYM_PC, channel_axis=0, observer="minmax"),  # PPQ: the reduction axis (bug)
+    "PPQBiasFusedMatMul": QuantRule(SYM_PC, channel_axis=0, observer="minmax"),
+}
+_PPQ_ORT_WEIGHTS = {
+    "Conv": QuantRule(SYM_PC, channel_axis=0, observer="minmax"),
+    "ConvTranspose": QuantRule(SYM_PC, channel_axis=1, observer="minmax"),
+    "Gemm": QuantRule(SYM_PC, channel_axis=0, observer="minmax"),
+}
+_PPQ_ORT_BIAS = BiasRule(QuantState.FP32, QuantRule(SYM_PC, channel_axis=0, observer="minmax"))
+_PPL_BIAS = BiasRule(
+    QuantState.PASSIVE_INIT,
+    QuantRule(
+        SYM_PC,
+        num_bits=32,
+        quant_min=-(2**31 - 1),
+        quant_max=2**31 - 1,
+        channel_axis=0,
+        observer="minmax",
+    ),
+)
+_ALL_QUIRKS = frozenset(QUIRKS)
+
+
+def _ppq(
+    name: str,
+    target: str,
+    quant: frozenset[str],
+    acts: Iterable[str],
+    desc: str,
+    weights: Mapping[str, QuantRule],
+    bias: BiasRule,
+    fp32_from: Mapping[str, int] | None = None,
+) -> Platform:
+    acts = frozenset(acts)
+    patterns = {p for p, flag in (("swish", "Swish"), ("mish", "Mish")) if flag in acts}
+    return Platform(
+        name=name,
+        description=desc,
+        quant_types=quant,
+        computing_types=PPQ_COMPUTING,
+        activation_types=acts,
+        activation_patterns=patterns,
+        passive_types=PPQ_PASSIVE,
+        sockets=PPQ_SOCKETS,
+        activation=QuantRule(SYM_PT, observer="percentile"),
+        weights=weights,
+        bias=bias,
+        fp32_inputs_from=fp32_from or {},
+        alignment=PPQ_ALIGNMENT,
+        quirks=_ALL_QUIRKS,
+        non_onnx_types=PPQ_NON_ONNX,
+        ppq_target=target,
+    )
+
+
+PPQ066_TRT_INT8 = _ppq(
+    "ppq066_trt_int8",
+    "TRT_INT8",
+    _TRT_QUANT,
+    ("Relu", "Clip", "Swish", "SoftPlus", "Sigmoid", "Gelu"),
+    "PPQ 0.6.6 TensorRTQuantizer, reproduced exactly (typos and bugs included)",
+    _PPQ_TRT_WEIGHTS,
+    BiasRule(QuantState.FP32),
+    {"LayerNormalization": 1, "Attention": 2},
+)
+PPQ066_ORT_INT8 = _ppq(
+    "ppq066_ort_int8",
+    "INT8",
+    _ORT_QUANT,
+    ("Relu", "Clip", "Sigmoid", "Swish", "Mish", "LeakyRelu"),
+    "PPQ 0.6.6 OnnxruntimeQuantizer, reproduced exactly (typos and bugs included)",
+    _PPQ_ORT_WEIGHTS,
+    _PPQ_ORT_BIAS,
+)
+PPQ066_ORT_INT8_SOFTPLUS_TANH = PPQ066_ORT_INT8.evolve(
+    name="ppq066_ort_int8_softplus_tanh",
+    quant_types=PPQ066_ORT_INT8.quant_types | {"Softplus", "Tanh"},
+    description="PPQ 0.6.6 OnnxruntimeQuantizer with Softplus and Tanh quantable (so Mish fires)",
+)
+PPQ066_PPL_CUDA_INT8 = _ppq(
+    "ppq066_ppl_cuda_int8",
+    "PPL_CUDA_INT8",
+    _PPL_QUANT,
+    ("Relu", "Clip", "Sigmoid", "LeakyRelu"),
+    "PPQ 0.6.6 PPLCUDAQuantizer, reproduced exactly (typos and bugs included)",
+    {
+        "Conv": _PPQ_TRT_WEIGHTS["Conv"],
+        "ConvTranspose": _PPQ_TRT_WEIGHTS["ConvTranspose"],
+        "Gemm": _PPQ_TRT_WEIGHTS["Gemm"],
+    },
+    _PPL_BIAS,
+)
+
+# ----- corrected rule sets -------------------------------------------------------------------
+
+FUSEKIT_PASSIVE = frozenset(
+    {
+        "MaxPool",
+        "GlobalMaxPool",
+        "Reshape",
+        "Flatten",
+        "Identity",
+        "Dropout",
+        "Slice",
+        "Pad",
+        "Split",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "DepthToSpace",
+        "SpaceToDepth",
+    }
+)
+_SINGLE_ACTS = frozenset(
+    {
+        "Relu",
+        "Clip",
+        "LeakyRelu",
+        "PRelu",
+        "Sigmoid",
+        "Tanh",
+        "Softplus",
+        "Elu",
+        "Selu",
+        "HardSigmoid",
+        "HardSwish",
+        "Gelu",
+        "Mish",
+        "Swish",
+    }
+)
+_PATTERNS = frozenset({"swish", "mish", "hardswish", "gelu"})
+_COMMON_QUANT = frozenset(
+    [
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "Relu",
+        "PRelu",
+        "Clip",
+        "LeakyRelu",
+        "Sigmoid",
+        "Tanh",
+        "Softplus",
+        "Elu",
+        "Selu",
+        "HardSigmoid",
+        "HardSwish",
+        "Gelu",
+        "Mish",
+        "Swish",
+        "Erf",
+        "Pad",
+        "Resize",
+        "MaxPool",
+        "AveragePool",
+        "GlobalMaxPool",
+        "GlobalAveragePool",
+        "Softmax",
+        "Mul",
+        "Add",
+        "Sub",
+        "Div",
+        "Max",
+        "Min",
+        "Sum",
+        "Concat",
+        "ReduceMean",
+        "Reshape",
+        "Transpose",
+        "Slice",
+        "Flatten",
+        "Split",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Dropout",
+        "DepthToSpace",
+        "SpaceToDepth",
+    ]
+)
+_FK_WEIGHTS = {
+    "Conv": QuantRule(SYM_PC, channel_axis=0, observer="minmax"),
+    "ConvTranspose": QuantRule(SYM_PC, channel_axis=1, observer="minmax"),
+    "Gemm": QuantRule(SYM_PC, channel_axis=0, observer="minmax"),
+    "MatMul": QuantRule(SYM_PC, channel_axis=-1, observer="minmax"),  # output channels: last axis
+}
+_FK_ALIGNMENT = {
+    "elementwise": frozenset({"Add", "Sub", "Sum"}),
+    "concat": frozenset({"Concat"}),
+    "pooling": frozenset({"AveragePool", "GlobalAveragePool"}),
+    "resize": frozenset({"Resize"}),
+}
+
+
+def _fusekit(
+    name: str,
+    desc: str,
+    quant: frozenset[str],
+    acts: frozenset[str],
+    patterns: frozenset[str],
+    bias: BiasRule,
+    target: str,
+    weights: Mapping[str, QuantRule] = _FK_WEIGHTS,
+) -> Platform:
+    return Platform(
+        name=name,
+        description=desc,
+        quant_types=quant,
+        computing_types=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"}),
+        activation_types=acts,
+        activation_patterns=patterns,
+        passive_types=FUSEKIT_PASSIVE,
+        passive_conditions={"Pad": "pad_constant_zero"},
+        sockets=FUSEKIT_SOCKETS,
+        activation=QuantRule(SYM_PT, observer="minmax"),
+        weights=weights,
+        bias=bias,
+        fp32_inputs_from={"LayerNormalization": 1},
+        alignment=_FK_ALIGNMENT,
+        ppq_target=target,
+    )
+
+
+TRT_INT8 = _fusekit(
+    "trt_int8",
+    "TensorRT INT8 (explicit Q/DQ): fuses Conv/Gemm/MatMul with pointwise activations, "
+    "passes data movers through at the input's scale",
+    _COMMON_QUANT | {"LayerNormalization"},
+    _SINGLE_ACTS,
+    _PATTERNS,
+    BiasRule(QuantState.FP32),
+    "TRT_INT8",
+)
+ORT_INT8 = _fusekit(
+    "ort_int8",
+    "ONNX Runtime QDQ INT8 (CPU EP): fuses Conv/Gemm/MatMul with Relu/Clip and the "
+    "activations ORT's QDQ transformers fold",
+    _COMMON_QUANT,
+    frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Swish"}),
+    frozenset({"swish", "hardswish"}),
+    BiasRule(
+        QuantState.PASSIVE_INIT,
+        QuantRule(
+            SYM_PC,
+            num_bits=32,
+            quant_min=-(2**31),
+            quant_max=2**31 - 1,
+            channel_axis=0,
+            observer="minmax",
+        ),
+    ),
+    "ONNXRUNTIME",
+)
+PPL_CUDA_INT8 = _fusekit(
+    "ppl_cuda_int8",
+    "OpenPPL CUDA INT8: Conv/Gemm + Relu/Clip/Sigmoid/LeakyRelu fusion, 32-bit passive bias",
+    _PPL_QUANT | {"Dropout", "Squeeze", "Unsqueeze", "Identity"},
+    frozenset({"Relu", "Clip", "Sigmoid", "LeakyRelu"}),
+    frozenset(),
+    _PPL_BIAS,
+    "PPL_CUDA_INT8",
+    {k: _FK_WEIGHTS[k] for k in ("Conv", "ConvTranspose", "Gemm")},
+)
+
+_REGISTRY: dict[str, Platform] = {}
+
+
+def register_platform(platform: Platform, *, replace: bool = False) -> Platform:
+    """Make ``platform`` available by name to :func:`get_platform` and :func:`init_plan`."""
+    if not isinstance(platform, Platform):
+        raise InvalidPlatform("register_platform needs a Platform value")
+    if platform.name in _REGISTRY and not replace and _REGISTRY[platform.name] != platform:
+        raise InvalidPlatform(f"a different platform named {platform.name!r} is already registered")
+    _REGISTRY[platform.name] = platform
+    return platform
+
+
+for _p in (
+    TRT_INT8,
+    ORT_INT8,
+    PPL_CUDA_INT8,
+    PPQ066_TRT_INT8,
+    PPQ066_ORT_INT8,
+    PPQ066_ORT_INT8_SOFTPLUS_TANH,
+    PPQ066_PPL_CUDA_INT8,
+):
+    register_platform(_p)
+
+
+def platforms() -> tuple[str, ...]:
+    """Names of the registered platforms, corrected ones first."""
+    return tuple(sorted(_REGISTRY, key=lambda n: (n.startswith("ppq"), n)))
+
+
+def get_platform(platform: Platform | str) -> Platform:
+    """The registered platform called ``platform`` (a Platform value is returned as is)."""
+    if isinstance(platform, Platform):
+        return platform
+    try:
+        return _REGISTRY[platform]
+    except KeyError:
+        raise UnknownPlatform(str(platform), platforms()) from None
+
+
+# --------------------------------------------------------------------------------------------
+# rule files
+
+
+_FIELDS = {f.name: f for f in attrs.fields(Platform)}
+
+
+def _rule_from(d: Any, where: str) -> QuantRule:
+    if not isinstance(d, Mapping):
+        raise InvalidPlatform(f"{where}: expected a table of rule fields")
+    allowed = {f.name for f in attrs.fields(QuantRule)}
+    extra = set(d) - allowed
+    if extra:
+        raise InvalidPlatform(
+            f"{where}: unknown field(s) {sorted(extra)}; allowed: {sorted(allowed)}"
+        )
+    kw = dict(d)
+    try:
+        if "policy" in kw:
+            kw["policy"] = QuantPolicy.parse(str(kw["policy"]))
+        if "rounding" in kw:
+            kw["rounding"] = RoundingPolicy[str(kw["rounding"])]
+    except KeyError as e:
+        raise InvalidPlatform(f"{where}: unknown rounding {e.args[0]!r}") from None
+    except Exception as e:
+        raise InvalidPlatform(f"{where}: {e}") from None
+    return QuantRule(**kw)
+
+
+def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Platform:
+    """Build a :class:`Platform` from plain data (what JSON/TOML give), validating every field.
+
+    Unknown fields and op types that are neither ONNX operators nor listed in
+    ``non_onnx_types`` raise :class:`~fusekit.errors.InvalidPlatform` naming them. A ``"base"``
+    key names a registered platform to start from; the other keys override its fields.
+    """
+    if not isinstance(d, Mapping):
+        raise InvalidPlatform(f"{source}: expected a table/object at the top level")
+    data = dict(d)
+    base_name = data.pop("base", None)
+    extra = set(data) - set(_FIELDS)
+    if extra:
+        raise InvalidPlatform(
+            f"{source}: unknown field(s) {sorted(extra)}; allowed: {sorted(_FIELDS)} and 'base'"
+        )
+    if "name" not in data:
+        raise InvalidPlatform(f"{source}: the field 'name' is required")
+    kw: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{source}: field {key!r}"
+        if key in ("name", "description", "ppq_target"):
+            if not isinstance(value, str):
+                raise InvalidPlatform(f"{where}: expected a string")
+            kw[key] = value
+        elif key in ("activation",):
+            kw[key] = _rule_from(value, where)
+        elif key == "weights":
+            if not isinstance(value, Mapping):
+                raise InvalidPlatform(f"{where}: expected a table op type -> rule")
+            kw[key] = {k: _rule_from(v, f"{where}[{k!r}]") for k, v in value.items()}
+        elif key == "bias":
+            if not isinstance(value, Mapping):
+                raise InvalidPlatform(f"{where}: expected a table")
+            b = dict(value)
+            try:
+                state = QuantState[b.pop("state", "FP32")]
+            except KeyError as e:
+                raise InvalidPlatform(f"{where}: unknown state {e.args[0]!r}") from None
+            vis = Visibility[b.pop("visibility", "EXPORT_WHEN_ACTIVE")]
+            kw[key] = BiasRule(state, _rule_from(b, where), vis)
+        elif key == "sockets":
+            if not isinstance(value, Mapping):
+                raise InvalidPlatform(f"{where}: expected a table op type -> {{inputs, outputs}}")
+            socks = {}
+            for t, s in value.items():
+                ins = tuple(s.get("inputs", ())) if isinstance(s, Mapping) else tuple(s)
+                outs = tuple(s.get("outputs", ())) if isinstance(s, Mapping) else ()
+                bad = [x for x in (*ins, *outs) if x not in ("U", "FP32", "SOI")]
+                if bad:
+                    raise InvalidPlatform(
+                        f"{where}[{t!r}]: entries must be U, FP32 or SOI, got {bad}"
+                    )
+                socks[t] = SocketRule(ins, outs)
+            kw[key] = socks
+        elif key in ("passive_conditions", "fp32_inputs_from"):
+            if not isinstance(value, Mapping):
+                raise InvalidPlatform(f"{where}: expected a table")
+            kw[key] = dict(value)
+        elif key == "alignment":
+            if not isinstance(value, Mapping):
+                raise InvalidPlatform(f"{where}: expected a table")
+            unknown = set(value) - {"elementwise", "concat", "pooling", "resize"}
+            if unknown:
+                raise InvalidPlatform(f"{where}: unknown alignment group(s) {sorted(unknown)}")
+            kw[key] = {k: frozenset(v) for k, v in value.items()}
+        else:
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise InvalidPlatform(f"{where}: expected a list of names")
+            kw[key] = frozenset(str(x) for x in value)
+    try:
+        if base_name is not None:
+            p = get_platform(str(base_name)).evolve(**kw)
+        else:
+            p = Platform(**kw)
+    except (TypeError, ValueError) as e:
+        raise InvalidPlatform(f"{source}: {e}") from None
+    unknown_ops = unknown_op_types(p)
+    if unknown_ops:
+        raise InvalidPlatform(
+            f"{source}: unknown op type(s) {sorted(unknown_ops)}: not ONNX operators; "
+            "list deliberate custom names in 'non_onnx_types'"
+        )
+    return p
+
+
+def unknown_op_types(platform: Platform) -> frozenset[str]:
+    """Op types the rule set names that are neither ONNX operators nor declared non-ONNX."""
+    from ._onnx_registry import is_onnx_op
+
+    return frozenset(
+        t for t in platform.op_types() if not is_onnx_op(t) and t not in platform.non_onnx_types
+    )
+
+
+def platform_to_dict(p: Platform) -> dict[str, Any]:
+    """Plain data for JSON (round trips through :func:`platform_from_dict`)."""
+
+    def rule(r: QuantRule) -> dict[str, Any]:
+        return {
+            "policy": str(r.policy),
+            "num_bits": r.num_bits,
+            "quant_min": r.quant_min,
+            "quant_max": r.quant_max,
+            "rounding": r.rounding.name,
+            "observer": r.observer,
+            "channel_axis": r.channel_axis,
+            "exponent_bits": r.exponent_bits,
+        }
+
+    return {
+        "name": p.name,
+        "description": p.description,
+        "ppq_target": p.ppq_target,
+        "quant_types": sorted(p.quant_types),
+        "computing_types": sorted(p.computing_types),
+        "activation_types": sorted(p.activation_types),
+        "activation_patterns": sorted(p.activation_patterns),
+        "passive_types": sorted(p.passive_types),
+        "passive_conditions": dict(p.passive_conditions),
+        "sockets": {
+            k: {"inputs": list(v.inputs), "outputs": list(v.outputs)}
+            for k, v in sorted(p.sockets.items())
+        },
+        "activation": rule(p.activation),
+        "weights": {k: rule(v) for k, v in sorted(p.weights.items())},
+        "bias_types": sorted(p.bias_types),
+        "bias": {
+            "state": p.bias.state.name,
+            "visibility": p.bias.visibility.name,
+            **rule(p.bias.rule),
+        },
+        "fp32_inputs_from": dict(p.fp32_inputs_from),
+        "linear_activations": sorted(p.linear_activations),
+        "alignment": {k: sorted(v) for k, v in sorted(p.alignment.items())},
+        "quirks": sorted(p.quirks),
+        "non_onnx_types": sorted(p.non_onnx_types),
+    }
+
+
+def load_platform(path: str | Path, *, register: bool = False) -> Platform:
+    """Read a rule set from a ``.json`` or ``.toml`` file (see :func:`platform_from_dict`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidPlatform(f"{p}: no such file")
+    text = p.read_bytes()
+    try:
+        if p.suffix.lower() == ".toml":
+            try:
+                import tomllib  # type: ignore[import-not-found,unused-ignore]
+            except ModuleNotFoundError:  # Python 3.10
+                raise InvalidPlatform(f"{p}: TOML rule files need Python 3.11+; use JSON") from None
+            data = tomllib.loads(text.decode("utf-8"))
+        else:
+            data = json.loads(text)
+    except InvalidPlatform:
+        raise
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidPlatform(f"{p}: not valid {p.suffix.lstrip('.') or 'JSON'}: {e}") from None
+    platform = platform_from_dict(data, source=str(p))
+    if register:
+        register_platform(platform, replace=True)
+    return platform
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch and init_plan
+
+
+class _Walker:
+    """PPQ's ``SearchableGraph.opset_matching`` over integer op ids (memoised, iterative)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.idx = graph.index
+        idx = self.idx
+        n_ops = len(idx.op_names)
+        self.down: list[list[int]] = [[] for _ in range(n_ops)]
+        self.up: list[list[int]] = [[] for _ in range(n_ops)]
+        self.in0_src: list[int] = [-1] * n_ops
+        self.inlast_src: list[int] = [-1] * n_ops
+        for name in graph.order:
+            oid = idx.op_id[name]
+            for k, sid in enumerate(idx.input_sids(oid)):
+                tid = idx.slot_tensor[sid]
+                p = idx.producer[tid] if tid >= 0 else -1
+                src = idx.slot_op[p] if p >= 0 else -1
+                if src >= 0:
+                    self.up[oid].append(src)
+                if k == 0:
+                    self.in0_src[oid] = src
+                self.inlast_src[oid] = src
+            for sid in idx.output_sids(oid):
+                tid = idx.slot_tensor[sid]
+                if tid >= 0:
+                    self.down[oid].extend(idx.slot_op[c] for c in idx.consumers[tid])
+        self.types = [idx.op_types[i] for i in range(n_ops)]
+        self.boundary = [
+            idx.op_names[i] is not None and (not self.up[i] or not self.down[i])
+            for i in range(n_ops)
+        ]
+
+    def opset(self, starts: Iterable[int], rp: Any, ep: Any, down: bool) -> set[int]:
+        """Union over ``starts`` of PPQ's memoised ``_opset_matching`` (iterative, no recursion)."""
+        nxt = self.down if down else self.up
+        cache: dict[int, set[int]] = {}
+
+        def relayed(x: int, y: int) -> bool:
+            return (ep is None or not ep(y)) and bool(rp(x, y))
+
+        out: set[int] = set()
+        for s in starts:
+            stack = [s]
+            while stack:
+                x = stack[-1]
+                if x in cache:
+                    stack.pop()
+                    continue
+                following = nxt[x]
+                todo = [y for y in following if y not in cache and relayed(x, y)]
+                if todo:
+                    stack.extend(todo)
+                    continue
+                stack.pop()
+                if not following and ep is None:
+                    cache[x] = {x}
+                    continue
+                res: set[int] = set()
+                for y in following:
+                    if ep is not None and ep(y):
+                        res.add(x)
+                        res.add(y)
+                    elif not rp(x, y):
+                        if ep is None:
+                            res.add(x)
+                    elif cache[y]:
+                        res |= cache[y]
+                        res.add(x)
+                cache[x] = res
+            out |= cache[s]
+        return out
+
+
+def _ends(
+    soi: frozenset[int],
+    quant: set[int],
+    boundary: list[bool],
+    types: list[str],
+    computing: frozenset[str],
+) -> Any:
+    return lambda y: y in soi or y in quant or boundary[y] or types[y] in computing
+
+
+_INT_CALC = frozenset(
+    {
+        "Reshape",
+        "Slice",
+        "Gather",
+        "Pad",
+        "Resize",
+        "Split",
+        "TopK",
+        "Tile",
+        "Expand",
+        "RoiAlign",
+        "MMCVRoiAlign",
+    }
+)
+
+
+def ppq_conservative_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
+    """PPQ 0.6.6's ``ConservativeDispatcher``: op id -> platform name, ``"FP32"`` or ``"SOI"``.
+
+    Quantized region: ops reachable downstream from a computing op through quantable ops.
+    Shape-or-index region: ops feeding SOI/FP32 sockets and what flows into/out of them.
+    Relu/Clip/Shape/TopK/NMS then follow the platform of their input's producer.
+    """
+    w = _Walker(graph)
+    idx = w.idx
+    types = w.types
+    quant_types = platform.quant_types
+    computing = platform.computing_types
+    live = [i for i, n in enumerate(idx.op_names) if n is not None]
+    # receivers: producers of any FP32/SOI socket input
+    receivers: set[int] = set()
+    for oid in live:
+        sock = platform.socket(types[oid])
+        if not sock.inputs:
+            continue
+        for k, sid in enumerate(idx.input_sids(oid)):
+            if k < len(sock.inputs) and sock.inputs[k] in ("SOI", "FP32"):
+                tid = idx.slot_tensor[sid]
+                p = idx.producer[tid] if tid >= 0 else -1
+                if p >= 0:
+                    receivers.add(idx.slot_op[p])
+    generators = {
+        o
+        for o in live
+        if types[o] in {"Shape", "NonMaxSuppression", "Constant", "ConstantOfShape", "TopK"}
+    }
+
+    def value_tracing(x: int, y: int) -> bool:
+        t = types[y]
+        if t in _INT_CALC:
+            return w.in0_src[y] == x
+        if t == "ScatterND":
+            return w.in0_src[y] == x or w.inlast_src[y] == x
+        return t not in ("ConstantOfShape", "Shape", "NonMaxSuppression")
+
+    def reverse_tracing(x: int, y: int) -> bool:
+        ty, tx = types[y], types[x]
+        if ty in ("Shape", "TopK"):
+            return False
+        if tx in _INT_CALC:
+            return y == w.in0_src[x]
+        if tx == "ScatterND":
+            return y == w.in0_src[x] or y == w.inlast_src[x]
+        return tx not in ("NonMaxSuppression", "Shape")
+
+    boundary = w.boundary
+    comp = [o for o in live if types[o] in computing]
+    quant = w.opset(comp, value_tracing, lambda y: types[y] not in quant_types or boundary[y], True)
+    quant = {o for o in quant if types[o] in quant_types}
+    ext = w.opset(
+        comp,
+        value_tracing,
+        lambda y: types[y] in ("Shape", "TopK", "NonMaxSuppression") or boundary[y],
+        True,
+    )
+    fwd = w.opset(
+        [o for o in live if o in generators and types[o] != "Constant"],
+        value_tracing,
+        lambda y: y in receivers or y in quant or boundary[y] or types[y] in computing,
+        True,
+    )
+    soi = set(receivers) | {o for o in fwd if not (types[o] in computing or o in quant)}
+    while True:
+        starts = [o for o in live if o in soi and types[o] != "Shape"]
+        bwd = w.opset(
+            starts, reverse_tracing, _ends(frozenset(soi), quant, boundary, types, computing), False
+        )
+        bwd = {o for o in bwd if not (types[o] in computing or o in quant)}
+        if bwd <= soi:
+            break
+        soi |= bwd
+    table: dict[int, str] = {}
+    for o in live:
+        if o in soi and o not in ext:
+            table[o] = "SOI"
+        elif o in quant:
+            table[o] = platform.name
+        else:
+            table[o] = "FP32"
+    for name in graph.order:
+        o = idx.op_id[name]
+        t = types[o]
+        if t in ("Shape", "TopK", "NonMaxSuppression"):
+            src = w.in0_src[o]
+            table[o] = table[src] if src >= 0 else "FP32"
+        if t in platform.linear_activations:
+            src = w.in0_src[o]
+            if src >= 0:
+                table[o] = table[src]
+    # PPQ dispatches the region as UNSPECIFIED; its quantizer then quantizes only listed types
+    for o, plat in table.items():
+        if plat == platform.name and types[o] not in quant_types:
+            table[o] = "FP32"
+    return table
+
+
+_FLOAT_TYPES = frozenset({0, 1, 10, 11, 16})  # unknown, float, float16, double, bfloat16
+
+
+def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
+    """fusekit's default dispatch: every op of a quantized type that computes float data.
+
+    An op is left FP32 when a known output element type is not floating point, or when every
+    consumer of its outputs is a never-quantized (FP32/SOI) socket or another such op: that is
+    the shape-computing sub-graph (Shape -> Gather -> Concat -> Reshape.shape) whose values must
+    never be rounded.
+    """
+    idx = graph.index
+    types = graph.value_types
+    quant_types = platform.quant_types
+    outputs = frozenset(graph.outputs)
+    shape_only: dict[int, bool] = {}
+    order = [idx.op_id[n] for n in graph.order]
+    for oid in reversed(order):
+        any_use = False
+        all_shape = True
+        for sid in idx.output_sids(oid):
+            tid = idx.slot_tensor[sid]
+            if tid < 0:
+                continue
+            if idx.tensor_names[tid] in outputs:
+                all_shape = False
+            for c in idx.consumers[tid]:
+                any_use = True
+                coid = idx.slot_op[c]
+                k = c - idx.slot_base[coid]
+                rule = platform.socket(idx.op_types[coid]).input(k)
+                if rule == "U" and not shape_only.get(coid, False):
+                    all_shape = False
+        shape_only[oid] = any_use and all_shape
+    table: dict[int, str] = {}
+    for oid in order:
+        t = idx.op_types[oid]
+        ok = t in quant_types and not shape_only[oid]
+        if ok:
+            for sid in idx.output_sids(oid):
+                tid = idx.slot_tensor[sid]
+                if tid >= 0:
+                    tt = types.get(idx.tensor_names[tid])
+                    if tt is not None and tt.elem_type not in _FLOAT_TYPES:
+                        ok = False
+        table[oid] = platform.name if ok else "FP32"
+    return table
+
+
+def init_plan(
+    graph: Graph,
+    platform: Platform | str,
+    dispatch: str | Mapping[str, str | None] = "all",
+) -> QuantPlan:
+    """Create the per-slot configs of ``graph`` for ``platform``.
+
+    ``dispatch`` chooses which ops are quantized: ``"all"`` (every op of a type the platform
+    quantizes, except shape computations), ``"ppq-conservative"`` (PPQ 0.6.6's conservative
+    dispatcher, for parity) or an explicit mapping op name -> platform name (None or ``"FP32"``
+    to leave an op unquantized); ops the mapping omits follow ``"all"``.
+
+    Slot states follow the platform's rules: sockets that are never quantized start FP32, the
+    bias follows the bias rule, constant weights of computing ops get the weight rule, and every
+    other slot gets the activation rule in state INITIAL.
+    """
+    p = get_platform(platform)
+    idx = graph.index
+    if isinstance(dispatch, str):
+        if dispatch == "all":
+            table = all_dispatch(graph, p)
+        elif dispatch == "ppq-conservative":
+            table = ppq_conservative_dispatch(graph, p)
+        else:
+            raise InvalidPlatform(
+                f"unknown dispatch {dispatch!r}: use 'all', 'ppq-conservative' or a mapping"
+            )
+    else:
+        table = all_dispatch(graph, p)
+        for name, plat in dispatch.items():
+            oid = idx.op_id.get(name)
+            if oid is None:
+                raise InvalidPlatform(f"dispatch names op {name!r}, which the graph does not have")
+            table[oid] = "FP32" if plat is None else str(plat)
+    with gc_paused():
+        return _build_plan(graph, p, table)
+
+
+def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPlan:
+    idx = graph.index
+    n_slots = idx.n_slots
+    configs: list[TensorQuantConfig | None] = [None] * n_slots
+    dispatch: list[str | None] = [None] * len(idx.op_names)
+    act = p.activation.config()
+    act_fp32 = p.activation.config(QuantState.FP32)
+    bias_cfg = p.bias.rule.config(p.bias.state)
+    if p.bias.visibility != Visibility.EXPORT_WHEN_ACTIVE:
+        bias_cfg = attrs.evolve(bias_cfg, visibility=p.bias.visibility)
+    weight_cfgs = {
+        t: r.config() for t, r in p.weights.items() if r.channel_axis is None or r.channel_axis >= 0
+    }
+    inits = graph.initializers
+    const_ops = {"Constant"}
+    names, st, prod, slot_op, types = (
+        idx.tensor_names,
+        idx.slot_tensor,
+        idx.producer,
+        idx.slot_op,
+        idx.op_types,
+    )
+    sockets = p.sockets
+    bias_types, weights, fp32_from = p.bias_types, p.weights, p.fp32_inputs_from
+
+    def is_param(sid: int) -> bool:
+        tid = st[sid]
+        if tid < 0:
+            return False
+        if names[tid] in inits:
+            return True
+        pr = prod[tid]
+        return pr >= 0 and types[slot_op[pr]] in const_ops
+
+    for oid, plat in table.items():
+        if plat in ("FP32", "SOI"):
+            continue
+        dispatch[oid] = plat
+        t = types[oid]
+        sock = sockets.get(t)
+        base = idx.slot_base[oid]
+        n_in = idx.n_in[oid]
+        fp32_start = fp32_from.get(t, n_in)
+        for k in range(n_in):
+            sid = base + k
+            if (sock is not None and sock.input(k) != "U") or k >= fp32_start:
+                configs[sid] = act_fp32
+            elif k == 1 and t in weights and is_param(sid):
+                wr = weights[t]
+                cfg = weight_cfgs.get(t)
+                if cfg is None:  # axis relative to the weight's rank
+                    tid = st[sid]
+                    init = inits.get(names[tid])
+                    rank = len(init.dims) if init is not None else 2
+                    cfg = wr.config(
+                        axis=rank + wr.channel_axis if wr.channel_axis is not None else None
+                    )
+                configs[sid] = cfg
+            elif k == 2 and n_in > 2 and t in bias_types:
+                configs[sid] = bias_cfg
+            else:
+                configs[sid] = act
+        n_out = idx.n_out[oid]
+        for k in range(n_out):
+            sid = base + n_in + k
+            configs[sid] = act_fp32 if (sock is not None and sock.output(k) != "U") else act
+    return QuantPlan(graph, pvector(configs), pvector([NO_LINK] * n_slots), pvector(dispatch))
