@@ -5,6 +5,10 @@ The public API, re-exported here:
 * the graph value: :func:`load`, :func:`save`, :func:`to_model`, :class:`Graph`, :class:`Op`,
   :class:`Slot`, :func:`check_invariants`;
 * quantization plans: :class:`QuantPlan`, :class:`TensorQuantConfig`, :class:`QuantState`, ...;
+* platform rule sets: :class:`Platform`, :func:`platforms`, :func:`get_platform`,
+  :func:`load_platform`, :func:`init_plan`;
+* patterns and passes: :class:`Pattern`, :func:`match`, :func:`fuse`,
+  :func:`default_pipeline`, :func:`explain`, the pass classes;
 * errors: :class:`FusekitError` and its subclasses.
 """
 
@@ -40,6 +44,34 @@ from .graph import (
     check_invariants,
 )
 from .onnx_io import load, save, to_model
+from .passes import (
+    ActivationFusion,
+    Alignment,
+    CompositeActivationFusion,
+    Decision,
+    FusionResult,
+    PassiveFusion,
+    PassiveParameters,
+    Pipeline,
+    PipelineResult,
+    Simplify,
+    default_pipeline,
+    explain,
+    fuse,
+    replay,
+)
+from .patterns import Edge, Match, Node, Pattern, find, match
+from .platforms import (
+    BiasRule,
+    Platform,
+    QuantRule,
+    SocketRule,
+    get_platform,
+    init_plan,
+    load_platform,
+    platforms,
+    register_platform,
+)
 from .quant import (
     LinkKind,
     NotARoot,
@@ -56,11 +88,18 @@ from .quant import (
 )
 
 __all__ = [
+    "ActivationFusion",
+    "Alignment",
     "Attributes",
+    "BiasRule",
+    "CompositeActivationFusion",
     "DanglingInput",
+    "Decision",
     "DuplicateProducer",
+    "Edge",
     "ExportError",
     "FusekitError",
+    "FusionResult",
     "Graph",
     "GraphCycle",
     "GraphIndex",
@@ -70,21 +109,32 @@ __all__ = [
     "InvalidPlan",
     "InvalidPlatform",
     "LinkKind",
+    "Match",
     "MissingDependency",
     "ModelNotFound",
+    "Node",
     "NotARoot",
     "NotCalibrated",
     "Op",
     "OpaqueAttribute",
+    "PassiveFusion",
+    "PassiveParameters",
+    "Pattern",
+    "Pipeline",
+    "PipelineResult",
     "PlanEvolver",
+    "Platform",
     "QuantPlan",
     "QuantPolicy",
     "QuantProperty",
+    "QuantRule",
     "QuantState",
     "RoundingPolicy",
     "SharingCycle",
+    "Simplify",
     "Slot",
     "SlotDiff",
+    "SocketRule",
     "Tensor",
     "TensorQuantConfig",
     "TensorType",
@@ -94,8 +144,19 @@ __all__ = [
     "Visibility",
     "__version__",
     "check_invariants",
+    "default_pipeline",
     "diff",
+    "explain",
+    "find",
+    "fuse",
+    "get_platform",
+    "init_plan",
     "load",
+    "load_platform",
+    "match",
+    "platforms",
+    "register_platform",
+    "replay",
     "save",
     "to_model",
 ]

@@ -44,6 +44,8 @@ __all__ = [
     "TensorQuantConfig",
     "Visibility",
     "diff",
+    "minmax_to_scale_offset",
+    "scale_range",
 ]
 
 
@@ -661,8 +663,12 @@ class PlanEvolver:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def cfg(self, sid: int) -> TensorQuantConfig | None:
-        """Config of slot id ``sid`` (None if its op is not quantized)."""
+    def cfg(self, sid: int) -> TensorQuantConfig:
+        """Config of slot id ``sid``.
+
+        Only meaningful for slots of quantized ops; for others it returns None (not checked:
+        passes call this in their inner loops and test :meth:`platform` first).
+        """
         return self._cfg[sid]  # type: ignore[no-any-return]
 
     def link(self, sid: int) -> int:
@@ -816,3 +822,46 @@ def diff(a: QuantPlan, b: QuantPlan) -> tuple[SlotDiff, ...]:
             )
         )
     return tuple(out)
+
+
+OBSERVER_MIN_SCALE = 1e-8
+
+
+def minmax_to_scale_offset(
+    min_val: float, max_val: float, cfg: TensorQuantConfig
+) -> tuple[float, float]:
+    """Scale and offset covering ``[min_val, max_val]`` under ``cfg``'s scheme (PPQ's rule).
+
+    The range is first widened to include 0. Symmetric: ``scale = 2*max(|min|,|max|) /
+    (qmax - qmin)``, offset 0. Asymmetric: ``scale = (max - min) / (qmax - qmin)`` and the
+    offset rounds ``qmin - min/scale`` half-to-even. Scales never go below 1e-8; power-of-2
+    policies round the scale up to a power of two.
+    """
+    lo = min(float(min_val), 0.0)
+    hi = max(float(max_val), 0.0)
+    span = float(cfg.quant_max) - float(cfg.quant_min)
+    if cfg.policy.has(QuantProperty.ASYMMETRICAL):
+        scale = max((hi - lo) / span, OBSERVER_MIN_SCALE)
+        offset = float(np.round(float(cfg.quant_min) - lo / scale))
+    else:
+        scale = max(2.0 * max(abs(lo), abs(hi)) / span, OBSERVER_MIN_SCALE)
+        offset = 0.0
+    if cfg.policy.has(QuantProperty.POWER_OF_2):
+        scale = float(2.0 ** np.ceil(np.log2(scale)))
+    return scale, offset
+
+
+def scale_range(cfg: TensorQuantConfig, scale: Any, offset: Any) -> tuple[float, float]:
+    """The float range ``[min, max]`` a per-tensor scale/offset represents under ``cfg``.
+
+    The exact inverse of :func:`minmax_to_scale_offset` for symmetric schemes
+    (``+-scale*(qmax-qmin)/2``), so recomputing a scale from its own range gives it back; PPQ
+    uses ``scale*(qmin-offset), scale*(qmax-offset)`` instead, which grows the scale by 256/255
+    on every round trip.
+    """
+    s = float(np.max(np.asarray(scale)))
+    o = float(np.max(np.asarray(offset))) if offset is not None else 0.0
+    if cfg.policy.has(QuantProperty.ASYMMETRICAL):
+        return s * (float(cfg.quant_min) - o), s * (float(cfg.quant_max) - o)
+    half = s * (float(cfg.quant_max) - float(cfg.quant_min)) / 2.0
+    return -half, half

@@ -1,0 +1,57 @@
+"""The fusion passes: pure functions from (graph, plan) to a new plan and a decision log.
+
+Each pass is a frozen value whose fields are its options (``ActivationFusion("trt_int8")``);
+``pass_.run(graph, plan)`` returns a :class:`FusionResult` and never modifies its inputs. When
+nothing changes, ``result.plan is plan``.
+"""
+
+from ._core import (
+    Decision,
+    Explanation,
+    FusionResult,
+    PipelineResult,
+    Recorder,
+    SlotChange,
+    explain,
+    replay,
+)
+from .activation import (
+    ActivationFusion,
+    CompositeActivationFusion,
+    activation_fusion,
+    composite_patterns,
+)
+from .alignment import ALIGN_METHODS, Alignment, alignment
+from .parameters import PassiveParameters, passive_parameters
+from .passive import PASSIVE_CONDITIONS, PassiveFusion, passive_fusion
+from .pipeline import Pass, Pipeline, default_pipeline, fuse
+from .simplify import Simplify, simplify
+
+__all__ = [
+    "ALIGN_METHODS",
+    "PASSIVE_CONDITIONS",
+    "ActivationFusion",
+    "Alignment",
+    "CompositeActivationFusion",
+    "Decision",
+    "Explanation",
+    "FusionResult",
+    "Pass",
+    "PassiveFusion",
+    "PassiveParameters",
+    "Pipeline",
+    "PipelineResult",
+    "Recorder",
+    "Simplify",
+    "SlotChange",
+    "activation_fusion",
+    "alignment",
+    "composite_patterns",
+    "default_pipeline",
+    "explain",
+    "fuse",
+    "passive_fusion",
+    "passive_parameters",
+    "replay",
+    "simplify",
+]

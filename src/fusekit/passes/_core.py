@@ -1,0 +1,432 @@
+"""What every pass shares: the decision log, results, replay and ``explain``.
+
+A pass never edits its inputs. It opens a :class:`Recorder` over the input plan, and every
+change goes through it: the recorder applies the change to a plan transient *and* appends a
+compact raw record (action, rule, ops, slot ids, reason template). The public
+:class:`Decision` objects, with each changed slot's state and root before and after, are built
+from those records only when someone reads ``result.decisions``: a 100k-op pass makes tens of
+thousands of decisions and most callers never look at them.
+
+Because the log holds exactly the operations that produced the plan, :func:`replay` of
+``result.decisions`` onto the input plan reproduces ``result.plan`` (a property test checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from ..errors import InvalidPlan
+from ..graph import Graph, Slot
+from ..platforms import Platform, get_platform
+from ..quant import LinkKind, PlanEvolver, QuantPlan, QuantState, TensorQuantConfig
+
+__all__ = [
+    "Decision",
+    "Explanation",
+    "FusionResult",
+    "PipelineResult",
+    "Recorder",
+    "SlotChange",
+    "explain",
+    "replay",
+]
+
+OVERLAP, FOLLOW, CONFIG, UNLINK, REFUSE = "overlap", "follow", "config", "unlink", "refuse"
+
+
+@attrs.frozen
+class SlotChange:
+    """One slot changed by a decision: its state and root before and after."""
+
+    slot: Slot
+    state_before: QuantState
+    state_after: QuantState
+    root_before: Slot
+    root_after: Slot
+
+
+@attrs.frozen
+class Decision:
+    """One thing a pass did, or refused to do, and why.
+
+    ``action`` is ``"overlap"`` (``slot`` switched off, shares ``target``'s scale), ``"follow"``
+    (``slot`` quantizes with ``target``'s scale), ``"config"`` (``slot`` got ``config``),
+    ``"unlink"`` (``slot`` became its own root) or ``"refuse"`` (a match the rule did not apply;
+    ``reason`` says why). ``changes`` lists every slot whose state or link the action changed.
+    """
+
+    pass_name: str
+    rule: str
+    ops: tuple[str, ...]
+    action: str
+    reason: str
+    slot: Slot | None = None
+    target: Slot | None = None
+    config: TensorQuantConfig | None = attrs.field(default=None, repr=False)
+    changes: tuple[SlotChange, ...] = ()
+
+    @property
+    def is_refusal(self) -> bool:
+        """True for a refused match."""
+        return self.action == REFUSE
+
+    def __str__(self) -> str:
+        ops = ", ".join(self.ops)
+        if self.action == REFUSE:
+            return f"[{self.rule}] refused ({ops}): {self.reason}"
+        tgt = f" by {self.target}" if self.target is not None else ""
+        return f"[{self.rule}] {self.action} {self.slot}{tgt} ({ops}): {self.reason}"
+
+
+class Recorder:
+    """Applies a pass's changes to a plan transient and logs them compactly.
+
+    Reasons are stored as a format string plus arguments and formatted only when decisions are
+    materialized, so logging costs a tuple per decision in the hot loop.
+    """
+
+    __slots__ = ("ev", "graph", "idx", "names", "pass_name", "raw")
+
+    def __init__(self, graph: Graph, plan: QuantPlan, pass_name: str):
+        same = plan.graph is graph or plan.graph.index is graph.index
+        if not same and len(plan.configs) != graph.index.n_slots:
+            raise InvalidPlan("the plan belongs to a different graph")
+        self.graph = graph
+        self.ev: PlanEvolver = plan.evolver()
+        self.idx = graph.index
+        self.names = self.idx.op_names
+        self.pass_name = pass_name
+        self.raw: list[tuple[Any, ...]] = []
+
+    def overlap(
+        self, rule: str, ops: tuple[int, ...], a: int, b: int, why: str, *args: Any
+    ) -> bool:
+        """Overlap slot id ``a`` by ``b`` (PPQ ``dominated_by``) and log it if anything changed."""
+        if self.ev.overlap_sid(a, b):
+            self.raw.append((OVERLAP, rule, ops, a, b, why, args, None))
+            return True
+        return False
+
+    def follow(self, rule: str, ops: tuple[int, ...], a: int, m: int, why: str, *args: Any) -> bool:
+        """Make slot id ``a`` follow ``m`` (PPQ ``master_by``) and log it if anything changed."""
+        if self.ev.follow_sid(a, m):
+            self.raw.append((FOLLOW, rule, ops, a, m, why, args, None))
+            return True
+        return False
+
+    def config(
+        self,
+        rule: str,
+        ops: tuple[int, ...],
+        sid: int,
+        cfg: TensorQuantConfig,
+        why: str,
+        *args: Any,
+    ) -> bool:
+        """Give slot id ``sid`` a new config and log it if it differs."""
+        old = self.ev.cfg(sid)
+        if old is cfg or old == cfg:
+            return False
+        self.ev.set_cfg(sid, cfg)
+        self.raw.append((CONFIG, rule, ops, sid, -1, why, args, cfg))
+        return True
+
+    def unlink(self, rule: str, ops: tuple[int, ...], sid: int, why: str, *args: Any) -> bool:
+        """Make slot id ``sid`` its own root and log it if it was linked."""
+        if self.ev.link(sid) < 0:
+            return False
+        self.ev.unlink_sid(sid)
+        self.raw.append((UNLINK, rule, ops, sid, -1, why, args, None))
+        return True
+
+    def refuse(self, rule: str, ops: tuple[int, ...], why: str, *args: Any) -> None:
+        """Log a match the rule did not apply."""
+        self.raw.append((REFUSE, rule, ops, -1, -1, why, args, None))
+
+    def result(self, plan: QuantPlan) -> FusionResult:
+        """The pass result: the new plan (``plan`` itself if unchanged) and the log."""
+        new = self.ev.persistent()
+        return FusionResult(new, plan, self.pass_name, tuple(self.raw))
+
+
+def _fmt(why: str, args: tuple[Any, ...]) -> str:
+    return why.format(*args) if args else why
+
+
+class FusionResult:
+    """What one pass produced: ``plan`` (the input object when nothing changed) and its log.
+
+    ``decisions`` lists changes and refusals in the order they were made; ``changes`` and
+    ``refusals`` split them. ``changed`` is ``plan is not input_plan``.
+    """
+
+    __slots__ = ("_decisions", "_raw", "input_plan", "pass_name", "plan")
+
+    def __init__(
+        self, plan: QuantPlan, input_plan: QuantPlan, pass_name: str, raw: tuple[Any, ...]
+    ):
+        self.plan = plan
+        self.input_plan = input_plan
+        self.pass_name = pass_name
+        self._raw = raw
+        self._decisions: tuple[Decision, ...] | None = None
+
+    @property
+    def changed(self) -> bool:
+        """True if the pass changed the plan."""
+        return self.plan is not self.input_plan
+
+    @property
+    def n_changes(self) -> int:
+        """Number of changes (cheap: does not build Decision objects)."""
+        return sum(1 for r in self._raw if r[0] != REFUSE)
+
+    @property
+    def n_refusals(self) -> int:
+        """Number of refused matches (cheap)."""
+        return sum(1 for r in self._raw if r[0] == REFUSE)
+
+    @property
+    def decisions(self) -> tuple[Decision, ...]:
+        """Every change and refusal, with slot-level before/after (built on first access)."""
+        if self._decisions is None:
+            self._decisions = _materialize(self.input_plan, self.pass_name, self._raw)
+        return self._decisions
+
+    @property
+    def changes(self) -> tuple[Decision, ...]:
+        """The decisions that changed the plan."""
+        return tuple(d for d in self.decisions if not d.is_refusal)
+
+    @property
+    def refusals(self) -> tuple[Decision, ...]:
+        """The matches a rule refused, with reasons."""
+        return tuple(d for d in self.decisions if d.is_refusal)
+
+    def __repr__(self) -> str:
+        return (
+            f"FusionResult(pass={self.pass_name!r}, changed={self.changed}, "
+            f"changes={self.n_changes}, refusals={self.n_refusals})"
+        )
+
+
+def _materialize(plan: QuantPlan, pass_name: str, raw: tuple[Any, ...]) -> tuple[Decision, ...]:
+    """Turn raw records into Decisions by replaying them on ``plan``."""
+    ev = plan.evolver()
+    idx = plan.graph.index
+    key = idx.slot_key
+    names = idx.op_names
+    out: list[Decision] = []
+    for record in raw:
+        action, rule, ops, a, b, why, args, cfg = record
+        op_names = tuple(names[o] for o in ops)
+        reason = _fmt(why, args)
+        if action == REFUSE:
+            out.append(Decision(pass_name, rule, op_names, REFUSE, reason))
+            continue
+        touched = [a]
+        if action == OVERLAP:
+            ra = ev.root(a)
+            if ra != a:
+                touched.append(ra)
+        before = {s: (ev.cfg(s).state, ev.root(s)) for s in touched}
+        if action == OVERLAP:
+            ev.overlap_sid(a, b)
+        elif action == FOLLOW:
+            ev.follow_sid(a, b)
+        elif action == CONFIG:
+            ev.set_cfg(a, cfg)
+        elif action == UNLINK:
+            ev.unlink_sid(a)
+        changes = tuple(
+            SlotChange(key(s), st, ev.cfg(s).state, key(r), key(ev.root(s)))
+            for s, (st, r) in before.items()
+        )
+        out.append(
+            Decision(
+                pass_name,
+                rule,
+                op_names,
+                action,
+                reason,
+                key(a),
+                key(b) if b >= 0 else None,
+                cfg,
+                changes,
+            )
+        )
+    return tuple(out)
+
+
+def replay(plan: QuantPlan, decisions: Iterable[Decision]) -> QuantPlan:
+    """Apply logged decisions to ``plan`` (refusals are skipped); the inverse of the log."""
+    ev = plan.evolver()
+    for d in decisions:
+        if d.action == REFUSE:
+            continue
+        assert d.slot is not None
+        if d.action == OVERLAP:
+            assert d.target is not None
+            ev.overlap(d.slot, d.target)
+        elif d.action == FOLLOW:
+            assert d.target is not None
+            ev.follow(d.slot, d.target)
+        elif d.action == CONFIG:
+            assert d.config is not None
+            ev.set_config(d.slot, d.config)
+        elif d.action == UNLINK:
+            ev.unlink(d.slot)
+        else:
+            raise InvalidPlan(f"unknown decision action {d.action!r}")
+    return ev.persistent()
+
+
+class PipelineResult:
+    """What a pipeline produced: the final plan and each pass's :class:`FusionResult`."""
+
+    __slots__ = ("input_plan", "plan", "results")
+
+    def __init__(self, input_plan: QuantPlan, results: Sequence[FusionResult]):
+        self.input_plan = input_plan
+        self.results = tuple(results)
+        self.plan = self.results[-1].plan if self.results else input_plan
+
+    @property
+    def changed(self) -> bool:
+        """True if any pass changed the plan."""
+        return self.plan is not self.input_plan
+
+    @property
+    def decisions(self) -> tuple[Decision, ...]:
+        """Every decision of every pass, in order."""
+        return tuple(d for r in self.results for d in r.decisions)
+
+    @property
+    def changes(self) -> tuple[Decision, ...]:
+        """Every change of every pass, in order."""
+        return tuple(d for r in self.results for d in r.changes)
+
+    @property
+    def refusals(self) -> tuple[Decision, ...]:
+        """Every refusal of every pass, in order."""
+        return tuple(d for r in self.results for d in r.refusals)
+
+    def __iter__(self) -> Iterator[FusionResult]:
+        return iter(self.results)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{r.pass_name}:{r.n_changes}" for r in self.results)
+        return f"PipelineResult({parts})"
+
+
+@attrs.frozen
+class Explanation:
+    """Why a slot is (not) quantized and whose scale it uses, link by link."""
+
+    slot: Slot
+    state: QuantState
+    root: Slot
+    steps: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "\n".join(self.steps)
+
+
+def explain(source: QuantPlan | FusionResult | PipelineResult, slot: Slot) -> Explanation:
+    """Answer "why is this slot not quantized / why does it share this scale".
+
+    With a result (of a pass or pipeline) each link of the slot's chain is attributed to the
+    decision and rule that made it; with a bare plan the chain is described without rules.
+    """
+    decisions: tuple[Decision, ...] = ()
+    if isinstance(source, QuantPlan):
+        plan = source
+    else:
+        plan, decisions = source.plan, tuple(source.decisions)
+    slot = Slot(*slot)
+    cfg = plan[slot]
+    made_by: dict[Slot, Decision] = {}
+    for d in decisions:
+        if d.is_refusal:
+            continue
+        for ch in d.changes:
+            made_by[ch.slot] = d
+    refused: dict[str, list[Decision]] = {}
+    for d in decisions:
+        if d.is_refusal:
+            for op in d.ops:
+                refused.setdefault(op, []).append(d)
+    steps: list[str] = []
+    chain = plan.chain(slot)
+    tensor = plan.graph.tensor_of(slot)
+    steps.append(f"{slot} (tensor {tensor!r}) is {cfg.state.name}.")
+    for s, kind in chain:
+        if kind is None:
+            c = plan[s]
+            if s == slot:
+                steps.append(f"{s} is its own root: it {_root_words(c.state)}.")
+            else:
+                steps.append(f"{s} is the root: it {_root_words(c.state)}.")
+            break
+        parent = plan.parent(s)
+        assert parent is not None
+        what = "is overlapped by" if kind == LinkKind.OVERLAP else "follows"
+        maker = made_by.get(s)
+        why = (
+            f" [{maker.pass_name}/{maker.rule} on {', '.join(maker.ops)}: {maker.reason}]"
+            if maker
+            else ""
+        )
+        steps.append(f"{s} {what} {parent[0]}{why}.")
+    for d in refused.get(slot.op, ())[:3]:
+        steps.append(f"note: {d.pass_name}/{d.rule} refused ({', '.join(d.ops)}): {d.reason}.")
+    return Explanation(slot, cfg.state, plan.root(slot), tuple(steps))
+
+
+def _root_words(state: QuantState) -> str:
+    return {
+        QuantState.INITIAL: "will be calibrated and quantizes this tensor",
+        QuantState.ACTIVATED: "quantizes this tensor with its own scale",
+        QuantState.PASSIVE: "quantizes with a scale derived from others",
+        QuantState.PASSIVE_INIT: "will quantize with a scale derived from others",
+        QuantState.FP32: "is never quantized (FP32)",
+        QuantState.OVERLAPPED: "is switched off",
+        QuantState.BAKED: "holds an already quantized value",
+        QuantState.PASSIVE_BAKED: "holds an already quantized value",
+    }[state]
+
+
+class PassContext:
+    """Read access a pass needs, over integer ids: quantized?, platform, slots, tensors."""
+
+    __slots__ = ("ev", "graph", "idx", "platform", "rec")
+
+    def __init__(self, graph: Graph, plan: QuantPlan, platform: Platform | str, pass_name: str):
+        self.graph = graph
+        self.platform = get_platform(platform)
+        self.rec = Recorder(graph, plan, pass_name)
+        self.ev = self.rec.ev
+        self.idx = graph.index
+
+    def quantized(self, oid: int) -> bool:
+        """Is op id ``oid`` quantized?"""
+        return self.ev.platform(oid) is not None
+
+    def name(self, oid: int) -> str:
+        """Op name of ``oid``."""
+        return self.idx.op_names[oid]  # type: ignore[no-any-return]
+
+    def state(self, sid: int) -> QuantState:
+        """State of slot id ``sid`` (the op must be quantized)."""
+        return self.ev.cfg(sid).state
+
+    def in_sid(self, oid: int, k: int) -> int:
+        """Slot id of input ``k`` of ``oid``."""
+        return int(self.idx.slot_base[oid] + k)
+
+    def out_sid(self, oid: int, k: int) -> int:
+        """Slot id of output ``k`` of ``oid``."""
+        return int(self.idx.slot_base[oid] + self.idx.n_in[oid] + k)

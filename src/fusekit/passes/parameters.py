@@ -1,0 +1,136 @@
+"""Passive parameters: values whose quantization follows from other slots.
+
+* The bias of Conv/ConvTranspose/Gemm, when the rule set quantizes it (PASSIVE_INIT), gets
+  ``scale = input scale x weight scale`` (per output channel) and offset 0, so the integer
+  accumulator adds it directly.
+* Clip's min/max follow the Clip's input, and Pad's constant value follows the padded input,
+  with INTERNAL visibility: simulation clamps on the quantization grid, and nothing is exported
+  for them. fusekit never rewrites the float model's Clip bounds (PPQ bakes a fused ReLU6 bound
+  of 6.0 into 127*scale).
+
+Like PPQ's PassiveParameterQuantizePass this runs after calibration; before it, biases stay
+PASSIVE_INIT and the refusal says so.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+from ..graph import Graph
+from ..platforms import Platform, get_platform
+from ..quant import QuantPlan, QuantState, Visibility
+from ._core import FusionResult, PassContext
+
+__all__ = ["PassiveParameters", "passive_parameters"]
+
+_PROPER = (QuantState.PASSIVE, QuantState.ACTIVATED, QuantState.BAKED, QuantState.OVERLAPPED)
+
+
+@attrs.frozen
+class PassiveParameters:
+    """Derive bias scales and tie Clip bounds / Pad values to their input (options as fields)."""
+
+    platform: str | Platform
+    process_bias: bool = True
+    process_clip: bool = True
+    process_pad: bool = True
+
+    name = "passive_parameters"
+
+    def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
+        """Apply the rules; returns the new plan and the decision log."""
+        p = get_platform(self.platform)
+        ctx = PassContext(graph, plan, p, self.name)
+        idx, ev, rec = ctx.idx, ctx.ev, ctx.rec
+        compat = p.has_quirk("bake_clip_bounds")
+        for name in graph.order:
+            o = idx.op_id[name]
+            if ev.platform(o) is None:
+                continue
+            t = idx.op_types[o]
+            n_in = idx.n_in[o]
+            if self.process_bias and t in p.bias_types and n_in == 3:
+                self._bias(ctx, o)
+            elif self.process_clip and t == "Clip" and n_in > 1:
+                self._bounds(ctx, o, range(1, n_in), "clip-bounds", compat)
+            elif self.process_pad and t == "Pad" and n_in == 3:
+                self._bounds(ctx, o, range(2, 3), "pad-value", compat)
+        return rec.result(plan)
+
+    @staticmethod
+    def _bias(ctx: PassContext, o: int) -> None:
+        ev, rec = ctx.ev, ctx.rec
+        b = ctx.in_sid(o, 2)
+        bcfg = ev.cfg(b)
+        if bcfg is None or bcfg.state not in (QuantState.PASSIVE, QuantState.PASSIVE_INIT):
+            return
+        x, w = ctx.in_sid(o, 0), ctx.in_sid(o, 1)
+        if ctx.state(x) not in _PROPER:
+            rec.refuse(
+                "bias",
+                (o,),
+                "the input of {} is not quantized yet ({})",
+                ctx.name(o),
+                ctx.state(x).name,
+            )
+            return
+        xs, ws = ev.cfg(ev.root(x)).scale, ev.cfg(ev.root(w)).scale
+        if xs is None or ws is None:
+            rec.refuse("bias", (o,), "the input or weight of {} has no scale yet", ctx.name(o))
+            return
+        scale = (np.asarray(ws, dtype=np.float64) * float(np.max(xs))).astype(np.float32)
+        if not bcfg.policy.per_channel:
+            scale = np.asarray(float(np.max(scale)), dtype=np.float32)
+        new = bcfg.with_scale(scale, np.zeros_like(scale)).with_state(QuantState.PASSIVE)
+        rec.config("bias", (o,), b, new, "bias of {} = input scale x weight scale", ctx.name(o))
+
+    @staticmethod
+    def _bounds(ctx: PassContext, o: int, ks: range, rule: str, compat: bool) -> None:
+        ev, rec, idx = ctx.ev, ctx.rec, ctx.idx
+        x = ctx.in_sid(o, 0)
+        xstate = ctx.state(x)
+        if compat and xstate not in _PROPER:
+            rec.refuse(
+                rule, (o,), "the input of {} is not quantized yet ({})", ctx.name(o), xstate.name
+            )
+            return
+        if xstate == QuantState.FP32:
+            rec.refuse(rule, (o,), "the input of {} is FP32", ctx.name(o))
+            return
+        for k in ks:
+            s = ctx.in_sid(o, k)
+            tid = idx.slot_tensor[s]
+            if tid < 0:
+                continue
+            if not compat and not ctx.graph.is_constant(idx.tensor_names[tid]):
+                rec.refuse(
+                    rule, (o,), "input {} of {} is computed at run time: left FP32", k, ctx.name(o)
+                )
+                continue
+            cfg = ev.cfg(s)
+            assert cfg is not None
+            if cfg.visibility != Visibility.INTERNAL:
+                rec.config(
+                    rule,
+                    (o,),
+                    s,
+                    attrs.evolve(cfg, visibility=Visibility.INTERNAL),
+                    "{} of {} is never exported",
+                    "bound" if rule == "clip-bounds" else "pad value",
+                    ctx.name(o),
+                )
+            rec.follow(
+                rule,
+                (o,),
+                s,
+                x,
+                "{} of {} is clamped on its input's grid",
+                "bound" if rule == "clip-bounds" else "pad value",
+                ctx.name(o),
+            )
+
+
+def passive_parameters(graph: Graph, plan: QuantPlan, options: PassiveParameters) -> FusionResult:
+    """Function form of :class:`PassiveParameters`."""
+    return options.run(graph, plan)

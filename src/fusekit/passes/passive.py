@@ -1,0 +1,132 @@
+"""Passive fusion: ops that only move data keep their input's scale.
+
+``MaxPool``, ``Reshape``, ``Transpose``, ``Slice``, ``Split``... never rescale: the backend
+passes the quantized data through. So every output of such an op is overlapped by the op's
+first input (all outputs share the first input's scale; a Split's outputs share one scale).
+
+Skipped, with a reason, when the first input has no producer (a graph input or constant: its
+scale is calibrated where it is consumed), when the producer is on another platform, and when
+a precondition the maths needs does not hold (``Pad`` only commutes with quantization in
+constant mode with value 0). PPQ-compatible rule sets keep PPQ 0.6.6's list, in which a missing
+comma fuses ``'Dropout' 'Slice'`` into one name, so Slice and Dropout are never passive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import numpy as np
+
+from ..graph import Graph, Op
+from ..platforms import Platform, get_platform
+from ..quant import QuantPlan, QuantState
+from ._core import FusionResult, PassContext
+
+__all__ = ["PASSIVE_CONDITIONS", "PassiveFusion", "passive_fusion"]
+
+
+def _pad_constant_zero(graph: Graph, op: Op) -> str | None:
+    mode = op.attributes.get("mode", "constant")
+    if isinstance(mode, bytes):
+        mode = mode.decode("utf-8", "replace")
+    if mode != "constant":
+        return f"{op.name} pads in {mode!r} mode"
+    value = op.attributes.get("value")
+    if len(op.inputs) > 2 and op.inputs[2]:
+        t = op.inputs[2]
+        init = graph.initializers.get(t)
+        if init is None:
+            return f"the pad value of {op.name} is computed at run time"
+        value = init.array()
+    if value is not None and np.any(np.asarray(value) != 0):
+        return f"{op.name} pads with a non-zero constant"
+    return None
+
+
+#: Named preconditions a rule set can attach to a passive op type. Each returns None when the
+#: op may share its input's scale, or the reason it may not.
+PASSIVE_CONDITIONS: dict[str, Callable[[Graph, Op], str | None]] = {
+    "pad_constant_zero": _pad_constant_zero,
+}
+
+
+@attrs.frozen
+class PassiveFusion:
+    """Overlap every output of each passive op by its first input."""
+
+    platform: str | Platform
+
+    name = "passive_fusion"
+
+    def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
+        """Apply the rule; returns the new plan and the decision log."""
+        p = get_platform(self.platform)
+        ctx = PassContext(graph, plan, p, self.name)
+        idx, rec, ev = ctx.idx, ctx.rec, ctx.ev
+        compat = p.has_quirk("graph_output_fusion")
+        by_type = graph.ops_by_type()
+        passive = sorted(p.passive_types)
+        pos = graph.positions()
+        names = idx.op_names
+        todo = sorted((o for t in passive for o in by_type.get(t, ())), key=lambda o: pos[names[o]])
+        conditions = p.passive_conditions
+        fp32 = QuantState.FP32
+        for o in todo:
+            ids = (o,)
+            if idx.n_in[o] == 0:
+                continue
+            s_in = idx.slot_base[o]
+            tid = idx.slot_tensor[s_in]
+            prod = idx.producer[tid] if tid >= 0 else -1
+            if prod < 0:
+                rec.refuse(
+                    "passive",
+                    ids,
+                    "the first input of {} is a graph input or constant",
+                    names[o],
+                )
+                continue
+            src = idx.slot_op[prod]
+            if ev.platform(o) is None:
+                rec.refuse("passive", ids, "{} is not quantized", names[o])
+                continue
+            if ev.platform(o) != ev.platform(src):
+                rec.refuse(
+                    "passive",
+                    ids,
+                    "{} is on platform {}, its producer {} on {} (different platform)",
+                    names[o],
+                    ev.platform(o),
+                    names[src],
+                    ev.platform(src) or "FP32",
+                )
+                continue
+            cond = conditions.get(idx.op_types[o])
+            if cond is not None:
+                check = PASSIVE_CONDITIONS.get(cond)
+                why = check(graph, graph.ops[names[o]]) if check is not None else None
+                if why is not None:
+                    rec.refuse("passive", ids, "{}", why)
+                    continue
+            if not compat and ctx.state(s_in) == fp32:
+                rec.refuse("passive", ids, "the first input of {} is FP32", names[o])
+                continue
+            for s_out in idx.output_sids(o):
+                if not compat and ctx.state(s_out) == fp32:
+                    continue
+                rec.overlap(
+                    "passive",
+                    ids,
+                    s_out,
+                    s_in,
+                    "{} {} only moves data: its output keeps its first input's scale",
+                    idx.op_types[o],
+                    names[o],
+                )
+        return rec.result(plan)
+
+
+def passive_fusion(graph: Graph, plan: QuantPlan, options: PassiveFusion) -> FusionResult:
+    """Function form of :class:`PassiveFusion`."""
+    return options.run(graph, plan)
