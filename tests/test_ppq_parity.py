@@ -137,9 +137,8 @@ def test_fusion_matches_ppq(model: str, ppq_name: str) -> None:
 def test_default_pipeline_matches_ppq(model: str, ppq_name: str) -> None:
     g = _view(model)
     dp = _golden(model, ppq_name)["runs"]["default_pipeline"]
-    expected: dict[str, tuple[str, str]] = {
-        k: (v[0], v[1]) for k, v in _golden(model, ppq_name)["runs"]["fusion_only"]["initial"].items()
-    }
+    initial = _golden(model, ppq_name)["runs"]["fusion_only"]["initial"]
+    expected: dict[str, tuple[str, str]] = {k: (v[0], v[1]) for k, v in initial.items()}
     after: dict[str, dict[str, tuple[str, str]]] = {}
     for stage in dp["stages"]:
         for k, v in (stage["slots_changed"] or {}).items():
