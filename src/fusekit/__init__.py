@@ -61,6 +61,7 @@ from .passes import (
     replay,
 )
 from .patterns import Edge, Match, Node, Pattern, find, match
+from .plan_io import load_plan, plan_from_json, plan_to_json, save_plan
 from .platforms import (
     BiasRule,
     Platform,
@@ -152,11 +153,15 @@ __all__ = [
     "get_platform",
     "init_plan",
     "load",
+    "load_plan",
     "load_platform",
     "match",
+    "plan_from_json",
+    "plan_to_json",
     "platforms",
     "register_platform",
     "replay",
     "save",
+    "save_plan",
     "to_model",
 ]

@@ -245,7 +245,15 @@ def _downstream_ops(idx: GraphIndex, a: int, sp: int | None) -> list[int]:
     return seen
 
 
-def _upstream_ops(idx: GraphIndex, b: int, dp: int | None) -> list[int]:
+def _upstream_ops(
+    idx: GraphIndex, b: int, dp: int | None, skip_constants: bool = False
+) -> list[int]:
+    """Distinct producer ops of ``b``'s inputs (port ``dp`` only, if given).
+
+    With ``skip_constants`` a ``Constant`` op does not count as a producer: its output is a
+    constant exactly like an initializer (PPQ folds Constant ops into parameters before it
+    matches anything).
+    """
     ins = idx.input_sids(b)
     if dp is not None:
         if dp >= len(ins):
@@ -259,6 +267,8 @@ def _upstream_ops(idx: GraphIndex, b: int, dp: int | None) -> list[int]:
         p = idx.producer[tid]
         if p >= 0:
             o = idx.slot_op[p]
+            if skip_constants and idx.op_types[o] == "Constant":
+                continue
             if o not in seen:
                 seen.append(o)
     return seen
@@ -295,7 +305,7 @@ def _exclusive_reason(
     for i in range(comp.n):
         o = bound[i]
         if comp.preds[i]:
-            producers = _upstream_ops(idx, o, None)
+            producers = _upstream_ops(idx, o, None, skip_constants=True)
             outside = [p for p in producers if p not in members]
             if outside:
                 return f"{names[o]} also reads from {names[outside[0]]}, outside the pattern"

@@ -147,8 +147,10 @@ class Platform:
     """A backend's quantization rules, as data.
 
     ``quant_types``: op types quantized. ``computing_types``: ops whose output an activation can
-    be fused into (PPQ's COMPUTING_OP). ``activation_types``: single-op activations fused after a
-    computing op. ``activation_patterns``: composite activations fused after a computing op
+    be fused into (PPQ's COMPUTING_OP). ``epilogue_types``: ops a backend folds into the
+    computing op before them when their other operands are constant (BatchNormalization, a bias
+    Add, a scale Mul); activations then fuse after the folded op. ``activation_types``:
+    single-op activations fused after a computing op. ``activation_patterns``: composite activations fused after a computing op
     (``"swish"``, ``"mish"``, ``"hardswish"``, ``"gelu"``). ``passive_types``: ops whose outputs
     keep their first input's scale. ``passive_conditions``: op type -> named precondition
     (``"pad_constant_zero"``). ``sockets``: op type -> inputs never quantized.
@@ -166,6 +168,7 @@ class Platform:
     )
     activation_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
     activation_patterns: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    epilogue_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
     passive_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
     passive_conditions: PMap[str, str] = attrs.field(factory=pmap, converter=_pm)
     sockets: PMap[str, SocketRule] = attrs.field(factory=pmap, converter=_pm)
@@ -201,6 +204,7 @@ class Platform:
         """Every op type this rule set names anywhere."""
         names: set[str] = set()
         names |= self.quant_types | self.computing_types | self.activation_types
+        names |= self.epilogue_types
         names |= self.passive_types | self.bias_types | self.linear_activations
         names |= set(self.passive_conditions) | set(self.sockets) | set(self.weights)
         names |= set(self.fp32_inputs_from)
@@ -257,6 +261,8 @@ FUSEKIT_SOCKETS: Mapping[str, SocketRule] = {
     **{k: v for k, v in PPQ_SOCKETS.items() if k not in ("grid_sampler", "MMCVRoiAlign")},
     "Where": SocketRule((F, U, U)),
     "Pad": SocketRule((U, S, U, S)),
+    "BatchNormalization": SocketRule((U, F, F, F, F)),
+    "LayerNormalization": SocketRule((U, F, F)),
     "Size": SocketRule((U,), (S,)),
     "GridSample": SocketRule((U, F)),
     "Upsample": SocketRule((U, S)),
@@ -504,6 +510,7 @@ _COMMON_QUANT = frozenset(
         "ConvTranspose",
         "Gemm",
         "MatMul",
+        "BatchNormalization",
         "Relu",
         "PRelu",
         "Clip",
@@ -579,6 +586,7 @@ def _fusekit(
         computing_types=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"}),
         activation_types=acts,
         activation_patterns=patterns,
+        epilogue_types=frozenset({"BatchNormalization", "Add", "Sub", "Mul", "Div"}),
         passive_types=FUSEKIT_PASSIVE,
         passive_conditions={"Pad": "pad_constant_zero"},
         sockets=FUSEKIT_SOCKETS,
@@ -624,7 +632,7 @@ ORT_INT8 = _fusekit(
 PPL_CUDA_INT8 = _fusekit(
     "ppl_cuda_int8",
     "OpenPPL CUDA INT8: Conv/Gemm + Relu/Clip/Sigmoid/LeakyRelu fusion, 32-bit passive bias",
-    _PPL_QUANT | {"Dropout", "Squeeze", "Unsqueeze", "Identity"},
+    _PPL_QUANT | {"Dropout", "Squeeze", "Unsqueeze", "Identity", "BatchNormalization"},
     frozenset({"Relu", "Clip", "Sigmoid", "LeakyRelu"}),
     frozenset(),
     _PPL_BIAS,
@@ -819,6 +827,7 @@ def platform_to_dict(p: Platform) -> dict[str, Any]:
         "computing_types": sorted(p.computing_types),
         "activation_types": sorted(p.activation_types),
         "activation_patterns": sorted(p.activation_patterns),
+        "epilogue_types": sorted(p.epilogue_types),
         "passive_types": sorted(p.passive_types),
         "passive_conditions": dict(p.passive_conditions),
         "sockets": {

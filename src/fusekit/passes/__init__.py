@@ -22,6 +22,7 @@ from .activation import (
     composite_patterns,
 )
 from .alignment import ALIGN_METHODS, Alignment, alignment
+from .epilogue import EpilogueFusion, attached_ops
 from .parameters import PassiveParameters, passive_parameters
 from .passive import PASSIVE_CONDITIONS, PassiveFusion, passive_fusion
 from .pipeline import Pass, Pipeline, default_pipeline, fuse
@@ -34,6 +35,7 @@ __all__ = [
     "Alignment",
     "CompositeActivationFusion",
     "Decision",
+    "EpilogueFusion",
     "Explanation",
     "FusionResult",
     "Pass",
@@ -46,6 +48,7 @@ __all__ = [
     "SlotChange",
     "activation_fusion",
     "alignment",
+    "attached_ops",
     "composite_patterns",
     "default_pipeline",
     "explain",

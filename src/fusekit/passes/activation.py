@@ -17,8 +17,6 @@ Swish and Mish exist.
 
 from __future__ import annotations
 
-from functools import cache
-
 import attrs
 
 from ..graph import Graph
@@ -26,6 +24,7 @@ from ..patterns import Edge, Found, Node, Pattern, find
 from ..platforms import Platform, get_platform
 from ..quant import QuantPlan, QuantState
 from ._core import FusionResult, PassContext
+from .epilogue import attached_ops
 
 __all__ = [
     "ActivationFusion",
@@ -37,25 +36,37 @@ __all__ = [
 FP32 = QuantState.FP32
 
 
-@cache
-def _single_pattern(computing: frozenset[str], acts: frozenset[str], port: int | None) -> Pattern:
-    return Pattern(
-        "activation",
-        (Node("op", computing), Node("act", acts)),
-        (Edge("op", "act", None, port),),
+def _anchor(graph: Graph, platform: Platform) -> Node:
+    """The node a fused activation follows: a computing op, or an epilogue folded into one."""
+    if not platform.epilogue_types:
+        return Node("op", platform.computing_types)
+    attached = attached_ops(graph, platform)
+    names = graph.index.op_names
+    attached_names = frozenset(names[o] for o in attached)
+    return Node(
+        "op",
+        platform.computing_types | platform.epilogue_types,
+        lambda op: op.name in attached_names,
     )
 
 
-def composite_patterns(platform: Platform) -> tuple[Pattern, ...]:
-    """The composite-activation patterns a platform enables, in PPQ's order (Swish, Mish)."""
-    comp = frozenset(platform.computing_types)
+def _single_pattern(anchor: Node, acts: frozenset[str], port: int | None) -> Pattern:
+    return Pattern("activation", (anchor, Node("act", acts)), (Edge("op", "act", None, port),))
+
+
+def composite_patterns(platform: Platform, anchor: Node | None = None) -> tuple[Pattern, ...]:
+    """The composite-activation patterns a platform enables, in PPQ's order (Swish, Mish).
+
+    ``anchor`` is the node the activation follows (by default: the platform's computing ops).
+    """
+    comp = anchor if anchor is not None else Node("op", platform.computing_types)
     out: list[Pattern] = []
     names = platform.activation_patterns
     if "swish" in names:
         out.append(
             Pattern(
                 "swish",
-                (Node("op", comp), Node("sigmoid", {"Sigmoid"}), Node("mul", {"Mul"})),
+                (comp, Node("sigmoid", {"Sigmoid"}), Node("mul", {"Mul"})),
                 (Edge("op", "sigmoid"), Edge("sigmoid", "mul"), Edge("op", "mul")),
             )
         )
@@ -64,7 +75,7 @@ def composite_patterns(platform: Platform) -> tuple[Pattern, ...]:
             Pattern(
                 "mish",
                 (
-                    Node("op", comp),
+                    comp,
                     Node("softplus", {"Softplus"}),
                     Node("tanh", {"Tanh"}),
                     Node("mul", {"Mul"}),
@@ -83,7 +94,7 @@ def composite_patterns(platform: Platform) -> tuple[Pattern, ...]:
                 Pattern(  # x * (clip(x + 3, 0, 6) / 6)
                     "hardswish",
                     (
-                        Node("op", comp),
+                        comp,
                         Node("add", {"Add"}),
                         Node("clip", {"Clip", "Relu6"}),
                         Node("div", {"Div", "Mul"}),
@@ -100,7 +111,7 @@ def composite_patterns(platform: Platform) -> tuple[Pattern, ...]:
                 Pattern(  # (x * clip(x + 3, 0, 6)) / 6
                     "hardswish",
                     (
-                        Node("op", comp),
+                        comp,
                         Node("add", {"Add"}),
                         Node("clip", {"Clip"}),
                         Node("mul", {"Mul"}),
@@ -116,7 +127,7 @@ def composite_patterns(platform: Platform) -> tuple[Pattern, ...]:
                 ),
                 Pattern(  # x * hardsigmoid(x)
                     "hardswish",
-                    (Node("op", comp), Node("hsig", {"HardSigmoid"}), Node("mul", {"Mul"})),
+                    (comp, Node("hsig", {"HardSigmoid"}), Node("mul", {"Mul"})),
                     (Edge("op", "hsig"), Edge("hsig", "mul"), Edge("op", "mul")),
                 ),
             ]
@@ -127,7 +138,7 @@ def composite_patterns(platform: Platform) -> tuple[Pattern, ...]:
                 Pattern(  # (x * (erf(x / sqrt2) + 1)) * 0.5
                     "gelu",
                     (
-                        Node("op", comp),
+                        comp,
                         Node("div", {"Div", "Mul"}),
                         Node("erf", {"Erf"}),
                         Node("add", {"Add"}),
@@ -146,7 +157,7 @@ def composite_patterns(platform: Platform) -> tuple[Pattern, ...]:
                 Pattern(  # x * ((erf(x / sqrt2) + 1) * 0.5)
                     "gelu",
                     (
-                        Node("op", comp),
+                        comp,
                         Node("div", {"Div", "Mul"}),
                         Node("erf", {"Erf"}),
                         Node("add", {"Add"}),
@@ -225,7 +236,7 @@ class ActivationFusion:
         compat = p.has_quirk("graph_output_fusion")
         if not p.activation_types or not p.computing_types:
             return ctx.rec.result(plan)
-        pattern = _single_pattern(p.computing_types, p.activation_types, None if compat else 0)
+        pattern = _single_pattern(_anchor(graph, p), p.activation_types, None if compat else 0)
         idx, rec = ctx.idx, ctx.rec
         for found in find(graph, pattern, graph_outputs_count=not compat):
             c, a = found.op_ids
@@ -244,7 +255,8 @@ class ActivationFusion:
             n_up = 0
             for s in idx.input_sids(a):
                 tid = idx.slot_tensor[s]
-                if tid >= 0 and idx.producer[tid] >= 0:
+                prod = idx.producer[tid] if tid >= 0 else -1
+                if prod >= 0 and idx.op_types[idx.slot_op[prod]] != "Constant":
                     n_up += 1
             if n_up != 1:
                 rec.refuse("activation", ids, "{} reads {} produced tensors", ctx.name(a), n_up)
@@ -282,7 +294,7 @@ class CompositeActivationFusion:
         compat = p.has_quirk("graph_output_fusion")
         idx, rec = ctx.idx, ctx.rec
         done: set[int] = set()
-        for pattern in composite_patterns(p):
+        for pattern in composite_patterns(p, _anchor(graph, p)):
             rule = pattern.name
             for found in find(graph, pattern, graph_outputs_count=not compat):
                 ids = found.op_ids

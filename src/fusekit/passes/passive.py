@@ -79,7 +79,7 @@ class PassiveFusion:
             s_in = idx.slot_base[o]
             tid = idx.slot_tensor[s_in]
             prod = idx.producer[tid] if tid >= 0 else -1
-            if prod < 0:
+            if prod < 0 or idx.op_types[idx.slot_op[prod]] == "Constant":
                 rec.refuse(
                     "passive",
                     ids,

@@ -14,6 +14,7 @@ from ..quant import QuantPlan
 from ._core import FusionResult, PipelineResult
 from .activation import ActivationFusion, CompositeActivationFusion
 from .alignment import Alignment
+from .epilogue import EpilogueFusion
 from .parameters import PassiveParameters
 from .passive import PassiveFusion
 from .simplify import Simplify
@@ -83,6 +84,7 @@ def default_pipeline(
     """
     get_platform(platform)  # fail early on an unknown name
     passes: list[Any] = [
+        EpilogueFusion(platform),
         ActivationFusion(platform),
         CompositeActivationFusion(platform),
         PassiveFusion(platform),
@@ -100,16 +102,22 @@ def fuse(
     plan: QuantPlan,
     platform: Platform | str,
     *,
+    epilogue: bool = True,
     activation: bool = True,
     composite: bool = True,
     passive: bool = True,
 ) -> FusionResult:
     """The equivalent of PPQ's QuantizeFusionPass: activation, Swish/Mish..., passive fusion.
 
+    fusekit's rule sets first fold BatchNorm/bias epilogues into the computing op (PPQ does that
+    while loading the graph).
+
     Each step can be switched off. Returns one :class:`FusionResult` whose decisions carry the
     rule that made each change (``activation``, ``swish``, ``mish``, ``passive``, ...).
     """
     steps: list[Any] = []
+    if epilogue and get_platform(platform).epilogue_types:
+        steps.append(EpilogueFusion(platform))
     if activation:
         steps.append(ActivationFusion(platform))
     if composite:
