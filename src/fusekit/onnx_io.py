@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,12 @@ from pyrsistent import pmap, pvector
 from ._util import gc_paused
 from .errors import InvalidGraph, InvalidModel, ModelNotFound
 from .graph import (
-    EMPTY_ATTRIBUTES,
-    Attributes,
     Graph,
     Initializer,
     Op,
     OpaqueAttribute,
     TensorType,
+    make_lazy_attributes,
     make_op_fast,
     topological_order,
 )
@@ -51,22 +52,54 @@ class ModelExtras:
 
     ``model`` is the parsed original (never modified); ``base_dir`` is where external data
     files live. fusekit reads header fields, graph doc strings, value_info, functions and so on
-    from it when writing the model back.
+    from it when writing the model back. The name -> ValueInfoProto tables are built on first
+    use: only :func:`to_model` needs them, and a model with full shape information has as many
+    value_info entries as nodes.
     """
 
-    __slots__ = ("base_dir", "input_info", "model", "output_info", "value_info")
+    __slots__ = ("_input_info", "_output_info", "_value_info", "base_dir", "model")
 
     def __init__(self, model: ModelProto, base_dir: str | None):
         self.model = model
         self.base_dir = base_dir
-        g = model.graph
-        self.input_info = {vi.name: vi for vi in g.input}
-        self.output_info = {vi.name: vi for vi in g.output}
-        self.value_info = {vi.name: vi for vi in g.value_info}
+        self._input_info: dict[str, onnx.ValueInfoProto] | None = None
+        self._output_info: dict[str, onnx.ValueInfoProto] | None = None
+        self._value_info: dict[str, onnx.ValueInfoProto] | None = None
+
+    @property
+    def input_info(self) -> dict[str, onnx.ValueInfoProto]:
+        """Graph input name -> its original ValueInfoProto."""
+        if self._input_info is None:
+            self._input_info = {vi.name: vi for vi in self.model.graph.input}
+        return self._input_info
+
+    @property
+    def output_info(self) -> dict[str, onnx.ValueInfoProto]:
+        """Graph output name -> its original ValueInfoProto."""
+        if self._output_info is None:
+            self._output_info = {vi.name: vi for vi in self.model.graph.output}
+        return self._output_info
+
+    @property
+    def value_info(self) -> dict[str, onnx.ValueInfoProto]:
+        """Tensor name -> its original ``graph.value_info`` entry."""
+        if self._value_info is None:
+            self._value_info = {vi.name: vi for vi in self.model.graph.value_info}
+        return self._value_info
 
 
 # --------------------------------------------------------------------------------------------
 # decoding
+
+# Errors that decoding a damaged attribute or tensor raises from inside onnx/numpy/protobuf.
+_DECODE_ERRORS = (
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    OSError,
+    onnx.checker.ValidationError,
+)
 
 
 def _decode_attribute(a: AttributeProto) -> Any:
@@ -102,12 +135,39 @@ def _decode_attribute(a: AttributeProto) -> Any:
         arr = np.array(arr, copy=True)
         arr.setflags(write=False)
         return arr
-    kind = AttributeProto.AttributeType.Name(t)
+    kind = AttributeProto.AttributeType.Name(t) if t in _ATTRIBUTE_TYPES else f"TYPE_{t}"
     return OpaqueAttribute(kind, a.SerializeToString())
 
 
-def _decode_node_attributes(node: object) -> Mapping[str, Any]:
-    return {a.name: _decode_attribute(a) for a in node.attribute}  # type: ignore[attr-defined]
+_ATTRIBUTE_TYPES = frozenset(AttributeProto.AttributeType.values())
+
+
+def _attribute_decoder(label: str) -> Callable[[object], Mapping[str, Any]]:
+    """The lazy decoder of one load: a damaged attribute raises InvalidModel naming the file."""
+
+    def decode(node: object) -> Mapping[str, Any]:
+        n: onnx.NodeProto = node  # type: ignore[assignment]
+        out: dict[str, Any] = {}
+        for a in n.attribute:
+            name = a.name
+            if type(name) is not str:
+                raise InvalidModel(
+                    f"node {_text(n.name)!r} has an attribute name that is not valid UTF-8", label
+                )
+            try:
+                out[name] = _decode_attribute(a)
+            except _DECODE_ERRORS as e:
+                raise InvalidModel(
+                    f"node {_text(n.name)!r}: attribute {name!r} cannot be decoded ({e})", label
+                ) from None
+        return out
+
+    return decode
+
+
+def _text(value: str | bytes) -> str:
+    """A name for an error message, even when the file's bytes are not valid UTF-8."""
+    return value if isinstance(value, str) else value.decode("utf-8", "backslashreplace")
 
 
 def _encode_attribute(name: str, value: Any) -> AttributeProto:
@@ -123,21 +183,36 @@ def _encode_attribute(name: str, value: Any) -> AttributeProto:
     return helper.make_attribute(name, value)
 
 
-def _tensor_decoder(base_dir: str | None) -> Any:
-    def decode(t: object) -> np.ndarray[Any, Any]:
-        if isinstance(t, onnx.SparseTensorProto):
-            from onnx import numpy_helper as nh
+def _tensor_decoder(base_dir: str | None, label: str) -> Callable[[object], np.ndarray[Any, Any]]:
+    """The lazy initializer decoder of one load (damaged data raises InvalidModel)."""
 
-            dense = nh.to_array(t.values)
-            idx = nh.to_array(t.indices)
-            shape = tuple(t.dims)
-            out = np.zeros(int(np.prod(shape)), dtype=dense.dtype)
-            if idx.ndim == 1:
-                out[idx] = dense
-            else:
-                out[np.ravel_multi_index(idx.T, shape)] = dense
-            return out.reshape(shape)
-        return numpy_helper.to_array(t, base_dir=base_dir or "")  # type: ignore[arg-type]
+    def to_array(t: TensorProto) -> np.ndarray[Any, Any]:
+        if t.data_location == TensorProto.EXTERNAL and base_dir is None:
+            raise InvalidModel(
+                f"initializer {t.name!r} keeps its data in an external file, but the model was "
+                "not loaded from a path; load it from its file so the data can be found",
+                label,
+            )
+        return numpy_helper.to_array(t, base_dir=base_dir or "")  # type: ignore[no-any-return]
+
+    def decode(t: object) -> np.ndarray[Any, Any]:
+        try:
+            if isinstance(t, onnx.SparseTensorProto):
+                dense = to_array(t.values)
+                idx = to_array(t.indices)
+                shape = tuple(t.dims)
+                out = np.zeros(int(np.prod(shape)), dtype=dense.dtype)
+                if idx.ndim == 1:
+                    out[idx] = dense
+                else:
+                    out[np.ravel_multi_index(idx.T, shape)] = dense
+                return out.reshape(shape)
+            return to_array(t)  # type: ignore[arg-type]
+        except InvalidModel:
+            raise
+        except _DECODE_ERRORS as e:
+            name = t.values.name if isinstance(t, onnx.SparseTensorProto) else t.name  # type: ignore[attr-defined]
+            raise InvalidModel(f"initializer {name!r} cannot be decoded ({e})", label) from None
 
     return decode
 
@@ -154,7 +229,10 @@ def _type_of(vi: onnx.ValueInfoProto) -> TensorType | None:
             if d.HasField("dim_value"):
                 dims.append(d.dim_value)
             elif d.HasField("dim_param"):
-                dims.append(d.dim_param)
+                p = d.dim_param
+                if type(p) is not str:
+                    raise UnicodeError(f"a dimension name of {_text(vi.name)!r}")
+                dims.append(p)
             else:
                 dims.append(None)
         shape = tuple(dims)
@@ -191,7 +269,15 @@ def _subgraph_captures(node: onnx.NodeProto) -> tuple[str, ...]:
     return tuple(captured)
 
 
+# Default-domain ops whose schemas have GRAPH/GRAPHS attributes. Only these, and ops of other
+# domains (custom ops may carry sub-graphs), are searched for sub-graph captures: looking at
+# every node's attribute list would cost more than the rest of the load loop.
+_SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 _SUBGRAPH_TYPES = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in _SUBGRAPH_TYPES for a in node.attribute)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,14 +296,15 @@ def _read(source: ModelSource) -> tuple[ModelProto, str, str | None]:
     elif isinstance(source, (str, os.PathLike)):
         p = Path(source)
         label = str(p)
-        if not p.exists():
-            raise ModelNotFound("no such file", label)
-        if p.is_dir():
-            raise InvalidModel("is a directory, not an ONNX file", label)
         try:
+            if not p.exists():
+                raise ModelNotFound("no such file", label)
+            if p.is_dir():
+                raise InvalidModel("is a directory, not an ONNX file", label)
             data = p.read_bytes()
-        except OSError as e:
-            raise InvalidModel(f"cannot read: {e.strerror}", label) from None
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise InvalidModel(f"cannot read: {why}", label) from None
         base_dir = str(p.parent)
     else:
         raise InvalidModel(
@@ -238,9 +325,9 @@ def load(source: ModelSource) -> Graph:
 
     Unnamed nodes get deterministic names (``<OpType>_<n>``) and duplicate names are made unique
     (``name__2``); :func:`to_model` restores the original names. Raises
-    :class:`~fusekit.errors.InvalidModel` (file missing, not ONNX, no graph, bad node) or
-    :class:`~fusekit.errors.InvalidGraph` (dangling input, two producers, cycle), each naming the
-    file and the problem.
+    :class:`~fusekit.errors.InvalidModel` (file missing, not ONNX, no graph, bad node, a name
+    that is not UTF-8) or :class:`~fusekit.errors.InvalidGraph` (dangling input, two producers,
+    cycle, graph output nothing produces), each naming the file and the problem.
     """
     m, label, base_dir = _read(source)
     if not m.HasField("graph") or (m.ir_version <= 0 and len(m.opset_import) == 0):
@@ -253,100 +340,184 @@ def load(source: ModelSource) -> Graph:
         if e.source is None:
             raise type(e)(str(e), e.problems, label) from None
         raise
+    except UnicodeError as e:
+        # upb hands out ``bytes`` for a string field that is not UTF-8; writing such a value
+        # back would fail much later, so the file is refused here
+        raise InvalidModel(f"not a valid ONNX model: {e} is not valid UTF-8", label) from None
 
 
-def _build_graph(m: ModelProto, g: onnx.GraphProto, label: str, base_dir: str | None) -> Graph:
-    input_names = tuple(vi.name for vi in g.input)
-    if len(set(input_names)) != len(input_names):
-        dup = sorted({n for n in input_names if input_names.count(n) > 1})
-        raise InvalidModel(f"duplicate graph input names: {', '.join(dup)}", label)
-    if any(not n for n in input_names):
-        raise InvalidModel("a graph input has an empty name", label)
-    output_names = tuple(vi.name for vi in g.output)
+_NAME = attrgetter("name")
+_OP_TYPE = attrgetter("op_type")
+_DOMAIN = attrgetter("domain")
+_INPUTS = attrgetter("inputs")
+_OUTPUTS = attrgetter("outputs")
 
-    nodes = g.node
+
+def _check_header(m: ModelProto, g: onnx.GraphProto) -> None:
+    """Header strings are written back field by field, so they must be real text."""
+    fields = [
+        ("the producer name", m.producer_name),
+        ("the producer version", m.producer_version),
+        ("the model domain", m.domain),
+        ("the model doc string", m.doc_string),
+        ("the graph name", g.name),
+        ("the graph doc string", g.doc_string),
+    ]
+    fields.extend(("an opset domain", o.domain) for o in m.opset_import)
+    for what, value in fields:
+        if type(value) is not str:
+            raise UnicodeError(what)
+
+
+def _check_names(ops: list[Op], *groups: tuple[str, ...]) -> None:
+    """Every op name, type, domain and tensor name must be ``str`` (see :func:`load`).
+
+    ``str.join`` refuses a ``bytes`` item in C, so the common case costs a few ms per 100k ops.
+    """
+    try:
+        "".join(map(_NAME, ops))
+        "".join(map(_OP_TYPE, ops))
+        "".join(map(_DOMAIN, ops))
+        "".join(chain.from_iterable(map(_INPUTS, ops)))
+        "".join(chain.from_iterable(map(_OUTPUTS, ops)))
+        "".join(chain.from_iterable(groups))
+    except TypeError:
+        for op in ops:
+            for what, value in (
+                ("a node name", op.name),
+                ("an op type", op.op_type),
+                ("a domain", op.domain),
+                *(("a tensor name", t) for t in (*op.inputs, *op.outputs)),
+            ):
+                if type(value) is not str:
+                    raise UnicodeError(f"{what} ({_text(value)!r})") from None
+        raise UnicodeError("a graph input, output or initializer name") from None
+
+
+def _unique_names(ops: list[Op]) -> tuple[list[Op], dict[str, str]]:
+    """Give unnamed and duplicate-named ops deterministic unique names.
+
+    The first op carrying a name keeps it; an unnamed op becomes ``<OpType>_<position>`` and a
+    later duplicate ``<name>__2``, ``__3``..., each avoiding every name already in use. Returns
+    the ops and the map invented name -> original name (restored by :func:`to_model`).
+    """
     used: set[str] = set()
-    names: list[str] = []
-    original: dict[str, str] = {}
     pending: list[int] = []
-    for i, n in enumerate(nodes):
-        nm = n.name
-        if not n.op_type:
-            raise InvalidModel(f"node #{i} ({nm or 'unnamed'}) has no op_type", label)
+    for i, op in enumerate(ops):
+        nm = op.name
         if nm and nm not in used:
             used.add(nm)
-            names.append(nm)
         else:
-            names.append("")
             pending.append(i)
+    original: dict[str, str] = {}
+    out = list(ops)
     for i in pending:
-        n = nodes[i]
-        base = n.name or f"{n.op_type}_{i}"
+        op = ops[i]
+        base = op.name or f"{op.op_type}_{i}"
         cand = base
         k = 2
         while cand in used:
             cand = f"{base}__{k}"
             k += 1
         used.add(cand)
-        names[i] = cand
-        original[cand] = n.name
+        original[cand] = op.name
+        out[i] = make_op_fast(
+            cand,
+            op.op_type,
+            op.inputs,
+            op.outputs,
+            op.attributes,
+            op.domain,
+            op.implicit_inputs,
+            op.source,
+        )
+    return out, original
 
+
+def _build_graph(m: ModelProto, g: onnx.GraphProto, label: str, base_dir: str | None) -> Graph:
+    _check_header(m, g)
+    input_names = tuple(vi.name for vi in g.input)
+    if len(set(input_names)) != len(input_names):
+        dup = sorted({_text(n) for n in input_names if input_names.count(n) > 1})
+        raise InvalidModel(f"duplicate graph input names: {', '.join(dup)}", label)
+    if any(not n for n in input_names):
+        raise InvalidModel("a graph input has an empty name", label)
+    output_names = tuple(vi.name for vi in g.output)
+
+    # The hot loop: one pass over the nodes reading each protobuf field once. Reading a field of
+    # a upb message allocates (a wrapper, fresh str objects), so nothing is read twice and
+    # attributes are not read at all; they are decoded on first use.
+    make = make_op_fast
+    lazy = make_lazy_attributes
+    decode_attrs = _attribute_decoder(label)
+    subgraph_ops = _SUBGRAPH_OPS
     op_list: list[Op] = []
-    decode_attrs = _decode_node_attributes
-    for i, n in enumerate(nodes):
-        attrs_ = n.attribute
+    append = op_list.append
+    for n in g.node:
+        op_type = n.op_type
+        if not op_type:
+            i = list(g.node).index(n)
+            raise InvalidModel(f"node #{i} ({_text(n.name) or 'unnamed'}) has no op_type", label)
+        domain = n.domain
         implicit: tuple[str, ...] = ()
-        if attrs_:
-            attributes = Attributes(source=n, decode=decode_attrs)
-            for a in attrs_:
-                if a.type in _SUBGRAPH_TYPES:
-                    implicit = _subgraph_captures(n)
-                    break
-        else:
-            attributes = EMPTY_ATTRIBUTES
-        op_list.append(
-            make_op_fast(
-                names[i],
-                n.op_type,
+        if (op_type in subgraph_ops or (domain and domain != "ai.onnx")) and _has_subgraph(n):
+            implicit = _subgraph_captures(n)
+        append(
+            make(
+                n.name,
+                op_type,
                 tuple(n.input),
                 tuple(n.output),
-                attributes,
-                n.domain,
+                lazy(n, decode_attrs),
+                domain,
                 implicit,
                 n,
             )
         )
 
-    decode_tensor = _tensor_decoder(base_dir)
+    names = list(map(_NAME, op_list))
+    distinct = set(names)
+    original: dict[str, str] = {}
+    if len(distinct) != len(names) or "" in distinct:
+        op_list, original = _unique_names(op_list)
+        names = list(map(_NAME, op_list))
+
+    decode_tensor = _tensor_decoder(base_dir, label)
     inits: dict[str, Initializer] = {}
     for t in g.initializer:
-        if not t.name:
+        nm = t.name
+        if not nm:
             raise InvalidModel("an initializer has an empty name", label)
-        if t.name in inits:
-            raise InvalidModel(f"initializer {t.name!r} is defined twice", label)
-        inits[t.name] = Initializer(
-            t.name, t.data_type, tuple(t.dims), source=t, decode=decode_tensor
-        )
+        if nm in inits:
+            raise InvalidModel(f"initializer {_text(nm)!r} is defined twice", label)
+        inits[nm] = Initializer(nm, t.data_type, tuple(t.dims), source=t, decode=decode_tensor)
     for st in g.sparse_initializer:
         nm = st.values.name
+        if not nm:
+            raise InvalidModel("a sparse initializer has an empty name", label)
         if nm in inits:
-            raise InvalidModel(f"initializer {nm!r} is defined twice", label)
+            raise InvalidModel(f"initializer {_text(nm)!r} is defined twice", label)
         inits[nm] = Initializer(
             nm, st.values.data_type, tuple(st.dims), source=st, decode=decode_tensor
         )
 
-    available = set(input_names) | set(inits)
-    order = topological_order(op_list, available, label)
+    _check_names(op_list, input_names, output_names, tuple(inits))
+    available = set(input_names)
+    available.update(inits)
+    order = topological_order(op_list, available, label, outputs=output_names)
 
     types: dict[str, TensorType] = {}
     for seq in (g.input, g.output, g.value_info):
         for vi in seq:
+            nm = vi.name
+            if type(nm) is not str:
+                raise UnicodeError(f"the value_info name {_text(nm)!r}")
             tt = _type_of(vi)
             if tt is not None:
-                types[vi.name] = tt
+                types[nm] = tt
 
     return Graph(
-        ops=pmap({op.name: op for op in op_list}),
+        ops=pmap(dict(zip(names, op_list))),
         order=pvector(order),
         inputs=input_names,
         outputs=output_names,
@@ -438,7 +609,10 @@ def to_model(graph: Graph) -> ModelProto:
     for init in _initializers_in_file_order(graph, extras):
         src_t = init.source
         if isinstance(src_t, onnx.SparseTensorProto):
-            og.sparse_initializer.add().CopyFrom(src_t)
+            st = og.sparse_initializer.add()
+            st.CopyFrom(src_t)
+            if st.values.name != init.name:  # renamed by Graph.rename_tensor
+                st.values.name = init.name
             continue
         t = og.initializer.add()
         if isinstance(src_t, TensorProto):
@@ -465,9 +639,9 @@ def to_model(graph: Graph) -> ModelProto:
         if len(sg.metadata_props):
             og.metadata_props.extend(sg.metadata_props)
     io = set(graph.inputs) | set(graph.outputs)
-    for name, tt in types.items():
+    for name in sorted(types):  # sorted: PMap order depends on the str hash seed
         if name not in io and name not in vi_info:
-            og.value_info.append(_value_info(name, tt, None))
+            og.value_info.append(_value_info(name, types[name], None))
     return out
 
 

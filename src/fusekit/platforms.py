@@ -146,18 +146,26 @@ def _pm(items: Mapping[str, Any] | None) -> PMap[str, Any]:
 class Platform:
     """A backend's quantization rules, as data.
 
-    ``quant_types``: op types quantized. ``computing_types``: ops whose output an activation can
-    be fused into (PPQ's COMPUTING_OP). ``epilogue_types``: ops a backend folds into the
-    computing op before them when their other operands are constant (BatchNormalization, a bias
-    Add, a scale Mul); activations then fuse after the folded op. ``activation_types``:
-    single-op activations fused after a computing op. ``activation_patterns``: composite activations fused after a computing op
-    (``"swish"``, ``"mish"``, ``"hardswish"``, ``"gelu"``). ``passive_types``: ops whose outputs
-    keep their first input's scale. ``passive_conditions``: op type -> named precondition
-    (``"pad_constant_zero"``). ``sockets``: op type -> inputs never quantized.
-    ``weights``: op type -> rule for input 1 when it is a constant. ``bias``: rule for input 2 of
-    ``bias_types``. ``fp32_inputs_from``: op type -> first input index that stays FP32.
-    ``alignment``: what the alignment pass aligns. ``quirks``: PPQ 0.6.6 behaviours reproduced
-    (see :data:`QUIRKS`). ``non_onnx_types``: names used above that are not ONNX operators.
+    Fields:
+
+    * ``quant_types``: op types the backend quantizes.
+    * ``computing_types``: ops an activation can be fused into (PPQ's COMPUTING_OP).
+    * ``activation_types``: single-op activations fused after a computing op.
+    * ``activation_patterns``: composite activations fused after a computing op
+      (``"swish"``, ``"mish"``, ``"hardswish"``, ``"gelu"``).
+    * ``epilogue_types``: ops folded into the computing op before them when their other
+      operands are constant (BatchNormalization, a bias Add, a scale Mul); activations then fuse
+      after the folded op.
+    * ``passive_types``: ops whose outputs keep their first input's scale;
+      ``passive_conditions``: op type -> named precondition (``"pad_constant_zero"``).
+    * ``sockets``: op type -> which inputs/outputs are never quantized.
+    * ``activation``: the rule of ordinary slots; ``weights``: op type -> rule for input 1 when
+      it is a constant; ``bias_types``/``bias``: the rule of input 2 of those ops;
+      ``fp32_inputs_from``: op type -> first input index that stays FP32.
+    * ``linear_activations``: ops PPQ's dispatcher moves onto their producer's platform.
+    * ``alignment``: op families the alignment pass aligns.
+    * ``quirks``: PPQ 0.6.6 behaviours reproduced (see :data:`QUIRKS`).
+    * ``non_onnx_types``: names used above that are not ONNX operators, declared as such.
     """
 
     name: str
