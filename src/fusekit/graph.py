@@ -17,6 +17,7 @@ core ever importing ``onnx``.
 
 from __future__ import annotations
 
+import gc
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -39,6 +40,7 @@ from .errors import (
 __all__ = [
     "Attributes",
     "Graph",
+    "GraphArrays",
     "GraphIndex",
     "Initializer",
     "Op",
@@ -48,6 +50,29 @@ __all__ = [
     "TensorType",
     "check_invariants",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# Bulk construction helpers
+
+
+def promote_to_old_generation() -> None:
+    """Move every object the garbage collector tracks into its oldest generation, in O(1).
+
+    Called at the end of a bulk build while the collector is paused (``gc_paused``). A 100k-op
+    graph is ~700k tracked objects; without this, the first allocation after the collector is
+    re-enabled runs a young-generation collection that walks every one of them (a third of the
+    load time), and the next middle-generation collection walks them again. ``freeze()``
+    followed by ``unfreeze()`` moves them to the oldest generation without walking them, which
+    is where long-lived data ends up anyway; the next full collection still examines them, so
+    nothing leaks. The only effect on other objects is that young garbage cycles of the process
+    are collected at the next full collection instead of the next young one. Skipped when the
+    application froze objects itself (``gc.freeze()`` before ``fork``), as ``unfreeze`` would
+    thaw those too.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+        gc.unfreeze()
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,29 +203,7 @@ class Attributes(Mapping[str, Any]):
 
 EMPTY_ATTRIBUTES = Attributes()
 _Decoder = Callable[[object], Mapping[str, Any]]
-
-
-def _lazy_attributes_factory() -> Callable[[object, _Decoder], Attributes]:
-    """A constructor of lazily decoded attributes for the loader's hot loop.
-
-    ``Attributes.__init__`` costs a keyword call and a branch per op; a 100k-op model builds
-    100k of these, so the loader fills the three slots directly.
-    """
-    d = Attributes.__dict__
-    s_items, s_src, s_dec = d["_items"].__set__, d["_source"].__set__, d["_decode"].__set__
-
-    def make(source: object, decode: _Decoder) -> Attributes:
-        a: Attributes = _new(Attributes)
-        s_items(a, None)
-        s_src(a, source)
-        s_dec(a, decode)
-        return a
-
-    return make
-
-
-_new = object.__new__
-make_lazy_attributes = _lazy_attributes_factory()
+_new = object.__new__  # the loader's factories fill slots of a bare instance directly
 
 
 def _to_attributes(value: Mapping[str, Any] | Attributes | None) -> Attributes:
@@ -282,6 +285,49 @@ def _fast_op_factory() -> Callable[..., Op]:
 make_op_fast = _fast_op_factory()
 
 
+def _loaded_op_factory() -> Callable[..., Op]:
+    """The loader's constructor of an op whose attributes stay undecoded in ``node``.
+
+    One call builds both the op and its lazy :class:`Attributes` (filling slots directly):
+    the load loop runs it once per node, and a Python call costs as much as three slot writes.
+    """
+    d = Op.__dict__
+    setters = [d[f.name].__set__ for f in attrs.fields(Op)]
+    s_name, s_type, s_in, s_out, s_attr, s_dom, s_impl, s_src = setters
+    a = Attributes.__dict__
+    a_items, a_src, a_dec = a["_items"].__set__, a["_source"].__set__, a["_decode"].__set__
+
+    def make(
+        name: str,
+        op_type: str,
+        inputs: tuple[str, ...],
+        outputs: tuple[str, ...],
+        domain: str,
+        implicit_inputs: tuple[str, ...],
+        node: object,
+        decode: _Decoder,
+    ) -> Op:
+        attributes: Attributes = _new(Attributes)
+        a_items(attributes, None)
+        a_src(attributes, node)
+        a_dec(attributes, decode)
+        op = _new(Op)
+        s_name(op, name)
+        s_type(op, op_type)
+        s_in(op, inputs)
+        s_out(op, outputs)
+        s_attr(op, attributes)
+        s_dom(op, domain)
+        s_impl(op, implicit_inputs)
+        s_src(op, node)
+        return op
+
+    return make
+
+
+make_loaded_op = _loaded_op_factory()
+
+
 @attrs.frozen
 class TensorType:
     """Element type (ONNX ``TensorProto.DataType`` number, 0 = unknown) and shape if known.
@@ -346,6 +392,13 @@ class Initializer:
 
     __slots__ = ("_array", "_decode", "dims", "elem_type", "name", "source")
 
+    name: str
+    elem_type: int  # ONNX TensorProto.DataType number
+    dims: tuple[int, ...]
+    source: object  # the loader's original tensor, or None
+    _decode: Callable[[object], np.ndarray[Any, Any]] | None
+    _array: np.ndarray[Any, Any] | None
+
     def __init__(
         self,
         name: str,
@@ -356,21 +409,31 @@ class Initializer:
         source: object = None,
         decode: Callable[[object], np.ndarray[Any, Any]] | None = None,
     ):
-        self.name = name
-        self.elem_type = elem_type
-        self.dims = dims
-        self.source = source
-        self._decode = decode
+        dims = tuple(dims)
         if array is not None:
             array = np.array(array, copy=True)
             array.setflags(write=False)
-        self._array = array
+            if tuple(array.shape) != dims:
+                raise InvalidGraph(
+                    f"initializer {name!r}: dims {dims} do not match the array's shape "
+                    f"{tuple(array.shape)}"
+                )
+        elif source is None or decode is None:
+            raise InvalidGraph(f"initializer {name!r} needs an array or a source and a decoder")
+        # object.__setattr__: this class refuses attribute assignment once built
+        _set = object.__setattr__
+        _set(self, "name", name)
+        _set(self, "elem_type", elem_type)
+        _set(self, "dims", dims)
+        _set(self, "source", source)
+        _set(self, "_decode", decode)
+        _set(self, "_array", array)
 
     def __setattr__(self, key: str, value: object) -> None:
-        if key in ("_array",) or not hasattr(self, key):
-            object.__setattr__(self, key, value)
-        else:
-            raise attrs.exceptions.FrozenInstanceError()
+        raise attrs.exceptions.FrozenInstanceError()
+
+    def __delattr__(self, key: str) -> None:
+        raise attrs.exceptions.FrozenInstanceError()
 
     @classmethod
     def from_array(cls, name: str, array: np.ndarray[Any, Any]) -> Initializer:
@@ -386,7 +449,7 @@ class Initializer:
             arr = np.asarray(self._decode(self.source))
             if arr.flags.writeable:
                 arr.setflags(write=False)
-            self._array = arr
+            object.__setattr__(self, "_array", arr)  # a cache: the value itself never changes
         return arr
 
     @property
@@ -406,7 +469,10 @@ class Initializer:
             self.name == other.name
             and self.elem_type == other.elem_type
             and self.dims == other.dims
-            and (self.source is other.source or _values_equal(self.array(), other.array()))
+            and (
+                (self.source is not None and self.source is other.source)
+                or _values_equal(self.array(), other.array())
+            )
         )
 
     def __hash__(self) -> int:
@@ -414,6 +480,34 @@ class Initializer:
 
     def __repr__(self) -> str:
         return f"Initializer({self.name!r}, elem_type={self.elem_type}, dims={self.dims})"
+
+
+def _lazy_initializer_factory() -> Callable[..., Initializer]:
+    """The loader's constructor of lazily decoded initializers (slots filled directly)."""
+    d = Initializer.__dict__
+    s_name, s_type, s_dims = d["name"].__set__, d["elem_type"].__set__, d["dims"].__set__
+    s_src, s_dec, s_arr = d["source"].__set__, d["_decode"].__set__, d["_array"].__set__
+
+    def make(
+        name: str,
+        elem_type: int,
+        dims: tuple[int, ...],
+        source: object,
+        decode: Callable[[object], np.ndarray[Any, Any]],
+    ) -> Initializer:
+        i: Initializer = _new(Initializer)
+        s_name(i, name)
+        s_type(i, elem_type)
+        s_dims(i, dims)
+        s_src(i, source)
+        s_dec(i, decode)
+        s_arr(i, None)
+        return i
+
+    return make
+
+
+make_lazy_initializer = _lazy_initializer_factory()
 
 
 # --------------------------------------------------------------------------------------------
@@ -756,15 +850,137 @@ class GraphIndex:
 # The graph
 
 
+class GraphArrays:
+    """Plain-list copies of one graph value's index, plus per-tensor facts, for hot loops.
+
+    :class:`GraphIndex` keeps persistent vectors so that an edit can patch it cheaply; reading
+    a ``PVector`` element costs about twice a ``list`` element, and a ``PMap`` lookup (is this
+    tensor an initializer? a graph output?) about fifty times. ``init_plan`` and every pass read
+    these facts hundreds of thousands of times on a large graph, so they are copied once per
+    graph value into lists indexed by the index's integer ids (:meth:`Graph.arrays`) and shared
+    by every plan version and every pass. Never mutate them.
+
+    ``memo`` holds data other modules derive from the graph alone (the ops an activation can
+    follow, per rule set), so that a pipeline computes it once instead of once per pass.
+    """
+
+    __slots__ = (
+        "by_type",
+        "consumers",
+        "is_const",
+        "is_init",
+        "is_output",
+        "memo",
+        "n_in",
+        "n_out",
+        "n_uses",
+        "op_names",
+        "op_types",
+        "order",
+        "ordered",
+        "pos",
+        "producer",
+        "slot_base",
+        "slot_op",
+        "slot_tensor",
+        "tensor_names",
+    )
+
+    order: list[int]  # live op ids in topological order
+    ordered: bool  # op id == position in ``order`` for every op (a freshly built index)
+    pos: list[int]  # op id -> position in ``order`` (-1 for a removed op)
+    op_names: list[Any]  # op id -> name (None once removed)
+    op_types: list[Any]  # op id -> op type
+    slot_base: list[int]  # op id -> first slot id
+    n_in: list[int]  # op id -> number of inputs
+    n_out: list[int]  # op id -> number of outputs
+    n_uses: list[int]  # op id -> consuming slots of all its outputs (a tensor read twice: 2)
+    slot_op: list[int]  # slot id -> op id
+    slot_tensor: list[int]  # slot id -> tensor id (-1 for an omitted optional input)
+    producer: list[int]  # tensor id -> producing output slot id, or -1
+    consumers: list[tuple[int, ...]]  # tensor id -> consuming input slot ids
+    tensor_names: list[str]  # tensor id -> name
+    is_init: list[bool]  # tensor id -> is an initializer
+    is_const: list[bool]  # tensor id -> is an initializer or the output of a Constant op
+    is_output: list[bool]  # tensor id -> is a graph output
+    by_type: dict[str, tuple[int, ...]]  # op type -> op ids in topological order
+    memo: dict[Any, Any]
+
+    def __init__(self, graph: Graph):
+        idx = graph.index
+        self.op_names = names = idx.op_names.tolist()
+        self.op_types = types = idx.op_types.tolist()
+        self.slot_base = idx.slot_base.tolist()
+        self.n_in = idx.n_in.tolist()
+        self.n_out = n_out = idx.n_out.tolist()
+        self.slot_op = idx.slot_op.tolist()
+        self.slot_tensor = st = idx.slot_tensor.tolist()
+        self.producer = idx.producer.tolist()
+        self.consumers = cons = idx.consumers.tolist()
+        self.tensor_names = idx.tensor_names.tolist()
+        order_names = graph.order.tolist()
+        self.ordered = order_names == names  # a fresh index numbers ops in topological order
+        if self.ordered:
+            order = list(range(len(names)))
+        else:
+            ids = {n: i for i, n in enumerate(names) if n is not None}
+            order = [ids[n] for n in order_names]
+        self.order = order
+        pos = [-1] * len(names)
+        for i, o in enumerate(order):
+            pos[o] = i
+        self.pos = pos
+        acc: dict[str, list[int]] = {}
+        for o in order:
+            t = types[o]
+            lst = acc.get(t)
+            if lst is None:
+                acc[t] = [o]
+            else:
+                lst.append(o)
+        self.by_type = {k: tuple(v) for k, v in acc.items()}
+        n_t = len(self.tensor_names)
+        tensor_id = idx.tensor_id
+        is_init = [False] * n_t
+        for name in graph.initializers:
+            tid = tensor_id.get(name)
+            if tid is not None:
+                is_init[tid] = True
+        is_const = list(is_init)
+        base, n_in = self.slot_base, self.n_in
+        for o in self.by_type.get("Constant", ()):
+            b = base[o] + n_in[o]
+            for s in range(b, b + n_out[o]):
+                if st[s] >= 0:
+                    is_const[st[s]] = True
+        is_output = [False] * n_t
+        for name in graph.outputs:
+            tid = tensor_id.get(name)
+            if tid is not None:
+                is_output[tid] = True
+        self.is_init, self.is_const, self.is_output = is_init, is_const, is_output
+        n_uses = [0] * len(names)
+        for o in order:
+            if n_out[o] == 1:  # the common case, without a generator
+                t = st[base[o] + n_in[o]]
+                n_uses[o] = len(cons[t]) if t >= 0 else 0
+            else:
+                b = base[o] + n_in[o]
+                n_uses[o] = sum(len(cons[st[s]]) for s in range(b, b + n_out[o]) if st[s] >= 0)
+        self.n_uses = n_uses
+        self.memo = {}
+
+
 class _Cache:
     """Derived data of one graph value, computed on first use (never part of equality)."""
 
-    __slots__ = ("by_type", "index", "positions")
+    __slots__ = ("arrays", "by_type", "index", "positions")
 
     def __init__(self, index: GraphIndex | None = None):
         self.index = index
         self.by_type: dict[str, tuple[int, ...]] | None = None
         self.positions: dict[str, int] | None = None
+        self.arrays: GraphArrays | None = None
 
 
 @attrs.frozen
@@ -844,7 +1060,16 @@ class Graph:
             ops = self.ops
             with gc_paused():
                 idx = self._cache.index = GraphIndex.build(ops[n] for n in self.order)
+                promote_to_old_generation()
         return idx
+
+    def arrays(self) -> GraphArrays:
+        """The index as plain lists plus per-tensor facts, for hot loops (once per graph value)."""
+        arr = self._cache.arrays
+        if arr is None:
+            with gc_paused():
+                arr = self._cache.arrays = GraphArrays(self)
+        return arr
 
     def positions(self) -> Mapping[str, int]:
         """Op name -> position in :attr:`order` (computed once per graph value)."""
@@ -860,13 +1085,7 @@ class Graph:
         """
         by = self._cache.by_type
         if by is None:
-            idx = self.index
-            op_id, types = idx.op_id, idx.op_types
-            acc: dict[str, list[int]] = {}
-            for name in self.order:
-                oid = op_id[name]
-                acc.setdefault(types[oid], []).append(oid)
-            by = self._cache.by_type = {k: tuple(v) for k, v in acc.items()}
+            by = self._cache.by_type = self.arrays().by_type
         return by
 
     # -- queries --------------------------------------------------------------------------
@@ -946,9 +1165,10 @@ class Graph:
         )
 
     def tensor_names(self) -> tuple[str, ...]:
-        """Every tensor name the graph mentions, graph inputs first."""
+        """Every tensor name the graph mentions: graph inputs, initializers (sorted: a PMap's
+        order depends on the string hash seed), then op inputs and outputs in op order."""
         seen: dict[str, None] = dict.fromkeys(self.inputs)
-        seen.update(dict.fromkeys(self.initializers))
+        seen.update(dict.fromkeys(sorted(self.initializers)))
         for op in self:
             seen.update(dict.fromkeys(t for t in op.inputs if t))
             seen.update(dict.fromkeys(t for t in op.outputs if t))
@@ -996,22 +1216,41 @@ class Graph:
         tid = idx.tensor_id.get(name)
         return tid is not None and idx.producer[tid] >= 0
 
+    def _producer_of(self, tensor: str) -> str | None:
+        """Name of the op writing ``tensor`` (None: graph input, initializer or unknown)."""
+        idx = self.index
+        tid = idx.tensor_id.get(tensor) if tensor else None
+        if tid is None or idx.producer[tid] < 0:
+            return None
+        return idx.op_names[idx.slot_op[idx.producer[tid]]]  # type: ignore[no-any-return]
+
+    def _readers_of(self, tensor: str) -> list[str]:
+        """Names of the ops reading ``tensor`` (one entry per reading slot)."""
+        idx = self.index
+        tid = idx.tensor_id.get(tensor) if tensor else None
+        if tid is None:
+            return []
+        return [idx.op_names[idx.slot_op[s]] for s in idx.consumers[tid]]
+
     def add_op(self, op: Op, *, before: str | None = None) -> Graph:
         """A graph with ``op`` added.
 
-        It is placed right after the last producer of its inputs, or just before the op named
-        ``before`` when given. Its inputs must exist and its outputs must be new.
+        It is placed right after the last producer of its inputs (and before the first reader
+        of its outputs, which exist only between the steps of a rewiring), or just before the
+        op named ``before`` when given. Its inputs must exist and its outputs must be new.
         """
         if op.name in self.ops:
             raise InvalidGraph(f"op {op.name!r} already exists")
-        for t in op.inputs:
+        for t in (*op.inputs, *op.implicit_inputs):
             if t and not self._known_tensor(t):
                 raise DanglingInput(f"op {op.name!r} reads {t!r}, which nothing produces")
-        for t in op.outputs:
-            if t and (self._known_tensor(t) or t in self.inputs):
+        outs = [t for t in op.outputs if t]
+        if len(set(outs)) != len(outs):
+            raise DuplicateProducer(f"op {op.name!r} writes the same tensor twice: {op.outputs}")
+        for t in outs:
+            if self._known_tensor(t):
                 raise DuplicateProducer(f"op {op.name!r} writes {t!r}, which is already produced")
         pos = self.positions()
-        idx = self.index
         if before is not None:
             if before not in self.ops:
                 raise UnknownOp(before)
@@ -1019,9 +1258,9 @@ class Graph:
         else:
             at = 0
             for t in (*op.inputs, *op.implicit_inputs):
-                tid = idx.tensor_id.get(t) if t else None
-                if tid is not None and idx.producer[tid] >= 0:
-                    at = max(at, pos[idx.op_names[idx.slot_op[idx.producer[tid]]]] + 1)
+                p = self._producer_of(t)
+                if p is not None:
+                    at = max(at, pos[p] + 1)
         order = self.order
         new_order = (
             order[:at].append(op.name).extend(order[at:])
@@ -1031,43 +1270,70 @@ class Graph:
         g = self._derive(
             lambda i: i.with_op_added(op), ops=self.ops.set(op.name, op), order=new_order
         )
-        if before is not None:
-            _check_order_local(g, op.name)
+        if _order_broken_at(g, op.name):
+            if before is not None:  # the caller asked for this place: say why it is wrong
+                _check_order_local(g, op.name)
+            g = g._resorted()
         return g
 
-    def remove_op(self, name: str) -> Graph:
-        """A graph without op ``name``; its outputs must no longer be consumed."""
-        op = self.op(name)
-        idx = self.index
+    def _resorted(self) -> Graph:
+        """This graph with its order recomputed (GraphCycle if there is none); index kept.
+
+        The index is keyed by op ids, not positions, so a new order leaves it valid.
+        """
+        ops = self.ops
+        available = set(self.inputs)
+        available.update(self.initializers)
+        order = topological_order([ops[n] for n in self.order], available)
+        return attrs.evolve(self, order=pvector(order), _cache=_Cache(self._cache.index))
+
+    def _check_removable(self, op: Op, keep: Iterable[str] = ()) -> None:
+        """Refuse to drop an output of ``op`` that is still read or is a graph output."""
+        kept = set(keep)
         for t in op.outputs:
-            tid = idx.tensor_id.get(t) if t else None
-            if tid is not None and idx.consumers[tid]:
-                users = sorted({idx.op_names[idx.slot_op[s]] for s in idx.consumers[tid]})
+            if not t or t in kept:
+                continue
+            users = sorted(set(self._readers_of(t)) - {op.name})
+            if users:
                 raise InvalidGraph(
-                    f"cannot remove {name!r}: its output {t!r} is still read by {', '.join(users)}"
+                    f"cannot remove {op.name!r}: its output {t!r} is still read by "
+                    f"{', '.join(users)}"
                 )
-        at = self.positions()[name]
-        order = self.order
-        new_order = order[:at].extend(order[at + 1 :])
-        return self._derive(
-            lambda i: i.with_op_removed(name),
-            ops=self.ops.remove(name),
-            order=new_order,
-            original_names=self.original_names.discard(name),
-        )
+            if t in self.outputs:
+                raise InvalidGraph(f"cannot remove {op.name!r}: its output {t!r} is a graph output")
+
+    def remove_op(self, name: str) -> Graph:
+        """A graph without op ``name``; its outputs must be neither read nor graph outputs."""
+        op = self.op(name)
+        self._check_removable(op)
+        return self.remove_op_unchecked(name)
 
     def replace_op(self, name: str, new: Op) -> Graph:
-        """A graph where op ``name`` is replaced by ``new`` (which may rename or rewire it)."""
+        """A graph where op ``name`` is replaced by ``new`` (which may rename or rewire it).
+
+        ``new`` may read any existing tensor (the order is adjusted if it now reads something
+        produced later; a real cycle raises :class:`GraphCycle`), must keep every output that
+        is still read or is a graph output, and may not write a tensor produced elsewhere.
+        """
         old = self.op(name)
+        if new.name != name and new.name in self.ops:
+            raise InvalidGraph(f"op {new.name!r} already exists")
+        for t in (*new.inputs, *new.implicit_inputs):
+            if t and not self._known_tensor(t):
+                raise DanglingInput(f"op {name!r} would read {t!r}, which nothing produces")
+        outs = [t for t in new.outputs if t]
+        if len(set(outs)) != len(outs):
+            raise DuplicateProducer(f"op {new.name!r} writes the same tensor twice: {new.outputs}")
+        for t in outs:
+            if t not in old.outputs and self._known_tensor(t):
+                raise DuplicateProducer(
+                    f"op {new.name!r} would write {t!r}, which is already produced"
+                )
+        self._check_removable(old, keep=new.outputs)
         if new.name != name:
-            if new.name in self.ops:
-                raise InvalidGraph(f"op {new.name!r} already exists")
             before = self._next_after(name)
             g = self.remove_op_unchecked(name)
             return g.add_op(new, before=before) if before else g.add_op(new)
-        for t in new.inputs:
-            if t and t not in old.inputs and not self._known_tensor(t):
-                raise DanglingInput(f"op {name!r} would read {t!r}, which nothing produces")
         same_arity = len(old.inputs) == len(new.inputs) and len(old.outputs) == len(new.outputs)
         if same_arity:
             g = self._derive(lambda i: i.with_op_rewired(old, new), ops=self.ops.set(name, new))
@@ -1075,8 +1341,7 @@ class Graph:
             g = self._derive(
                 lambda i: i.with_op_removed(name).with_op_added(new), ops=self.ops.set(name, new)
             )
-        _check_order_local(g, name)
-        return g
+        return g._resorted() if _order_broken_at(g, name) else g
 
     def _next_after(self, name: str) -> str | None:
         at = self.positions()[name]
@@ -1107,10 +1372,18 @@ class Graph:
         """A graph where tensor ``old`` is called ``new`` everywhere (ops, I/O, initializers)."""
         if old == new:
             return self
+        if not new:
+            raise InvalidGraph(f"cannot rename {old!r} to the empty name (an omitted input)")
         if self._mentions(new):
             raise InvalidGraph(f"cannot rename {old!r} to {new!r}: {new!r} is already used")
         if not self._mentions(old):
             raise InvalidGraph(f"cannot rename {old!r}: no such tensor")
+        captured_by = self._captured_by(old)
+        if captured_by:
+            raise InvalidGraph(
+                f"cannot rename {old!r}: the sub-graphs of {', '.join(captured_by)} read it, and "
+                "fusekit keeps sub-graphs opaque (they would still read the old name)"
+            )
         idx = self.index
         tid = idx.tensor_id.get(old)
         touched: set[str] = set()
@@ -1118,9 +1391,6 @@ class Graph:
             if idx.producer[tid] >= 0:
                 touched.add(idx.op_names[idx.slot_op[idx.producer[tid]]])
             touched.update(idx.op_names[idx.slot_op[s]] for s in idx.consumers[tid])
-        for op in self:  # implicit inputs are not indexed; they are rare
-            if old in op.implicit_inputs:
-                touched.add(op.name)
         ops_e = self.ops.evolver()
 
         def ren(ts: tuple[str, ...]) -> tuple[str, ...]:
@@ -1128,12 +1398,7 @@ class Graph:
 
         for n in touched:
             op = self.ops[n]
-            ops_e[n] = attrs.evolve(
-                op,
-                inputs=ren(op.inputs),
-                outputs=ren(op.outputs),
-                implicit_inputs=ren(op.implicit_inputs),
-            )
+            ops_e[n] = attrs.evolve(op, inputs=ren(op.inputs), outputs=ren(op.outputs))
         inits = self.initializers
         if old in inits:
             i = inits[old]
@@ -1159,12 +1424,19 @@ class Graph:
         )
 
     def _mentions(self, name: str) -> bool:
-        return (
-            name in self.inputs
-            or name in self.outputs
-            or name in self.initializers
-            or name in self.index.tensor_id
-        )
+        """True if some op, graph input/output or initializer uses the tensor name."""
+        if name in self.inputs or name in self.outputs or name in self.initializers:
+            return True
+        idx = self.index
+        tid = idx.tensor_id.get(name)
+        # the index keeps the ids of tensors whose ops were removed: those are free again
+        if tid is not None and (idx.producer[tid] >= 0 or len(idx.consumers[tid]) > 0):
+            return True
+        return bool(self._captured_by(name))
+
+    def _captured_by(self, name: str) -> list[str]:
+        """Ops whose sub-graphs read ``name`` (implicit inputs are rare and not indexed)."""
+        return [op.name for op in self if op.implicit_inputs and name in op.implicit_inputs]
 
     def add_initializer(self, init: Initializer) -> Graph:
         """A graph with a new constant tensor."""
@@ -1176,9 +1448,11 @@ class Graph:
         """A graph without initializer ``name`` (which must be unused)."""
         if name not in self.initializers:
             raise InvalidGraph(f"no initializer named {name!r}")
-        tid = self.index.tensor_id.get(name)
-        if tid is not None and self.index.consumers[tid]:
-            raise InvalidGraph(f"initializer {name!r} is still read")
+        readers = sorted(set(self._readers_of(name)) | set(self._captured_by(name)))
+        if readers:
+            raise InvalidGraph(f"initializer {name!r} is still read by {', '.join(readers)}")
+        if name in self.outputs and name not in self.inputs:
+            raise InvalidGraph(f"initializer {name!r} is a graph output")
         return self._derive(lambda i: i, initializers=self.initializers.remove(name))
 
     def with_outputs(self, outputs: Sequence[str]) -> Graph:
@@ -1191,6 +1465,16 @@ class Graph:
     def with_value_type(self, tensor: str, tt: TensorType) -> Graph:
         """A graph declaring ``tensor``'s element type and shape."""
         return self._derive(lambda i: i, value_types=self.value_types.set(tensor, tt))
+
+
+def _order_broken_at(g: Graph, name: str) -> bool:
+    """True if op ``name`` sits before a producer of its inputs or after a reader of its
+    outputs (the only places an edit of that one op can break the order)."""
+    try:
+        _check_order_local(g, name)
+    except GraphCycle:
+        return True
+    return False
 
 
 def _check_order_local(g: Graph, name: str) -> None:
@@ -1251,9 +1535,10 @@ def topological_order(
         outs = op.outputs
         update(outs)
         expected += len(outs) - outs.count("") if "" in outs else len(outs)
-    if in_order and len(defined) == expected and issuperset(outputs):
+    outputs = tuple(outputs)
+    if in_order and len(defined) == expected and issuperset(outputs) and "" not in outputs:
         return [op.name for op in ops]
-    return _sorted_or_raise(ops, set(available), source, tuple(outputs))
+    return _sorted_or_raise(ops, set(available), source, outputs)
 
 
 def _sorted_or_raise(
@@ -1285,7 +1570,7 @@ def _sorted_or_raise(
             if t and t not in producer:
                 dangling.append(f"op {op.name!r} reads {t!r}, which nothing produces")
     for t in outputs:
-        if t not in producer:
+        if not t or t not in producer:
             dangling.append(f"graph output {t!r} is not produced by any op, input or initializer")
     if dangling:
         raise DanglingInput(dangling[0], dangling, source)
@@ -1308,10 +1593,41 @@ def _sorted_or_raise(
             if indeg[j] == 0:
                 heapq.heappush(heap, j)
     if len(out) < n:
-        stuck = sorted(ops[i].name for i in range(n) if indeg[i] > 0)
-        shown = ", ".join(stuck[:8]) + (" ..." if len(stuck) > 8 else "")
-        raise GraphCycle(f"the graph has a cycle through {len(stuck)} ops: {shown}", source=source)
+        raise GraphCycle(_describe_cycle(ops, succ, indeg), source=source)
     return [ops[i].name for i in out]
+
+
+def _describe_cycle(ops: Sequence[Op], succ: list[list[int]], indeg: list[int]) -> str:
+    """Name the ops on a cycle, given what Kahn's algorithm could not order.
+
+    The unordered ops are the cycles plus everything downstream of them; peeling off, in
+    reverse, the ops none of whose successors are unordered leaves the cycles (and any path
+    between two of them), which is what the user has to fix.
+    """
+    stuck = {i for i in range(len(ops)) if indeg[i] > 0}
+    out_deg = {i: sum(1 for j in succ[i] if j in stuck) for i in stuck}
+    pred: dict[int, list[int]] = {i: [] for i in stuck}
+    for i in stuck:
+        for j in succ[i]:
+            if j in stuck:
+                pred[j].append(i)
+    leaves = [i for i, d in out_deg.items() if d == 0]
+    on_cycle = set(stuck)
+    while leaves:
+        i = leaves.pop()
+        on_cycle.discard(i)
+        for p in pred[i]:
+            out_deg[p] -= 1
+            if out_deg[p] == 0:
+                leaves.append(p)
+    names = sorted(ops[i].name for i in on_cycle)
+    shown = ", ".join(repr(s) for s in names[:8]) + (" ..." if len(names) > 8 else "")
+    text = f"the graph has a cycle through {len(names)} {'op' if len(names) == 1 else 'ops'}"
+    text += f": {shown}"
+    waiting = len(stuck) - len(on_cycle)
+    if waiting:
+        text += f" ({waiting} more {'op depends' if waiting == 1 else 'ops depend'} on it)"
+    return text
 
 
 def check_invariants(graph: Graph) -> None:
