@@ -1,25 +1,88 @@
 """The ``fusekit`` command line.
 
-Verbs: ``info`` (summary of a model), ``fuse`` (the main job). Every verb accepts ``--json``.
-Exit codes: 0 ok, 2 bad input (one line on stderr, no traceback unless ``--debug``).
+Verbs:
+
+* ``fuse [MODEL]``: the main job: plan, fuse, calibrate, export, evaluate, report;
+* ``explain MODEL --tensor NAME | --op NAME``: the decision chain of a tensor's or op's slots;
+* ``platforms [NAME]``: the registered rule sets;
+* ``evaluate FLOAT.onnx QDQ.onnx``: accuracy of a QDQ model against its float model;
+* ``compare MODEL``: fused vs unfused (vs no alignment), and groups that tie ranges apart;
+* ``check MODEL --platform NAME [--plan PLAN.json]``: the plan laws;
+* ``info [MODEL]``: a summary of a model.
+
+Every verb accepts ``--json`` (one JSON document on stdout) and ``--quiet``. Exit codes: 0 ok,
+1 an evaluation below ``--min-sqnr`` (or, for ``check``, a broken law), 2 bad input: one line on
+stderr, no traceback unless ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .errors import FusekitError
+from .errors import FusekitError, UnknownOp
 from .examples import example_model_path
-from .graph import Graph
+from .graph import Graph, Slot
 from .onnx_io import ModelExtras, load
 
-__all__ = ["main", "summarize"]
+__all__ = ["build_parser", "main", "summarize"]
+
+#: Input shape of the bundled example (PaddleOCR's direction classifier takes 48x192 crops).
+EXAMPLE_SHAPES: dict[str, tuple[int, ...]] = {"x": (1, 3, 48, 192)}
+
+
+class CliError(FusekitError, ValueError):
+    """A command-line usage problem found after parsing (a missing file, a bad combination)."""
+
+
+class _Output:
+    """Human text on stdout unless ``--json`` or ``--quiet``; notes on stderr."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.json = bool(getattr(args, "json", False))
+        self.quiet = bool(getattr(args, "quiet", False))
+
+    def line(self, text: str = "") -> None:
+        if not self.json and not self.quiet:
+            print(text)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            print(f"fusekit: {text}", file=sys.stderr)
+
+    def doc(self, data: Any) -> None:
+        if self.json:
+            print(json.dumps(data, indent=2, default=_json_default, allow_nan=False))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float):
+        return None
+    return str(value)
+
+
+def _clean(value: Any) -> Any:
+    """Replace non-finite floats (SQNR of +inf) by strings so the JSON stays standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# info
 
 
 def summarize(graph: Graph) -> dict[str, Any]:
@@ -57,15 +120,611 @@ def _print_summary(s: dict[str, Any], path: str) -> None:
     print("  op types: " + ", ".join(f"{k} {v}" for k, v in s["op_types"].items()))
 
 
+def _model_arg(args: argparse.Namespace) -> tuple[str, bool]:
+    if getattr(args, "model", None):
+        return str(args.model), False
+    return str(example_model_path()), True
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
-    path = args.model or str(example_model_path())
+    path, _ = _model_arg(args)
     graph = load(path)
     s = summarize(graph)
-    if args.json:
-        print(json.dumps({"model": path, **s}, indent=2))
-    else:
+    out = _Output(args)
+    if out.json:
+        out.doc({"model": path, **s})
+    elif not out.quiet:
         _print_summary(s, path)
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=D1,D2,... with positive dimensions, got {text!r}"
+        )
+    return name, shape
+
+
+def _shapes(args: argparse.Namespace, example: bool) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = dict(EXAMPLE_SHAPES) if example else {}
+    shapes.update(dict(getattr(args, "input_shape", None) or []))
+    return shapes
+
+
+def _calib_data(args: argparse.Namespace, graph: Graph, example: bool) -> Any:
+    from .calibrate import load_data, random_data
+
+    if args.calib:
+        return load_data(args.calib, graph, split="calib", limit=args.samples)
+    return random_data(graph, args.samples or 8, seed=args.seed, shapes=_shapes(args, example))
+
+
+def _eval_data(args: argparse.Namespace, graph: Graph, example: bool, calib: Any) -> Any:
+    """Evaluation samples: --eval, else the eval split of --calib, else fresh random inputs."""
+    from .calibrate import InvalidData, load_data, random_data
+
+    source = getattr(args, "eval", None)
+    if source:
+        return load_data(source, graph, split="eval", limit=args.samples)
+    if getattr(args, "calib", None):
+        try:
+            ds = load_data(args.calib, graph, split="eval", limit=args.samples)
+        except InvalidData:  # e.g. only calib__* arrays: evaluate on those
+            ds = None
+        if ds is None or ds.label == calib.label:
+            ds = load_data(args.calib, graph, split="calib", limit=args.samples)
+            ds.label += " (the calibration samples: no separate evaluation set)"
+        return ds
+    return random_data(graph, args.samples or 8, seed=args.seed + 1, shapes=_shapes(args, example))
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not (getattr(args, "quiet", False) or getattr(args, "json", False))
+
+
+# --------------------------------------------------------------------------------------------
+# fuse
+
+
+def _outputs(args: argparse.Namespace, path: str, platform: str) -> dict[str, Path]:
+    stem = Path(path).name
+    for suffix in (".gz", ".onnx"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    files: dict[str, Path] = {}
+    if args.out_dir:
+        d = Path(args.out_dir)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CliError(f"cannot create output directory {d}: {e.strerror or e}") from None
+        files = {
+            "qdq": d / f"{stem}.{platform}.qdq.onnx",
+            "plan": d / f"{stem}.{platform}.plan.json",
+            "ranges": d / f"{stem}.{platform}.ranges.json",
+            "report": d / f"{stem}.{platform}.report.html",
+        }
+    for key, value in (
+        ("qdq", args.output),
+        ("plan", args.plan),
+        ("ranges", args.ranges),
+        ("report", args.report),
+    ):
+        if value:
+            files[key] = Path(value)
+    return files
+
+
+def _group_facts(plan: Any) -> tuple[int, int, str | None]:
+    groups = plan.groups(min_size=2)
+    if not groups:
+        return 0, 0, None
+    largest = max(groups, key=len)
+    return len(groups), len(largest), str(plan.root(next(iter(largest))))
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from .calibrate import Calibration
+    from .evaluate import evaluate
+    from .export import build_qdq, quant_points, save_plan, save_ranges
+    from .onnx_io import write_bytes_atomic
+    from .passes import default_pipeline
+    from .platforms import get_platform, init_plan
+
+    out = _Output(args)
+    path, example = _model_arg(args)
+    platform = get_platform(args.platform)
+    graph = load(path)
+    files = _outputs(args, path, platform.name)
+    if args.no_calibrate and ("qdq" in files or "ranges" in files):
+        raise CliError("--no-calibrate cannot export a QDQ model or ranges (they need scales)")
+    plan0 = init_plan(graph, platform, dispatch=args.dispatch)
+    calib = None if args.no_calibrate else _calib_data(args, graph, example)
+    cal = (
+        Calibration(calib, observer=args.observer, progress=_progress(args))
+        if calib is not None
+        else None
+    )
+    result = default_pipeline(platform, calibration=cal).run(graph, plan0)
+    plan = result.plan
+
+    passes = []
+    before = quant_points(plan0)
+    for r in result.results:
+        after = quant_points(r.plan)
+        passes.append(
+            {
+                "pass": r.pass_name,
+                "points_before": before["total"],
+                "points_after": after["total"],
+                "activation_points_after": after["activations"],
+                "changes": r.n_changes,
+                "refusals": r.n_refusals,
+            }
+        )
+        before = after
+    n_groups, largest, largest_root = _group_facts(plan)
+    doc: dict[str, Any] = {
+        "model": path,
+        "bundled_example": example,
+        "platform": platform.name,
+        "dispatch": args.dispatch,
+        "ops": len(graph),
+        "quantized_ops": sum(1 for op in graph if plan.is_quantized(op.name)),
+        "points_initial": quant_points(plan0),
+        "points_final": quant_points(plan),
+        "passes": passes,
+        "groups": n_groups,
+        "largest_group": {"slots": largest, "root": largest_root},
+    }
+    evaluation = None
+    qdq = None
+    if calib is not None:
+        doc["calibration"] = {
+            "data": calib.label,
+            "generated": calib.generated,
+            "samples": calib.length,
+            "observer": args.observer or "per config",
+        }
+        qdq = build_qdq(graph, plan)
+        doc["export"] = {
+            "q_nodes": qdq.q_nodes,
+            "dq_nodes": qdq.dq_nodes,
+            "activation_pairs": qdq.activation_pairs,
+            "parameter_dqs": qdq.parameter_dqs,
+            "opset": qdq.opset,
+            "left_float": list(qdq.skipped),
+        }
+        ev_data = _eval_data(args, graph, example, calib)
+        evaluation = evaluate(
+            graph, qdq.model, ev_data, kernels=args.kernels, progress=_progress(args)
+        )
+        doc["evaluation"] = evaluation.to_dict()
+        doc["evaluation"]["generated"] = bool(getattr(ev_data, "generated", False))
+
+    written: dict[str, str] = {}
+    if "qdq" in files and qdq is not None:
+        write_bytes_atomic(files["qdq"], qdq.model.SerializeToString())
+        written["qdq"] = str(files["qdq"])
+    if "plan" in files:
+        save_plan(plan, files["plan"])
+        written["plan"] = str(files["plan"])
+    if "ranges" in files:
+        save_ranges(plan, files["ranges"])
+        written["ranges"] = str(files["ranges"])
+    if "report" in files and _write_report(
+        files["report"], graph, plan, result, evaluation, path, out
+    ):
+        written["report"] = str(files["report"])
+    doc["files"] = written
+
+    code = 0
+    if args.min_sqnr is not None and evaluation is not None:
+        doc["min_sqnr"] = args.min_sqnr
+        if evaluation.min_sqnr < args.min_sqnr:
+            code = 1
+    if out.json:
+        out.doc(_clean(doc))
+    else:
+        _print_fuse(out, doc, evaluation)
+        if code:
+            out.note(
+                f"lowest output SQNR {evaluation.min_sqnr:.2f} dB is below --min-sqnr "  # type: ignore[union-attr]
+                f"{args.min_sqnr}"
+            )
+    return code
+
+
+def _write_report(
+    target: Path,
+    graph: Graph,
+    plan: Any,
+    result: Any,
+    evaluation: Any,
+    path: str,
+    out: _Output,
+) -> bool:
+    try:
+        from .report import write_report
+    except ImportError:  # pragma: no cover - report.py ships with the package
+        out.note("the HTML report needs fusekit.report, which this installation lacks; skipped")
+        return False
+    write_report(
+        target,
+        graph,
+        plan,
+        result=result,
+        evaluation=evaluation.to_report() if evaluation is not None else None,
+        title=f"fusekit: {Path(path).name}",
+    )
+    return True
+
+
+def _print_fuse(out: _Output, doc: dict[str, Any], evaluation: Any) -> None:
+    name = Path(doc["model"]).name + (" (bundled example)" if doc["bundled_example"] else "")
+    out.line(f"fusekit {__version__}: {name}")
+    out.line(
+        f"  {doc['ops']} ops, {doc['quantized_ops']} quantized for {doc['platform']} "
+        f"(dispatch {doc['dispatch']})"
+    )
+    out.line("  quantization points (Q/DQ pairs on activations + quantized parameters):")
+    out.line(f"    {'initial plan':<22} {doc['points_initial']['total']:>6}")
+    for p in doc["passes"]:
+        delta = p["points_after"] - p["points_before"]
+        d = f"{delta:+d}" if delta else "  0"
+        refused = f", {p['refusals']} refused" if p["refusals"] else ""
+        out.line(
+            f"    {p['pass']:<22} {p['points_after']:>6}  ({d}; {p['changes']} changes{refused})"
+        )
+    lg = doc["largest_group"]
+    out.line(
+        f"  sharing groups: {doc['groups']}"
+        + (f", largest {lg['slots']} slots (root {lg['root']})" if lg["slots"] else "")
+    )
+    cal = doc.get("calibration")
+    if cal:
+        tag = "  ** RANDOM DATA: scales say little about real inputs; pass --calib **"
+        out.line(
+            f"  calibration: {cal['samples']} samples of {cal['data']}, observer {cal['observer']}"
+        )
+        if cal["generated"]:
+            out.line(tag)
+        ex = doc["export"]
+        out.line(
+            f"  export: {ex['activation_pairs']} Q/DQ pairs on activations, "
+            f"{ex['parameter_dqs']} quantized parameters, opset {ex['opset']}"
+        )
+        for note in ex["left_float"][:5]:
+            out.line(f"    left float: {note}")
+    if evaluation is not None:
+        gen = " (generated)" if doc["evaluation"].get("generated") else ""
+        out.line(
+            f"  accuracy vs the float model, {evaluation.samples} samples{gen}, "
+            f"{evaluation.kernels} kernels:"
+        )
+        for line in evaluation.table().splitlines():
+            out.line(f"    {line}")
+    if doc["files"]:
+        out.line("  wrote:")
+        for kind, f in doc["files"].items():
+            out.line(f"    {kind:<7} {f}")
+    elif not doc.get("calibration"):
+        out.line("  (not calibrated: nothing exported)")
+
+
+# --------------------------------------------------------------------------------------------
+# explain
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .passes import default_pipeline, explain
+    from .platforms import init_plan
+
+    out = _Output(args)
+    graph = load(args.model)
+    plan0 = init_plan(graph, args.platform, dispatch=args.dispatch)
+    result = default_pipeline(args.platform).run(graph, plan0)
+    plan = result.plan
+    slots: list[Slot] = []
+    if args.op:
+        if args.op not in graph.ops:
+            raise UnknownOp(args.op, "model")
+        slots = list(graph.op(args.op).slots())
+        subject = f"op {args.op!r}"
+    else:
+        t = args.tensor
+        idx = graph.index
+        if t not in idx.tensor_id:
+            raise CliError(f"no tensor named {t!r} in {args.model}")
+        p = graph.producer(t)
+        slots = ([p] if p is not None else []) + list(graph.consumers(t))
+        subject = f"tensor {t!r}"
+    entries: list[dict[str, Any]] = []
+    for s in slots:
+        if not plan.is_quantized(s.op):
+            entries.append(
+                {"slot": str(s), "quantized": False, "steps": [f"{s}: op {s.op} is not quantized"]}
+            )
+            continue
+        why = explain(result, s)
+        entries.append(
+            {
+                "slot": str(s),
+                "quantized": True,
+                "state": why.state.name,
+                "root": str(why.root),
+                "steps": list(why.steps),
+            }
+        )
+    if out.json:
+        out.doc(
+            {"model": args.model, "platform": args.platform, "subject": subject, "slots": entries}
+        )
+        return 0
+    out.line(f"{subject} in {args.model}, platform {args.platform}:")
+    if not entries:
+        out.line("  no op reads or writes it")
+    for e in entries:
+        out.line(f"  {e['slot']}:")
+        for step in e["steps"]:
+            out.line(f"    {step}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# platforms
+
+
+def _cmd_platforms(args: argparse.Namespace) -> int:
+    from .platforms import get_platform, platform_to_dict, platforms
+
+    out = _Output(args)
+    if args.name:
+        p = get_platform(args.name)
+        d = platform_to_dict(p)
+        if out.json:
+            out.doc(d)
+            return 0
+        out.line(f"{p.name}: {p.description}")
+        for key in (
+            "quant_types",
+            "activation_types",
+            "activation_patterns",
+            "passive_types",
+            "quirks",
+        ):
+            values = d[key]
+            out.line(f"  {key}: {', '.join(values) if values else '-'}")
+        out.line(f"  activation: {d['activation']['policy']} {d['activation']['observer']}")
+        for t, r in d["weights"].items():
+            out.line(f"  weight of {t}: {r['policy']} axis {r['channel_axis']}")
+        out.line(f"  bias: {d['bias']['state']} ({d['bias']['num_bits']} bit)")
+        out.line(
+            "  alignment: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in d["alignment"].items())
+        )
+        return 0
+    names = platforms()
+    if out.json:
+        out.doc(
+            [
+                {"name": n, "description": get_platform(n).description, "ppq": n.startswith("ppq")}
+                for n in names
+            ]
+        )
+        return 0
+    w = max(len(n) for n in names)
+    for n in names:
+        out.line(f"{n:<{w}}  {get_platform(n).description}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate / compare / check
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .calibrate import load_data, random_data
+    from .evaluate import evaluate
+
+    out = _Output(args)
+    graph = load(args.model)
+    qdq = load(args.qdq)  # validates the file and names it in errors
+    if args.data:
+        data: Any = load_data(args.data, graph, split="eval", limit=args.samples)
+    else:
+        data = random_data(graph, args.samples or 8, seed=args.seed, shapes=_shapes(args, False))
+    from .onnx_io import to_model
+
+    ev = evaluate(graph, to_model(qdq), data, kernels=args.kernels, progress=_progress(args))
+    code = 1 if args.min_sqnr is not None and ev.min_sqnr < args.min_sqnr else 0
+    if out.json:
+        d = ev.to_dict()
+        d.update(model=args.model, qdq=args.qdq, generated=data.generated)
+        if args.min_sqnr is not None:
+            d["min_sqnr"] = args.min_sqnr
+            d["passed"] = code == 0
+        out.doc(_clean(d))
+    else:
+        gen = "  ** RANDOM DATA **" if data.generated else ""
+        out.line(f"{args.qdq} vs {args.model}: {ev.samples} samples of {data.label}{gen}")
+        out.line(f"kernels: {ev.kernels}")
+        out.line(ev.table())
+        if code:
+            out.note(f"lowest output SQNR {ev.min_sqnr:.2f} dB is below --min-sqnr {args.min_sqnr}")
+    return code
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluate import compare
+
+    out = _Output(args)
+    path, example = _model_arg(args)
+    graph = load(path)
+    calib = _calib_data(args, graph, example)
+    evald = _eval_data(args, graph, example, calib)
+    cmp = compare(
+        graph,
+        args.platform,
+        calib,
+        evald,
+        alignment_off=args.no_alignment,
+        dispatch=args.dispatch,
+        observer=args.observer,
+        spread_threshold=args.spread_threshold,
+        kernels=args.kernels,
+        progress=_progress(args),
+    )
+    fused = cmp["fused"].evaluation
+    code = 1 if args.min_sqnr is not None and fused.min_sqnr < args.min_sqnr else 0
+    if out.json:
+        d = cmp.to_dict()
+        d.update(model=path, calibration=calib.label, evaluation_data=evald.label)
+        out.doc(_clean(d))
+        return code
+    out.line(f"{Path(path).name} on {cmp.platform}: calibrated on {calib.label}")
+    if calib.generated:
+        out.line("  ** RANDOM DATA: pass --calib for meaningful figures **")
+    out.line(f"evaluated on {evald.label}, {fused.kernels} kernels")
+    out.line(cmp.table())
+    flagged = cmp.flagged
+    out.line(
+        f"sharing groups of the fused plan: {len(cmp.groups)} with 2+ quantized tensors, "
+        f"{len(flagged)} tie ranges {cmp.threshold:g}x apart or more"
+    )
+    for g in (flagged or cmp.groups)[: args.top]:
+        mark = "!!" if g.flagged else "  "
+        members = ", ".join(f"{t} {a:.3g}" for t, a in g.members[:4])
+        more = f", +{len(g.members) - 4}" if len(g.members) > 4 else ""
+        out.line(f"  {mark} {g.ratio:8.1f}x  root {g.root}: {members}{more}")
+    if code:
+        out.note(f"fused lowest SQNR {fused.min_sqnr:.2f} dB is below --min-sqnr {args.min_sqnr}")
+    return code
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .passes import default_pipeline
+    from .platforms import init_plan
+
+    try:
+        from .laws import check
+    except ImportError:  # pragma: no cover - laws.py ships with the package
+        raise CliError("'check' needs fusekit.laws, which this installation lacks") from None
+    out = _Output(args)
+    graph = load(args.model)
+    if args.plan:
+        from .plan_io import load_plan
+
+        plan = load_plan(graph, args.plan)
+        source = args.plan
+    else:
+        plan = default_pipeline(args.platform).run(graph, init_plan(graph, args.platform)).plan
+        source = "the default pipeline (uncalibrated)"
+    violations = check(graph, plan, args.platform)
+    code = 1 if violations else 0
+    if out.json:
+        out.doc(
+            {
+                "model": args.model,
+                "platform": args.platform,
+                "plan": source,
+                "violations": [
+                    {
+                        "law": v.law,
+                        "slot": None if v.slot is None else str(v.slot),
+                        "message": v.message,
+                    }
+                    for v in violations
+                ],
+            }
+        )
+        return code
+    if violations:
+        for v in violations:
+            print(f"fusekit: {v}", file=sys.stderr)
+        out.note(f"{len(violations)} violation(s) of the plan laws in {source}")
+    else:
+        out.line(f"{args.model}: plan from {source} keeps every law on {args.platform}")
+    return code
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress or human summary")
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+
+
+def _platform_opts(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--platform",
+        default=None if required else "trt_int8",
+        required=required,
+        help="rule set (see 'fusekit platforms'; default trt_int8)",
+    )
+    p.add_argument(
+        "--dispatch",
+        default="all",
+        choices=("all", "ppq-conservative"),
+        help="which ops are quantized (default all)",
+    )
+
+
+def _data_opts(p: argparse.ArgumentParser, calib: bool = True) -> None:
+    if calib:
+        p.add_argument(
+            "--calib",
+            metavar="DATA",
+            help="calibration data: .npz, .npy or a folder of .npy (default: random inputs)",
+        )
+        p.add_argument(
+            "--eval",
+            metavar="DATA",
+            help="evaluation data (default: the eval__* split of --calib, or fresh random inputs)",
+        )
+        p.add_argument(
+            "--observer",
+            choices=("minmax", "percentile"),
+            default=None,
+            help="activation observer (default: the platform's)",
+        )
+    p.add_argument("--samples", type=int, default=None, help="number of samples (random: 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default 0)")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        type=_parse_shape,
+        metavar="NAME=D1,D2,..",
+        help="shape of a generated input with dynamic dimensions (repeatable)",
+    )
+    p.add_argument(
+        "--kernels",
+        choices=("reference", "int8"),
+        default="reference",
+        help="how the QDQ model runs when evaluated: every Q/DQ as written with float ops "
+        "(reference, default) or onnxruntime's fused int8 kernels",
+    )
+    p.add_argument(
+        "--min-sqnr",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="exit 1 if an output's SQNR is below DB",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,16 +735,81 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"fusekit {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="verb", required=True)
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    fuse = sub.add_parser(
+        "fuse",
+        help="plan, fuse, calibrate, export and evaluate a model (default: the bundled example)",
+    )
+    fuse.add_argument("model", nargs="?", help="ONNX file (default: the bundled example)")
+    _platform_opts(fuse)
+    _data_opts(fuse)
+    fuse.add_argument("-o", "--output", metavar="OUT.onnx", help="write the QDQ model")
+    fuse.add_argument("--plan", metavar="OUT.json", help="write the plan as JSON")
+    fuse.add_argument("--ranges", metavar="OUT.json", help="write TensorRT dynamic ranges")
+    fuse.add_argument("--report", metavar="OUT.html", help="write the HTML report")
+    fuse.add_argument("--out-dir", metavar="DIR", help="write all four, with default names")
+    fuse.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="plan and fuse only (no calibration, export or evaluation)",
+    )
+    _common(fuse)
+    fuse.set_defaults(func=_cmd_fuse)
+
+    ex = sub.add_parser("explain", help="why a tensor's or op's slots are (not) quantized")
+    ex.add_argument("model", help="ONNX file")
+    what = ex.add_mutually_exclusive_group(required=True)
+    what.add_argument("--tensor", metavar="NAME", help="a tensor name")
+    what.add_argument("--op", metavar="NAME", help="an op name")
+    _platform_opts(ex)
+    _common(ex)
+    ex.set_defaults(func=_cmd_explain)
+
+    pl = sub.add_parser("platforms", help="list the rule sets, or show one")
+    pl.add_argument("name", nargs="?", help="a platform name")
+    _common(pl)
+    pl.set_defaults(func=_cmd_platforms)
+
+    ev = sub.add_parser("evaluate", help="accuracy of a QDQ model against its float model")
+    ev.add_argument("model", help="the float ONNX model")
+    ev.add_argument("qdq", help="the QDQ ONNX model")
+    ev.add_argument("--data", metavar="DATA", help="evaluation data (default: random inputs)")
+    _data_opts(ev, calib=False)
+    _common(ev)
+    ev.set_defaults(func=_cmd_evaluate)
+
+    cmp = sub.add_parser("compare", help="fused vs unfused: Q/DQ pairs, SQNR, group spreads")
+    cmp.add_argument("model", nargs="?", help="ONNX file (default: the bundled example)")
+    _platform_opts(cmp)
+    _data_opts(cmp)
+    cmp.add_argument(
+        "--no-alignment", action="store_true", help="also run the fused pipeline without alignment"
+    )
+    cmp.add_argument(
+        "--spread-threshold",
+        type=float,
+        default=16.0,
+        metavar="X",
+        help="flag groups whose members' ranges differ by X times or more (default 16)",
+    )
+    cmp.add_argument("--top", type=int, default=10, help="groups to list (default 10)")
+    _common(cmp)
+    cmp.set_defaults(func=_cmd_compare)
+
+    ck = sub.add_parser("check", help="check a plan against the plan laws")
+    ck.add_argument("model", help="ONNX file")
+    _platform_opts(ck, required=True)
+    ck.add_argument(
+        "--plan", metavar="PLAN.json", help="a plan file (default: the default pipeline)"
+    )
+    _common(ck)
+    ck.set_defaults(func=_cmd_check)
+
     info = sub.add_parser("info", help="summarize a model (ops, op types, inputs, outputs)")
     info.add_argument("model", nargs="?", help="ONNX file (default: the bundled example)")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
+    _common(info)
     info.set_defaults(func=_cmd_info)
-    fuse = sub.add_parser("fuse", help="plan and fuse a model (default: the bundled example)")
-    fuse.add_argument("model", nargs="?", help="ONNX file (default: the bundled example)")
-    fuse.add_argument("--json", action="store_true", help="machine-readable output")
-    fuse.add_argument("--out-dir", default=None, help="where to write outputs")
-    fuse.set_defaults(func=_cmd_info)
     return p
 
 
@@ -93,13 +817,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fusekit`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     try:
         return int(args.func(args))
     except FusekitError as e:
-        if args.debug:
+        if debug:
             raise
-        print(f"fusekit: error: {e}", file=sys.stderr)
+        print(f"fusekit: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"fusekit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        print("fusekit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,1178 @@
+"""Calibration: run the float model in onnxruntime and give every quantization root a scale.
+
+:func:`calibrate` (and the pass form :class:`Calibration`, which slots into
+:func:`fusekit.default_pipeline`) runs the *float* model in a real onnxruntime session whose
+graph outputs are extended with every intermediate tensor the plan needs, over calibration
+inputs. Statistics are streamed: a running min/max per tensor (or per channel), or a bounded
+histogram for the percentile observer, so memory depends on the model, never on the number of
+samples.
+
+What gets a scale follows PPQ's life cycle (and fusekit's calibration contract):
+
+* every root slot in state INITIAL is observed on its own tensor and becomes ACTIVATED;
+* a root in PASSIVE_INIT that has FOLLOW members (an alignment master waiting for its range)
+  gets the union of its own tensor's range and its followers' ranges and becomes PASSIVE;
+* every slot still PASSIVE_INIT whose root now has a scale becomes PASSIVE;
+* OVERLAPPED slots are never observed: their root's tensor (e.g. the ReLU output, not the
+  convolution output before it) is what gets calibrated;
+* constant inputs (weights) are measured on the initializer values themselves, per channel
+  when their policy is per-channel (``channel_axis``);
+* biases and other derived parameters are left to :class:`fusekit.PassiveParameters`, which
+  :func:`calibrate` runs afterwards by default.
+
+Calibration data is an ``.npz`` file, a folder of ``.npy`` files, a single ``.npy`` file, or any
+iterable of feed dicts (see :func:`load_data`); :func:`random_data` generates clearly labelled
+random inputs from the model's input shapes when a user has none.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+import numpy as np
+
+from .errors import FusekitError, InvalidPlan, MissingDependency
+from .graph import Graph
+from .passes._core import FusionResult, Recorder
+from .quant import (
+    OBSERVER_MIN_SCALE,
+    LinkKind,
+    QuantPlan,
+    QuantProperty,
+    QuantState,
+    TensorQuantConfig,
+    Visibility,
+    minmax_to_scale_offset,
+)
+
+__all__ = [
+    "OBSERVERS",
+    "Calibration",
+    "CalibrationResult",
+    "Dataset",
+    "Feed",
+    "InputSpec",
+    "InvalidData",
+    "ModelRunError",
+    "Target",
+    "TensorRange",
+    "as_dataset",
+    "calibrate",
+    "calibration_targets",
+    "collect_ranges",
+    "input_specs",
+    "load_data",
+    "minmax_to_scale_offset_array",
+    "model_bytes",
+    "random_data",
+    "session",
+]
+
+#: Observers :func:`calibrate` implements. Others named in a config (PPQ's ``kl``, ``mse``...)
+#: fall back to ``minmax``.
+OBSERVERS = ("minmax", "percentile")
+
+Feed = dict[str, np.ndarray[Any, Any]]
+
+
+class InvalidData(FusekitError, ValueError):
+    """Calibration or evaluation data that does not fit the model (missing input, bad shape...)."""
+
+
+class ModelRunError(FusekitError, RuntimeError):
+    """onnxruntime refused to load or run a model; the message says which model and why."""
+
+
+# --------------------------------------------------------------------------------------------
+# onnxruntime
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:  # pragma: no cover - the test extra installs it
+        raise MissingDependency(
+            "calibration and evaluation need onnxruntime: pip install 'fusekit[ort]'"
+        ) from None
+    return onnxruntime
+
+
+def model_bytes(model: Any, base_dir: str | None = None) -> bytes:
+    """Serialize a ``ModelProto`` for onnxruntime, embedding external weights if any.
+
+    onnxruntime reads a model from bytes without knowing where its external data files are, so
+    tensors stored outside the file are loaded from ``base_dir`` first.
+    """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    if base_dir is not None and any(uses_external_data(t) for t in model.graph.initializer):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        for t in m.graph.initializer:
+            if uses_external_data(t):
+                load_external_data_for_tensor(t, base_dir)
+                t.data_location = onnx.TensorProto.DEFAULT
+                del t.external_data[:]
+        model = m
+    return bytes(model.SerializeToString())
+
+
+def session(data: bytes, label: str, *, optimize: str = "all") -> Any:
+    """An onnxruntime CPU session over serialized model ``data`` (``label`` names it in errors).
+
+    ``optimize`` is ORT's graph optimization level: ``"all"`` (ORT's default, what a
+    deployment runs), ``"basic"`` (constant folding and the like: calibration reads
+    intermediate tensors, which must be computed as the float graph says) or ``"none"``
+    (every node runs as written: Q/DQ stay separate nodes instead of becoming int8 kernels).
+    """
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    levels = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }
+    if optimize not in levels:
+        raise InvalidData(f"unknown optimization level {optimize!r}; use {', '.join(levels)}")
+    so.graph_optimization_level = levels[optimize]
+    try:
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+        raise ModelRunError(f"{label}: onnxruntime cannot load the model: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line[:400]
+
+
+def _run(sess: Any, outputs: Sequence[str] | None, feed: Feed, label: str, k: int) -> list[Any]:
+    try:
+        return list(sess.run(outputs, feed))
+    except Exception as e:
+        raise ModelRunError(f"{label}: onnxruntime failed on sample {k}: {_first_line(e)}") from e
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+# ONNX element type -> numpy dtype (the types a graph input can reasonably have)
+_ELEM_DTYPES = {
+    1: np.float32,
+    2: np.uint8,
+    3: np.int8,
+    4: np.uint16,
+    5: np.int16,
+    6: np.int32,
+    7: np.int64,
+    9: np.bool_,
+    10: np.float16,
+    11: np.float64,
+    12: np.uint32,
+    13: np.uint64,
+}
+
+
+@attrs.frozen
+class InputSpec:
+    """A graph input as calibration sees it: name, numpy dtype and (possibly symbolic) shape."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int | str | None, ...] | None
+
+
+def input_specs(graph: Graph) -> tuple[InputSpec, ...]:
+    """The inputs a feed must provide (graph inputs that are not initializers)."""
+    out = []
+    for name in graph.inputs:
+        if name in graph.initializers:
+            continue
+        t = graph.tensor(name)
+        dtype = np.dtype(_ELEM_DTYPES.get(t.elem_type, np.float32))
+        out.append(InputSpec(name, dtype, t.shape))
+    return tuple(out)
+
+
+class Dataset:
+    """Re-iterable calibration or evaluation samples, each a feed ``{input name: array}``.
+
+    ``label`` says where the samples come from (a file, or "random inputs"), ``generated`` is
+    True for random data, and ``len()`` is the number of samples when it is known. Iterating
+    twice yields the same samples (a one-shot iterator given by a caller is the exception: it is
+    consumed by the first pass over it).
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Iterator[Feed]],
+        label: str,
+        length: int | None = None,
+        *,
+        generated: bool = False,
+    ):
+        self._factory = factory
+        self.label = label
+        self.length = length
+        self.generated = generated
+
+    def __iter__(self) -> Iterator[Feed]:
+        return self._factory()
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("this dataset does not know its length")
+        return self.length
+
+    def __repr__(self) -> str:
+        n = "?" if self.length is None else self.length
+        return f"Dataset({self.label!r}, samples={n})"
+
+
+def _samples_of(
+    arr: np.ndarray[Any, Any], spec: InputSpec, where: str
+) -> tuple[np.ndarray[Any, Any], bool]:
+    """``(array, batched)``: batched when axis 0 enumerates samples (rank = input rank + 1)."""
+    if spec.shape is not None and arr.ndim == len(spec.shape) + 1:
+        return arr, True
+    if spec.shape is not None and arr.ndim != len(spec.shape):
+        raise InvalidData(
+            f"{where}: array for input {spec.name!r} has shape {list(arr.shape)}; the model "
+            f"expects rank {len(spec.shape)} (one sample) or {len(spec.shape) + 1} (samples "
+            "along axis 0)"
+        )
+    return arr, False
+
+
+def _from_arrays(
+    arrays: Mapping[str, Callable[[], np.ndarray[Any, Any]]], specs: Sequence[InputSpec], where: str
+) -> tuple[Callable[[], Iterator[Feed]], int]:
+    """Feeds from one array per input (samples along axis 0, or a single sample)."""
+    loaded: dict[str, tuple[np.ndarray[Any, Any], bool]] = {}
+    counts: set[int] = set()
+    for spec in specs:
+        arr, batched = _samples_of(np.asarray(arrays[spec.name]()), spec, where)
+        loaded[spec.name] = (arr, batched)
+        counts.add(arr.shape[0] if batched else 1)
+    if len(counts) > 1:
+        detail = ", ".join(f"{k}: {a.shape[0] if b else 1}" for k, (a, b) in sorted(loaded.items()))
+        raise InvalidData(f"{where}: inputs have different numbers of samples ({detail})")
+    n = counts.pop() if counts else 0
+
+    def factory() -> Iterator[Feed]:
+        for i in range(n):
+            yield {
+                name: np.ascontiguousarray(a[i] if batched else a)
+                for name, (a, batched) in loaded.items()
+            }
+
+    return factory, n
+
+
+def load_data(
+    source: str | os.PathLike[str],
+    graph: Graph,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+) -> Dataset:
+    """Samples for ``graph`` from a file or folder.
+
+    * ``.npz``: one array per input, named after the input (or ``<split>__<input>``, e.g.
+      ``calib__x`` / ``eval__x`` as fusekit's accuracy data has; ``split`` picks the prefix);
+    * a folder: ``<input>.npy`` per input, or, for a single-input model, any ``*.npy`` files
+      (sorted by name), each one sample or a stack of samples;
+    * ``.npy``: a single-input model's samples.
+
+    An array whose rank is the input's rank + 1 holds samples along axis 0; an array of the
+    input's rank is one sample. Arrays are cast to the input's element type. ``limit`` keeps
+    the first samples only. Raises :class:`InvalidData` naming the file and input.
+    """
+    p = Path(source)
+    where = str(p)
+    specs = input_specs(graph)
+    if not p.exists():
+        raise InvalidData(f"{where}: no such file or folder")
+    names = [s.name for s in specs]
+    if p.is_dir():
+        per_input = {n: p / f"{_safe_file_name(n)}.npy" for n in names}
+        if all(f.is_file() for f in per_input.values()):
+            getters = {n: _npy_getter(f) for n, f in per_input.items()}
+            factory, n = _from_arrays(getters, specs, where)
+        elif len(specs) == 1:
+            files = sorted(p.glob("*.npy"))
+            if not files:
+                raise InvalidData(f"{where}: no .npy files in the folder")
+            factory, n = _from_files(files, specs[0], where)
+        else:
+            raise InvalidData(
+                f"{where}: expected one file per input ({', '.join(f'{n}.npy' for n in names)})"
+            )
+    elif p.suffix == ".npz":
+        try:
+            npz = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InvalidData(f"{where}: not a readable .npz file ({e})") from None
+        keys = set(npz.files)
+        prefix = ""
+        if split is not None and all(f"{split}__{n}" in keys for n in names):
+            prefix = f"{split}__"
+        elif not all(n in keys for n in names):
+            splits = sorted({k.split("__", 1)[0] for k in keys if "__" in k})
+            hint = f"; splits present: {', '.join(splits)}" if splits else ""
+            missing = [n for n in names if n not in keys]
+            raise InvalidData(
+                f"{where}: no array for input(s) {', '.join(map(repr, missing))} "
+                f"(arrays: {', '.join(sorted(keys)) or 'none'}){hint}"
+            )
+        getters = {n: _npz_getter(npz, prefix + n) for n in names}
+        factory, n = _from_arrays(getters, specs, where)
+        if prefix:
+            where = f"{where} ({prefix}*)"
+    elif p.suffix == ".npy":
+        if len(specs) != 1:
+            raise InvalidData(
+                f"{where}: a single .npy file can only feed a model with one input; this one "
+                f"has {len(specs)} ({', '.join(names)})"
+            )
+        factory, n = _from_arrays({names[0]: _npy_getter(p)}, specs, where)
+    else:
+        raise InvalidData(f"{where}: expected an .npz file, an .npy file or a folder of .npy")
+    if n == 0:
+        raise InvalidData(f"{where}: contains no samples")
+    if limit is not None and limit < n:
+        n = limit
+        inner = factory
+
+        def factory() -> Iterator[Feed]:
+            it = inner()
+            for _ in range(n):
+                yield next(it)
+
+    return Dataset(_cast_feeds(factory, specs), f"{where}", n)
+
+
+def _safe_file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def _npy_getter(path: Path) -> Callable[[], np.ndarray[Any, Any]]:
+    def get() -> np.ndarray[Any, Any]:
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)  # type: ignore[no-any-return]
+        except (OSError, ValueError) as e:
+            raise InvalidData(f"{path}: not a readable .npy file ({e})") from None
+
+    return get
+
+
+def _npz_getter(npz: Any, key: str) -> Callable[[], np.ndarray[Any, Any]]:
+    def get() -> np.ndarray[Any, Any]:
+        return np.asarray(npz[key])
+
+    return get
+
+
+def _from_files(
+    files: Sequence[Path], spec: InputSpec, where: str
+) -> tuple[Callable[[], Iterator[Feed]], int]:
+    n = 0
+    shapes: list[tuple[np.ndarray[Any, Any], bool]] = []
+    for f in files:
+        arr, batched = _samples_of(_npy_getter(f)(), spec, str(f))
+        shapes.append((arr, batched))
+        n += arr.shape[0] if batched else 1
+
+    def factory() -> Iterator[Feed]:
+        for f in files:
+            arr, batched = _samples_of(_npy_getter(f)(), spec, str(f))
+            if batched:
+                for i in range(arr.shape[0]):
+                    yield {spec.name: np.ascontiguousarray(arr[i])}
+            else:
+                yield {spec.name: np.ascontiguousarray(arr)}
+
+    return factory, n
+
+
+def _cast_feeds(
+    factory: Callable[[], Iterator[Feed]], specs: Sequence[InputSpec]
+) -> Callable[[], Iterator[Feed]]:
+    dtypes = {s.name: s.dtype for s in specs}
+
+    def cast() -> Iterator[Feed]:
+        for feed in factory():
+            yield {k: (v if v.dtype == dtypes[k] else v.astype(dtypes[k])) for k, v in feed.items()}
+
+    return cast
+
+
+def _resolve_shape(
+    spec: InputSpec, shapes: Mapping[str, Sequence[int]] | None, default_dim: int
+) -> tuple[int, ...]:
+    if shapes is not None and spec.name in shapes:
+        return tuple(int(d) for d in shapes[spec.name])
+    if spec.shape is None:
+        raise InvalidData(
+            f"input {spec.name!r} has no known shape; give one (--input-shape "
+            f"{spec.name}=1,3,224,224)"
+        )
+    dims = []
+    for i, d in enumerate(spec.shape):
+        if isinstance(d, int) and d > 0:
+            dims.append(d)
+        else:
+            dims.append(1 if i == 0 else default_dim)
+    return tuple(dims)
+
+
+def random_data(
+    graph: Graph,
+    n: int = 8,
+    *,
+    seed: int = 0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    default_dim: int = 64,
+) -> Dataset:
+    """``n`` random samples from the model's input shapes, labelled as generated.
+
+    Float inputs are standard normal, integer inputs zero, booleans False (random integers would
+    index out of range in embeddings). Dynamic dimensions are 1 on axis 0 (the batch) and
+    ``default_dim`` elsewhere unless ``shapes`` gives the input's full shape; ``fixed`` gives
+    inputs a constant value (e.g. a sample rate). This is for a quick look at a model: scales
+    calibrated on noise say little about accuracy on real data.
+    """
+    if n <= 0:
+        raise InvalidData(f"random_data needs a positive number of samples, got {n}")
+    specs = input_specs(graph)
+    resolved = {s.name: _resolve_shape(s, shapes, default_dim) for s in specs}
+    fixed = dict(fixed or {})
+
+    def factory() -> Iterator[Feed]:
+        rng = np.random.default_rng([seed, zlib.crc32((graph.name or "").encode())])
+        for _ in range(n):
+            feed: Feed = {}
+            for s in specs:
+                if s.name in fixed:
+                    feed[s.name] = np.asarray(fixed[s.name], dtype=s.dtype)
+                elif s.dtype.kind == "f":
+                    feed[s.name] = rng.standard_normal(resolved[s.name]).astype(s.dtype)
+                else:
+                    feed[s.name] = np.zeros(resolved[s.name], dtype=s.dtype)
+            yield feed
+
+    desc = ", ".join(f"{k}{list(v)}" for k, v in resolved.items())
+    return Dataset(factory, f"random inputs (generated, seed {seed}: {desc})", n, generated=True)
+
+
+def as_dataset(data: Any, graph: Graph, *, split: str | None = None) -> Dataset:
+    """Accept a :class:`Dataset`, a path (see :func:`load_data`), or an iterable of feeds."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_data(data, graph, split=split)
+    if isinstance(data, Mapping):
+        raise InvalidData("data must be an iterable of feeds ({input: array}), not one feed")
+    if isinstance(data, Iterable):
+        specs = input_specs(graph)
+        items = data
+        n = len(data) if isinstance(data, Sequence) else None
+
+        def factory() -> Iterator[Feed]:
+            for k, feed in enumerate(items):
+                if not isinstance(feed, Mapping):
+                    raise InvalidData(f"sample {k} is a {type(feed).__name__}, not a feed dict")
+                yield _check_feed(feed, specs, k)
+
+        return Dataset(factory, "samples given in Python", n)
+    raise InvalidData(f"cannot use a {type(data).__name__} as data")
+
+
+def _check_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], k: int) -> Feed:
+    out: Feed = {}
+    for s in specs:
+        if s.name not in feed:
+            raise InvalidData(f"sample {k} has no value for input {s.name!r}")
+        v = np.asarray(feed[s.name])
+        out[s.name] = v if v.dtype == s.dtype else v.astype(s.dtype)
+    extra = set(feed) - {s.name for s in specs}
+    if extra:
+        raise InvalidData(
+            f"sample {k} has values for {', '.join(sorted(map(repr, extra)))}, which are not "
+            "inputs of the model"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# observers
+
+
+@attrs.frozen
+class TensorRange:
+    """What calibration measured on one tensor: the range it keeps and the raw extremes.
+
+    ``lo``/``hi`` are floats for a per-tensor range, 1-D arrays for a per-channel one.
+    ``min``/``max`` are the extremes seen (equal to lo/hi for min-max), ``samples`` the number
+    of samples observed and ``observer`` which observer produced lo/hi.
+    """
+
+    lo: Any
+    hi: Any
+    min: Any
+    max: Any
+    samples: int
+    observer: str
+
+    @property
+    def amax(self) -> float:
+        """The largest magnitude the range keeps."""
+        return float(max(np.max(np.abs(self.lo)), np.max(np.abs(self.hi))))
+
+
+class _MinMax:
+    __slots__ = ("hi", "lo", "n")
+
+    def __init__(self) -> None:
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.n = 0
+
+    def update(self, x: np.ndarray[Any, Any]) -> None:
+        self.n += 1
+        if x.size == 0:
+            return
+        lo, hi = float(np.min(x)), float(np.max(x))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            f = x[np.isfinite(x)]
+            if f.size == 0:
+                return
+            lo, hi = float(np.min(f)), float(np.max(f))
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
+
+    def result(self) -> TensorRange:
+        lo, hi = (self.lo, self.hi) if self.lo <= self.hi else (0.0, 0.0)
+        return TensorRange(lo, hi, lo, hi, self.n, "minmax")
+
+
+class _ChannelMinMax:
+    __slots__ = ("axis", "hi", "lo", "n")
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self.lo: np.ndarray[Any, Any] | None = None
+        self.hi: np.ndarray[Any, Any] | None = None
+        self.n = 0
+
+    def update(self, x: np.ndarray[Any, Any]) -> None:
+        self.n += 1
+        axis = self.axis if self.axis >= 0 else x.ndim + self.axis
+        if not 0 <= axis < x.ndim:
+            raise InvalidData(f"channel axis {self.axis} does not exist in a rank-{x.ndim} tensor")
+        m = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).astype(np.float64)
+        m = np.where(np.isfinite(m), m, 0.0)
+        lo, hi = m.min(axis=1), m.max(axis=1)
+        if self.lo is None or self.hi is None:
+            self.lo, self.hi = lo, hi
+        elif self.lo.shape != lo.shape:
+            raise InvalidData(
+                f"the number of channels changed between samples ({self.lo.size} -> {lo.size})"
+            )
+        else:
+            self.lo = np.minimum(self.lo, lo)
+            self.hi = np.maximum(self.hi, hi)
+
+    def result(self) -> TensorRange:
+        lo = self.lo if self.lo is not None else np.zeros(0)
+        hi = self.hi if self.hi is not None else np.zeros(0)
+        return TensorRange(lo, hi, lo, hi, self.n, "minmax")
+
+
+class _Histogram:
+    """A signed histogram over ``[-limit, limit]`` that doubles its range as data grows.
+
+    Doubling merges neighbouring bins pairwise, so the histogram stays exact at its current
+    resolution and its size never changes: memory per tensor is ``2 * bins`` counters whatever
+    the number of samples. Quantiles are read at bin edges, on the safe side (the kept range is
+    never narrower than the true quantile by more than one bin).
+    """
+
+    __slots__ = ("bins", "counts", "hi", "limit", "lo", "n", "percentile")
+
+    def __init__(self, percentile: float, bins: int) -> None:
+        self.percentile = percentile
+        self.bins = bins + (bins % 2)
+        self.counts: np.ndarray[Any, Any] | None = None
+        self.limit = 0.0
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.n = 0
+
+    def update(self, x: np.ndarray[Any, Any]) -> None:
+        self.n += 1
+        x = np.asarray(x, dtype=np.float64).ravel()
+        if x.size == 0:
+            return
+        if not np.all(np.isfinite(x)):
+            x = x[np.isfinite(x)]
+            if x.size == 0:
+                return
+        lo, hi = float(x.min()), float(x.max())
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        m = max(abs(lo), abs(hi))
+        nb = 2 * self.bins
+        if self.counts is None:
+            self.counts = np.zeros(nb, dtype=np.int64)
+            self.limit = m if m > 0 else OBSERVER_MIN_SCALE
+        while m > self.limit:
+            merged = self.counts.reshape(-1, 2).sum(axis=1)
+            self.counts = np.zeros(nb, dtype=np.int64)
+            self.counts[self.bins // 2 : self.bins // 2 + self.bins] = merged
+            self.limit *= 2.0
+        idx = ((x + self.limit) * (nb / (2.0 * self.limit))).astype(np.int64)
+        np.clip(idx, 0, nb - 1, out=idx)
+        self.counts += np.bincount(idx, minlength=nb)
+
+    def result(self) -> TensorRange:
+        if self.counts is None:
+            return TensorRange(0.0, 0.0, 0.0, 0.0, self.n, "percentile")
+        cum = np.cumsum(self.counts)
+        total = float(cum[-1])
+        width = 2.0 * self.limit / (2 * self.bins)
+        k_hi = int(np.searchsorted(cum, self.percentile * total, side="left"))
+        k_lo = int(np.searchsorted(cum, (1.0 - self.percentile) * total, side="left"))
+        hi = min(-self.limit + (k_hi + 1) * width, self.hi)
+        lo = max(-self.limit + k_lo * width, self.lo)
+        return TensorRange(lo, hi, self.lo, self.hi, self.n, "percentile")
+
+
+def _observer_name(cfg: TensorQuantConfig, forced: str | None) -> str:
+    name = (forced or cfg.observer or "minmax").lower()
+    return name if name in OBSERVERS else "minmax"
+
+
+class _Progress:
+    """A one-line progress bar on a terminal (nothing when disabled)."""
+
+    def __init__(self, enabled: bool, label: str, total: int | None, stream: TextIO) -> None:
+        self.enabled = enabled
+        self.label = label
+        self.total = total
+        self.stream = stream
+        self.done = 0
+
+    def step(self) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.total:
+            width = 30
+            filled = int(width * self.done / self.total)
+            bar = "#" * filled + "." * (width - filled)
+            text = f"\r{self.label} [{bar}] {self.done}/{self.total}"
+        else:
+            text = f"\r{self.label} {self.done}"
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _progress(progress: bool | None, label: str, total: int | None) -> _Progress:
+    enabled = bool(progress) if progress is not None else False
+    return _Progress(enabled and sys.stderr.isatty(), label, total, sys.stderr)
+
+
+def collect_ranges(
+    graph: Graph,
+    tensors: Mapping[str, Iterable[tuple[str, int | None]]],
+    data: Any,
+    *,
+    percentile: float = 0.9999,
+    bins: int = 2048,
+    progress: bool | None = None,
+    initializers: Mapping[str, np.ndarray[Any, Any]] | None = None,
+) -> dict[tuple[str, str, int | None], TensorRange]:
+    """Run the float model over ``data`` and measure the requested tensors.
+
+    ``tensors`` maps a tensor name to the observations wanted on it, each
+    ``(observer, channel_axis)`` with observer ``"minmax"`` or ``"percentile"`` and
+    ``channel_axis`` None for a per-tensor range. Initializers are measured on their values;
+    every other tensor is added as an output of the float model and streamed through the
+    observers, one sample at a time. ``initializers`` replaces initializer values in the model
+    that runs (e.g. weights already quantized). Returns ``{(tensor, observer, axis):
+    TensorRange}``; ``data`` is only read when some tensor is not an initializer.
+    """
+    wanted: dict[tuple[str, str, int | None], Any] = {}
+    for t, specs in tensors.items():
+        for obs, axis in specs:
+            key = (t, obs, axis)
+            if key in wanted:
+                continue
+            if axis is not None:
+                wanted[key] = _ChannelMinMax(axis)
+            elif obs == "percentile":
+                wanted[key] = _Histogram(percentile, bins)
+            else:
+                wanted[key] = _MinMax()
+    by_tensor: dict[str, list[Any]] = {}
+    for (t, _, _), ob in wanted.items():
+        by_tensor.setdefault(t, []).append(ob)
+    for t in list(by_tensor):
+        init = graph.initializers.get(t)
+        if init is not None:
+            arr = np.asarray(init.array(), dtype=np.float64)
+            for ob in by_tensor.pop(t):
+                ob.update(arr)
+    if by_tensor:
+        ds = as_dataset(data, graph, split="calib")
+        inputs = {s.name for s in input_specs(graph)}
+        fetch = [t for t in by_tensor if t not in inputs]
+        sess = _augmented_session(graph, fetch, initializers) if fetch else None
+        bar = _progress(progress, "calibrating", ds.length)
+        n = 0
+        try:
+            for feed in ds:
+                values: list[Any] = (
+                    _run(sess, fetch, feed, "calibration", n) if sess is not None else []
+                )
+                got = dict(zip(fetch, values))
+                for t, observers in by_tensor.items():
+                    v = got[t] if t in got else feed.get(t)
+                    if v is None:
+                        continue
+                    arr = np.asarray(v)
+                    if arr.dtype.kind not in "f":
+                        arr = arr.astype(np.float64)
+                    for ob in observers:
+                        ob.update(arr)
+                n += 1
+                bar.step()
+        finally:
+            bar.close()
+        if n == 0:
+            raise InvalidData(f"{ds.label}: no calibration samples")
+    return {k: ob.result() for k, ob in wanted.items()}
+
+
+def _augmented_session(
+    graph: Graph,
+    fetch: Sequence[str],
+    initializers: Mapping[str, np.ndarray[Any, Any]] | None = None,
+) -> Any:
+    """A session over the float model with ``fetch`` added as graph outputs."""
+    import onnx
+    from onnx import numpy_helper
+
+    from .onnx_io import ModelExtras, to_model
+
+    model = to_model(graph)
+    if initializers:
+        for t in model.graph.initializer:
+            if t.name in initializers:
+                t.CopyFrom(numpy_helper.from_array(initializers[t.name], t.name))
+    have = {o.name for o in model.graph.output}
+    for t in fetch:
+        if t not in have:
+            model.graph.output.append(onnx.ValueInfoProto(name=t))
+            have.add(t)
+    base = graph.extras.base_dir if isinstance(graph.extras, ModelExtras) else None
+    return session(model_bytes(model, base), graph.name or "model", optimize="basic")
+
+
+# --------------------------------------------------------------------------------------------
+# scales
+
+
+def minmax_to_scale_offset_array(
+    lo: np.ndarray[Any, Any], hi: np.ndarray[Any, Any], cfg: TensorQuantConfig
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """:func:`fusekit.quant.minmax_to_scale_offset` over arrays (per-channel ranges).
+
+    Computes exactly what the scalar function computes for each element (float64 arithmetic,
+    the same clamping and rounding), vectorized: a per-channel weight of a 100k-op graph has
+    millions of channels in total. Returns float32 scale and offset arrays.
+    """
+    lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
+    span = float(cfg.quant_max) - float(cfg.quant_min)
+    if cfg.policy.has(QuantProperty.ASYMMETRICAL):
+        scale = np.maximum((hi - lo) / span, OBSERVER_MIN_SCALE)
+        offset = np.round(float(cfg.quant_min) - lo / scale)
+    else:
+        scale = np.maximum(2.0 * np.maximum(np.abs(lo), np.abs(hi)) / span, OBSERVER_MIN_SCALE)
+        offset = np.zeros_like(scale)
+    if cfg.policy.has(QuantProperty.POWER_OF_2):
+        scale = 2.0 ** np.ceil(np.log2(scale))
+    return scale.astype(np.float32), offset.astype(np.float32)
+
+
+@attrs.frozen
+class Target:
+    """One root to calibrate: the slot, the tensors to observe, how, and its new state."""
+
+    root: int
+    observe: tuple[str, ...]
+    observer: str
+    axis: int | None
+    state: QuantState
+
+
+def calibration_targets(
+    plan: QuantPlan, observer: str | None = None, *, override: bool = False
+) -> list[Target]:
+    """The roots calibration gives a scale to, and the tensors each one is measured on.
+
+    Roots in INITIAL (or, with ``override``, ACTIVATED) are measured on their own tensor and
+    their FOLLOW members' tensors; PASSIVE_INIT roots with FOLLOW members (alignment masters)
+    likewise. OVERLAPPED members, INTERNAL members (Clip bounds, Pad values) and FP32 slots are
+    never measured. Constant tensors are always measured with min-max on their values.
+    """
+    graph = plan.graph
+    idx = graph.index
+    configs = plan.configs
+    links = plan.links.tolist()
+    roots = plan.root_ids()
+    follow: dict[int, list[int]] = {}
+    for sid, link in enumerate(links):
+        if link >= 0 and link & 1 == LinkKind.FOLLOW and configs[sid] is not None:
+            follow.setdefault(roots[sid], []).append(sid)
+    names = idx.tensor_names
+    out: list[Target] = []
+    for sid, cfg in enumerate(configs):
+        if cfg is None or links[sid] >= 0:
+            continue
+        members = follow.get(sid, [])
+        if cfg.state == QuantState.INITIAL or (override and cfg.state == QuantState.ACTIVATED):
+            new_state = QuantState.ACTIVATED
+        elif cfg.state == QuantState.PASSIVE_INIT and members:
+            new_state = QuantState.PASSIVE
+        else:
+            continue
+        tensors: list[str] = []
+        for s in (sid, *members):
+            c = configs[s]
+            if s != sid and (
+                c.visibility == Visibility.INTERNAL
+                or c.state in (QuantState.FP32, QuantState.OVERLAPPED)
+            ):
+                continue
+            tid = idx.slot_tensor[s]
+            if tid >= 0 and names[tid] not in tensors:
+                tensors.append(names[tid])
+        if not tensors:
+            continue
+        axis = cfg.channel_axis if cfg.policy.per_channel else None
+        obs = _observer_name(cfg, observer)
+        out.append(Target(sid, tuple(tensors), obs, axis, new_state))
+    return out
+
+
+class CalibrationResult(FusionResult):
+    """A :class:`~fusekit.FusionResult` that also carries the measured ranges.
+
+    ``ranges`` maps ``(tensor, observer, channel_axis)`` to the :class:`TensorRange` measured,
+    ``samples`` is the number of samples run and ``data_label`` says where they came from.
+    """
+
+    __slots__ = ("data_label", "ranges", "samples")
+
+    def __init__(
+        self,
+        plan: QuantPlan,
+        input_plan: QuantPlan,
+        pass_name: str,
+        raw: tuple[Any, ...],
+        ranges: Mapping[tuple[str, str, int | None], TensorRange],
+        samples: int,
+        data_label: str,
+    ):
+        super().__init__(plan, input_plan, pass_name, raw)
+        self.ranges = dict(ranges)
+        self.samples = samples
+        self.data_label = data_label
+
+    def tensor_range(self, tensor: str) -> TensorRange | None:
+        """The per-tensor range measured on ``tensor`` (None if it was not observed)."""
+        for (t, _, axis), r in self.ranges.items():
+            if t == tensor and axis is None:
+                return r
+        return None
+
+
+@attrs.frozen
+class Calibration:
+    """Calibration as a pass: ``Calibration(data).run(graph, plan)`` -> :class:`CalibrationResult`.
+
+    Fields are the options of :func:`calibrate`. Put it in a pipeline with
+    ``fusekit.default_pipeline(platform, calibration=Calibration(data))``: it then runs after
+    fusion and simplify and before alignment, as in PPQ. ``passive_parameters`` runs
+    :class:`fusekit.PassiveParameters` afterwards (off here, since the default pipeline ends
+    with it anyway). With ``weights_first`` (default) the weights are calibrated first and the
+    activations are measured on the network with its weights already quantized, as PPQ does
+    (its parameter pass runs before runtime calibration), so activation ranges describe the
+    network that will run.
+    """
+
+    data: Any = attrs.field(eq=False, repr=False)
+    observer: str | None = None
+    percentile: float = 0.9999
+    bins: int = 2048
+    override: bool = False
+    passive_parameters: bool = False
+    progress: bool | None = None
+    weights_first: bool = True
+
+    name = "calibration"
+
+    def __attrs_post_init__(self) -> None:
+        if self.observer is not None and self.observer.lower() not in OBSERVERS:
+            raise InvalidData(
+                f"unknown observer {self.observer!r}; choose one of {', '.join(OBSERVERS)}"
+            )
+        if not 0.5 < self.percentile <= 1.0:
+            raise InvalidData(f"percentile must be in (0.5, 1], got {self.percentile}")
+        if self.bins < 2:
+            raise InvalidData(f"bins must be at least 2, got {self.bins}")
+
+    def _wanted(
+        self, graph: Graph, targets: Sequence[Target]
+    ) -> dict[str, list[tuple[str, int | None]]]:
+        wanted: dict[str, list[tuple[str, int | None]]] = {}
+        for tg in targets:
+            for t in tg.observe:
+                wanted.setdefault(t, []).append(_observation(graph, tg, t))
+        return wanted
+
+    def run(self, graph: Graph, plan: QuantPlan) -> CalibrationResult:
+        """Measure, set the scales and states; returns the new plan and one decision per root."""
+        targets = calibration_targets(plan, self.observer, override=self.override)
+        inits = graph.initializers
+        consts = [tg for tg in targets if all(t in inits for t in tg.observe)]
+        acts = [tg for tg in targets if not all(t in inits for t in tg.observe)]
+        # constants first: their ranges need no data, and with weights_first the activations
+        # are then measured on the network as it will run, with its weights quantized
+        ranges = collect_ranges(graph, self._wanted(graph, consts), None) if consts else {}
+        scales = {tg.root: self._scale(plan, tg, ranges) for tg in consts}
+        replace = _quantized_initializers(graph, plan, consts, scales) if self.weights_first else {}
+        ds = as_dataset(self.data, graph, split="calib")
+        if acts:
+            ranges.update(
+                collect_ranges(
+                    graph,
+                    self._wanted(graph, acts),
+                    ds,
+                    percentile=self.percentile,
+                    bins=self.bins,
+                    progress=self.progress,
+                    initializers=replace,
+                )
+            )
+        rec = Recorder(graph, plan, self.name)
+        idx = graph.index
+        ev = rec.ev
+        for tg in targets:
+            scale, offset, what, observer = (
+                scales[tg.root] if tg.root in scales else self._scale(plan, tg, ranges)
+            )
+            new = ev.cfg(tg.root).with_scale(scale, offset).with_state(tg.state)
+            over = f" (union of {len(tg.observe)} tensors)" if len(tg.observe) > 1 else ""
+            rec.config(
+                "calibrate",
+                (idx.slot_op[tg.root],),
+                tg.root,
+                new,
+                "{} observed {}: range {}{}",
+                idx.tensor_names[idx.slot_tensor[tg.root]],
+                observer,
+                what,
+                over,
+            )
+        _activate_followers(rec)
+        samples = max((r.samples for r in ranges.values()), default=0)
+        result = rec.result(plan)
+        out = CalibrationResult(
+            result.plan, plan, self.name, result._raw, ranges, samples, ds.label
+        )
+        if self.passive_parameters:
+            out = _with_passive_parameters(graph, out)
+        return out
+
+    @staticmethod
+    def _scale(
+        plan: QuantPlan, tg: Target, ranges: Mapping[tuple[str, str, int | None], TensorRange]
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], str, str]:
+        """``(scale, offset, description, observer)`` of a target from its members' ranges."""
+        graph = plan.graph
+        cfg = plan.configs[tg.root]
+        parts = [ranges[_range_key(graph, tg, t)] for t in tg.observe]
+        if tg.axis is not None:
+            lo, hi = parts[0].lo, parts[0].hi
+            for r in parts[1:]:
+                if np.shape(r.lo) != np.shape(lo):
+                    raise InvalidData(
+                        f"{graph.index.slot_key(tg.root)}: members have different channel counts"
+                    )
+                lo, hi = np.minimum(lo, r.lo), np.maximum(hi, r.hi)
+            scale, offset = minmax_to_scale_offset_array(lo, hi, cfg)
+            amax = float(max(np.max(np.abs(lo), initial=0.0), np.max(np.abs(hi), initial=0.0)))
+            what = f"{np.size(scale)} channels, max |x| {amax:.6g}"
+        else:
+            lo_f = min(float(r.lo) for r in parts)
+            hi_f = max(float(r.hi) for r in parts)
+            s, o = minmax_to_scale_offset(lo_f, hi_f, cfg)
+            scale, offset = np.asarray(s, np.float32), np.asarray(o, np.float32)
+            what = f"[{lo_f:.6g}, {hi_f:.6g}]"
+        return scale, offset, what, parts[0].observer
+
+
+def _range_key(graph: Graph, tg: Target, tensor: str) -> tuple[str, str, int | None]:
+    obs, axis = _observation(graph, tg, tensor)
+    return tensor, obs, axis
+
+
+def _observation(graph: Graph, tg: Target, tensor: str) -> tuple[str, int | None]:
+    """How ``tensor`` is observed for ``tg``: constants and per-channel ranges are min-max."""
+    if tensor in graph.initializers or tg.axis is not None:
+        return "minmax", tg.axis
+    return tg.observer, None
+
+
+def _quantized_initializers(
+    graph: Graph,
+    plan: QuantPlan,
+    targets: Sequence[Target],
+    scales: Mapping[int, tuple[Any, Any, str, str]],
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Initializer name -> its quantized-then-dequantized value, for weights about to activate.
+
+    An initializer that several slots quantize differently is left float (it has no single
+    quantized value).
+    """
+    from .export import dequantize_values, quantize_values
+
+    idx = graph.index
+    out: dict[str, np.ndarray[Any, Any]] = {}
+    clash: set[str] = set()
+    for tg in targets:
+        if tg.state != QuantState.ACTIVATED or len(tg.observe) != 1:
+            continue
+        name = tg.observe[0]
+        if idx.tensor_names[idx.slot_tensor[tg.root]] != name:
+            continue
+        init = graph.initializers[name]
+        value = np.asarray(init.array())
+        if value.dtype != np.float32:
+            continue
+        cfg = plan.configs[tg.root]
+        if cfg.policy.floating:
+            continue
+        scale, offset = scales[tg.root][0], scales[tg.root][1]
+        axis = tg.axis
+        if axis is not None:
+            axis = axis + value.ndim if axis < 0 else axis
+            if not 0 <= axis < value.ndim or value.shape[axis] != np.size(scale):
+                continue
+        elif np.size(scale) != 1:
+            continue
+        q = quantize_values(value, cfg, scale, offset, axis)
+        deq = dequantize_values(q, scale, offset, axis)
+        if name in out and not np.array_equal(out[name], deq):
+            clash.add(name)
+        out[name] = deq
+    for name in clash:
+        del out[name]
+    return out
+
+
+def _activate_followers(rec: Recorder) -> None:
+    """Every slot still PASSIVE_INIT whose root now has a scale becomes PASSIVE."""
+    ev = rec.ev
+    links = ev.plan.links
+    idx = rec.idx
+    for sid in range(len(links)):
+        cfg = ev.cfg(sid)
+        if cfg is None or cfg.state != QuantState.PASSIVE_INIT or ev.link(sid) < 0:
+            continue
+        root_cfg = ev.cfg(ev.root(sid))
+        if root_cfg.scale is None or root_cfg.offset is None:
+            continue
+        rec.config(
+            "calibrate-follower",
+            (idx.slot_op[sid],),
+            sid,
+            cfg.with_state(QuantState.PASSIVE),
+            "{} quantizes with {}'s scale, now calibrated",
+            idx.slot_key(sid),
+            idx.slot_key(ev.root(sid)),
+        )
+
+
+def _with_passive_parameters(graph: Graph, res: CalibrationResult) -> CalibrationResult:
+    from .passes import PassiveParameters
+
+    plan = res.plan
+    raw = list(res._raw)
+    for platform in sorted({p for p in plan.dispatch if p is not None}):
+        r = PassiveParameters(platform).run(graph, plan)
+        raw.extend(r._raw)
+        plan = r.plan
+    return CalibrationResult(
+        plan, res.input_plan, res.pass_name, tuple(raw), res.ranges, res.samples, res.data_label
+    )
+
+
+def calibrate(
+    graph: Graph,
+    plan: QuantPlan,
+    data: Any,
+    observer: str | None = "minmax",
+    *,
+    percentile: float = 0.9999,
+    bins: int = 2048,
+    override: bool = False,
+    passive_parameters: bool = True,
+    weights_first: bool = True,
+    progress: bool | None = None,
+) -> QuantPlan:
+    """Give every root of ``plan`` that needs one a scale, measured by running ``graph``.
+
+    ``data`` is a path (``.npz``, folder of ``.npy``, ``.npy``), a :class:`Dataset`, or an
+    iterable of feed dicts. ``observer`` is ``"minmax"`` or ``"percentile"`` (``percentile``
+    of the values kept, from a ``bins``-bin streaming histogram), or None to use each config's
+    own observer. Weights are always measured min-max on their values, per channel when their
+    policy says so. With ``passive_parameters`` (default) biases, Clip bounds and Pad values
+    are derived afterwards by :class:`fusekit.PassiveParameters` for each platform of the
+    plan. With ``weights_first`` activations are measured with the weights already quantized
+    (see :class:`Calibration`). ``progress`` shows a bar on stderr when it is a terminal. The
+    inputs are unchanged; returns the new plan.
+    """
+    other = plan.graph is not graph and plan.graph.index is not graph.index
+    if other and len(plan.configs) != graph.index.n_slots:
+        raise InvalidPlan("the plan belongs to a different graph")
+    cal = Calibration(
+        data,
+        observer=observer,
+        percentile=percentile,
+        bins=bins,
+        override=override,
+        passive_parameters=passive_parameters,
+        progress=progress,
+        weights_first=weights_first,
+    )
+    return cal.run(graph, plan).plan

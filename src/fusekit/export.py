@@ -1,0 +1,1091 @@
+"""Export a calibrated plan: QDQ ONNX, the plan as JSON, and a TensorRT dynamic-range file.
+
+:func:`export_qdq` writes QuantizeLinear/DequantizeLinear exactly where the plan quantizes:
+
+* an active output slot puts ``Q -> DQ`` right after its producer (the producer's output is
+  renamed, the DQ writes the original name, so every consumer and graph output reads the
+  quantized value and graph output names are preserved);
+* an active input slot whose value is not already quantized with the same scale gets its own
+  ``Q -> DQ`` in front of its op (a graph input, or a real requantization); slots of one
+  sharing group on one tensor share that pair;
+* an OVERLAPPED slot gets nothing: ``Conv -> Relu`` exports as ``DQ -> Conv -> Relu -> Q -> DQ``;
+* a weight becomes an int8 initializer plus a DequantizeLinear (per channel along
+  ``channel_axis``), or with ``quantized_weights=False`` a Q/DQ pair on the float weight; a
+  32-bit bias becomes an int32 initializer plus a DequantizeLinear;
+* every slot of a group uses the one scale/zero-point initializer pair of its root.
+
+The model is assembled in a single pass over the float ``ModelProto`` (no per-node graph
+edits), so export is linear in the model size. Models below opset 13 are raised to 13 (the
+first opset with per-channel DequantizeLinear): only the nodes whose operator changed meaning
+since the model's opset are rewritten, each by onnx's own version converter.
+
+Exporting a plan with a slot that still needs a scale raises
+:class:`~fusekit.errors.NotCalibrated` naming the first such slot. Every file is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ._util import gc_paused
+from .errors import ExportError, NotCalibrated
+from .graph import Graph
+from .onnx_io import to_model, write_bytes_atomic
+from .quant import (
+    QuantPlan,
+    QuantProperty,
+    QuantState,
+    RoundingPolicy,
+    TensorQuantConfig,
+    Visibility,
+    scale_range,
+)
+
+__all__ = [
+    "QDQExport",
+    "build_qdq",
+    "count_qdq",
+    "dequantize_values",
+    "dynamic_ranges",
+    "export_qdq",
+    "quant_points",
+    "quantize_values",
+    "save_plan",
+    "save_qdq",
+    "save_ranges",
+]
+
+_MIN_OPSET = 13
+_EXPORT_STATES = frozenset(
+    {QuantState.ACTIVATED, QuantState.PASSIVE, QuantState.BAKED, QuantState.PASSIVE_BAKED}
+)
+_PENDING = frozenset({QuantState.INITIAL, QuantState.PASSIVE_INIT})
+
+
+# --------------------------------------------------------------------------------------------
+# placement: which slots export, and where their Q/DQ goes
+
+
+@attrs.frozen
+class _Key:
+    """What one Q/DQ pair quantizes with: a root slot and the integer type of the pair."""
+
+    root: int
+    dtype: str  # "int8" | "uint8" | "int32"
+
+
+def _qtype(cfg: TensorQuantConfig, param: bool) -> str | None:
+    """The ONNX integer type a slot exports as, or None if Q/DQ cannot express it."""
+    if cfg.policy.floating:
+        return None
+    lo, hi = int(cfg.quant_min), int(cfg.quant_max)
+    if cfg.num_bits == 8:
+        if lo >= -128 and hi <= 127:
+            return "int8"
+        if lo >= 0 and hi <= 255:
+            return "uint8"
+        return None
+    if param and cfg.num_bits > 8 and lo >= -(2**31) and hi <= 2**31 - 1:
+        return "int32"  # a bias: DequantizeLinear of an int32 initializer
+    return None
+
+
+class _Placement:
+    """Where every Q/DQ of a plan goes; computed over integer ids in one pass.
+
+    ``after[tid]``: key of the pair inserted right after the producer of tensor ``tid``.
+    ``before[sid]``: key of the pair feeding consumer slot ``sid`` (shared per tensor and key).
+    ``params[sid]``: key of a constant input (weight, bias) quantized at slot ``sid``.
+    ``skipped``: one note per active slot Q/DQ cannot express.
+    """
+
+    def __init__(self, plan: QuantPlan, *, require_scales: bool, constant_params: bool):
+        graph = plan.graph
+        idx = graph.index
+        configs = plan.configs.tolist()
+        links = plan.links.tolist()
+        self.roots = roots = plan.root_ids()
+        self.after: dict[int, _Key] = {}
+        self.before: dict[int, _Key] = {}
+        self.params: dict[int, _Key] = {}
+        self.skipped: list[str] = []
+        self._qtypes: dict[tuple[int, bool], str | None] = {}  # configs are shared objects
+        slot_tensor = idx.slot_tensor.tolist()
+        self.constants = constants = _constant_tensors(graph)
+        memo: dict[int, _Key | None] = {}
+        FP32, INTERNAL = QuantState.FP32, Visibility.INTERNAL
+
+        def status(sid: int) -> _Key | None:
+            if sid in memo:
+                return memo[sid]
+            memo[sid] = k = self._status(
+                sid, configs, roots, links, slot_tensor, constants, require_scales, idx
+            )
+            return k
+
+        self.status = status
+        order = [idx.op_id[n] for n in graph.order]
+        dispatch = plan.dispatch.tolist()
+        quantized = [oid for oid in order if dispatch[oid] is not None]
+        if require_scales:  # name the first slot without a scale in plan order
+            OVER = QuantState.OVERLAPPED
+            for oid in quantized:
+                for sid in idx.slot_ids_of(oid):
+                    cfg = configs[sid]
+                    if slot_tensor[sid] >= 0 and cfg is not None and cfg.state is not OVER:
+                        status(sid)
+        # producers first: which tensors carry a quantized value after their producer
+        for oid in quantized:
+            for sid in idx.output_sids(oid):
+                tid = slot_tensor[sid]
+                cfg = configs[sid]
+                if tid < 0 or cfg is None or cfg.state is FP32 or cfg.visibility is INTERNAL:
+                    continue
+                k = status(sid)
+                if k is not None:
+                    self.after[tid] = k
+        OVERLAPPED = QuantState.OVERLAPPED
+        for oid in quantized:
+            for sid in idx.input_sids(oid):
+                tid = slot_tensor[sid]
+                cfg = configs[sid]
+                if tid < 0 or cfg is None or cfg.state is FP32:
+                    continue
+                if cfg.state is OVERLAPPED:
+                    k = self._same_tensor_exporter(sid, tid, links, status, slot_tensor)
+                else:
+                    k = status(sid)
+                if k is None:
+                    continue
+                if constant_params and tid in constants:
+                    self.params[sid] = k
+                    continue
+                a = self.after.get(tid)
+                if a is not None and a.root == k.root:
+                    continue  # the producer's pair already quantizes it with this scale
+                self.before[sid] = k
+
+    def _status(
+        self,
+        sid: int,
+        configs: list[Any],
+        roots: list[int],
+        links: list[int],
+        slot_tensor: list[int],
+        constants: frozenset[int],
+        require_scales: bool,
+        idx: Any,
+    ) -> _Key | None:
+        """The key a slot exports with, or None (FP32, INTERNAL, overlapped, inexpressible)."""
+        cfg = configs[sid]
+        if cfg is None or cfg.state == QuantState.FP32:
+            return None
+        if cfg.visibility == Visibility.INTERNAL:
+            return None
+        state = cfg.state
+        root_cfg = configs[roots[sid]]
+        has_scale = root_cfg.scale is not None and root_cfg.offset is not None
+        if state in _PENDING or (state in _EXPORT_STATES and not has_scale):
+            if require_scales:
+                what = (
+                    "has no scale yet: calibrate the plan"
+                    if state != QuantState.PASSIVE_INIT or links[sid] >= 0
+                    else "is PASSIVE_INIT: run fusekit.PassiveParameters after calibration"
+                )
+                raise NotCalibrated(
+                    f"cannot export: slot {idx.slot_key(sid)} ({state.name}) {what}",
+                    idx.slot_key(sid),
+                )
+        elif state not in _EXPORT_STATES and cfg.visibility != Visibility.FORCE_EXPORT:
+            return None
+        tid = slot_tensor[sid]
+        memo_key = (id(cfg), tid in constants)
+        qt = self._qtypes.get(memo_key, "?")
+        if qt == "?":
+            qt = self._qtypes[memo_key] = _qtype(cfg, tid in constants)
+        if qt is None:
+            self.skipped.append(
+                f"{idx.slot_key(sid)}: {cfg.num_bits}-bit {cfg.policy} "
+                f"[{cfg.quant_min}, {cfg.quant_max}] has no QDQ form; left float"
+            )
+            return None
+        return _Key(roots[sid], qt)
+
+    @staticmethod
+    def _same_tensor_exporter(
+        sid: int, tid: int, links: list[int], status: Any, slot_tensor: list[int]
+    ) -> _Key | None:
+        """For an overlapped input: the slot on the same tensor that quantizes it, if any.
+
+        Simplify overlaps a consumer by the producer (or, for a graph input, by the first
+        consumer): the consumer then reads that slot's quantized value. An overlap that leaves
+        the tensor (a fused activation, a passive op) means the value is not quantized here.
+        """
+        s = sid
+        while links[s] >= 0:
+            s = links[s] >> 1
+            if slot_tensor[s] != tid:
+                return None
+            k = status(s)
+            if k is not None:
+                return k  # type: ignore[no-any-return]
+        return None
+
+
+def _constant_tensors(graph: Graph) -> frozenset[int]:
+    """Tensor ids of initializers and of ``Constant`` op outputs."""
+    idx = graph.index
+    tensor_id = idx.tensor_id
+    out = {tensor_id[n] for n in graph.initializers if n in tensor_id}
+    for oid in graph.ops_by_type().get("Constant", ()):
+        for sid in idx.output_sids(oid):
+            tid = idx.slot_tensor[sid]
+            if tid >= 0:
+                out.add(tid)
+    return frozenset(out)
+
+
+def _const_value(graph: Graph, name: str) -> np.ndarray[Any, Any] | None:
+    """The value of a constant tensor (initializer or ``Constant`` op output), else None."""
+    init = graph.initializers.get(name)
+    if init is not None:
+        return np.asarray(init.array())
+    p = graph.producer(name)
+    if p is None:
+        return None
+    op = graph.op(p.op)
+    if op.op_type != "Constant" or op.domain not in ("", "ai.onnx"):
+        return None
+    attrs_ = op.attributes
+    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        if key in attrs_:
+            v = attrs_[key]
+            if isinstance(v, np.ndarray):
+                return v
+            if isinstance(v, (int, float, tuple)):
+                return np.asarray(v, dtype=np.int64 if "int" in key else np.float32)
+    return None
+
+
+def quant_points(plan: QuantPlan) -> dict[str, int]:
+    """How many Q/DQ the plan places: ``{"activations": pairs, "parameters": DQs, "total"}``.
+
+    Works on uncalibrated plans too (INITIAL and PASSIVE_INIT slots count as the points they
+    will become), which is how the CLI shows the effect of each pass. Pairs are counted per
+    tensor and sharing group, as :func:`export_qdq` creates them (export may merge a few more
+    whose calibrated scales happen to be equal).
+    """
+    pl = _Placement(plan, require_scales=False, constant_params=True)
+    idx = plan.graph.index
+    consumer_pairs = {(idx.slot_tensor[s], k) for s, k in pl.before.items()}
+    param_dqs = {(idx.slot_tensor[s], k) for s, k in pl.params.items()}
+    acts = len(pl.after) + len(consumer_pairs)
+    return {"activations": acts, "parameters": len(param_dqs), "total": acts + len(param_dqs)}
+
+
+# --------------------------------------------------------------------------------------------
+# the exporter
+
+
+_NP: dict[str, type[np.signedinteger[Any]] | type[np.unsignedinteger[Any]]] = {
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "int32": np.int32,
+}
+_ONNX = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8, "int32": TensorProto.INT32}
+
+
+def _round(x: np.ndarray[Any, Any], policy: RoundingPolicy) -> np.ndarray[Any, Any]:
+    if policy == RoundingPolicy.ROUND_HALF_UP:
+        out = np.floor(x + 0.5)
+    elif policy == RoundingPolicy.ROUND_HALF_DOWN:
+        out = np.ceil(x - 0.5)
+    elif policy == RoundingPolicy.ROUND_HALF_TOWARDS_ZERO:
+        out = np.sign(x) * np.ceil(np.abs(x) - 0.5)
+    elif policy == RoundingPolicy.ROUND_HALF_FAR_FROM_ZERO:
+        out = np.sign(x) * np.floor(np.abs(x) + 0.5)
+    elif policy == RoundingPolicy.ROUND_UP:
+        out = np.ceil(x)
+    else:  # ROUND_HALF_EVEN, ROUND_TO_NEAR_INT
+        out = np.round(x)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _broadcast(
+    scale: Any, offset: Any, ndim: int, axis: int | None
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    s = np.asarray(scale, dtype=np.float32)
+    o = np.round(np.asarray(offset, dtype=np.float64)) if offset is not None else np.zeros(1)
+    if axis is not None:
+        shape = [1] * ndim
+        shape[axis] = -1
+        return s.reshape(shape), (o.reshape(shape) if o.size > 1 else o.reshape(()))
+    return s.reshape(()), o.reshape(()) if o.size == 1 else o
+
+
+def quantize_values(
+    value: np.ndarray[Any, Any],
+    cfg: TensorQuantConfig,
+    scale: Any,
+    offset: Any,
+    axis: int | None,
+    *,
+    zero_offset: bool = False,
+) -> np.ndarray[Any, Any]:
+    """The integers ``value`` quantizes to: ``clip(round(value / scale) + offset)`` by ``cfg``.
+
+    ``axis`` is the channel axis of a per-channel scale (None: per tensor). The division is
+    done in float32, as QuantizeLinear (and PPQ) compute it: a weight at the edge of its range
+    divides to +-127.5 give or take an ulp, and float64 would round it the other way from what
+    a Q node on the float weight gives. Returns float64 integral values, clipped to
+    ``[quant_min, quant_max]``.
+    """
+    v = np.asarray(value)
+    s_b, o_b = _broadcast(scale, None if zero_offset else offset, v.ndim, axis)
+    ratio = v.astype(np.float32) / s_b
+    q = _round(ratio.astype(np.float64), cfg.rounding) + o_b
+    return np.asarray(np.clip(q, float(cfg.quant_min), float(cfg.quant_max)), dtype=np.float64)
+
+
+def dequantize_values(
+    q: np.ndarray[Any, Any], scale: Any, offset: Any, axis: int | None
+) -> np.ndarray[Any, Any]:
+    """``(q - offset) * scale`` in float32, as DequantizeLinear computes it."""
+    s_b, o_b = _broadcast(scale, offset, np.ndim(q), axis)
+    out = (np.asarray(q, dtype=np.float64) - o_b).astype(np.float32) * s_b
+    return np.asarray(out, dtype=np.float32)
+
+
+def _qdq_node(
+    op_type: str, inputs: list[str], output: str, name: str, axis: int | None
+) -> onnx.NodeProto:
+    node: onnx.NodeProto = helper.make_node(op_type, inputs, [output], name)
+    if axis is not None:
+        node.attribute.append(helper.make_attribute("axis", axis))
+    return node
+
+
+@attrs.frozen
+class QDQExport:
+    """The result of :func:`build_qdq`: the model and what export did.
+
+    ``q_nodes``/``dq_nodes`` count the inserted nodes, ``activation_pairs`` the Q/DQ pairs on
+    activations, ``parameter_dqs`` the DequantizeLinear of int8/int32 parameters, ``skipped``
+    one note per slot left float because Q/DQ cannot express its config, and ``opset`` the
+    model's ``ai.onnx`` opset after export.
+    """
+
+    model: Any = attrs.field(repr=False)
+    q_nodes: int
+    dq_nodes: int
+    activation_pairs: int
+    parameter_dqs: int
+    skipped: tuple[str, ...]
+    opset: int
+
+
+class _Names:
+    """Fresh tensor and node names that collide with nothing in the model."""
+
+    def __init__(self, used: Iterable[str]):
+        self.used = set(used)
+
+    def fresh(self, base: str) -> str:
+        name = base
+        k = 2
+        while name in self.used:
+            name = f"{base}_{k}"
+            k += 1
+        self.used.add(name)
+        return name
+
+
+class _Builder:
+    def __init__(self, graph: Graph, plan: QuantPlan, quantized_weights: bool):
+        self.graph = graph
+        self.plan = plan
+        self.idx = graph.index
+        self.quantized_weights = quantized_weights
+        self.pl = _Placement(plan, require_scales=True, constant_params=True)
+        self.inits: list[TensorProto] = []
+        self.qparams: dict[_Key, tuple[str, str]] = {}
+        used = set(self.idx.tensor_names) | set(graph.initializers) | set(graph.inputs)
+        self.tensors = _Names(used)
+        self.nodes = _Names(n for n in graph.original_names.values())
+        self.nodes.used.update(graph.ops.keys())
+        self.q = 0
+        self.dq = 0
+        self.pairs = 0
+        self.param_dqs = 0
+        self.notes = list(self.pl.skipped)
+        self._axes: dict[int, int | None] = {}
+
+    # -- constants ----------------------------------------------------------------------------
+
+    def _scale_zp(self, key: _Key) -> tuple[str, str]:
+        """The shared scale / zero-point initializers of ``key``'s root."""
+        got = self.qparams.get(key)
+        if got is not None:
+            return got
+        cfg = self.plan.configs[key.root]
+        assert cfg.scale is not None and cfg.offset is not None
+        base = self.idx.tensor_names[self.idx.slot_tensor[key.root]]
+        s_name = self.tensors.fresh(f"{base}_scale")
+        z_name = self.tensors.fresh(f"{base}_zero_point")
+        info = np.iinfo(_NP[key.dtype])
+        if cfg.scale.size == 1 and self._axis(key, None) is None:
+            # the common case, built without numpy_helper: a 100k-op model has 50k of these
+            sv = float(cfg.scale.reshape(()))
+            if not (math.isfinite(sv) and sv > 0):
+                raise ExportError(
+                    f"slot {self.idx.slot_key(key.root)} has scale {sv}: not positive and finite"
+                )
+            zv = 0 if key.dtype == "int32" else round(float(cfg.offset.reshape(())))
+            zv = min(max(zv, int(info.min)), int(info.max))
+            st = TensorProto(name=s_name, data_type=TensorProto.FLOAT)
+            st.float_data.append(sv)
+            zt = TensorProto(name=z_name, data_type=_ONNX[key.dtype])
+            zt.int32_data.append(zv)
+            self.inits.extend((st, zt))
+            self.qparams[key] = (s_name, z_name)
+            return s_name, z_name
+        scale = np.asarray(cfg.scale, dtype=np.float32).reshape(-1)
+        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ExportError(
+                f"slot {self.idx.slot_key(key.root)} has a scale that is not positive and finite"
+            )
+        zp = np.round(np.asarray(cfg.offset, dtype=np.float64)).reshape(-1)
+        if key.dtype == "int32":
+            zp = np.zeros_like(zp)
+        zp = np.clip(zp, info.min, info.max).astype(_NP[key.dtype])
+        if zp.shape != scale.shape:
+            zp = np.broadcast_to(zp, scale.shape).copy()
+        self.inits.append(numpy_helper.from_array(scale, s_name))
+        self.inits.append(numpy_helper.from_array(zp, z_name))
+        self.qparams[key] = (s_name, z_name)
+        return s_name, z_name
+
+    def _axis(self, key: _Key, rank: int | None) -> int | None:
+        """The channel axis of ``key``'s Q/DQ (None for per-tensor), made non-negative."""
+        if key.root in self._axes:
+            axis = self._axes[key.root]
+        else:
+            cfg = self.plan.configs[key.root]
+            scale = cfg.scale
+            if scale is None or (scale.size == 1 and not cfg.policy.per_channel):
+                axis = None
+            else:
+                axis = cfg.channel_axis if cfg.channel_axis is not None else 0
+            self._axes[key.root] = axis
+        if axis is not None and rank is not None and axis < 0:
+            axis += rank
+        return axis
+
+    # -- nodes --------------------------------------------------------------------------------
+
+    def qdq(self, src: str, key: _Key, dst: str, rank: int | None) -> list[onnx.NodeProto]:
+        """``src -> Q -> DQ -> dst`` with ``key``'s parameters."""
+        s, z = self._scale_zp(key)
+        mid = self.tensors.fresh(f"{src}_quantized")
+        axis = self._axis(key, rank)
+        qn = _qdq_node(
+            "QuantizeLinear", [src, s, z], mid, self.nodes.fresh(f"{src}_QuantizeLinear"), axis
+        )
+        dqn = _qdq_node(
+            "DequantizeLinear", [mid, s, z], dst, self.nodes.fresh(f"{src}_DequantizeLinear"), axis
+        )
+        self.q += 1
+        self.dq += 1
+        return [qn, dqn]
+
+    def param(self, sid: int, key: _Key, dst: str) -> list[onnx.NodeProto]:
+        """A constant input: int initializer + DQ (or Q/DQ on the float value)."""
+        idx = self.idx
+        name = idx.tensor_names[idx.slot_tensor[sid]]
+        const = _const_value(self.graph, name)
+        assert const is not None
+        value = np.asarray(const)
+        cfg = self.plan.configs[key.root]
+        scale = np.asarray(cfg.scale, dtype=np.float64)
+        axis = self._axis(key, value.ndim)
+        if key.dtype != "int32" and not self.quantized_weights:
+            self._check_channels(sid, value, scale, axis)
+            self.pairs += 1
+            return self.qdq(name, key, dst, value.ndim)
+        # a Gemm bias [1, N] broadcasts like [N]: quantize it flat along its channels
+        if (
+            key.dtype == "int32"
+            and axis is not None
+            and value.ndim != 1
+            and value.size == scale.size
+        ):
+            value = value.reshape(-1)
+            axis = 0
+        if not self._check_channels(sid, value, scale, axis, fatal=key.dtype != "int32"):
+            self.notes.append(
+                f"{idx.slot_key(sid)}: bias of shape {list(value.shape)} does not match its "
+                f"{scale.size} channel scales; left float"
+            )
+            return []
+        q = quantize_values(value, cfg, scale, cfg.offset, axis, zero_offset=key.dtype == "int32")
+        q = q.astype(_NP[key.dtype])
+        qname = self.tensors.fresh(f"{name}_quantized")
+        self.inits.append(numpy_helper.from_array(q, qname))
+        s, z = self._scale_zp(key)
+        self.dq += 1
+        self.param_dqs += 1
+        node_name = self.nodes.fresh(f"{name}_DequantizeLinear")
+        return [_qdq_node("DequantizeLinear", [qname, s, z], dst, node_name, axis)]
+
+    def _check_channels(
+        self,
+        sid: int,
+        value: np.ndarray[Any, Any],
+        scale: np.ndarray[Any, Any],
+        axis: int | None,
+        fatal: bool = True,
+    ) -> bool:
+        if axis is None:
+            return scale.size == 1 or self._fail(sid, "a per-tensor slot has several scales", fatal)
+        if not 0 <= axis < value.ndim or value.shape[axis] != scale.size:
+            dims = list(value.shape)
+            return self._fail(
+                sid, f"{scale.size} channel scales on axis {axis} of a {dims} tensor", fatal
+            )
+        return True
+
+    def _fail(self, sid: int, why: str, fatal: bool) -> bool:
+        if fatal:
+            raise ExportError(f"cannot export slot {self.idx.slot_key(sid)}: {why}")
+        return False
+
+    # -- assembly -----------------------------------------------------------------------------
+
+    def _drop_non_float(self, model: onnx.ModelProto) -> None:
+        """Leave tensors that are not float32 unquantized (QuantizeLinear takes float32).
+
+        A plan can quantize an integer tensor when the model does not declare intermediate
+        types (an int64 mask through Unsqueeze, a sample rate through Mul). Types come from the
+        model's declarations, initializers and Constant values, and where those are silent from
+        onnx shape inference, run once.
+        """
+        graph, idx, pl = self.graph, self.idx, self.pl
+        names = idx.tensor_names
+        wanted = set(pl.after) | {idx.slot_tensor[s] for s in (*pl.before, *pl.params)}
+        if not wanted:
+            return
+        elem: dict[int, int] = {}
+        unknown: list[int] = []
+        for tid in wanted:
+            t = names[tid]
+            tt = graph.value_types.get(t)
+            init = graph.initializers.get(t)
+            if tt is not None and tt.elem_type:
+                elem[tid] = tt.elem_type
+            elif init is not None:
+                elem[tid] = init.elem_type
+            else:
+                const = _const_value(graph, t) if tid in pl.constants else None
+                if const is not None and const.dtype == np.float32:
+                    elem[tid] = TensorProto.FLOAT
+                else:
+                    unknown.append(tid)
+        if unknown:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            except Exception:  # inference is best effort: unknown types stay "float"
+                inferred = None
+            if inferred is not None:
+                found = {
+                    vi.name: vi.type.tensor_type.elem_type
+                    for vi in (*inferred.graph.value_info, *inferred.graph.output)
+                    if vi.type.HasField("tensor_type")
+                }
+                for tid in unknown:
+                    if found.get(names[tid]):
+                        elem[tid] = found[names[tid]]
+        bad = {tid for tid, e in elem.items() if e != TensorProto.FLOAT}
+        if not bad:
+            return
+        for tid in sorted(bad):
+            dtype = TensorProto.DataType.Name(elem[tid]).lower()
+            self.notes.append(f"tensor {names[tid]!r} is {dtype}, not float: left unquantized")
+        for tid in bad:
+            pl.after.pop(tid, None)
+        for d in (pl.before, pl.params):
+            for sid in [s for s in d if idx.slot_tensor[s] in bad]:
+                del d[sid]
+
+    def build(self) -> QDQExport:
+        graph, idx, pl = self.graph, self.idx, self.pl
+        model = to_model(graph)
+        self._drop_non_float(model)
+        og = model.graph
+        src_nodes = list(og.node)
+        types = graph.value_types
+
+        def rank(t: str) -> int | None:
+            tt = types.get(t)
+            if tt is not None and tt.shape is not None:
+                return len(tt.shape)
+            init = graph.initializers.get(t)
+            return len(init.dims) if init is not None else None
+
+        # consumer-side pairs shared per (tensor, key); parameter DQs shared per (tensor,
+        # quantized value): a weight read by many ops with equal scales is stored once
+        shared: dict[Any, str] = {}
+        out_nodes: list[onnx.NodeProto] = []
+        for pos, name in enumerate(graph.order):
+            oid = idx.op_id[name]
+            node = src_nodes[pos]
+            for k, sid in enumerate(idx.input_sids(oid)):
+                key = pl.params.get(sid) or pl.before.get(sid)
+                if key is None:
+                    continue
+                tid = idx.slot_tensor[sid]
+                t = idx.tensor_names[tid]
+                share = self._param_share_key(tid, key) if sid in pl.params else (tid, key)
+                got = shared.get(share)
+                if got is None:
+                    dst = self.tensors.fresh(f"{t}_dequantized")
+                    if sid in pl.params:
+                        new = self.param(sid, key, dst)
+                    elif self._same_as_producer(tid, key):
+                        new = []
+                    else:
+                        new = self.qdq(t, key, dst, rank(t))
+                        self.pairs += 1
+                    if not new:
+                        continue
+                    out_nodes.extend(new)
+                    shared[share] = got = dst
+                node.input[k] = got
+            post: list[onnx.NodeProto] = []
+            for k, sid in enumerate(idx.output_sids(oid)):
+                tid = idx.slot_tensor[sid]
+                key = pl.after.get(tid) if tid >= 0 and idx.producer[tid] == sid else None
+                if key is None:
+                    continue
+                t = idx.tensor_names[tid]
+                float_name = self.tensors.fresh(f"{t}_float")
+                node.output[k] = float_name
+                post.extend(self.qdq(float_name, key, t, rank(t)))
+                self.pairs += 1
+            out_nodes.append(node)
+            out_nodes.extend(post)
+
+        # graph inputs that are consumed quantized must still be inputs; float initializers
+        # no longer read by anything are dropped (with their input entry in old-IR models)
+        read: set[str] = set(graph.outputs)
+        for n in out_nodes:
+            read.update(n.input)
+        for op in graph.ops.values():
+            read.update(op.implicit_inputs)
+        # Constant nodes whose value now lives in an int8 initializer
+        out_nodes = [
+            n
+            for n in out_nodes
+            if n.op_type != "Constant" or n.domain not in ("", "ai.onnx") or n.output[0] in read
+        ]
+        keep = [t for t in og.initializer if t.name in read]
+        dropped = {t.name for t in og.initializer} - read
+        del og.initializer[:]
+        og.initializer.extend(keep)
+        og.initializer.extend(self.inits)
+        if dropped:
+            ins = [vi for vi in og.input if vi.name not in dropped]
+            del og.input[:]
+            og.input.extend(ins)
+            vis = [vi for vi in og.value_info if vi.name not in dropped]
+            del og.value_info[:]
+            og.value_info.extend(vis)
+        opset = _ai_onnx_opset(model)
+        if opset < _MIN_OPSET:
+            out_nodes, extra = _upgrade_nodes(out_nodes, opset, graph)
+            og.initializer.extend(extra)
+            _set_opset(model, _MIN_OPSET)
+            opset = _MIN_OPSET
+        del og.node[:]
+        og.node.extend(out_nodes)
+        model.ir_version = max(model.ir_version, 7)
+        return QDQExport(
+            model, self.q, self.dq, self.pairs, self.param_dqs, tuple(self.notes), opset
+        )
+
+    def _param_share_key(self, tid: int, key: _Key) -> tuple[Any, ...]:
+        """Parameters quantized to the same integers with the same scales share one DQ."""
+        cfg = self.plan.configs[key.root]
+        assert cfg.scale is not None and cfg.offset is not None
+        return (
+            tid,
+            key.dtype,
+            np.asarray(cfg.scale, dtype=np.float32).tobytes(),
+            np.asarray(cfg.offset, dtype=np.float32).tobytes(),
+            np.shape(cfg.scale),
+            cfg.channel_axis,
+            cfg.rounding,
+            cfg.quant_min,
+            cfg.quant_max,
+        )
+
+    def _same_as_producer(self, tid: int, key: _Key) -> bool:
+        """True when the producer's pair already quantizes with exactly ``key``'s values."""
+        a = self.pl.after.get(tid)
+        if a is None or a.dtype != key.dtype:
+            return False
+        ca, ck = self.plan.configs[a.root], self.plan.configs[key.root]
+        return bool(
+            ca.scale is not None
+            and ck.scale is not None
+            and np.array_equal(ca.scale, ck.scale)
+            and ca.offset is not None
+            and ck.offset is not None
+            and np.array_equal(np.round(ca.offset), np.round(ck.offset))
+        )
+
+
+def _ai_onnx_opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 1
+
+
+def _set_opset(model: onnx.ModelProto, version: int) -> None:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = version
+            return
+    op = model.opset_import.add()
+    op.domain = ""
+    op.version = version
+
+
+# Operators whose changes from the listed opset up to 13 only add types, attributes or
+# optional inputs: a node written for any opset from that one on means the same at 13.
+_ADDITIVE_FROM: Mapping[str, int] = {
+    **dict.fromkeys(
+        (
+            "Abs",
+            "Acos",
+            "Add",
+            "And",
+            "ArgMax",
+            "ArgMin",
+            "Asin",
+            "Atan",
+            "AveragePool",
+            "BatchNormalization",
+            "Cast",
+            "Ceil",
+            "Concat",
+            "Constant",
+            "ConstantOfShape",
+            "Conv",
+            "ConvTranspose",
+            "Cos",
+            "DepthToSpace",
+            "Div",
+            "Einsum",
+            "Elu",
+            "Equal",
+            "Erf",
+            "Exp",
+            "Expand",
+            "Flatten",
+            "Floor",
+            "Gather",
+            "GatherElements",
+            "GatherND",
+            "Gemm",
+            "GlobalAveragePool",
+            "GlobalMaxPool",
+            "Greater",
+            "HardSigmoid",
+            "HardSwish",
+            "Identity",
+            "InstanceNormalization",
+            "LeakyRelu",
+            "Less",
+            "LRN",
+            "Log",
+            "MatMul",
+            "Max",
+            "MaxPool",
+            "Mean",
+            "Min",
+            "Mod",
+            "Mul",
+            "Neg",
+            "NonZero",
+            "Not",
+            "Or",
+            "Pow",
+            "PRelu",
+            "Range",
+            "Reciprocal",
+            "ReduceL",
+            "ReduceMax",
+            "ReduceMean",
+            "ReduceMin",
+            "ReduceProd",
+            "Relu",
+            "Reshape",
+            "Round",
+            "ScatterElements",
+            "ScatterND",
+            "Selu",
+            "Shape",
+            "Sigmoid",
+            "Sign",
+            "Sin",
+            "Size",
+            "Softplus",
+            "SpaceToDepth",
+            "Sqrt",
+            "Sub",
+            "Sum",
+            "Tan",
+            "Tanh",
+            "Tile",
+            "Transpose",
+            "Where",
+            "Xor",
+        ),
+        1,
+    ),
+    "Clip": 11,
+    "Pad": 11,
+    "Slice": 10,
+    "Resize": 11,
+    "TopK": 10,
+    "Dropout": 12,
+}
+
+
+_SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
+def _upgrade_nodes(
+    nodes: list[onnx.NodeProto], opset: int, graph: Graph
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Rewrite the nodes whose operator changed meaning between ``opset`` and 13.
+
+    Each such node is converted alone (a one-node model through onnx's version converter) and
+    spliced back with fresh names for anything the converter created.
+    """
+    from onnx import version_converter
+
+    out: list[onnx.NodeProto] = []
+    extra: list[TensorProto] = []
+    used = {t for n in nodes for t in (*n.input, *n.output)} | set(graph.initializers)
+    names = _Names(used)
+    for n in nodes:
+        if n.domain not in ("", "ai.onnx") or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            out.append(n)
+            continue
+        try:
+            since = onnx.defs.get_schema(n.op_type, _MIN_OPSET, "").since_version
+        except onnx.defs.SchemaError:
+            out.append(n)
+            continue
+        if since <= opset or opset >= _ADDITIVE_FROM.get(n.op_type, _MIN_OPSET + 1):
+            out.append(n)
+            continue
+        if any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute
+        ):
+            raise ExportError(
+                f"node {n.name or n.op_type!r} has sub-graphs and the model's opset {opset} is "
+                f"below {_MIN_OPSET}; convert the model to opset {_MIN_OPSET} first"
+            )
+        mini_inputs = []
+        mini_inits = []
+        for t in n.input:
+            if not t:
+                continue
+            init = graph.initializers.get(t)
+            if init is not None and init.size <= 4096:
+                mini_inits.append(numpy_helper.from_array(np.asarray(init.array()), t))
+                continue
+            tt = graph.value_types.get(t)
+            elem = tt.elem_type if tt is not None and tt.elem_type else TensorProto.FLOAT
+            shape = list(tt.shape) if tt is not None and tt.shape is not None else None
+            mini_inputs.append(helper.make_tensor_value_info(t, elem, shape))
+        outs = [helper.make_empty_tensor_value_info(t) for t in n.output if t]
+        g = helper.make_graph([n], "node", mini_inputs, outs, mini_inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+        m.ir_version = 7
+        try:
+            c = version_converter.convert_version(m, _MIN_OPSET)
+        except Exception as e:
+            raise ExportError(
+                f"cannot raise {n.op_type} node {n.name!r} from opset {opset} to {_MIN_OPSET}: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
+        keep = {t for t in n.input if t} | {t for t in n.output if t}
+        rename: dict[str, str] = {}
+        for cn in c.graph.node:
+            for t in cn.output:
+                if t and t not in keep and t not in rename:
+                    rename[t] = names.fresh(f"{n.name or n.op_type}_{t}")
+        for ci in c.graph.initializer:
+            if ci.name not in keep and ci.name not in rename:
+                rename[ci.name] = names.fresh(f"{n.name or n.op_type}_{ci.name}")
+        for cn in c.graph.node:
+            new = onnx.NodeProto()
+            new.CopyFrom(cn)
+            for i, t in enumerate(new.input):
+                if t in rename:
+                    new.input[i] = rename[t]
+            for i, t in enumerate(new.output):
+                if t in rename:
+                    new.output[i] = rename[t]
+            if new.name and new.name != n.name:
+                new.name = names.fresh(f"{n.name}_{new.op_type}")
+            out.append(new)
+        for ci in c.graph.initializer:
+            if ci.name in rename:
+                t = TensorProto()
+                t.CopyFrom(ci)
+                t.name = rename[ci.name]
+                extra.append(t)
+    return out, extra
+
+
+def build_qdq(
+    graph: Graph, plan: QuantPlan, *, quantized_weights: bool = True, check: bool = True
+) -> QDQExport:
+    """Build the QDQ model of a calibrated plan and report what was inserted (see module doc).
+
+    ``quantized_weights`` stores weights as int8 initializers with a DequantizeLinear (the
+    default); False keeps the float weights behind a Q/DQ pair. ``check`` runs
+    ``onnx.checker`` on the result and raises :class:`~fusekit.errors.ExportError` if it fails.
+    """
+    if plan.graph is not graph and plan.graph.index is not graph.index:
+        raise ExportError("the plan belongs to a different graph")
+    with gc_paused():
+        result = _Builder(graph, plan, quantized_weights).build()
+    if check:
+        try:
+            onnx.checker.check_model(result.model)
+        except onnx.checker.ValidationError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
+            raise ExportError(f"the exported model does not pass onnx.checker: {first}") from None
+    return result
+
+
+def export_qdq(
+    graph: Graph, plan: QuantPlan, *, quantized_weights: bool = True, check: bool = True
+) -> onnx.ModelProto:
+    """The QDQ ONNX model of a calibrated ``plan`` over ``graph`` (see :func:`build_qdq`)."""
+    model: onnx.ModelProto = build_qdq(
+        graph, plan, quantized_weights=quantized_weights, check=check
+    ).model
+    return model
+
+
+def save_qdq(
+    graph: Graph,
+    plan: QuantPlan,
+    path: str | os.PathLike[str],
+    *,
+    quantized_weights: bool = True,
+) -> QDQExport:
+    """Export and write the QDQ model atomically; returns what :func:`build_qdq` did.
+
+    Nothing is written when export fails.
+    """
+    res = build_qdq(graph, plan, quantized_weights=quantized_weights)
+    if res.model.ByteSize() > 2**31 - 1:
+        raise ExportError("the exported model is larger than 2 GB; protobuf cannot hold it")
+    write_bytes_atomic(Path(path), res.model.SerializeToString())
+    return res
+
+
+def count_qdq(model: onnx.ModelProto) -> dict[str, int]:
+    """Number of QuantizeLinear and DequantizeLinear nodes in a model's main graph."""
+    q = sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")
+    dq = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear")
+    return {"QuantizeLinear": q, "DequantizeLinear": dq}
+
+
+# --------------------------------------------------------------------------------------------
+# JSON
+
+
+def save_plan(plan: QuantPlan, path: str | os.PathLike[str]) -> None:
+    """Write the plan as JSON (:mod:`fusekit.plan_io` schema), atomically."""
+    from .plan_io import save_plan as _save
+
+    _save(plan, Path(path))
+
+
+def dynamic_ranges(plan: QuantPlan) -> dict[str, float]:
+    """Tensor name -> amax for TensorRT's ``ITensor::setDynamicRange(-amax, amax)``.
+
+    Every tensor read or written by a quantized, non-FP32 slot gets its group root's range, an
+    OVERLAPPED tensor included (TensorRT fuses it, but wants a range for every tensor of an
+    INT8 layer). ``amax = scale * quant_max`` for symmetric schemes, so that TensorRT's
+    ``amax / 127`` gives back exactly the plan's scale; asymmetric roots give the larger end
+    of their range. The producer's slot wins over consumers'; per-channel roots (weights) and
+    INTERNAL slots are left out. Raises :class:`NotCalibrated` if a tensor's root has no scale.
+    """
+    idx = plan.graph.index
+    configs = plan.configs
+    roots = plan.root_ids()
+    out: dict[str, float] = {}
+    order = [idx.op_id[n] for n in plan.graph.order]
+    for pass_outputs in (True, False):
+        for oid in order:
+            if plan.dispatch[oid] is None:
+                continue
+            sids = idx.output_sids(oid) if pass_outputs else idx.input_sids(oid)
+            for sid in sids:
+                tid = idx.slot_tensor[sid]
+                cfg = configs[sid]
+                if tid < 0 or cfg is None or cfg.state == QuantState.FP32:
+                    continue
+                name = idx.tensor_names[tid]
+                if name in out or name in plan.graph.initializers:
+                    continue
+                tt = plan.graph.value_types.get(name)
+                if tt is not None and tt.elem_type not in (0, TensorProto.FLOAT):
+                    continue  # an integer tensor the plan quantizes by mistake
+                if cfg.visibility == Visibility.INTERNAL:
+                    continue
+                rcfg = configs[roots[sid]]
+                if rcfg.policy.per_channel:
+                    continue
+                if rcfg.scale is None or rcfg.offset is None:
+                    raise NotCalibrated(
+                        f"cannot write ranges: tensor {name!r} ({idx.slot_key(sid)}) has no "
+                        "scale yet",
+                        idx.slot_key(sid),
+                    )
+                s = float(np.max(rcfg.scale))
+                if rcfg.policy.has(QuantProperty.ASYMMETRICAL):
+                    lo, hi = scale_range(rcfg, rcfg.scale, rcfg.offset)
+                    out[name] = max(abs(lo), abs(hi))
+                else:
+                    out[name] = s * float(rcfg.quant_max)
+    return dict(sorted(out.items()))
+
+
+def save_ranges(plan: QuantPlan, path: str | os.PathLike[str]) -> dict[str, float]:
+    """Write :func:`dynamic_ranges` as a JSON object, atomically; returns the ranges."""
+    ranges = dynamic_ranges(plan)
+    text = json.dumps(ranges, indent=1)
+    write_bytes_atomic(Path(path), text.encode("utf-8"))
+    return ranges
