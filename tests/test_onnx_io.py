@@ -422,3 +422,15 @@ def test_save_writes_the_model_and_no_temp_file(tmp_path: Path) -> None:
     fusekit.save(g.rename_tensor("x", "image"), out)  # over an existing file
     assert fusekit.load(out).inputs == ("image",)
     assert os.listdir(tmp_path) == ["out.onnx"]
+
+
+def test_saved_files_follow_the_umask(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (mode 0600); the result must look like a plain write."""
+    from fusekit.onnx_io import write_bytes_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644

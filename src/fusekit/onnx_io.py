@@ -797,6 +797,12 @@ def _embed_external_data(model: ModelProto, base_dir: str) -> None:
             del t.external_data[:]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` via a temp file and rename (no partial file on failure)."""
     target = Path(target)
@@ -811,6 +817,8 @@ def write_bytes_atomic(target: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the permissions a plain open() would
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
