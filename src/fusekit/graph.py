@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -970,17 +971,42 @@ class GraphArrays:
         self.n_uses = n_uses
         self.memo = {}
 
+    def ops_of_types(self, types: frozenset[str]) -> tuple[int, ...]:
+        """Op ids of the ops whose type is in ``types``, in topological order.
+
+        What a pass that handles a few op types iterates instead of every op of the graph
+        (scanning 100k ops to find the 20k Adds and Concats cost a pass as much as its work).
+        Linear (a mark per position, then one C-level sweep), and remembered per type set.
+        """
+        key = ("ops_of_types", types)
+        hit: tuple[int, ...] | None = self.memo.get(key)
+        if hit is None:
+            lists = [self.by_type[t] for t in types if t in self.by_type]
+            if len(lists) <= 1:
+                hit = lists[0] if lists else ()
+            else:
+                mark = bytearray(len(self.order))
+                pos = self.pos
+                for lst in lists:
+                    for o in lst:
+                        mark[pos[o]] = 1
+                order = self.order
+                hit = tuple(order[i] for i in itertools.compress(range(len(order)), mark))
+            self.memo[key] = hit
+        return hit
+
 
 class _Cache:
     """Derived data of one graph value, computed on first use (never part of equality)."""
 
-    __slots__ = ("arrays", "by_type", "index", "positions")
+    __slots__ = ("arrays", "by_type", "elem_types", "index", "positions")
 
     def __init__(self, index: GraphIndex | None = None):
         self.index = index
         self.by_type: dict[str, tuple[int, ...]] | None = None
         self.positions: dict[str, int] | None = None
         self.arrays: GraphArrays | None = None
+        self.elem_types: dict[str, int] | None = None
 
 
 @attrs.frozen

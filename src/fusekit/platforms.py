@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 from pyrsistent import PMap, pmap, pvector
 
-from ._util import gc_paused
+from ._util import without_gc
 from .errors import InvalidPlatform, UnknownPlatform
 from .graph import Graph
 from .quant import (
@@ -693,6 +693,7 @@ def get_platform(platform: Platform | str) -> Platform:
 
 
 _FIELDS = {f.name: f for f in attrs.fields(Platform)}
+_SOCKET = frozenset({"U", "FP32", "SOI"})
 
 
 def _rule_from(d: Any, where: str) -> QuantRule:
@@ -714,7 +715,35 @@ def _rule_from(d: Any, where: str) -> QuantRule:
         raise InvalidPlatform(f"{where}: unknown rounding {e.args[0]!r}") from None
     except Exception as e:
         raise InvalidPlatform(f"{where}: {e}") from None
-    return QuantRule(**kw)
+    for k, types in _RULE_TYPES.items():
+        if k in kw and (isinstance(kw[k], bool) or not isinstance(kw[k], types)):
+            raise InvalidPlatform(f"{where}: {k} has the wrong type ({type(kw[k]).__name__})")
+    rule = QuantRule(**kw)
+    try:
+        rule.config()  # the config validators (bits, exponent, axis vs policy) run here
+    except (TypeError, ValueError) as e:
+        raise InvalidPlatform(f"{where}: {e}") from None
+    return rule
+
+
+_RULE_TYPES: dict[str, Any] = {
+    "num_bits": int,
+    "exponent_bits": int,
+    "quant_min": (int, float),
+    "quant_max": (int, float),
+    "observer": str,
+    "channel_axis": (int, type(None)),
+}
+
+
+def _names(value: Any, where: str) -> frozenset[str]:
+    """A list of op-type names (strings) from rule-file data."""
+    if isinstance(value, (str, Mapping)) or not isinstance(value, Iterable):
+        raise InvalidPlatform(f"{where}: expected a list of names")
+    items = list(value)
+    if not all(isinstance(x, str) for x in items):
+        raise InvalidPlatform(f"{where}: expected a list of names (strings)")
+    return frozenset(items)
 
 
 def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Platform:
@@ -754,18 +783,21 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
             b = dict(value)
             try:
                 state = QuantState[b.pop("state", "FP32")]
-            except KeyError as e:
-                raise InvalidPlatform(f"{where}: unknown state {e.args[0]!r}") from None
-            vis = Visibility[b.pop("visibility", "EXPORT_WHEN_ACTIVE")]
+                vis = Visibility[b.pop("visibility", "EXPORT_WHEN_ACTIVE")]
+            except (KeyError, TypeError) as e:
+                raise InvalidPlatform(f"{where}: unknown state or visibility ({e})") from None
             kw[key] = BiasRule(state, _rule_from(b, where), vis)
         elif key == "sockets":
             if not isinstance(value, Mapping):
                 raise InvalidPlatform(f"{where}: expected a table op type -> {{inputs, outputs}}")
             socks = {}
             for t, s in value.items():
-                ins = tuple(s.get("inputs", ())) if isinstance(s, Mapping) else tuple(s)
-                outs = tuple(s.get("outputs", ())) if isinstance(s, Mapping) else ()
-                bad = [x for x in (*ins, *outs) if x not in ("U", "FP32", "SOI")]
+                raw_ins = s.get("inputs", ()) if isinstance(s, Mapping) else s
+                raw_outs = s.get("outputs", ()) if isinstance(s, Mapping) else ()
+                if not all(isinstance(x, (list, tuple)) for x in (raw_ins, raw_outs)):
+                    raise InvalidPlatform(f"{where}[{t!r}]: expected lists of U, FP32 or SOI")
+                ins, outs = tuple(raw_ins), tuple(raw_outs)
+                bad = [x for x in (*ins, *outs) if not isinstance(x, str) or x not in _SOCKET]
                 if bad:
                     raise InvalidPlatform(
                         f"{where}[{t!r}]: entries must be U, FP32 or SOI, got {bad}"
@@ -775,6 +807,10 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
         elif key in ("passive_conditions", "fp32_inputs_from"):
             if not isinstance(value, Mapping):
                 raise InvalidPlatform(f"{where}: expected a table")
+            want: Any = str if key == "passive_conditions" else int
+            if any(isinstance(v, bool) or not isinstance(v, want) for v in value.values()):
+                what = "condition names" if want is str else "input indices"
+                raise InvalidPlatform(f"{where}: expected {what} as values")
             kw[key] = dict(value)
         elif key == "alignment":
             if not isinstance(value, Mapping):
@@ -782,7 +818,7 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
             unknown = set(value) - {"elementwise", "concat", "pooling", "resize"}
             if unknown:
                 raise InvalidPlatform(f"{where}: unknown alignment group(s) {sorted(unknown)}")
-            kw[key] = {k: frozenset(v) for k, v in value.items()}
+            kw[key] = {k: _names(v, f"{where}[{k!r}]") for k, v in value.items()}
         else:
             if isinstance(value, str) or not isinstance(value, Iterable):
                 raise InvalidPlatform(f"{where}: expected a list of names")
@@ -1099,44 +1135,75 @@ def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
     the shape-computing sub-graph (Shape -> Gather -> Concat -> Reshape.shape) whose values must
     never be rounded.
     """
-    idx = graph.index
-    types = graph.value_types
+    # Reads the graph's plain-list arrays and plain dicts of the rule set: on a 100k-op graph
+    # the PMap lookups of the straightforward version cost more than the dispatch itself.
+    ar = graph.arrays()
+    op_types, base, n_in, n_out = ar.op_types, ar.slot_base, ar.n_in, ar.n_out
+    st, cons, slot_op, is_output = ar.slot_tensor, ar.consumers, ar.slot_op, ar.is_output
+    prod = ar.producer
     quant_types = platform.quant_types
-    outputs = frozenset(graph.outputs)
-    shape_only: dict[int, bool] = {}
-    order = [idx.op_id[n] for n in graph.order]
-    for oid in reversed(order):
+    # op type -> input rules, for the types with a never-quantized input
+    special = {t: r.inputs for t, r in platform.sockets.items() if any(x != "U" for x in r.inputs)}
+    # Only an op feeding a never-quantized socket, or a producer of a shape-only op, can be
+    # shape-only: start from the first and add the second on the way (consumers come later in
+    # the order, so the reverse walk decides them first), and skip every other op.
+    maybe: set[int] = set()
+    for t, rules in special.items():
+        for coid in ar.by_type.get(t, ()):
+            for k in range(min(len(rules), n_in[coid])):
+                tid = st[base[coid] + k]
+                if rules[k] != "U" and tid >= 0 and prod[tid] >= 0:
+                    maybe.add(slot_op[prod[tid]])
+    shape_only = [False] * len(op_types)
+    for oid in reversed(ar.order):
+        if oid not in maybe:
+            continue
         any_use = False
         all_shape = True
-        for sid in idx.output_sids(oid):
-            tid = idx.slot_tensor[sid]
+        b = base[oid] + n_in[oid]
+        for sid in range(b, b + n_out[oid]):
+            tid = st[sid]
             if tid < 0:
                 continue
-            if idx.tensor_names[tid] in outputs:
+            if is_output[tid]:
                 all_shape = False
-            for c in idx.consumers[tid]:
+            for c in cons[tid]:
                 any_use = True
-                coid = idx.slot_op[c]
-                k = c - idx.slot_base[coid]
-                rule = platform.socket(idx.op_types[coid]).input(k)
-                if rule == "U" and not shape_only.get(coid, False):
+                coid = slot_op[c]
+                if shape_only[coid]:
+                    continue
+                row = special.get(op_types[coid])
+                k = c - base[coid]
+                if row is None or k >= len(row) or row[k] == "U":
                     all_shape = False
-        shape_only[oid] = any_use and all_shape
-    table: dict[int, str] = {}
-    for oid in order:
-        t = idx.op_types[oid]
-        ok = t in quant_types and not shape_only[oid]
-        if ok:
-            for sid in idx.output_sids(oid):
-                tid = idx.slot_tensor[sid]
-                if tid >= 0:
-                    tt = types.get(idx.tensor_names[tid])
-                    if tt is not None and tt.elem_type not in _FLOAT_TYPES:
-                        ok = False
-        table[oid] = platform.name if ok else "FP32"
+        if any_use and all_shape:
+            shape_only[oid] = True
+            for sid in range(base[oid], base[oid] + n_in[oid]):
+                tid = st[sid]
+                if tid >= 0 and prod[tid] >= 0:
+                    maybe.add(slot_op[prod[tid]])
+    # tensors declared with a non-float element type (usually few: iterate the declarations)
+    not_float: set[int] = set()
+    tensor_id = graph.index.tensor_id
+    for name, tt in graph.value_types.items():
+        if tt.elem_type not in _FLOAT_TYPES:
+            t_id = tensor_id.get(name)
+            if t_id is not None:
+                not_float.add(t_id)
+    name = platform.name
+    table = {
+        oid: name if op_types[oid] in quant_types and not shape_only[oid] else "FP32"
+        for oid in ar.order
+    }
+    if not_float:
+        for oid, plat in table.items():
+            b = base[oid] + n_in[oid]
+            if plat == name and any(st[sid] in not_float for sid in range(b, b + n_out[oid])):
+                table[oid] = "FP32"
     return table
 
 
+@without_gc
 def init_plan(
     graph: Graph,
     platform: Platform | str,
@@ -1171,74 +1238,93 @@ def init_plan(
             if oid is None:
                 raise InvalidPlatform(f"dispatch names op {name!r}, which the graph does not have")
             table[oid] = "FP32" if plat is None else str(plat)
-    with gc_paused():
-        return _build_plan(graph, p, table)
+    return _build_plan(graph, p, table)
 
 
 def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPlan:
-    idx = graph.index
-    n_slots = idx.n_slots
+    """The configs of every slot of the dispatched ops (see :func:`init_plan`).
+
+    The slots of every op of one (type, arity) get the same configs, except a weight that may
+    or may not be a constant, so each such op copies a template built once by
+    :func:`_slot_template`: slots share config objects, and a 100k-op graph costs a list slice
+    per op instead of a rule evaluation per slot.
+    """
+    ar = graph.arrays()
+    n_slots = len(ar.slot_op)
     configs: list[TensorQuantConfig | None] = [None] * n_slots
-    dispatch: list[str | None] = [None] * len(idx.op_names)
+    dispatch: list[str | None] = [None] * len(ar.op_names)
     act = p.activation.config()
     act_fp32 = p.activation.config(QuantState.FP32)
     bias_cfg = p.bias.rule.config(p.bias.state)
     if p.bias.visibility != Visibility.EXPORT_WHEN_ACTIVE:
-        bias_cfg = attrs.evolve(bias_cfg, visibility=p.bias.visibility)
-    weight_cfgs = {
-        t: r.config() for t, r in p.weights.items() if r.channel_axis is None or r.channel_axis >= 0
-    }
+        bias_cfg = bias_cfg.with_visibility(p.bias.visibility)
+    weight_cfgs: dict[tuple[str, int], TensorQuantConfig] = {}
     inits = graph.initializers
-    const_ops = {"Constant"}
-    names, st, prod, slot_op, types = (
-        idx.tensor_names,
-        idx.slot_tensor,
-        idx.producer,
-        idx.slot_op,
-        idx.op_types,
-    )
-    sockets = p.sockets
-    bias_types, weights, fp32_from = p.bias_types, p.weights, p.fp32_inputs_from
-
-    def is_param(sid: int) -> bool:
-        tid = st[sid]
-        if tid < 0:
-            return False
-        if names[tid] in inits:
-            return True
-        pr = prod[tid]
-        return pr >= 0 and types[slot_op[pr]] in const_ops
+    st, is_const, names = ar.slot_tensor, ar.is_const, ar.tensor_names
+    op_types, base, n_in, n_out = ar.op_types, ar.slot_base, ar.n_in, ar.n_out
+    weights = dict(p.weights)
+    templates: dict[tuple[str, int, int], tuple[list[TensorQuantConfig], bool]] = {}
 
     for oid, plat in table.items():
         if plat in ("FP32", "SOI"):
             continue
         dispatch[oid] = plat
-        t = types[oid]
-        sock = sockets.get(t)
-        base = idx.slot_base[oid]
-        n_in = idx.n_in[oid]
-        fp32_start = fp32_from.get(t, n_in)
-        for k in range(n_in):
-            sid = base + k
-            if (sock is not None and sock.input(k) != "U") or k >= fp32_start:
-                configs[sid] = act_fp32
-            elif k == 1 and t in weights and is_param(sid):
+        t = op_types[oid]
+        ni, no = n_in[oid], n_out[oid]
+        key = (t, ni, no)
+        tpl = templates.get(key)
+        if tpl is None:
+            tpl = templates[key] = _slot_template(p, t, ni, no, act, act_fp32, bias_cfg)
+        cfgs, weight_slot = tpl
+        b = base[oid]
+        configs[b : b + ni + no] = cfgs
+        if weight_slot:
+            tid = st[b + 1]
+            if tid >= 0 and is_const[tid]:
                 wr = weights[t]
-                cfg = weight_cfgs.get(t)
-                if cfg is None:  # axis relative to the weight's rank
-                    tid = st[sid]
+                if wr.channel_axis is None or wr.channel_axis >= 0:
+                    rank = 0
+                else:  # the axis is relative to the weight's rank
                     init = inits.get(names[tid])
                     rank = len(init.dims) if init is not None else 2
-                    cfg = wr.config(
-                        axis=rank + wr.channel_axis if wr.channel_axis is not None else None
-                    )
-                configs[sid] = cfg
-            elif k == 2 and n_in > 2 and t in bias_types:
-                configs[sid] = bias_cfg
-            else:
-                configs[sid] = act
-        n_out = idx.n_out[oid]
-        for k in range(n_out):
-            sid = base + n_in + k
-            configs[sid] = act_fp32 if (sock is not None and sock.output(k) != "U") else act
+                cfg = weight_cfgs.get((t, rank))
+                if cfg is None:
+                    axis = rank + wr.channel_axis if rank and wr.channel_axis is not None else None
+                    cfg = weight_cfgs[(t, rank)] = wr.config(axis=axis)
+                configs[b + 1] = cfg
     return QuantPlan(graph, pvector(configs), pvector([NO_LINK] * n_slots), pvector(dispatch))
+
+
+def _slot_template(
+    p: Platform,
+    t: str,
+    n_in: int,
+    n_out: int,
+    act: TensorQuantConfig,
+    act_fp32: TensorQuantConfig,
+    bias_cfg: TensorQuantConfig,
+) -> tuple[list[TensorQuantConfig], bool]:
+    """The configs of an op of type ``t`` with this arity, and whether input 1 is a weight slot.
+
+    Sockets that are never quantized and inputs from ``fp32_inputs_from`` on are FP32; input 1
+    of a type with a weight rule gets the weight's config when it is a constant (decided per op
+    by the caller; the template holds the activation config there); input 2 of a bias type gets
+    the bias rule; every other slot the activation rule.
+    """
+    sock = p.sockets.get(t)
+    fp32_start = p.fp32_inputs_from.get(t, n_in)
+    cfgs: list[TensorQuantConfig] = []
+    weight_slot = False
+    for k in range(n_in):
+        if (sock is not None and sock.input(k) != "U") or k >= fp32_start:
+            cfgs.append(act_fp32)
+        elif k == 1 and t in p.weights:
+            weight_slot = True
+            cfgs.append(act)
+        elif k == 2 and n_in > 2 and t in p.bias_types:
+            cfgs.append(bias_cfg)
+        else:
+            cfgs.append(act)
+    for k in range(n_out):
+        cfgs.append(act_fp32 if (sock is not None and sock.output(k) != "U") else act)
+    return cfgs, weight_slot

@@ -116,6 +116,9 @@ def _accepted_policies() -> frozenset[int]:
 
 
 _ACCEPTED = _accepted_policies()
+_PER_CHANNEL = int(QuantProperty.PER_CHANNEL)
+_SYMMETRICAL = int(QuantProperty.SYMMETRICAL)
+_FLOATING = int(QuantProperty.FLOATING)
 
 
 def _check_policy(_: object, __: object, value: int) -> None:
@@ -154,20 +157,23 @@ class QuantPolicy:
         """True if ``prop`` is set."""
         return bool(self.flags & prop)
 
+    # The three properties below test plain ints: ``flags & QuantProperty.X`` goes through
+    # IntFlag.__and__ and builds an enum member, 20x slower, and passes ask per slot.
+
     @property
     def per_channel(self) -> bool:
         """True for per-channel policies."""
-        return bool(self.flags & QuantProperty.PER_CHANNEL)
+        return bool(self.flags & _PER_CHANNEL)
 
     @property
     def symmetric(self) -> bool:
         """True for symmetric policies."""
-        return bool(self.flags & QuantProperty.SYMMETRICAL)
+        return bool(self.flags & _SYMMETRICAL)
 
     @property
     def floating(self) -> bool:
         """True for floating-point (FP8-style) policies."""
-        return bool(self.flags & QuantProperty.FLOATING)
+        return bool(self.flags & _FLOATING)
 
     def names(self) -> tuple[str, ...]:
         """Flag names in PPQ's order (ascending bit value)."""
@@ -311,10 +317,30 @@ class TensorQuantConfig:
         )
 
     def with_state(self, state: QuantState) -> TensorQuantConfig:
-        """The same config in another state (a fast copy; passes call this in hot loops)."""
+        """The same config in another state (a fast copy; passes call this in hot loops).
+
+        An uncalibrated config returns one shared object per (config, state): ``init_plan``
+        gives thousands of slots the same config object, so a pass that overlaps them all
+        allocates nothing (see :func:`_variant`).
+        """
         if self.state is state:
             return self
+        if self.scale is None:
+            entry = _VARIANTS.get(id(self))  # _variant's lookup, inlined for the hot path
+            if entry is not None and entry[0] is self:
+                new = entry[1].get(state)
+                if new is not None:
+                    return new
+            return _variant(self, state, None)
         return _fast_replace(self, state=state)
+
+    def with_visibility(self, visibility: Visibility) -> TensorQuantConfig:
+        """The same config with another visibility (shared like :meth:`with_state`)."""
+        if self.visibility is visibility:
+            return self
+        if self.scale is None:
+            return _variant(self, None, visibility)
+        return _fast_replace(self, visibility=visibility)
 
     def with_scale(self, scale: Any, offset: Any) -> TensorQuantConfig:
         """The same config with a scale and offset."""
@@ -330,6 +356,48 @@ def _fast_replace(cfg: TensorQuantConfig, **changes: Any) -> TensorQuantConfig:
     new = object.__new__(TensorQuantConfig)
     for name, setter in zip(_TQC_FIELDS, _TQC_SETTERS):
         setter(new, changes[name] if name in changes else getattr(cfg, name))
+    return new
+
+
+# id(config) -> (config, {state: variant}, {visibility: variant}). Holding the config keeps
+# its id from being reused while the entry exists. Bounded: cleared when full, which only
+# costs later calls a fresh copy (variants are equal by value either way).
+_VARIANTS: dict[
+    int,
+    tuple[
+        TensorQuantConfig,
+        dict[QuantState, TensorQuantConfig],
+        dict[Visibility, TensorQuantConfig],
+    ],
+] = {}
+_MAX_VARIANTS = 4096
+
+
+def _variant(
+    cfg: TensorQuantConfig, state: QuantState | None, visibility: Visibility | None
+) -> TensorQuantConfig:
+    """The shared copy of an uncalibrated ``cfg`` with another state or visibility.
+
+    Passes derive configs in their inner loops (an overlapped slot, a passive bias, an
+    internal Clip bound). Allocating one object per slot cost more than the pass's logic and
+    made every plan version hold its own copies; sharing one variant per (config, change)
+    keeps the copies out of the hot loop and the plan versions small. Configs with a scale
+    are not shared: they are calibrated one root at a time, so they rarely repeat.
+    """
+    entry = _VARIANTS.get(id(cfg))
+    if entry is None or entry[0] is not cfg:
+        if len(_VARIANTS) >= _MAX_VARIANTS:
+            _VARIANTS.clear()
+        entry = _VARIANTS[id(cfg)] = (cfg, {}, {})
+    if state is not None:
+        new = entry[1].get(state)
+        if new is None:
+            new = entry[1][state] = _fast_replace(cfg, state=state)
+    else:
+        assert visibility is not None
+        new = entry[2].get(visibility)
+        if new is None:
+            new = entry[2][visibility] = _fast_replace(cfg, visibility=visibility)
     return new
 
 
@@ -626,6 +694,11 @@ class QuantPlan:
         return e.persistent()
 
 
+_OVERLAPPED = QuantState.OVERLAPPED
+_PASSIVE = QuantState.PASSIVE
+_PASSIVE_INIT = QuantState.PASSIVE_INIT
+
+
 class PlanEvolver:
     """A transient over a :class:`QuantPlan`: batch updates, then :meth:`persistent`.
 
@@ -634,7 +707,17 @@ class PlanEvolver:
     what passes use in their loops; the others take :class:`Slot` keys.
     """
 
-    __slots__ = ("_cfg", "_dirty", "_dispatch", "_index", "_links", "_plan")
+    __slots__ = (
+        "_cfg",
+        "_dirty",
+        "_dispatch",
+        "_index",
+        "_limit",
+        "_links",
+        "_off",
+        "_pinit",
+        "_plan",
+    )
 
     def __init__(self, plan: QuantPlan):
         self._plan = plan
@@ -643,6 +726,12 @@ class PlanEvolver:
         self._dispatch = plan.dispatch.evolver()
         self._index = plan.graph.index
         self._dirty = False
+        # a link chain longer than this is a cycle (impossible by construction)
+        self._limit = 2 * len(plan.links)
+        # id(config) -> (config, its OVERLAPPED variant): overlap_sid's with_state, memoised
+        # for this transient (holding the config keeps its id from being reused)
+        self._off: dict[int, tuple[TensorQuantConfig, TensorQuantConfig]] = {}
+        self._pinit: dict[int, tuple[TensorQuantConfig, TensorQuantConfig]] = {}  # follow_sid's
 
     @property
     def plan(self) -> QuantPlan:
@@ -653,6 +742,25 @@ class PlanEvolver:
     def index(self) -> GraphIndex:
         """The graph index (slot ids)."""
         return self._index
+
+    @property
+    def configs(self) -> Any:
+        """The configs as they are now, indexed by slot id: read them, write with the methods.
+
+        Passes bind this once and index it in their loops (a method call per read cost as much
+        as the pass's own logic on a large graph).
+        """
+        return self._cfg
+
+    @property
+    def links(self) -> Any:
+        """The encoded links as they are now, by slot id (read only; see :meth:`link`)."""
+        return self._links
+
+    @property
+    def dispatch(self) -> Any:
+        """The platform of every op id as it is now (read only; see :meth:`platform`)."""
+        return self._dispatch
 
     def sid(self, slot: Slot) -> int:
         """Integer id of a slot of a quantized op."""
@@ -678,15 +786,15 @@ class PlanEvolver:
     def root(self, sid: int) -> int:
         """Root slot id of ``sid``."""
         links = self._links
+        link = links[sid]
         n = 0
-        while True:
-            link = links[sid]
-            if link < 0:
-                return sid
+        while link >= 0:
             sid = link >> 1
+            link = links[sid]
             n += 1
-            if n > len(links):
+            if n > self._limit:
                 raise InvalidPlan("sharing links contain a cycle")
+        return sid
 
     def platform(self, oid: int) -> str | None:
         """Platform of op id ``oid`` (None if not quantized)."""
@@ -719,40 +827,92 @@ class PlanEvolver:
             self._dirty = True
 
     def overlap_sid(self, a: int, b: int) -> bool:
-        """PPQ ``dominated_by`` on slot ids; returns False when nothing changed."""
+        """PPQ ``dominated_by`` on slot ids; returns False when nothing changed.
+
+        Written out rather than composed from :meth:`root`/:meth:`set_state`: fusion passes
+        call it for most slots of a graph, and the calls cost more than the work.
+        """
         if a == b:
             raise SharingCycle([self._index.slot_key(a), self._index.slot_key(b)])
-        ra = self.root(a)
-        rb = self.root(b)
+        links = self._links
+        limit = self._limit
+        ra, rb, steps = a, b, 0
+        link = links[ra]
+        while link >= 0:
+            ra = link >> 1
+            link = links[ra]
+            steps += 1
+            if steps > limit:
+                raise InvalidPlan("sharing links contain a cycle")
+        link = links[rb]
+        while link >= 0:
+            rb = link >> 1
+            link = links[rb]
+            steps += 1
+            if steps > limit:
+                raise InvalidPlan("sharing links contain a cycle")
         if ra == rb:
             return False
-        link = _encode_link(rb, LinkKind.OVERLAP)
-        self._set_link(ra, link)
-        self._set_link(a, link)
-        self.set_state(ra, QuantState.OVERLAPPED)
-        self.set_state(a, QuantState.OVERLAPPED)
+        link = rb << 1  # _encode_link(rb, LinkKind.OVERLAP)
+        links[ra] = link  # ra was a root, so this is a change
+        cfgs, off = self._cfg, self._off
+        if a != ra:
+            if links[a] != link:
+                links[a] = link
+            cfg = cfgs[a]
+            if cfg.state is not _OVERLAPPED:
+                hit = off.get(id(cfg))
+                if hit is None or hit[0] is not cfg:
+                    hit = off[id(cfg)] = (cfg, cfg.with_state(_OVERLAPPED))
+                cfgs[a] = hit[1]
+        cfg = cfgs[ra]
+        if cfg.state is not _OVERLAPPED:
+            hit = off.get(id(cfg))
+            if hit is None or hit[0] is not cfg:
+                hit = off[id(cfg)] = (cfg, cfg.with_state(_OVERLAPPED))
+            cfgs[ra] = hit[1]
+        self._dirty = True
         return True
 
     def follow_sid(self, a: int, m: int) -> bool:
         """PPQ ``master_by`` on slot ids (cycle-safe); returns False when nothing changed."""
         if a == m:
             raise SharingCycle([self._index.slot_key(a), self._index.slot_key(m)])
-        chain = [m]
         s = m
         links = self._links
-        while links[s] >= 0:
-            s = links[s] >> 1
-            chain.append(s)
+        link = links[s]
+        while link >= 0:
+            s = link >> 1
             if s == a:
+                chain = [m]
+                x = m
+                while x != a:
+                    x = links[x] >> 1
+                    chain.append(x)
                 key = self._index.slot_key
                 raise SharingCycle([key(a), *(key(x) for x in chain)])
+            link = links[s]
         root_cfg = self._cfg[s]
         ready = root_cfg.scale is not None and root_cfg.offset is not None
-        changed = self._links[a] != _encode_link(m, LinkKind.FOLLOW)
-        self._set_link(a, _encode_link(m, LinkKind.FOLLOW))
-        before = self._cfg[a].state
-        self.set_state(a, QuantState.PASSIVE if ready else QuantState.PASSIVE_INIT)
-        return changed or before is not self._cfg[a].state
+        new_link = m * 2 + 1  # _encode_link(m, LinkKind.FOLLOW)
+        changed = links[a] != new_link
+        if changed:
+            links[a] = new_link
+            self._dirty = True
+        cfg = self._cfg[a]
+        state = _PASSIVE if ready else _PASSIVE_INIT
+        if cfg.state is not state:
+            if state is _PASSIVE_INIT and cfg.scale is None:
+                # the common case before calibration, memoised like overlap_sid's
+                hit = self._pinit.get(id(cfg))
+                if hit is None or hit[0] is not cfg:
+                    hit = self._pinit[id(cfg)] = (cfg, cfg.with_state(state))
+                self._cfg[a] = hit[1]
+            else:
+                self._cfg[a] = cfg.with_state(state)
+            self._dirty = True
+            return True
+        return changed
 
     def unlink_sid(self, sid: int) -> None:
         """Make ``sid`` its own root (state unchanged)."""

@@ -18,8 +18,8 @@ from typing import Any
 
 import attrs
 
-from ..errors import InvalidPlan
-from ..graph import Graph, Slot
+from ..errors import InvalidPlan, SharingCycle
+from ..graph import Graph, GraphArrays, Slot
 from ..platforms import Platform, get_platform
 from ..quant import LinkKind, PlanEvolver, QuantPlan, QuantState, TensorQuantConfig
 
@@ -111,8 +111,20 @@ class Recorder:
         return False
 
     def follow(self, rule: str, ops: tuple[int, ...], a: int, m: int, why: str, *args: Any) -> bool:
-        """Make slot id ``a`` follow ``m`` (PPQ ``master_by``) and log it if anything changed."""
-        if self.ev.follow_sid(a, m):
+        """Make slot id ``a`` follow ``m`` (PPQ ``master_by``) and log it if anything changed.
+
+        A link that would close a sharing cycle (possible on a plan a user edited, where ``m``
+        already depends on ``a``) is refused and logged, never raised: a pass does not crash on
+        a plan the API allows.
+        """
+        try:
+            changed = self.ev.follow_sid(a, m)
+        except SharingCycle:
+            key = self.idx.slot_key
+            cycle = "{} cannot follow {}: {} already depends on it (a sharing cycle)"
+            self.raw.append((REFUSE, rule, ops, -1, -1, cycle, (key(a), key(m), key(m)), None))
+            return False
+        if changed:
             self.raw.append((FOLLOW, rule, ops, a, m, why, args, None))
             return True
         return False
@@ -128,7 +140,8 @@ class Recorder:
     ) -> bool:
         """Give slot id ``sid`` a new config and log it if it differs."""
         old = self.ev.cfg(sid)
-        if old is cfg or old == cfg:
+        # configs of different states differ: skip the field-by-field (and array) comparison
+        if old is cfg or (old is not None and old.state == cfg.state and old == cfg):
             return False
         self.ev.set_cfg(sid, cfg)
         self.raw.append((CONFIG, rule, ops, sid, -1, why, args, cfg))
@@ -402,7 +415,7 @@ def _root_words(state: QuantState) -> str:
 class PassContext:
     """Read access a pass needs, over integer ids: quantized?, platform, slots, tensors."""
 
-    __slots__ = ("ev", "graph", "idx", "platform", "rec")
+    __slots__ = ("ar", "ev", "graph", "idx", "platform", "rec")
 
     def __init__(self, graph: Graph, plan: QuantPlan, platform: Platform | str, pass_name: str):
         self.graph = graph
@@ -410,6 +423,8 @@ class PassContext:
         self.rec = Recorder(graph, plan, pass_name)
         self.ev = self.rec.ev
         self.idx = graph.index
+        #: the graph's index as plain lists, what the passes' inner loops read
+        self.ar: GraphArrays = graph.arrays()
 
     def quantized(self, oid: int) -> bool:
         """Is op id ``oid`` quantized?"""
@@ -417,7 +432,7 @@ class PassContext:
 
     def name(self, oid: int) -> str:
         """Op name of ``oid``."""
-        return self.idx.op_names[oid]  # type: ignore[no-any-return]
+        return self.ar.op_names[oid]  # type: ignore[no-any-return]
 
     def state(self, sid: int) -> QuantState:
         """State of slot id ``sid`` (the op must be quantized)."""
@@ -425,8 +440,9 @@ class PassContext:
 
     def in_sid(self, oid: int, k: int) -> int:
         """Slot id of input ``k`` of ``oid``."""
-        return int(self.idx.slot_base[oid] + k)
+        return self.ar.slot_base[oid] + k
 
     def out_sid(self, oid: int, k: int) -> int:
         """Slot id of output ``k`` of ``oid``."""
-        return int(self.idx.slot_base[oid] + self.idx.n_in[oid] + k)
+        ar = self.ar
+        return ar.slot_base[oid] + ar.n_in[oid] + k

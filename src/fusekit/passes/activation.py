@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import attrs
 
+from .._util import without_gc
 from ..graph import Graph
-from ..patterns import Edge, Found, Node, Pattern, find
+from ..patterns import Edge, Node, OpSet, Pattern, find_ids
 from ..platforms import Platform, get_platform
 from ..quant import QuantPlan, QuantState
 from ._core import FusionResult, PassContext
@@ -37,16 +38,17 @@ FP32 = QuantState.FP32
 
 
 def _anchor(graph: Graph, platform: Platform) -> Node:
-    """The node a fused activation follows: a computing op, or an epilogue folded into one."""
+    """The node a fused activation follows: a computing op, or an epilogue folded into one.
+
+    The set of folded ops is an :class:`~fusekit.patterns.OpSet`, which the matcher tests by
+    op id instead of looking every candidate op up by name.
+    """
     if not platform.epilogue_types:
         return Node("op", platform.computing_types)
-    attached = attached_ops(graph, platform)
-    names = graph.index.op_names
-    attached_names = frozenset(names[o] for o in attached)
     return Node(
         "op",
         platform.computing_types | platform.epilogue_types,
-        lambda op: op.name in attached_names,
+        OpSet(graph, attached_ops(graph, platform)),
     )
 
 
@@ -179,20 +181,21 @@ def composite_patterns(platform: Platform, anchor: Node | None = None) -> tuple[
 
 
 def _check_common(
-    ctx: PassContext, rule: str, ids: tuple[int, ...], found: Found, compat: bool
+    ctx: PassContext, rule: str, ids: tuple[int, ...], reason: str | None, compat: bool
 ) -> bool:
     """Refuse (and return False) unless every op is quantized on the anchor's platform."""
     rec = ctx.rec
-    if found.reason is not None:
-        rec.refuse(rule, ids, "{}", found.reason)
+    if reason is not None:
+        rec.refuse(rule, ids, "{}", reason)
         return False
+    dispatch = ctx.ev.dispatch
     for o in ids:
-        if not ctx.quantized(o):
+        if dispatch[o] is None:
             rec.refuse(rule, ids, "{} is not quantized", ctx.name(o))
             return False
-    plat0 = ctx.ev.platform(ids[0])
+    plat0 = dispatch[ids[0]]
     for o in ids[1:]:
-        if ctx.ev.platform(o) != plat0:
+        if dispatch[o] != plat0:
             if compat and rule == "activation" and ctx.state(ctx.out_sid(ids[0], 0)) == FP32:
                 continue  # PPQ only refuses when the computing output is not FP32
             rec.refuse(
@@ -202,7 +205,7 @@ def _check_common(
                 ctx.name(ids[0]),
                 plat0,
                 ctx.name(o),
-                ctx.ev.platform(o),
+                dispatch[o],
             )
             return False
     return True
@@ -210,13 +213,15 @@ def _check_common(
 
 def _feeding_slot(ctx: PassContext, src: int, dst: int) -> tuple[int, int] | None:
     """(output slot of ``src``, input slot of ``dst``) of the first edge src -> dst."""
-    idx = ctx.idx
-    for so in idx.output_sids(src):
-        tid = idx.slot_tensor[so]
+    ar = ctx.ar
+    st, cons, slot_op = ar.slot_tensor, ar.consumers, ar.slot_op
+    first = ar.slot_base[src] + ar.n_in[src]
+    for so in range(first, first + ar.n_out[src]):
+        tid = st[so]
         if tid < 0:
             continue
-        for c in idx.consumers[tid]:
-            if idx.slot_op[c] == dst:
+        for c in cons[tid]:
+            if slot_op[c] == dst:
                 return so, c
     return None
 
@@ -229,6 +234,7 @@ class ActivationFusion:
 
     name = "activation_fusion"
 
+    @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""
         p = get_platform(self.platform)
@@ -237,43 +243,45 @@ class ActivationFusion:
         if not p.activation_types or not p.computing_types:
             return ctx.rec.result(plan)
         pattern = _single_pattern(_anchor(graph, p), p.activation_types, None if compat else 0)
-        idx, rec = ctx.idx, ctx.rec
-        for found in find(graph, pattern, graph_outputs_count=not compat):
-            c, a = found.op_ids
-            ids = (c, a)
-            if not _check_common(ctx, "activation", ids, found, compat):
+        rec, ar, cfgs = ctx.rec, ctx.ar, ctx.ev.configs
+        types, names, base, n_in = ar.op_types, ar.op_names, ar.slot_base, ar.n_in
+        st, prod, slot_op, n_uses = ar.slot_tensor, ar.producer, ar.slot_op, ar.n_uses
+        why = "{} {} is followed by activation {} {}; the backend runs them as one kernel"
+        dispatch = ctx.ev.dispatch
+        for ids, reason in find_ids(graph, pattern, graph_outputs_count=not compat):
+            c, a = ids
+            # the common case (exclusive, both quantized on one platform) without the call
+            plat = dispatch[c]
+            if (reason is not None or plat is None or dispatch[a] != plat) and not _check_common(
+                ctx, "activation", ids, reason, compat
+            ):
                 continue
             # PPQ also counts edges with multiplicity: Conv feeding Add(x, x) is two consumers
-            n_down = sum(
-                len(idx.consumers[idx.slot_tensor[s]])
-                for s in idx.output_sids(c)
-                if idx.slot_tensor[s] >= 0
-            )
+            n_down = n_uses[c]
             if n_down != 1:
-                rec.refuse("activation", ids, "{} has {} consumers", ctx.name(c), n_down)
+                rec.refuse("activation", ids, "{} has {} consumers", names[c], n_down)
                 continue
             n_up = 0
-            for s in idx.input_sids(a):
-                tid = idx.slot_tensor[s]
-                prod = idx.producer[tid] if tid >= 0 else -1
-                if prod >= 0 and idx.op_types[idx.slot_op[prod]] != "Constant":
+            for s in range(base[a], base[a] + n_in[a]):
+                tid = st[s]
+                pr = prod[tid] if tid >= 0 else -1
+                if pr >= 0 and types[slot_op[pr]] != "Constant":
                     n_up += 1
             if n_up != 1:
-                rec.refuse("activation", ids, "{} reads {} produced tensors", ctx.name(a), n_up)
+                rec.refuse("activation", ids, "{} reads {} produced tensors", names[a], n_up)
                 continue
-            a_out = ctx.out_sid(a, 0)
+            a_out = base[a] + n_in[a]
             if compat:
-                c_out, a_in = ctx.out_sid(c, 0), ctx.in_sid(a, 0)
+                c_out, a_in = base[c] + n_in[c], base[a]
             else:
                 edge = _feeding_slot(ctx, c, a)
                 assert edge is not None
                 c_out, a_in = edge
-                fp32 = [o for s, o in ((c_out, c), (a_out, a)) if ctx.state(s) == FP32]
-                if fp32:
-                    rec.refuse("activation", ids, "the output of {} is FP32", ctx.name(fp32[0]))
+                if cfgs[c_out].state == FP32 or cfgs[a_out].state == FP32:
+                    bad = c if cfgs[c_out].state == FP32 else a
+                    rec.refuse("activation", ids, "the output of {} is FP32", names[bad])
                     continue
-            why = "{} {} is followed by activation {} {}; the backend runs them as one kernel"
-            args = (ctx.idx.op_types[c], ctx.name(c), ctx.idx.op_types[a], ctx.name(a))
+            args = (types[c], names[c], types[a], names[a])
             rec.overlap("activation", ids, c_out, a_out, why, *args)
             rec.overlap("activation", ids, a_in, a_out, why, *args)
         return rec.result(plan)
@@ -287,28 +295,34 @@ class CompositeActivationFusion:
 
     name = "composite_activation_fusion"
 
+    @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
         """Apply every enabled pattern; returns the new plan and the decision log."""
         p = get_platform(self.platform)
         ctx = PassContext(graph, plan, p, self.name)
         compat = p.has_quirk("graph_output_fusion")
-        idx, rec = ctx.idx, ctx.rec
+        rec, ar, cfgs, dispatch = ctx.rec, ctx.ar, ctx.ev.configs, ctx.ev.dispatch
+        types, names = ar.op_types, ar.op_names
         done: set[int] = set()
+        why = "{} {} is followed by a {} written as {} ops; it runs as one kernel"
         for pattern in composite_patterns(p, _anchor(graph, p)):
             rule = pattern.name
-            for found in find(graph, pattern, graph_outputs_count=not compat):
-                ids = found.op_ids
-                if any(o in done for o in ids[1:]):
+            for ids, reason in find_ids(graph, pattern, graph_outputs_count=not compat):
+                if done and any(o in done for o in ids[1:]):
                     continue  # a longer pattern already took these ops
-                if not _check_common(ctx, rule, ids, found, compat):
+                plat = dispatch[ids[0]]
+                # the common case (exclusive, all on one platform) without _check_common's call
+                common = reason is None and plat is not None
+                if not (common and all(dispatch[o] == plat for o in ids[1:])) and (
+                    not _check_common(ctx, rule, ids, reason, compat)
+                ):
                     continue
                 last = ids[-1]
                 root = ctx.out_sid(last, 0)
-                if not compat and ctx.state(root) == FP32:
-                    rec.refuse(rule, ids, "the output of {} is FP32", ctx.name(last))
+                if not compat and cfgs[root].state == FP32:
+                    rec.refuse(rule, ids, "the output of {} is FP32", names[last])
                     continue
-                why = "{} {} is followed by a {} written as {} ops; it runs as one kernel"
-                args = (idx.op_types[ids[0]], ctx.name(ids[0]), rule, len(ids) - 1)
+                args = (types[ids[0]], names[ids[0]], rule, len(ids) - 1)
                 for s in _inner_slots(ctx, ids, compat):
                     rec.overlap(rule, ids, s, root, why, *args)
                 done.update(ids[1:])
@@ -320,20 +334,21 @@ def _inner_slots(ctx: PassContext, ids: tuple[int, ...], compat: bool) -> list[i
 
     The computing op's output 0, then the first input and output 0 of every inner op, then
     every input of the last op. fusekit also switches off the other non-FP32 inputs of inner
-    ops (the constants 3, 6, 0.5 of HardSwish and GELU), which a fused kernel never quantizes.
+    ops (the constants 3, 6, 0.5 of HardSwish and GELU), which a fused kernel never quantizes;
+    PPQ-compatible rule sets link PPQ's slots whatever their state (FP32 ones included).
     """
-    slots = [ctx.out_sid(ids[0], 0)]
-    idx = ctx.idx
+    ar, cfgs = ctx.ar, ctx.ev.configs
+    base, n_in = ar.slot_base, ar.n_in
+    slots = [base[ids[0]] + n_in[ids[0]]]
     for o in ids[1:-1]:
-        ins = list(idx.input_sids(o))
-        if compat:
-            ins = ins[:1]
-        for s in ins:
-            if ctx.state(s) != FP32:
+        first = base[o]
+        for s in range(first, first + (min(n_in[o], 1) if compat else n_in[o])):
+            if compat or cfgs[s].state != FP32:  # PPQ links these whatever their state
                 slots.append(s)
-        slots.append(ctx.out_sid(o, 0))
-    for s in idx.input_sids(ids[-1]):
-        if ctx.state(s) != FP32:
+        slots.append(first + n_in[o])
+    last = ids[-1]
+    for s in range(base[last], base[last] + n_in[last]):
+        if compat or cfgs[s].state != FP32:
             slots.append(s)
     return slots
 

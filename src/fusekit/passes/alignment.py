@@ -27,7 +27,8 @@ from collections.abc import Callable
 
 import attrs
 
-from ..errors import InvalidPlatform, SharingCycle
+from .._util import without_gc
+from ..errors import InvalidPlatform
 from ..graph import Graph
 from ..platforms import Platform, get_platform
 from ..quant import (
@@ -67,6 +68,7 @@ class Alignment:
 
     name = "alignment"
 
+    @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
         """Apply the alignment rules; returns the new plan and the decision log."""
         p = get_platform(self.platform)
@@ -76,12 +78,14 @@ class Alignment:
         concat = groups.get("concat", frozenset())
         pool = groups.get("pooling", frozenset())
         resize = groups.get("resize", frozenset())
-        idx, ev = ctx.idx, ctx.ev
-        for name in graph.order:
-            o = idx.op_id[name]
-            if ev.platform(o) is None:
+        ar, dispatch = ctx.ar, ctx.ev.dispatch
+        ppq = p.has_quirk("alignment_overlap")
+        types, cfgs, first_in = ar.op_types, ctx.ev.configs, ar.slot_base
+        overlapped = QuantState.OVERLAPPED
+        for o in ar.ops_of_types(elem | concat | pool | resize):
+            if dispatch[o] is None:
                 continue
-            t = idx.op_types[o]
+            t = types[o]
             if t in elem:
                 method, rule = self.elementwise, "align-elementwise"
             elif t in concat:
@@ -93,6 +97,17 @@ class Alignment:
             else:
                 continue
             if method == "None":
+                continue
+            # (_folded needs input 0 overlapped: test that before calling it)
+            cfg0 = cfgs[first_in[o]] if ar.n_in[o] else None
+            if not ppq and cfg0 is not None and cfg0.state == overlapped and self._folded(ctx, o):
+                ctx.rec.refuse(
+                    rule,
+                    (o,),
+                    "{} runs inside a fused kernel (its input and output share one scale): "
+                    "there is nothing to align",
+                    ctx.name(o),
+                )
                 continue
             if method == "Align to Large":
                 master = self._to_large(ctx, o, rule, p)
@@ -108,29 +123,58 @@ class Alignment:
     # -- methods ------------------------------------------------------------------------------
 
     @staticmethod
+    def _folded(ctx: PassContext, o: int) -> bool:
+        """Is op ``o`` inside a fused kernel (a bias Add folded into a Conv, the Add of a
+        HardSwish, ...)? Then its first input already shares its output's group, and aligning
+        it would pull the group apart: unlink the input, re-activate it inside the kernel and
+        make the kernel's output follow a tensor the kernel never materializes."""
+        ar, ev = ctx.ar, ctx.ev
+        if ar.n_in[o] == 0 or ar.n_out[o] == 0:
+            return False
+        first = ar.slot_base[o]
+        if ar.slot_tensor[first] < 0:
+            return False
+        if ev.configs[first].state != QuantState.OVERLAPPED:
+            return False
+        return ev.root(first) == ev.root(first + ar.n_in[o])
+
+    @staticmethod
     def _alignable(ctx: PassContext, sid: int) -> bool:
-        cfg = ctx.ev.cfg(sid)
+        cfg = ctx.ev.configs[sid]
         return cfg is not None and cfg.state != QuantState.FP32 and not cfg.policy.floating
 
+    @staticmethod
+    def _alignable_inputs(ctx: PassContext, o: int) -> list[int]:
+        """The input slots of ``o`` that :meth:`_alignable` accepts (one call per op)."""
+        cfgs, fp32 = ctx.ev.configs, QuantState.FP32
+        first = ctx.ar.slot_base[o]
+        return [
+            s
+            for s in range(first, first + ctx.ar.n_in[o])
+            if (c := cfgs[s]) is not None and c.state != fp32 and not c.policy.floating
+        ]
+
     def _to_output(self, ctx: PassContext, o: int, rule: str, p: Platform) -> int:
-        out = ctx.out_sid(o, 0)
+        ar = ctx.ar
+        out = ar.slot_base[o] + ar.n_in[o]
         ids = (o,)
-        for s in ctx.idx.input_sids(o):
-            if self._alignable(ctx, s):
-                ctx.rec.follow(
-                    rule,
-                    ids,
-                    s,
-                    out,
-                    "{} {}: its inputs use its output's scale (Align to Output)",
-                    ctx.idx.op_types[o],
-                    ctx.name(o),
-                )
+        for s in self._alignable_inputs(ctx, o):
+            ctx.rec.follow(
+                rule,
+                ids,
+                s,
+                out,
+                "{} {}: its inputs use its output's scale (Align to Output)",
+                ar.op_types[o],
+                ar.op_names[o],
+            )
         return out
 
     def _to_input(self, ctx: PassContext, o: int, rule: str, p: Platform) -> None:
-        master = ctx.in_sid(o, 0)
-        for s in ctx.idx.output_sids(o):
+        ar = ctx.ar
+        master = ar.slot_base[o]
+        first = master + ar.n_in[o]
+        for s in range(first, first + ar.n_out[o]):
             if self._alignable(ctx, s):
                 ctx.rec.follow(
                     rule,
@@ -138,19 +182,19 @@ class Alignment:
                     s,
                     master,
                     "{} {}: its outputs use its input's scale (Align to Input)",
-                    ctx.idx.op_types[o],
-                    ctx.name(o),
+                    ar.op_types[o],
+                    ar.op_names[o],
                 )
 
     def _to_large(self, ctx: PassContext, o: int, rule: str, p: Platform) -> int:
-        idx, ev, rec = ctx.idx, ctx.ev, ctx.rec
+        ar, ev, rec = ctx.ar, ctx.ev, ctx.rec
         ids = (o,)
-        ins = list(idx.input_sids(o))
+        ins = list(range(ar.slot_base[o], ar.slot_base[o] + ar.n_in[o]))
         if not ins:
             return -1
         compat = p.has_quirk("align_to_large_slave_bug")
         master = ins[0]
-        alignable = [s for s in ins if self._alignable(ctx, s)]
+        alignable = self._alignable_inputs(ctx, o)
         if not compat:
             if len(alignable) < 2 or alignable[0] != master:
                 if len(alignable) >= 2:
@@ -162,7 +206,8 @@ class Alignment:
                     )
                 return -1
             follow_link = master * 2 + int(LinkKind.FOLLOW)
-            aligned = ev.link(master) < 0 and all(ev.link(s) == follow_link for s in alignable[1:])
+            links = ev.links
+            aligned = links[master] < 0 and all(links[s] == follow_link for s in alignable[1:])
             if aligned and ev.cfg(master).state in (QuantState.PASSIVE, QuantState.PASSIVE_INIT):
                 return master  # aligned already: leave the scale alone (idempotent)
         # the union of the inputs' ranges, from their current (root) scales
@@ -189,7 +234,7 @@ class Alignment:
             )
             return -1
         why = "{} {}: its inputs share the largest input range (Align to Large)"
-        args = (idx.op_types[o], ctx.name(o))
+        args = (ar.op_types[o], ar.op_names[o])
         rec.unlink(rule, ids, master, why, *args)
         mcfg = ev.cfg(master)
         if calibrated:
@@ -212,22 +257,27 @@ class Alignment:
 
     def _upstream(self, ctx: PassContext, o: int, master: int, rule: str, p: Platform) -> None:
         """Pull the producers of ``o``'s inputs into the master's group."""
-        idx, ev, rec = ctx.idx, ctx.ev, ctx.rec
+        idx, ev, rec, ar = ctx.idx, ctx.ev, ctx.rec, ctx.ar
+        st, prod, slot_op, base, n_in = (
+            ar.slot_tensor,
+            ar.producer,
+            ar.slot_op,
+            ar.slot_base,
+            ar.n_in,
+        )
+        names, dispatch, links, cfgs = ar.op_names, ev.dispatch, ev.links, ev.configs
         overlap = p.has_quirk("alignment_overlap")
         ups: list[int] = []
-        for s in idx.input_sids(o):
-            tid = idx.slot_tensor[s]
-            if tid >= 0 and idx.producer[tid] >= 0:
-                ups.append(idx.slot_op[idx.producer[tid]])
-        consumed = {idx.slot_tensor[s] for s in idx.input_sids(o)}
+        ins = range(base[o], base[o] + n_in[o])
+        for s in ins:
+            tid = st[s]
+            if tid >= 0 and prod[tid] >= 0:
+                ups.append(slot_op[prod[tid]])
+        consumed = {st[s] for s in ins}
         for up in ups:
-            if ev.platform(up) is None:
+            if dispatch[up] is None:
                 continue
-            n_down = sum(
-                len(idx.consumers[idx.slot_tensor[s]])
-                for s in idx.output_sids(up)
-                if idx.slot_tensor[s] >= 0
-            )
+            n_down = ar.n_uses[up]
             if n_down != 1 and not self.force_overlap:
                 rec.refuse(
                     rule,
@@ -239,25 +289,45 @@ class Alignment:
                 continue
             ids = (o, up)
             why = "{} feeds the aligned {} {}: it uses the aligned scale"
-            args = (ctx.name(up), idx.op_types[o], ctx.name(o))
+            args = (names[up], ar.op_types[o], names[o])
             if overlap:  # PPQ 0.6.6: every slot of up (inputs too) on a tensor o reads
-                for s in idx.slot_ids_of(up):
-                    if idx.slot_tensor[s] >= 0 and idx.slot_tensor[s] in consumed:
+                for s in range(base[up], base[up] + n_in[up] + ar.n_out[up]):
+                    if st[s] >= 0 and st[s] in consumed:
                         rec.overlap(rule, ids, s, master, why, *args)
                 continue
-            for s in idx.output_sids(up):
-                if idx.slot_tensor[s] < 0 or idx.slot_tensor[s] not in consumed:
+            first = base[up] + n_in[up]
+            for s in range(first, first + ar.n_out[up]):
+                if st[s] < 0 or st[s] not in consumed:
                     continue
-                if not self._alignable(ctx, s):
-                    continue
-                # an overlapped output (a passive op's) is quantized by its group root
-                target = ev.root(s) if ev.cfg(s).state == QuantState.OVERLAPPED else s
+                cfg = cfgs[s]
+                if cfg is None or cfg.state == QuantState.FP32 or cfg.policy.floating:
+                    continue  # not alignable
+                # an overlapped output (a passive op's) is quantized by the slot its overlap
+                # chain ends in (not beyond a FOLLOW link: that is another op's alignment)
+                target = s
+                while links[target] >= 0 and links[target] & 1 == LinkKind.OVERLAP:
+                    target = links[target] >> 1
                 if ev.root(target) == ev.root(master):
                     continue
-                try:
-                    rec.follow(rule, ids, target, master, why, *args)
-                except SharingCycle:
-                    rec.refuse(rule, ids, "aligning {} would make a sharing cycle", ctx.name(up))
+                link = links[target]
+                if link >= 0 and link & 1 == LinkKind.FOLLOW:
+                    # A producer feeding several aligned ops can use only one of their scales;
+                    # the others requantize at their input. The choice must not depend on the
+                    # node order (nor flip on a second run): an op's alignment of its own slot
+                    # (Align to Input/Output) wins, else the aligned op whose name sorts first.
+                    owner = slot_op[link >> 1]
+                    own = owner in (up, slot_op[target])
+                    if own or names[owner] <= names[o]:
+                        rec.refuse(
+                            rule,
+                            ids,
+                            "{} already uses the aligned scale of {}: {} requantizes at its input",
+                            idx.slot_key(target),
+                            idx.slot_key(link >> 1),
+                            ctx.name(o),
+                        )
+                        continue
+                rec.follow(rule, ids, target, master, why, *args)
 
 
 def alignment(graph: Graph, plan: QuantPlan, options: Alignment) -> FusionResult:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import attrs
 
-from ..graph import Graph, GraphIndex
+from .._util import without_gc
+from ..graph import Graph, GraphArrays
 from ..platforms import Platform, get_platform
 from ..quant import QuantPlan, QuantState
 from ._core import FusionResult, PassContext
@@ -23,37 +24,33 @@ from ._core import FusionResult, PassContext
 __all__ = ["EpilogueFusion", "attached_ops", "epilogue_input"]
 
 
-def _is_const(idx: GraphIndex, graph: Graph, tid: int) -> bool:
-    if tid < 0:
-        return True
-    if idx.tensor_names[tid] in graph.initializers:
-        return True
-    p = idx.producer[tid]
-    return bool(p >= 0 and idx.op_types[idx.slot_op[p]] == "Constant")
-
-
-def epilogue_input(graph: Graph, oid: int) -> int:
-    """The one non-constant input slot of op ``oid`` (-1 if it has none or several)."""
-    idx = graph.index
+def _epilogue_input(ar: GraphArrays, oid: int) -> int:
+    """:func:`epilogue_input` over the graph's arrays (an omitted input counts as constant)."""
     found = -1
-    for s in idx.input_sids(oid):
-        if not _is_const(idx, graph, idx.slot_tensor[s]):
+    st, is_const = ar.slot_tensor, ar.is_const
+    first = ar.slot_base[oid]
+    for s in range(first, first + ar.n_in[oid]):
+        tid = st[s]
+        if tid >= 0 and not is_const[tid]:
             if found >= 0:
                 return -1
             found = s
     return found
 
 
-def _single_consumer(graph: Graph, oid: int) -> int:
+def epilogue_input(graph: Graph, oid: int) -> int:
+    """The one non-constant input slot of op ``oid`` (-1 if it has none or several)."""
+    return _epilogue_input(graph.arrays(), oid)
+
+
+def _single_consumer(ar: GraphArrays, oid: int) -> int:
     """The input slot consuming ``oid``'s only output, if exactly one and not a graph output."""
-    idx = graph.index
-    outs = idx.output_sids(oid)
-    if len(outs) != 1:
+    if ar.n_out[oid] != 1:
         return -1
-    tid = idx.slot_tensor[outs[0]]
-    if tid < 0 or idx.tensor_names[tid] in graph.outputs:
+    tid = ar.slot_tensor[ar.slot_base[oid] + ar.n_in[oid]]
+    if tid < 0 or ar.is_output[tid]:
         return -1
-    cons = idx.consumers[tid]
+    cons = ar.consumers[tid]
     return cons[0] if len(cons) == 1 else -1
 
 
@@ -62,30 +59,46 @@ def attached_ops(graph: Graph, platform: Platform) -> frozenset[int]:
 
     An epilogue op is attached when its only non-constant input is the sole consumer of an
     attached op's output (and not a graph output). Chains fold too (Conv -> BN -> Mul).
+    Depends on the graph and the two type sets only, so it is computed once per graph and
+    shared by the epilogue, activation and composite-activation passes.
     """
-    idx = graph.index
+    ar = graph.arrays()
     comp, epi = platform.computing_types, platform.epilogue_types
+    key = ("attached_ops", comp, epi)
+    cached: frozenset[int] | None = ar.memo.get(key)
+    if cached is not None:
+        return cached
     attached: set[int] = set()
-    op_id, types = idx.op_id, idx.op_types
-    for name in graph.order:
-        o = op_id[name]
+    types, st, prod, slot_op = ar.op_types, ar.slot_tensor, ar.producer, ar.slot_op
+    for o in ar.order:
         t = types[o]
         if t in comp:
             attached.add(o)
             continue
         if t not in epi:
             continue
-        s = epilogue_input(graph, o)
+        s = _epilogue_input(ar, o)
         if s < 0:
             continue
-        tid = idx.slot_tensor[s]
-        p = idx.producer[tid]
+        p = prod[st[s]]
         if p < 0:
             continue
-        src = idx.slot_op[p]
-        if src in attached and _single_consumer(graph, src) == s:
+        src = slot_op[p]
+        if src in attached and _single_consumer(ar, src) == s:
             attached.add(o)
-    return frozenset(attached)
+    result = ar.memo[key] = frozenset(attached)
+    # the attached epilogue ops in topological order, for EpilogueFusion (no sort per run)
+    ar.memo[("attached_epilogues", comp, epi)] = tuple(
+        o for o in ar.order if o in attached and types[o] in epi and types[o] not in comp
+    )
+    return result
+
+
+def _attached_epilogues(graph: Graph, platform: Platform) -> tuple[int, ...]:
+    """The epilogue ops of :func:`attached_ops` (not the computing ops), in topological order."""
+    attached_ops(graph, platform)  # computes both, once per graph and rule set
+    key = ("attached_epilogues", platform.computing_types, platform.epilogue_types)
+    return graph.arrays().memo[key]  # type: ignore[no-any-return]
 
 
 @attrs.frozen
@@ -96,49 +109,52 @@ class EpilogueFusion:
 
     name = "epilogue_fusion"
 
+    @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""
         p = get_platform(self.platform)
         ctx = PassContext(graph, plan, p, self.name)
         if not p.epilogue_types:
             return ctx.rec.result(plan)
-        idx, rec, ev = ctx.idx, ctx.rec, ctx.ev
-        attached = attached_ops(graph, p)
+        rec, ev, ar = ctx.rec, ctx.ev, ctx.ar
         fp32 = QuantState.FP32
-        for name in graph.order:
-            o = idx.op_id[name]
-            if o not in attached or idx.op_types[o] not in p.epilogue_types:
-                continue
-            if idx.op_types[o] in p.computing_types:
-                continue
-            s = epilogue_input(graph, o)
-            src = idx.slot_op[idx.producer[idx.slot_tensor[s]]]
+        types, names, st, prod, slot_op = (
+            ar.op_types,
+            ar.op_names,
+            ar.slot_tensor,
+            ar.producer,
+            ar.slot_op,
+        )
+        base, n_in = ar.slot_base, ar.n_in
+        dispatch, cfgs = ev.dispatch, ev.configs
+        why = "{} {} folds into {} {}: one kernel computes both"
+        for o in _attached_epilogues(graph, p):
+            s = _epilogue_input(ar, o)
+            src_out = prod[st[s]]
+            src = slot_op[src_out]
             ids = (src, o)
-            if ev.platform(o) is None or ev.platform(src) is None:
-                bad = o if ev.platform(o) is None else src
-                rec.refuse("epilogue", ids, "{} is not quantized", ctx.name(bad))
+            if dispatch[o] is None or dispatch[src] is None:
+                bad = o if dispatch[o] is None else src
+                rec.refuse("epilogue", ids, "{} is not quantized", names[bad])
                 continue
-            if ev.platform(o) != ev.platform(src):
+            if dispatch[o] != dispatch[src]:
                 rec.refuse(
                     "epilogue",
                     ids,
                     "{} and {} are on different platforms",
-                    ctx.name(src),
-                    ctx.name(o),
+                    names[src],
+                    names[o],
                 )
                 continue
-            out = ctx.out_sid(o, 0)
-            src_out = idx.producer[idx.slot_tensor[s]]
-            if ctx.state(out) == fp32 or ctx.state(src_out) == fp32:
-                rec.refuse(
-                    "epilogue", ids, "a slot of {} or {} is FP32", ctx.name(src), ctx.name(o)
-                )
+            out = base[o] + n_in[o]
+            if cfgs[out].state == fp32 or cfgs[src_out].state == fp32:
+                rec.refuse("epilogue", ids, "a slot of {} or {} is FP32", names[src], names[o])
                 continue
-            why = "{} {} folds into {} {}: one kernel computes both"
-            args = (idx.op_types[o], ctx.name(o), idx.op_types[src], ctx.name(src))
+            args = (types[o], names[o], types[src], names[src])
             rec.overlap("epilogue", ids, src_out, out, why, *args)
             rec.overlap("epilogue", ids, s, out, why, *args)
-            for k in idx.input_sids(o):  # constant operands (BN stats, the bias) are folded too
-                if k != s and ctx.state(k) != fp32:
+            for k in range(base[o], base[o] + n_in[o]):
+                # constant operands (BN stats, the bias) are folded too
+                if k != s and cfgs[k].state != fp32:
                     rec.overlap("epilogue", ids, k, out, why, *args)
         return rec.result(plan)

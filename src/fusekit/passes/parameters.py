@@ -17,6 +17,7 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
+from .._util import without_gc
 from ..graph import Graph
 from ..platforms import Platform, get_platform
 from ..quant import QuantPlan, QuantState, Visibility
@@ -38,20 +39,25 @@ class PassiveParameters:
 
     name = "passive_parameters"
 
+    @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
         """Apply the rules; returns the new plan and the decision log."""
         p = get_platform(self.platform)
         ctx = PassContext(graph, plan, p, self.name)
-        idx, ev, rec = ctx.idx, ctx.ev, ctx.rec
+        ev, rec, ar = ctx.ev, ctx.rec, ctx.ar
         compat = p.has_quirk("bake_clip_bounds")
-        for name in graph.order:
-            o = idx.op_id[name]
-            if ev.platform(o) is None:
+        types, dispatch, cfgs = ar.op_types, ev.dispatch, ev.configs
+        wanted = (p.bias_types if self.process_bias else frozenset()) | {"Clip", "Pad"}
+        pending = (QuantState.PASSIVE, QuantState.PASSIVE_INIT)
+        for o in ar.ops_of_types(wanted):
+            t = types[o]
+            if dispatch[o] is None:
                 continue
-            t = idx.op_types[o]
-            n_in = idx.n_in[o]
+            n_in = ar.n_in[o]
             if self.process_bias and t in p.bias_types and n_in == 3:
-                self._bias(ctx, o)
+                bias = cfgs[ar.slot_base[o] + 2]
+                if bias is not None and bias.state in pending:  # else _bias does nothing
+                    self._bias(ctx, o)
             elif self.process_clip and t == "Clip" and n_in > 1:
                 self._bounds(ctx, o, range(1, n_in), "clip-bounds", compat)
             elif self.process_pad and t == "Pad" and n_in == 3:
@@ -87,7 +93,7 @@ class PassiveParameters:
 
     @staticmethod
     def _bounds(ctx: PassContext, o: int, ks: range, rule: str, compat: bool) -> None:
-        ev, rec, idx = ctx.ev, ctx.rec, ctx.idx
+        ev, rec, st = ctx.ev, ctx.rec, ctx.ar.slot_tensor
         x = ctx.in_sid(o, 0)
         xstate = ctx.state(x)
         if compat and xstate not in _PROPER:
@@ -100,10 +106,10 @@ class PassiveParameters:
             return
         for k in ks:
             s = ctx.in_sid(o, k)
-            tid = idx.slot_tensor[s]
+            tid = st[s]
             if tid < 0:
                 continue
-            if not compat and not ctx.graph.is_constant(idx.tensor_names[tid]):
+            if not compat and not ctx.ar.is_const[tid]:
                 rec.refuse(
                     rule, (o,), "input {} of {} is computed at run time: left FP32", k, ctx.name(o)
                 )
@@ -115,7 +121,7 @@ class PassiveParameters:
                     rule,
                     (o,),
                     s,
-                    attrs.evolve(cfg, visibility=Visibility.INTERNAL),
+                    cfg.with_visibility(Visibility.INTERNAL),
                     "{} of {} is never exported",
                     "bound" if rule == "clip-bounds" else "pad value",
                     ctx.name(o),

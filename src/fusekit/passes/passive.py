@@ -18,6 +18,7 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 
+from .._util import without_gc
 from ..graph import Graph, Op
 from ..platforms import Platform, get_platform
 from ..quant import QuantPlan, QuantState
@@ -59,27 +60,26 @@ class PassiveFusion:
 
     name = "passive_fusion"
 
+    @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""
         p = get_platform(self.platform)
         ctx = PassContext(graph, plan, p, self.name)
-        idx, rec, ev = ctx.idx, ctx.rec, ctx.ev
+        rec, ev, ar = ctx.rec, ctx.ev, ctx.ar
         compat = p.has_quirk("graph_output_fusion")
-        by_type = graph.ops_by_type()
-        passive = sorted(p.passive_types)
-        pos = graph.positions()
-        names = idx.op_names
-        todo = sorted((o for t in passive for o in by_type.get(t, ())), key=lambda o: pos[names[o]])
-        conditions = p.passive_conditions
+        names, types = ar.op_names, ar.op_types
+        todo = ar.ops_of_types(p.passive_types)
+        conditions = dict(p.passive_conditions)
         fp32 = QuantState.FP32
+        dispatch, cfgs = ev.dispatch, ev.configs
         for o in todo:
             ids = (o,)
-            if idx.n_in[o] == 0:
+            if ar.n_in[o] == 0:
                 continue
-            s_in = idx.slot_base[o]
-            tid = idx.slot_tensor[s_in]
-            prod = idx.producer[tid] if tid >= 0 else -1
-            if prod < 0 or idx.op_types[idx.slot_op[prod]] == "Constant":
+            s_in = ar.slot_base[o]
+            tid = ar.slot_tensor[s_in]
+            prod = ar.producer[tid] if tid >= 0 else -1
+            if prod < 0 or types[ar.slot_op[prod]] == "Constant":
                 rec.refuse(
                     "passive",
                     ids,
@@ -87,33 +87,34 @@ class PassiveFusion:
                     names[o],
                 )
                 continue
-            src = idx.slot_op[prod]
-            if ev.platform(o) is None:
+            src = ar.slot_op[prod]
+            if dispatch[o] is None:
                 rec.refuse("passive", ids, "{} is not quantized", names[o])
                 continue
-            if ev.platform(o) != ev.platform(src):
+            if dispatch[o] != dispatch[src]:
                 rec.refuse(
                     "passive",
                     ids,
                     "{} is on platform {}, its producer {} on {} (different platform)",
                     names[o],
-                    ev.platform(o),
+                    dispatch[o],
                     names[src],
-                    ev.platform(src) or "FP32",
+                    dispatch[src] or "FP32",
                 )
                 continue
-            cond = conditions.get(idx.op_types[o])
+            cond = conditions.get(types[o])
             if cond is not None:
                 check = PASSIVE_CONDITIONS.get(cond)
                 why = check(graph, graph.ops[names[o]]) if check is not None else None
                 if why is not None:
                     rec.refuse("passive", ids, "{}", why)
                     continue
-            if not compat and ctx.state(s_in) == fp32:
+            if not compat and cfgs[s_in].state == fp32:
                 rec.refuse("passive", ids, "the first input of {} is FP32", names[o])
                 continue
-            for s_out in idx.output_sids(o):
-                if not compat and ctx.state(s_out) == fp32:
+            first = s_in + ar.n_in[o]
+            for s_out in range(first, first + ar.n_out[o]):
+                if not compat and cfgs[s_out].state == fp32:
                     continue
                 rec.overlap(
                     "passive",
@@ -121,7 +122,7 @@ class PassiveFusion:
                     s_out,
                     s_in,
                     "{} {} only moves data: its output keeps its first input's scale",
-                    idx.op_types[o],
+                    types[o],
                     names[o],
                 )
         return rec.result(plan)

@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from .._util import without_gc
 from ..errors import FusekitError
 from ..graph import Graph
 from ..platforms import Platform, get_platform
@@ -49,6 +50,7 @@ class Pipeline:
 
     name = "pipeline"
 
+    @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> PipelineResult:
         """Run every pass on the previous one's plan."""
         results: list[FusionResult] = []
@@ -97,6 +99,7 @@ def default_pipeline(
     return Pipeline(tuple(passes))
 
 
+@without_gc
 def fuse(
     graph: Graph,
     plan: QuantPlan,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import attrs
 
-from ..graph import Graph
+from .._util import without_gc
+from ..graph import Graph, GraphArrays
 from ..platforms import Platform, get_platform
 from ..quant import QuantPlan, QuantState
 from ._core import FusionResult, PassContext
@@ -32,58 +33,61 @@ class Simplify:
 
     name = "simplify"
 
+    @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""
         p = get_platform(self.platform)
         ctx = PassContext(graph, plan, p, self.name)
-        idx, rec, ev = ctx.idx, ctx.rec, ctx.ev
+        rec, ev, ar = ctx.rec, ctx.ev, ctx.ar
         first_only = p.has_quirk("first_occurrence_input")
         share_inputs = (
             (not first_only) if self.share_graph_inputs is None else self.share_graph_inputs
         )
         INITIAL, FP32 = QuantState.INITIAL, QuantState.FP32
-        names, slot_op, cons = idx.op_names, idx.slot_op, idx.consumers
-        op_id = idx.op_id
+        names, slot_op, cons, st = ar.op_names, ar.slot_op, ar.consumers, ar.slot_tensor
+        base, n_in, n_out = ar.slot_base, ar.n_in, ar.n_out
+        dispatch, cfgs = ev.dispatch, ev.configs
+        # same_scheme per pair of config objects: slots share a handful of config objects, so
+        # this compares each pair once instead of once per edge (the objects are held, so
+        # their ids stay theirs for the whole pass)
+        same: dict[tuple[int, int], tuple[object, object, bool]] = {}
         why = "{} reads the tensor {} writes with the same scheme: one quantization"
-        for name in graph.order:
-            o = op_id[name]
-            plat = ev.platform(o)
+        for o in ar.order:
+            plat = dispatch[o]
             if plat is None:
                 continue
-            for src in idx.output_sids(o):
-                tid = idx.slot_tensor[src]
+            first = base[o] + n_in[o]
+            for src in range(first, first + n_out[o]):
+                tid = st[src]
                 if tid < 0:
                     continue
-                src_cfg = ev.cfg(src)
+                src_cfg = cfgs[src]
                 if src_cfg.state == FP32:
                     continue
-                seen: set[int] = set()
+                seen: set[int] = set() if first_only else _NO_OPS
                 for c in cons[tid]:
                     co = slot_op[c]
                     if first_only:
                         if co in seen:
                             continue  # PPQ: dest_idx is the first occurrence, visited again
                         seen.add(co)
-                        c = self._first_input(idx, co, tid)
-                    if ev.platform(co) != plat:
+                        c = _first_input(ar, co, tid)
+                    if dispatch[co] != plat:
                         continue
-                    cfg = ev.cfg(c)
-                    if cfg.state != INITIAL or not cfg.same_scheme(src_cfg):
+                    cfg = cfgs[c]
+                    if cfg.state != INITIAL:
                         continue
+                    if cfg is not src_cfg:
+                        key = (id(cfg), id(src_cfg))
+                        hit = same.get(key)
+                        if hit is None:
+                            hit = same[key] = (cfg, src_cfg, cfg.same_scheme(src_cfg))
+                        if not hit[2]:
+                            continue
                     rec.overlap("simplify", (o, co), c, src, why, names[co], names[o])
         if share_inputs:
             self._share_graph_inputs(ctx)
         return rec.result(plan)
-
-    @staticmethod
-    def _first_input(idx: object, co: int, tid: int) -> int:
-        from ..graph import GraphIndex
-
-        assert isinstance(idx, GraphIndex)
-        for s in idx.input_sids(co):
-            if idx.slot_tensor[s] == tid:
-                return s
-        raise AssertionError("consumer does not read the tensor")
 
     @staticmethod
     def _share_graph_inputs(ctx: PassContext) -> None:
@@ -96,19 +100,32 @@ class Simplify:
             tid = idx.tensor_id.get(t)
             if tid is None:
                 continue
-            first = -1
-            for c in idx.consumers[tid]:
+            # One shared scale per platform and scheme, held by the first consumer by name (not
+            # by node order, so that reordering the nodes of a file does not change the plan).
+            # Consumers on another platform or scheme form their own group rather than none.
+            heads: list[int] = []
+            by_name = sorted(
+                idx.consumers[tid],
+                key=lambda c: (names[idx.slot_op[c]], c - idx.slot_base[idx.slot_op[c]]),
+            )
+            for c in by_name:
                 co = idx.slot_op[c]
                 if ev.platform(co) is None:
                     continue
                 cfg = ev.cfg(c)
                 if cfg.state != INITIAL:
                     continue
+                first = next(
+                    (
+                        h
+                        for h in heads
+                        if ev.platform(idx.slot_op[h]) == ev.platform(co)
+                        and cfg.same_scheme(ev.cfg(h))
+                    ),
+                    -1,
+                )
                 if first < 0:
-                    first = c
-                    continue
-                fcfg = ev.cfg(first)
-                if ev.platform(idx.slot_op[first]) != ev.platform(co) or not cfg.same_scheme(fcfg):
+                    heads.append(c)
                     continue
                 rec.overlap(
                     "simplify-input",
@@ -120,6 +137,17 @@ class Simplify:
                     names[co],
                     t,
                 )
+
+
+_NO_OPS: set[int] = set()  # never filled: stands in for ``seen`` when it is not needed
+
+
+def _first_input(ar: GraphArrays, co: int, tid: int) -> int:
+    """The first input slot of op ``co`` reading tensor ``tid``."""
+    for s in range(ar.slot_base[co], ar.slot_base[co] + ar.n_in[co]):
+        if ar.slot_tensor[s] == tid:
+            return s
+    raise AssertionError("consumer does not read the tensor")
 
 
 def simplify(graph: Graph, plan: QuantPlan, options: Simplify) -> FusionResult:
