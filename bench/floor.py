@@ -34,6 +34,20 @@ INTERNAL = 3  # Visibility.INTERNAL
 OVERLAP, FOLLOW = 0, 1
 _FLOAT_ELEM = {0, 1, 10, 11, 16}
 _FLOATING_FLAG = 0x8
+_INDEX_OUT = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "NonMaxSuppression"}
+_BOOL_OUT = {
+    "Equal",
+    "Greater",
+    "Less",
+    "GreaterOrEqual",
+    "LessOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Not",
+    "IsNaN",
+    "IsInf",
+}
 
 
 class FloorGraph:
@@ -87,6 +101,7 @@ class FloorGraph:
             if t == "Constant":
                 self.constants.update(x for x in self.outputs[i] if x)
         self.n_ops = len(self.names)
+        self._infer_elem_types()
         self.by_type: dict[str, list[int]] = {}
         for i, t in enumerate(self.types):
             self.by_type.setdefault(t, []).append(i)
@@ -102,6 +117,35 @@ class FloorGraph:
                 o = self.producer_op(t)
                 if o >= 0 and o not in self.up[i]:
                     self.up[i].append(o)
+
+    def _infer_elem_types(self) -> None:
+        """Element types of every tensor, propagated in node order (fusekit.dtypes' rules)."""
+        et = self.elem_type
+        for name, t in self.inits.items():
+            et.setdefault(name, t.data_type)
+        for i in range(self.n_ops):
+            t = self.types[i]
+            ins = self.inputs[i]
+            attrs = {a.name: a for a in self.attrs[i]}
+            if t in _INDEX_OUT:
+                guess = 7
+            elif t in _BOOL_OUT:
+                guess = 9
+            elif t == "Cast":
+                guess = attrs["to"].i if "to" in attrs else 0
+            elif t == "Constant":
+                a = attrs.get("value")
+                guess = a.t.data_type if a is not None else (1 if "value_float" in attrs else 7)
+            elif t == "ConstantOfShape":
+                guess = attrs["value"].t.data_type if "value" in attrs else 1
+            elif t in ("Where", "CastLike") and len(ins) > 1:
+                guess = et.get(ins[1], 0)
+            else:
+                first = next((x for x in ins if x), "")
+                guess = et.get(first, 0) if first else 0
+            for k, out in enumerate(self.outputs[i]):
+                if out and out not in et:
+                    et[out] = 7 if (t == "TopK" and k == 1) else guess
 
     def producer_op(self, tensor: str) -> int:
         s = self.producer.get(tensor) if tensor else None
@@ -223,11 +267,33 @@ def init_plan(g: FloorGraph, p: Rules) -> FloorPlan:
     not_float = {x for x, e in g.elem_type.items() if e not in _FLOAT_ELEM}
     # (type, inputs, outputs) -> the slots' (scheme, state, visibility, floating) lists
     templates: dict[tuple[str, int, int], tuple[list[Any], ...]] = {}
+    candidate = [
+        g.types[op] in p.quant_types
+        and not shape_only[op]
+        and not any(x in not_float for x in g.outputs[op])
+        for op in range(g.n_ops)
+    ]
+    # keep the candidate regions that contain a computing op (union-find over candidate edges)
+    parent = list(range(g.n_ops))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for op in range(g.n_ops):
+        if candidate[op]:
+            for x in g.inputs[op]:
+                src = g.producer_op(x) if x else -1
+                if src >= 0 and candidate[src]:
+                    parent[find(op)] = find(src)
+    anchored = {
+        find(op) for op in range(g.n_ops) if candidate[op] and g.types[op] in p.computing_types
+    }
     for op in range(g.n_ops):
         t = g.types[op]
-        if t not in p.quant_types or shape_only[op]:
-            continue
-        if not_float and any(x in not_float for x in g.outputs[op]):
+        if not candidate[op] or find(op) not in anchored:
             continue
         plan.platform[op] = p.name
         n_in, n_out = len(g.inputs[op]), len(g.outputs[op])
@@ -261,8 +327,15 @@ def init_plan(g: FloorGraph, p: Rules) -> FloorPlan:
             if axis is not None and axis < 0:
                 init = g.inits.get(x)
                 axis += len(init.dims) if init is not None else 2
+            if t == "Gemm" and w.policy.flags & 0x2:  # per-channel: B's output axis
+                ta = {a.name: a.i for a in g.attrs[op]}.get("transB", 0)
+                axis = 0 if ta else 1
             plan.scheme[b + 1] = _scheme(w, axis)
             plan.floating[b + 1] = bool(w.policy.flags & _FLOATING_FLAG)
+        for k in range(b, e):
+            if g.slot_tensor[k] in not_float:
+                plan.scheme[k], plan.state[k] = act, FP32
+                plan.visibility[k], plan.floating[k] = 2, act_float
     return plan
 
 

@@ -244,8 +244,12 @@ def test_non_float_tensors_are_left_unquantized() -> None:
     )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     graph = fusekit.load(model)
-    plan = fusekit.init_plan(graph, "trt_int8")
-    assert plan.is_quantized("mul")  # the plan does not know 'm' is int64
+    # fusekit's own dispatch infers that 'm' is int64 and never quantizes it
+    assert not fusekit.init_plan(graph, "trt_int8").is_quantized("mul")
+    # a plan that quantizes it anyway (PPQ's rules, an explicit dispatch): the exporter refuses
+    ppq = "ppq066_trt_int8"
+    plan = fusekit.init_plan(graph, ppq, dispatch={"mul": ppq, "add": ppq})
+    assert plan.is_quantized("mul")
     feeds = [{"x": np.ones((1, 4), np.float32), "n": np.array([3], np.int64)}]
     cal = calibrate(graph, plan, feeds)
     res = build_qdq(graph, cal)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -20,6 +21,13 @@ from fusekit.platforms import (
 )
 
 from .graphs import G
+
+
+@pytest.fixture(autouse=True)
+def _private_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Platforms registered by a test stay in that test (the registry is process-global)."""
+    module = importlib.import_module("fusekit.platforms")  # fusekit.platforms is the function
+    monkeypatch.setattr(module, "_REGISTRY", dict(module._REGISTRY))
 
 
 def _is_onnx(name: str) -> bool:

@@ -25,6 +25,7 @@ import attrs
 from pyrsistent import PMap, pmap, pvector
 
 from ._util import without_gc
+from .dtypes import FLOAT_TYPES, elem_types
 from .errors import InvalidPlatform, UnknownPlatform
 from .graph import Graph
 from .quant import (
@@ -1124,16 +1125,17 @@ def ppq_conservative_dispatch(graph: Graph, platform: Platform) -> dict[int, str
     return table
 
 
-_FLOAT_TYPES = frozenset({0, 1, 10, 11, 16})  # unknown, float, float16, double, bfloat16
 
 
 def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
-    """fusekit's default dispatch: every op of a quantized type that computes float data.
+    """fusekit's default dispatch: the ops of quantized types that compute float data next to
+    a computing op.
 
-    An op is left FP32 when a known output element type is not floating point, or when every
-    consumer of its outputs is a never-quantized (FP32/SOI) socket or another such op: that is
-    the shape-computing sub-graph (Shape -> Gather -> Concat -> Reshape.shape) whose values must
-    never be rounded.
+    An op is left FP32 when an output's element type (declared or inferred by
+    :func:`fusekit.dtypes.elem_types`) is not floating point; when every consumer of its outputs
+    is a never-quantized (FP32/SOI) socket or another such op (the shape-computing sub-graph
+    Shape -> Gather -> Concat -> Reshape.shape, whose values must never be rounded); or when it
+    is not connected, through other such ops, to a computing op (Conv, Gemm, MatMul...).
     """
     # Reads the graph's plain-list arrays and plain dicts of the rule set: on a 100k-op graph
     # the PMap lookups of the straightforward version cost more than the dispatch itself.
@@ -1182,25 +1184,53 @@ def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
                 tid = st[sid]
                 if tid >= 0 and prod[tid] >= 0:
                     maybe.add(slot_op[prod[tid]])
-    # tensors declared with a non-float element type (usually few: iterate the declarations)
-    not_float: set[int] = set()
-    tensor_id = graph.index.tensor_id
-    for name, tt in graph.value_types.items():
-        if tt.elem_type not in _FLOAT_TYPES:
-            t_id = tensor_id.get(name)
-            if t_id is not None:
-                not_float.add(t_id)
+    not_float = _non_float_tids(graph)
     name = platform.name
-    table = {
-        oid: name if op_types[oid] in quant_types and not shape_only[oid] else "FP32"
-        for oid in ar.order
-    }
-    if not_float:
-        for oid, plat in table.items():
-            b = base[oid] + n_in[oid]
-            if plat == name and any(st[sid] in not_float for sid in range(b, b + n_out[oid])):
-                table[oid] = "FP32"
-    return table
+    computing = platform.computing_types
+    candidate = [False] * len(op_types)
+    for oid in ar.order:
+        if op_types[oid] not in quant_types or shape_only[oid]:
+            continue
+        b = base[oid] + n_in[oid]
+        if not_float and any(st[sid] in not_float for sid in range(b, b + n_out[oid])):
+            continue
+        candidate[oid] = True
+    # Keep only the regions of candidate ops connected to a computing op: an Add alone between a
+    # float Pow and a float Sqrt gains nothing from int8 (no int8 kernel reads or writes it) and
+    # costs two requantizations (4 dB on silero_vad's STFT magnitude).
+    parent = list(range(len(op_types)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for oid in ar.order:
+        if not candidate[oid]:
+            continue
+        for sid in range(base[oid], base[oid] + n_in[oid]):
+            tid = st[sid]
+            if tid >= 0 and prod[tid] >= 0:
+                src = slot_op[prod[tid]]
+                if candidate[src]:
+                    ra, rb = find(oid), find(src)
+                    if ra != rb:
+                        parent[ra] = rb
+    anchored = {find(oid) for oid in ar.order if candidate[oid] and op_types[oid] in computing}
+    return {oid: name if candidate[oid] and find(oid) in anchored else "FP32" for oid in ar.order}
+
+
+def _non_float_tids(graph: Graph) -> set[int]:
+    """Ids of the tensors whose element type is known and not floating point."""
+    tensor_id = graph.index.tensor_id
+    out: set[int] = set()
+    for tname, et in elem_types(graph).items():
+        if et not in FLOAT_TYPES:
+            tid = tensor_id.get(tname)
+            if tid is not None:
+                out.add(tid)
+    return out
 
 
 @without_gc
@@ -1264,6 +1294,10 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
     op_types, base, n_in, n_out = ar.op_types, ar.slot_base, ar.n_in, ar.n_out
     weights = dict(p.weights)
     templates: dict[tuple[str, int, int], tuple[list[TensorQuantConfig], bool]] = {}
+    # fusekit's rule sets never quantize a slot on integer/bool data; PPQ's quantize what the
+    # quantizer's rules say, whatever the data type
+    not_float = _non_float_tids(graph) if not p.quirks else set()
+    ops, op_names = graph.ops, ar.op_names
 
     for oid, plat in table.items():
         if plat in ("FP32", "SOI"):
@@ -1287,11 +1321,26 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
                 else:  # the axis is relative to the weight's rank
                     init = inits.get(names[tid])
                     rank = len(init.dims) if init is not None else 2
+                if t == "Gemm" and not p.quirks and wr.policy.per_channel:
+                    # output channels are the rows of B only when transB=1 (PPQ: always axis 0)
+                    trans_b = ops[op_names[oid]].attributes.get("transB", 0)
+                    rank = -1 if trans_b else -2
                 cfg = weight_cfgs.get((t, rank))
                 if cfg is None:
-                    axis = rank + wr.channel_axis if rank and wr.channel_axis is not None else None
+                    if rank == -1:
+                        axis: int | None = 0
+                    elif rank == -2:
+                        axis = 1
+                    else:
+                        axis = (
+                            rank + wr.channel_axis if rank and wr.channel_axis is not None else None
+                        )
                     cfg = weight_cfgs[(t, rank)] = wr.config(axis=axis)
                 configs[b + 1] = cfg
+        if not_float:
+            for sid in range(b, b + ni + no):
+                if st[sid] in not_float:
+                    configs[sid] = act_fp32
     return QuantPlan(graph, pvector(configs), pvector([NO_LINK] * n_slots), pvector(dispatch))
 
 
