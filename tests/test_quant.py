@@ -25,7 +25,8 @@ from .graphs import G
 
 def four_relus() -> tuple[fusekit.Graph, QuantPlan]:
     g = G().relu("a", "x").relu("b", "a").relu("c", "b").relu("d", "c").build(["d"])
-    return g, fusekit.init_plan(g, "trt_int8")
+    # no computing op: the default dispatch would leave these float, so dispatch explicitly
+    return g, fusekit.init_plan(g, "trt_int8", dispatch=dict.fromkeys("abcd", "trt_int8"))
 
 
 A, B, C, D = (Slot(n, "out", 0) for n in "abcd")
@@ -160,7 +161,7 @@ class TestUnionFind:
 
     def test_plans_compare_by_content(self) -> None:
         g, p = four_relus()
-        assert fusekit.init_plan(g, "trt_int8") == p
+        assert fusekit.init_plan(g, "trt_int8", dispatch=dict.fromkeys("abcd", "trt_int8")) == p
         assert p.overlap(A, by=B) != p
         assert len(p) == 8 and next(iter(p.slots())) == Slot("a", "in", 0)
 

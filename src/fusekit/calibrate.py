@@ -38,7 +38,7 @@ from typing import Any, TextIO
 import attrs
 import numpy as np
 
-from .errors import FusekitError, InvalidPlan, MissingDependency
+from .errors import InvalidData, InvalidPlan, MissingDependency, ModelRunError
 from .graph import Graph
 from .passes._core import FusionResult, Recorder
 from .quant import (
@@ -80,14 +80,6 @@ __all__ = [
 OBSERVERS = ("minmax", "percentile")
 
 Feed = dict[str, np.ndarray[Any, Any]]
-
-
-class InvalidData(FusekitError, ValueError):
-    """Calibration or evaluation data that does not fit the model (missing input, bad shape...)."""
-
-
-class ModelRunError(FusekitError, RuntimeError):
-    """onnxruntime refused to load or run a model; the message says which model and why."""
 
 
 # --------------------------------------------------------------------------------------------

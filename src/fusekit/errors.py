@@ -17,13 +17,16 @@ __all__ = [
     "ExportError",
     "FusekitError",
     "GraphCycle",
+    "InvalidData",
     "InvalidGraph",
     "InvalidModel",
     "InvalidPlan",
     "InvalidPlatform",
     "MissingDependency",
     "ModelNotFound",
+    "ModelRunError",
     "NotCalibrated",
+    "ReportError",
     "SharingCycle",
     "UnknownOp",
     "UnknownPlatform",
@@ -141,3 +144,15 @@ class ExportError(FusekitError, RuntimeError):
 
 class MissingDependency(FusekitError, ImportError):
     """An optional dependency (onnxruntime, hypothesis) is needed for this feature."""
+
+
+class InvalidData(FusekitError, ValueError):
+    """Calibration or evaluation data that does not fit the model (missing input, bad shape...)."""
+
+
+class ModelRunError(FusekitError, RuntimeError):
+    """onnxruntime refused to load or run a model; the message says which model and why."""
+
+
+class ReportError(FusekitError, ValueError):
+    """An argument of the HTML report is not something a report can be made of."""

@@ -84,6 +84,12 @@ class QuantState(enum.IntEnum):
 
 
 _ACTIVE = frozenset({QuantState.ACTIVATED, QuantState.PASSIVE})
+
+
+def _enum_name(self: enum.Enum) -> str:
+    return self.name
+
+
 _EXPORT_STATES = frozenset(
     {QuantState.ACTIVATED, QuantState.PASSIVE, QuantState.BAKED, QuantState.PASSIVE_BAKED}
 )
@@ -1025,3 +1031,8 @@ def scale_range(cfg: TensorQuantConfig, scale: Any, offset: Any) -> tuple[float,
         return s * (float(cfg.quant_min) - o), s * (float(cfg.quant_max) - o)
     half = s * (float(cfg.quant_max) - float(cfg.quant_min)) / 2.0
     return -half, half
+
+
+# Python 3.11 prints an IntEnum as its number; fusekit's enums print their (PPQ) names.
+for _enum in (QuantState, RoundingPolicy, Visibility, LinkKind):
+    _enum.__str__ = _enum_name  # type: ignore[method-assign,assignment]

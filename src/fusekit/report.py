@@ -42,7 +42,7 @@ from typing import Any
 
 from ._util import gc_paused
 from ._version import __version__
-from .errors import FusekitError, InvalidPlan
+from .errors import InvalidPlan, ReportError
 from .graph import Graph
 from .onnx_io import write_bytes_atomic
 from .passes import Decision, FusionResult, PipelineResult
@@ -65,10 +65,6 @@ gives them a scale, it does not switch them off.
 """
 
 _PASSIVE_STATES = frozenset({QuantState.PASSIVE, QuantState.PASSIVE_INIT})
-
-
-class ReportError(FusekitError, ValueError):
-    """An argument of :func:`render_report` is not something a report can be made of."""
 
 
 # --------------------------------------------------------------------------------------------
