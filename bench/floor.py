@@ -34,6 +34,19 @@ INTERNAL = 3  # Visibility.INTERNAL
 OVERLAP, FOLLOW = 0, 1
 _FLOAT_ELEM = {0, 1, 10, 11, 16}
 _FLOATING_FLAG = 0x8
+_NOT_FOLDABLE = {
+    "If",
+    "Loop",
+    "Scan",
+    "SequenceMap",
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+}
 _INDEX_OUT = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "NonMaxSuppression"}
 _BOOL_OUT = {
     "Equal",
@@ -97,8 +110,13 @@ class FloorGraph:
                 self.slot_op.append(i)
                 self.slot_tensor.append(t)
         self.constants = set(self.inits)
-        for i, t in enumerate(self.types):
-            if t == "Constant":
+        self.const_op = [False] * len(self.types)
+        for i, t in enumerate(self.types):  # Constant ops, and standard ops of constants only
+            ins = [x for x in self.inputs[i] if x]
+            if t == "Constant" or (
+                ins and t not in _NOT_FOLDABLE and all(x in self.constants for x in ins)
+            ):
+                self.const_op[i] = True
                 self.constants.update(x for x in self.outputs[i] if x)
         self.n_ops = len(self.names)
         self._infer_elem_types()
@@ -270,6 +288,7 @@ def init_plan(g: FloorGraph, p: Rules) -> FloorPlan:
     candidate = [
         g.types[op] in p.quant_types
         and not shape_only[op]
+        and not g.const_op[op]
         and not any(x in not_float for x in g.outputs[op])
         for op in range(g.n_ops)
     ]
@@ -399,7 +418,7 @@ def epilogue(g: FloorGraph, plan: FloorPlan, p: Rules, attached: set[int]) -> No
 
 def _producers(g: FloorGraph, op: int) -> list[int]:
     """Distinct producer ops of ``op``'s inputs, Constant ops excepted."""
-    return [o for o in g.up[op] if g.types[o] != "Constant"]
+    return [o for o in g.up[op] if not g.const_op[o]]
 
 
 def _exclusive(g: FloorGraph, ids: tuple[int, ...], preds: list[int], succs: list[bool]) -> bool:
@@ -438,9 +457,7 @@ def activation(g: FloorGraph, plan: FloorPlan, p: Rules, attached: set[int]) -> 
             plan.refuse("activation", ids)
             continue
         n_up = sum(
-            1
-            for t in g.inputs[a]
-            if g.producer_op(t) >= 0 and g.types[g.producer_op(t)] != "Constant"
+            1 for t in g.inputs[a] if g.producer_op(t) >= 0 and not g.const_op[g.producer_op(t)]
         )
         if n_up != 1:
             plan.refuse("activation", ids)
@@ -617,7 +634,7 @@ def passive(g: FloorGraph, plan: FloorPlan, p: Rules) -> None:
             continue
         src = g.producer_op(g.inputs[op][0])
         ids = (op,)
-        if src < 0 or g.types[src] == "Constant" or plan.platform[op] is None:
+        if src < 0 or g.const_op[src] or plan.platform[op] is None:
             plan.refuse("passive", ids)
             continue
         if plan.platform[op] != plan.platform[src]:

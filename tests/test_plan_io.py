@@ -86,3 +86,12 @@ def test_errors_name_the_field() -> None:
     with pytest.raises(InvalidPlan, match="JSON"):
         fusekit.plan_from_json(g, "{")
     assert isinstance(InvalidPlan("x"), ValueError)
+
+
+def test_non_finite_scales_are_refused() -> None:
+    g = G().conv("c", "x").relu("r", "c").build(["r"])
+    good = plan_to_dict(fusekit.init_plan(g, "trt_int8"))
+    for bad in ([1e39], [float("nan")], [float("inf")]):
+        d = json.loads(json.dumps(good))
+        d["configs"][0]["scale"] = {"dtype": "float32", "shape": [1], "data": bad}
+        _bad(g, d, "scale")

@@ -264,7 +264,7 @@ def _from_arrays(
     def factory() -> Iterator[Feed]:
         for i in range(n):
             yield {
-                name: np.ascontiguousarray(a[i] if batched else a)
+                name: np.asarray(a[i] if batched else a, order="C")
                 for name, (a, batched) in loaded.items()
             }
 
@@ -390,9 +390,9 @@ def _from_files(
             arr, batched = _samples_of(_npy_getter(f)(), spec, str(f))
             if batched:
                 for i in range(arr.shape[0]):
-                    yield {spec.name: np.ascontiguousarray(arr[i])}
+                    yield {spec.name: np.asarray(arr[i], order="C")}
             else:
-                yield {spec.name: np.ascontiguousarray(arr)}
+                yield {spec.name: np.asarray(arr, order="C")}
 
     return factory, n
 

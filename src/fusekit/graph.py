@@ -851,6 +851,23 @@ class GraphIndex:
 # The graph
 
 
+_NOT_FOLDABLE = frozenset(
+    {
+        "If",
+        "Loop",
+        "Scan",
+        "SequenceMap",
+        "RandomNormal",
+        "RandomUniform",
+        "RandomNormalLike",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+        "Dropout",
+    }
+)
+
+
 class GraphArrays:
     """Plain-list copies of one graph value's index, plus per-tensor facts, for hot loops.
 
@@ -867,6 +884,7 @@ class GraphArrays:
 
     __slots__ = (
         "by_type",
+        "const_op",
         "consumers",
         "is_const",
         "is_init",
@@ -902,7 +920,8 @@ class GraphArrays:
     consumers: list[tuple[int, ...]]  # tensor id -> consuming input slot ids
     tensor_names: list[str]  # tensor id -> name
     is_init: list[bool]  # tensor id -> is an initializer
-    is_const: list[bool]  # tensor id -> is an initializer or the output of a Constant op
+    is_const: list[bool]  # tensor id -> constant: an initializer, or computed from constants only
+    const_op: list[bool]  # op id -> a Constant op, or an op that reads only constants (it folds)
     is_output: list[bool]  # tensor id -> is a graph output
     by_type: dict[str, tuple[int, ...]]  # op type -> op ids in topological order
     memo: dict[Any, Any]
@@ -949,11 +968,33 @@ class GraphArrays:
                 is_init[tid] = True
         is_const = list(is_init)
         base, n_in = self.slot_base, self.n_in
-        for o in self.by_type.get("Constant", ()):
-            b = base[o] + n_in[o]
-            for s in range(b, b + n_out[o]):
-                if st[s] >= 0:
-                    is_const[st[s]] = True
+        # A Constant op, and any deterministic op reading only constants, folds to a constant
+        # (Constant -> Reshape of a bias): every backend folds it, so it is never quantized and
+        # never counts as a producer when matching.
+        const_op = [False] * len(names)
+        ops = graph.ops
+        for o in order:
+            t = types[o]
+            if t == "Constant":
+                folds = True
+            elif n_in[o] == 0 or t in _NOT_FOLDABLE:
+                folds = False
+            else:
+                folds = True
+                for s in range(base[o], base[o] + n_in[o]):
+                    if st[s] >= 0 and not is_const[st[s]]:
+                        folds = False
+                        break
+                if folds:  # only standard ONNX ops are known to be pure functions
+                    op = ops[names[o]]
+                    folds = op.domain in ("", "ai.onnx") and not op.implicit_inputs
+            if folds:
+                const_op[o] = True
+                b = base[o] + n_in[o]
+                for s in range(b, b + n_out[o]):
+                    if st[s] >= 0:
+                        is_const[st[s]] = True
+        self.const_op = const_op
         is_output = [False] * n_t
         for name in graph.outputs:
             tid = tensor_id.get(name)
@@ -1167,11 +1208,12 @@ class Graph:
         return tensor in self.initializers
 
     def is_constant(self, tensor: str) -> bool:
-        """True if ``tensor`` is an initializer or the output of a ``Constant`` op."""
+        """True if ``tensor`` is constant: an initializer, a ``Constant`` op's output, or
+        computed by standard ops from constants only (a backend folds those)."""
         if tensor in self.initializers:
             return True
-        p = self.producer(tensor)
-        return p is not None and self.ops[p.op].op_type == "Constant"
+        tid = self.index.tensor_id.get(tensor)
+        return tid is not None and self.arrays().is_const[tid]
 
     def tensor(self, name: str) -> Tensor:
         """What the graph knows about tensor ``name``."""

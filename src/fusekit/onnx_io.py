@@ -637,10 +637,12 @@ def to_model(graph: Graph) -> ModelProto:
     if extras is not None:
         out.CopyFrom(_header_only(extras.model))
     else:
-        out.ir_version = onnx.IR_VERSION
+        # a graph built in Python: opset 20 (onnxruntime 1.32 rejects some valid opset-21 QDQ
+        # patterns at its default optimization level) and the IR version that goes with it
         op = out.opset_import.add()
         op.domain = ""
-        op.version = min(onnx.defs.onnx_opset_version(), 21)
+        op.version = min(onnx.defs.onnx_opset_version(), 20)
+        out.ir_version = helper.find_min_ir_version_for([op])
         out.producer_name = "fusekit"
     og = out.graph
     if extras is not None:

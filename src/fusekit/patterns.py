@@ -450,9 +450,10 @@ def _exclusivity_check(
     thousands of matches, and re-reading a dozen attributes per match cost more than the check.
     """
     ar = graph.arrays()
-    names, types, n_uses, is_output = ar.op_names, ar.op_types, ar.n_uses, ar.is_output
+    names, n_uses, is_output = ar.op_names, ar.n_uses, ar.is_output
     base, n_in, n_out = ar.slot_base, ar.n_in, ar.n_out
     st, cons, prod, slot_op = ar.slot_tensor, ar.consumers, ar.producer, ar.slot_op
+    const_op = ar.const_op
     # (node index, number of pattern predecessors, has pattern successors) per node
     shape = [(i, len(comp.preds[i]), bool(comp.succs[i])) for i in range(comp.n)]
 
@@ -466,7 +467,7 @@ def _exclusivity_check(
                     tid = st[sid]
                     if tid >= 0 and prod[tid] >= 0:
                         p = slot_op[prod[tid]]
-                        if types[p] != "Constant" and p not in producers:
+                        if not const_op[p] and p not in producers:
                             producers.append(p)
                 for p in producers:
                     if p not in bound:

@@ -176,11 +176,14 @@ def _array_from_json(d: Any, where: str) -> np.ndarray[Any, Any] | None:
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in data
         ):
             raise ValueError("data")
-        arr = np.array(data, dtype=dt).reshape(shape)
-    except (TypeError, ValueError):
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.array(data, dtype=dt).reshape(shape)
+    except (TypeError, ValueError, OverflowError):
         raise InvalidPlan(
             f"{where}: not a valid array (dtype {dtype!r}, shape {shape!r})"
         ) from None
+    if dt.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InvalidPlan(f"{where}: scales and offsets must be finite numbers")
     return arr
 
 
@@ -300,7 +303,7 @@ def plan_from_dict(graph: Graph, data: Any, *, source: str = "plan") -> QuantPla
             parent = idx.slot_id(Slot.parse(value[0]))
         except UnknownSlot as e:
             raise InvalidPlan(f"{where}: {e}") from None
-        kind = _KINDS.get(value[1])
+        kind = _KINDS.get(value[1]) if isinstance(value[1], str) else None
         if kind is None:
             raise InvalidPlan(f"{where}: link kind {value[1]!r} is not 'overlap' or 'follow'")
         if configs[child] is None or configs[parent] is None:

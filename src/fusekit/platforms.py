@@ -1125,8 +1125,6 @@ def ppq_conservative_dispatch(graph: Graph, platform: Platform) -> dict[int, str
     return table
 
 
-
-
 def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
     """fusekit's default dispatch: the ops of quantized types that compute float data next to
     a computing op.
@@ -1189,8 +1187,8 @@ def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
     computing = platform.computing_types
     candidate = [False] * len(op_types)
     for oid in ar.order:
-        if op_types[oid] not in quant_types or shape_only[oid]:
-            continue
+        if op_types[oid] not in quant_types or shape_only[oid] or ar.const_op[oid]:
+            continue  # ops that fold to constants are computed once, never quantized
         b = base[oid] + n_in[oid]
         if not_float and any(st[sid] in not_float for sid in range(b, b + n_out[oid])):
             continue

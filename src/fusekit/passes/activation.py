@@ -265,7 +265,7 @@ class ActivationFusion:
             for s in range(base[a], base[a] + n_in[a]):
                 tid = st[s]
                 pr = prod[tid] if tid >= 0 else -1
-                if pr >= 0 and types[slot_op[pr]] != "Constant":
+                if pr >= 0 and not ar.const_op[slot_op[pr]]:
                     n_up += 1
             if n_up != 1:
                 rec.refuse("activation", ids, "{} reads {} produced tensors", names[a], n_up)

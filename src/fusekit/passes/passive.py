@@ -79,7 +79,7 @@ class PassiveFusion:
             s_in = ar.slot_base[o]
             tid = ar.slot_tensor[s_in]
             prod = ar.producer[tid] if tid >= 0 else -1
-            if prod < 0 or types[ar.slot_op[prod]] == "Constant":
+            if prod < 0 or ar.const_op[ar.slot_op[prod]]:
                 rec.refuse(
                     "passive",
                     ids,

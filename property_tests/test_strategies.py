@@ -1,0 +1,269 @@
+"""The strategies reach what the laws need, with a stated frequency, and shrink to small chains.
+
+Reach is counted over a fixed derandomized sample (``SAMPLE`` graphs, the same in every
+profile), so the fractions below are facts about the generator, not about luck. Each stated
+minimum is about half of what the sample shows, so a change of the generator that starves a
+shape fails here first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from hypothesis import HealthCheck, Phase, find, given, settings
+from hypothesis import strategies as st
+
+import fusekit
+from fusekit import Graph, Op
+
+from .strategies import ACTIVATION_TYPES, PASSIVE_TYPES, graphs, initial_plans
+
+SAMPLE = 400
+COMPUTING = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+TRT = fusekit.get_platform("trt_int8")
+
+
+def _producer_type(g: Graph, t: str) -> str | None:
+    p = g.producer(t)
+    return g.ops[p.op].op_type if p is not None else None
+
+
+def _is_computing_out(g: Graph, t: str) -> bool:
+    return _producer_type(g, t) in COMPUTING
+
+
+def _mul_of(g: Graph, x: str, y: str) -> list[Op]:
+    """Mul ops reading exactly (x, y) in that order."""
+    return [op for op in g if op.op_type == "Mul" and op.inputs == (x, y)]
+
+
+def _swish(g: Graph, order: str) -> bool:
+    for sig in g:
+        if sig.op_type == "Sigmoid" and _is_computing_out(g, sig.inputs[0]):
+            x, s = sig.inputs[0], sig.outputs[0]
+            if _mul_of(g, *((x, s) if order == "xs" else (s, x))):
+                return True
+    return False
+
+
+def _mish(g: Graph, order: str) -> bool:
+    for sp in g:
+        if sp.op_type != "Softplus" or not _is_computing_out(g, sp.inputs[0]):
+            continue
+        for th in g:
+            if th.op_type == "Tanh" and th.inputs == sp.outputs:
+                x, t = sp.inputs[0], th.outputs[0]
+                if _mul_of(g, *((x, t) if order == "xt" else (t, x))):
+                    return True
+    return False
+
+
+def _follows(g: Graph, t: str, op_type: str) -> list[Op]:
+    return [g.ops[c.op] for c in g.consumers(t) if g.ops[c.op].op_type == op_type]
+
+
+def _hardswish(g: Graph, variant: str) -> bool:
+    for x in (t for op in g if op.op_type in COMPUTING for t in op.outputs):
+        if variant == "hardsigmoid":
+            if any(
+                _mul_of(g, x, h.outputs[0]) or _mul_of(g, h.outputs[0], x)
+                for h in _follows(g, x, "HardSigmoid")
+            ):
+                return True
+            continue
+        for add in _follows(g, x, "Add"):
+            for clip in _follows(g, add.outputs[0], "Clip"):
+                c = clip.outputs[0]
+                muls = [m for m in _follows(g, c, "Mul") if x in m.inputs]
+                scaled = _follows(g, c, "Div") + [
+                    m for m in _follows(g, c, "Mul") if x not in m.inputs
+                ]
+                if variant == "clip/6" and any(
+                    _mul_of(g, x, d.outputs[0]) or _mul_of(g, d.outputs[0], x) for d in scaled
+                ):
+                    return True
+                if variant == "(x*clip)/6" and any(
+                    _follows(g, m.outputs[0], "Div") or _follows(g, m.outputs[0], "Mul")
+                    for m in muls
+                ):
+                    return True
+    return False
+
+
+def _gelu(g: Graph) -> bool:
+    return any(
+        op.op_type == "Erf" and _producer_type(g, op.inputs[0]) in ("Div", "Mul") for op in g
+    )
+
+
+def _consumer_count(g: Graph, t: str) -> int:
+    return len(g.consumers(t))
+
+
+def _features(g: Graph) -> set[str]:
+    f: set[str] = set()
+    outputs = set(g.outputs)
+    for op in g:
+        t = op.op_type
+        if t in COMPUTING:
+            n = _consumer_count(g, op.outputs[0])
+            if n == 1 and op.outputs[0] not in outputs:
+                f.add("computing with one consumer")
+            if n >= 2:
+                f.add("computing with several consumers")
+            if g.is_constant(op.inputs[1]) if len(op.inputs) > 1 else False:
+                f.add("computing with a constant weight")
+        if t in ACTIVATION_TYPES:
+            f.add(f"activation {t}")
+            if _is_computing_out(g, op.inputs[0]):
+                f.add("computing -> activation")
+        if t in PASSIVE_TYPES or t == "Split":
+            f.add("passive op")
+        if t == "Split" and len(op.outputs) >= 2:
+            f.add("multi-output Split")
+        if t == "Concat":
+            f.add(f"Concat with {min(len(op.inputs), 4)} inputs")
+        if t == "Sum" and len(op.inputs) >= 3:
+            f.add("Sum with 3-4 inputs")
+        if t in ("Add", "Sub") and len(op.inputs) == 2:
+            f.add(f"{t} with 2 inputs")
+        if t == "Mul" and op.inputs[0] == op.inputs[1]:
+            f.add("Mul(x, x)")
+        if t not in TRT.quant_types and t != "Constant":
+            f.add("op the platform does not quantize")
+        epilogue = t in ("Add", "Mul", "BatchNormalization") and _is_computing_out(g, op.inputs[0])
+        if epilogue and all(g.is_constant(x) for x in op.inputs[1:]):
+            f.add("computing -> epilogue")
+        for x in op.inputs:
+            if x in g.initializers:
+                f.add("initializer input")
+            if _producer_type(g, x) == "Constant":
+                f.add("Constant op input")
+            if x in g.inputs:
+                kind = (
+                    "computing"
+                    if t in COMPUTING
+                    else "activation"
+                    if t in ACTIVATION_TYPES
+                    else "passive"
+                    if t in PASSIVE_TYPES
+                    else "other"
+                )
+                f.add(f"graph input feeds {kind}")
+    for t in g.inputs:
+        if _consumer_count(g, t) >= 2:
+            f.add("graph input with several consumers")
+    if any(_consumer_count(g, t) > 0 for t in outputs):
+        f.add("graph output from the middle")
+    for name, check in _COMPOSITES.items():
+        if check(g):
+            f.add(name)
+    return f
+
+
+_COMPOSITES: dict[str, Callable[[Graph], bool]] = {
+    "Swish x*sigmoid(x)": lambda g: _swish(g, "xs"),
+    "Swish sigmoid(x)*x": lambda g: _swish(g, "sx"),
+    "Mish x*tanh(softplus(x))": lambda g: _mish(g, "xt"),
+    "Mish tanh(softplus(x))*x": lambda g: _mish(g, "tx"),
+    "HardSwish x*(clip(x+3)/6)": lambda g: _hardswish(g, "clip/6"),
+    "HardSwish (x*clip(x+3))/6": lambda g: _hardswish(g, "(x*clip)/6"),
+    "HardSwish x*hardsigmoid(x)": lambda g: _hardswish(g, "hardsigmoid"),
+    "GELU decomposition": _gelu,
+}
+
+#: Minimum fraction of generated graphs showing each shape (about half the observed one).
+REACH: dict[str, float] = {
+    "computing with one consumer": 0.25,
+    "computing with several consumers": 0.20,
+    "computing with a constant weight": 0.40,
+    "computing -> activation": 0.30,
+    "computing -> epilogue": 0.15,
+    **{f"activation {t}": 0.008 for t in ACTIVATION_TYPES},
+    "activation Relu": 0.15,
+    "passive op": 0.30,
+    "multi-output Split": 0.12,
+    "Concat with 2 inputs": 0.04,
+    "Concat with 3 inputs": 0.015,
+    "Concat with 4 inputs": 0.04,
+    "Sum with 3-4 inputs": 0.02,
+    "Add with 2 inputs": 0.20,
+    "Sub with 2 inputs": 0.03,
+    "Mul(x, x)": 0.01,
+    "op the platform does not quantize": 0.08,
+    "initializer input": 0.50,
+    "Constant op input": 0.25,
+    "graph input feeds computing": 0.12,
+    "graph input feeds activation": 0.06,
+    "graph input feeds passive": 0.08,
+    "graph input feeds other": 0.25,
+    "graph input with several consumers": 0.15,
+    "graph output from the middle": 0.12,
+    "Swish x*sigmoid(x)": 0.02,
+    "Swish sigmoid(x)*x": 0.03,
+    "Mish x*tanh(softplus(x))": 0.04,
+    "Mish tanh(softplus(x))*x": 0.02,
+    "HardSwish x*(clip(x+3)/6)": 0.03,
+    "HardSwish (x*clip(x+3))/6": 0.015,
+    "HardSwish x*hardsigmoid(x)": 0.012,
+    "GELU decomposition": 0.10,
+}
+
+
+def _sample(strategy: st.SearchStrategy[object], n: int = SAMPLE) -> list[object]:
+    out: list[object] = []
+
+    @settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def collect(x: object) -> None:
+        out.append(x)
+
+    collect()
+    return out
+
+
+def reach() -> dict[str, float]:
+    """Fraction of the sample showing each feature."""
+    graphs_ = _sample(graphs())
+    counts: Counter[str] = Counter()
+    for g in graphs_:
+        assert isinstance(g, Graph)
+        counts.update(_features(g))
+    return {k: counts[k] / len(graphs_) for k in REACH}
+
+
+def test_graph_strategy_reach() -> None:
+    got = reach()
+    starved = {k: (round(got[k], 3), want) for k, want in REACH.items() if got[k] < want}
+    assert starved == {}, f"shapes generated less often than stated: {starved}"
+
+
+def test_several_platforms_share_a_graph() -> None:
+    """Random dispatch tables put ops of one graph on two platforms (or leave them FP32)."""
+    pairs = _sample(graphs().flatmap(lambda g: initial_plans(g, "trt_int8")), 300)
+    multi = 0
+    for plan in pairs:
+        assert isinstance(plan, fusekit.QuantPlan)
+        plats = {plan.platform_of(op.name) for op in plan.graph} - {None}
+        multi += len(plats) >= 2
+    assert multi / len(pairs) >= 0.05
+
+
+def test_shrinks_to_a_small_linear_chain() -> None:
+    """The minimal graph with a computing op followed by an activation is exactly that pair."""
+    g = find(
+        graphs(),
+        lambda g: "computing -> activation" in _features(g),
+        settings=settings(database=None, max_examples=500),
+    )
+    assert len(g) == 2
+    first, second = list(g)
+    assert first.inputs[0] == "x0" and second.inputs == first.outputs
