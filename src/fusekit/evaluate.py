@@ -37,7 +37,7 @@ from .calibrate import (
 from .graph import Graph, Slot
 from .onnx_io import ModelExtras, load, to_model
 from .passes import PassiveParameters, Pipeline, PipelineResult, default_pipeline
-from .platforms import Platform, get_platform, init_plan
+from .platforms import FUSEKIT_PASSIVE, Platform, get_platform, init_plan
 from .quant import QuantPlan, QuantState, Visibility
 
 __all__ = [
@@ -485,26 +485,7 @@ def _group_tensors(plan: QuantPlan) -> set[str]:
 
 #: Ops that move or select values without computing new ones: a value that passes through them
 #: from a DequantizeLinear is still on its quantization grid.
-PASS_THROUGH = frozenset(
-    {
-        "MaxPool",
-        "GlobalMaxPool",
-        "Reshape",
-        "Flatten",
-        "Identity",
-        "Dropout",
-        "Slice",
-        "Pad",
-        "Split",
-        "Transpose",
-        "Squeeze",
-        "Unsqueeze",
-        "DepthToSpace",
-        "SpaceToDepth",
-        "Concat",
-        "Gather",
-    }
-)
+PASS_THROUGH = FUSEKIT_PASSIVE | {"Concat", "Gather"}
 
 
 def unquantized_inputs(
