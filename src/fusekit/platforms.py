@@ -25,7 +25,7 @@ import attrs
 from pyrsistent import PMap, pmap, pvector
 
 from ._util import without_gc
-from .dtypes import FLOAT_TYPES, elem_types
+from .dtypes import FLOAT_TYPES, tensor_elem_types
 from .errors import InvalidPlatform, UnknownPlatform
 from .graph import Graph
 from .quant import (
@@ -1182,53 +1182,57 @@ def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
                 tid = st[sid]
                 if tid >= 0 and prod[tid] >= 0:
                     maybe.add(slot_op[prod[tid]])
-    not_float = _non_float_tids(graph)
+    not_float = _non_float(graph)
     name = platform.name
     computing = platform.computing_types
+    const_op = ar.const_op
     candidate = [False] * len(op_types)
     for oid in ar.order:
-        if op_types[oid] not in quant_types or shape_only[oid] or ar.const_op[oid]:
+        if op_types[oid] not in quant_types or shape_only[oid] or const_op[oid]:
             continue  # ops that fold to constants are computed once, never quantized
         b = base[oid] + n_in[oid]
-        if not_float and any(st[sid] in not_float for sid in range(b, b + n_out[oid])):
-            continue
-        candidate[oid] = True
+        for sid in range(b, b + n_out[oid]):
+            tid = st[sid]
+            if tid >= 0 and not_float[tid]:
+                break
+        else:
+            candidate[oid] = True
     # Keep only the regions of candidate ops connected to a computing op: an Add alone between a
     # float Pow and a float Sqrt gains nothing from int8 (no int8 kernel reads or writes it) and
-    # costs two requantizations (4 dB on silero_vad's STFT magnitude).
-    parent = list(range(len(op_types)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for oid in ar.order:
-        if not candidate[oid]:
-            continue
-        for sid in range(base[oid], base[oid] + n_in[oid]):
+    # costs two requantizations (4 dB on silero_vad's STFT magnitude). A walk over candidate
+    # edges (both directions) from the computing ops marks the regions kept.
+    keep = [False] * len(op_types)
+    stack = [o for o in ar.order if candidate[o] and op_types[o] in computing]
+    for o in stack:
+        keep[o] = True
+    while stack:
+        o = stack.pop()
+        b = base[o]
+        for sid in range(b, b + n_in[o]):
             tid = st[sid]
             if tid >= 0 and prod[tid] >= 0:
                 src = slot_op[prod[tid]]
-                if candidate[src]:
-                    ra, rb = find(oid), find(src)
-                    if ra != rb:
-                        parent[ra] = rb
-    anchored = {find(oid) for oid in ar.order if candidate[oid] and op_types[oid] in computing}
-    return {oid: name if candidate[oid] and find(oid) in anchored else "FP32" for oid in ar.order}
+                if candidate[src] and not keep[src]:
+                    keep[src] = True
+                    stack.append(src)
+        for sid in range(b + n_in[o], b + n_in[o] + n_out[o]):
+            tid = st[sid]
+            if tid >= 0:
+                for c in cons[tid]:
+                    dst = slot_op[c]
+                    if candidate[dst] and not keep[dst]:
+                        keep[dst] = True
+                        stack.append(dst)
+    return {oid: name if keep[oid] else "FP32" for oid in ar.order}
 
 
-def _non_float_tids(graph: Graph) -> set[int]:
-    """Ids of the tensors whose element type is known and not floating point."""
-    tensor_id = graph.index.tensor_id
-    out: set[int] = set()
-    for tname, et in elem_types(graph).items():
-        if et not in FLOAT_TYPES:
-            tid = tensor_id.get(tname)
-            if tid is not None:
-                out.add(tid)
-    return out
+def _non_float(graph: Graph) -> list[bool]:
+    """Per tensor id: is its element type known and not floating point? (cached per graph)"""
+    memo = graph.arrays().memo
+    hit: list[bool] | None = memo.get("non_float")
+    if hit is None:
+        hit = memo["non_float"] = [et not in FLOAT_TYPES for et in tensor_elem_types(graph)]
+    return hit
 
 
 @without_gc
@@ -1294,7 +1298,7 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
     templates: dict[tuple[str, int, int], tuple[list[TensorQuantConfig], bool]] = {}
     # fusekit's rule sets never quantize a slot on integer/bool data; PPQ's quantize what the
     # quantizer's rules say, whatever the data type
-    not_float = _non_float_tids(graph) if not p.quirks else set()
+    not_float = _non_float(graph) if not p.quirks else None
     ops, op_names = graph.ops, ar.op_names
 
     for oid, plat in table.items():
@@ -1335,9 +1339,9 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
                         )
                     cfg = weight_cfgs[(t, rank)] = wr.config(axis=axis)
                 configs[b + 1] = cfg
-        if not_float:
+        if not_float is not None:
             for sid in range(b, b + ni + no):
-                if st[sid] in not_float:
+                if st[sid] >= 0 and not_float[st[sid]]:
                     configs[sid] = act_fp32
     return QuantPlan(graph, pvector(configs), pvector([NO_LINK] * n_slots), pvector(dispatch))
 
