@@ -96,6 +96,10 @@ def test_every_stage_scales_linearly(timings: Timings) -> None:
         for k in big
     }
     slow = {k: (round(r, 1), round(bounds[k], 1)) for k, r in ratios.items() if r >= bounds[k]}
+    if slow:  # one more round before failing: a busy machine can stall one measurement
+        (small2, _), (big2, _) = _stage_times(SMALL), _stage_times(BIG)
+        ratios = {k: min(r, big2[k] / max(small2[k], 1e-4)) for k, r in ratios.items()}
+        slow = {k: (round(r, 1), round(bounds[k], 1)) for k, r in ratios.items() if r >= bounds[k]}
     assert not slow, f"t({BIG})/t({SMALL}) over its bound (super-linear): {slow}; all: {ratios}"
     # the whole pipeline did real work at both sizes (guards against timing nothing)
     assert big["pipeline"] > small["pipeline"] > 0
