@@ -253,39 +253,6 @@ class Op:
         )
 
 
-def _fast_op_factory() -> Callable[..., Op]:
-    """A constructor for the loader's hot loop: no converters, fields already normalised."""
-    d = Op.__dict__
-    setters = [d[f.name].__set__ for f in attrs.fields(Op)]
-    s_name, s_type, s_in, s_out, s_attr, s_dom, s_impl, s_src = setters
-
-    def make(
-        name: str,
-        op_type: str,
-        inputs: tuple[str, ...],
-        outputs: tuple[str, ...],
-        attributes: Attributes,
-        domain: str,
-        implicit_inputs: tuple[str, ...],
-        source: object,
-    ) -> Op:
-        op = _new(Op)
-        s_name(op, name)
-        s_type(op, op_type)
-        s_in(op, inputs)
-        s_out(op, outputs)
-        s_attr(op, attributes)
-        s_dom(op, domain)
-        s_impl(op, implicit_inputs)
-        s_src(op, source)
-        return op
-
-    return make
-
-
-make_op_fast = _fast_op_factory()
-
-
 def _loaded_op_factory() -> Callable[..., Op]:
     """The loader's constructor of an op whose attributes stay undecoded in ``node``.
 

@@ -25,6 +25,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
@@ -41,7 +42,6 @@ from .graph import (
     TensorType,
     make_lazy_initializer,
     make_loaded_op,
-    make_op_fast,
     promote_to_old_generation,
     topological_order,
 )
@@ -464,16 +464,7 @@ def _unique_names(ops: list[Op]) -> tuple[list[Op], dict[str, str]]:
             k += 1
         used.add(cand)
         original[cand] = op.name
-        out[i] = make_op_fast(
-            cand,
-            op.op_type,
-            op.inputs,
-            op.outputs,
-            op.attributes,
-            op.domain,
-            op.implicit_inputs,
-            op.source,
-        )
+        out[i] = attrs.evolve(op, name=cand)  # rare (unnamed/duplicate nodes): no fast path
     return out, original
 
 
