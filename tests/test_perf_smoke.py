@@ -1,29 +1,33 @@
-"""Smoke benchmark: every stage must scale linearly (issue 6).
+"""Scaling smoke test: every stage must do linear work (issues 6 and 10).
 
-Times 2k- and 20k-op generated graphs (``bench/generate.py``) in this process and asserts that
-the whole pipeline's CPU time (and load's, and the index's) grows by less than 20x for 10x the
-ops: a linear stage grows ~10x, a quadratic one ~100x (PPQ's matcher grows ~25x from 10k to
-50k ops). Each pass on its own must stay under 40x: on the 2k graph a pass takes about a
-millisecond with all its data in the CPU caches, and on the 20k graph it does not, which alone
-moves single-pass ratios between 8x and 25x from run to run; a quadratic pass still lands near
-100x. The generator's block mix is not the same at every size (the 20k graph has relatively
-more SiLU blocks), so a pass whose work, its number of decisions, grows by more than 10x gets
-a proportionally larger bound. Ratios only, never absolute seconds, so a slow or busy machine
-does not fail it; each time is the fastest of several runs, which keeps a scheduling hiccup
-from looking like super-linear work.
+Counts the work each stage does on 2k- and 20k-op generated graphs (``bench/generate.py``) and
+asserts it grows by less than 20x for 10x the ops: a linear stage grows ~10x, a quadratic one
+~100x (PPQ's matcher grows ~25x from 10k to 50k ops).
+
+Work is counted, not timed: every Python line executed and every Python or C function called
+while the stage runs (``sys.settrace`` + ``sys.setprofile``). The count is the same on an idle and
+a busy machine, so this test cannot fail by chance; an earlier version compared CPU times and
+failed a fresh-clone ``make test`` on a loaded machine (``index`` grew 20.1x, bound 20). Wall-clock
+scaling lives in ``make bench`` (``bench/run.py``). What the count cannot see is a quadratic loop
+hidden inside one C call (``x in some_list``); fusekit's hot loops are Python, so the count does.
+
+Measured with CPython 3.11 (work ratio for 10x the ops): load 9.8, index 9.9, init_plan 9.8,
+passes 8.9-11.6 except composite activation fusion 13.8 (the generator's 20k graph has
+relatively more SiLU blocks), hub graph 10.0. The bound 20 leaves room for the mix and for other
+Python versions, and is far below a quadratic stage's ~100.
 
 A hub graph (one tensor read by thousands of ops) checks that high fan-out stays linear too.
 It also checks the benchmark's floor (``bench/floor.py``, the plain mutable implementation the
 suite compares against) still makes fusekit's decisions, and that re-running the pipeline on
-its own result returns every input plan object unchanged. Runs in about 6 seconds.
+its own result returns every input plan object unchanged.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -40,70 +44,78 @@ import generate  # noqa: E402
 
 PLATFORM = "trt_int8"
 SMALL, BIG = 2_000, 20_000
-BOUND = 20.0  # for 10x the ops: 2x linear (whole pipeline, load, index, init_plan)
-PASS_BOUND = 40.0  # one pass: 4x linear, still well under a quadratic pass's ~100x
-RUNS = {SMALL: 9, BIG: 3}
+BOUND = 20.0  # for 10x the ops: 2x linear, 5x below quadratic
 
 
-def _fastest(fn: Callable[[], Any], runs: int) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        t = time.process_time()
+def work(fn: Callable[[], Any]) -> int:
+    """Lines executed plus functions called (Python and C) while ``fn()`` runs."""
+    n = 0
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal n
+        n += 1
+        return trace
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        nonlocal n
+        if event == "c_call":
+            n += 1
+
+    old_trace, old_profile = sys.gettrace(), sys.getprofile()
+    sys.setprofile(profile)
+    sys.settrace(trace)
+    try:
         fn()
-        best = min(best, time.process_time() - t)
-    return best
+    finally:
+        sys.settrace(old_trace)
+        sys.setprofile(old_profile)
+    return n
 
 
-def _stage_times(n: int) -> tuple[dict[str, float], dict[str, int]]:
-    """Fastest CPU seconds per stage on a generated graph of ``n`` ops, and each pass's work
-    (its changes plus refusals)."""
-    runs = RUNS[n]
-    model = generate.make_model(n, seed=1)
-    data = model.SerializeToString()
-    times = {"load": _fastest(lambda: fusekit.load(data), runs)}
-    graphs = [fusekit.load(data) for _ in range(runs)]
-    times["index"] = min(_fastest(lambda g=g: (g.index, g.arrays()), 1) for g in graphs)
-    g = graphs[0]
-    times["init_plan"] = _fastest(lambda: fusekit.init_plan(g, PLATFORM), runs)
+def _stage_work(n: int) -> dict[str, int]:
+    """Work per stage on a fresh generated graph of ``n`` ops (lazy caches built once, inside
+    the stage that builds them, as in a real run)."""
+    data = generate.make_model(n, seed=1).SerializeToString()
+    counts = {"load": work(lambda: fusekit.load(data))}
+    g = fusekit.load(data)
+    counts["index"] = work(lambda: (g.index, g.arrays()))
+    counts["init_plan"] = work(lambda: fusekit.init_plan(g, PLATFORM))
     plan = fusekit.init_plan(g, PLATFORM)
-    work: dict[str, int] = {}
     for p in default_pipeline(PLATFORM).passes:
-        times[p.name] = _fastest(lambda p=p, plan=plan: p.run(g, plan), runs)
-        res = p.run(g, plan)
-        work[p.name] = res.n_changes + res.n_refusals
-        plan = res.plan
-    pipe = default_pipeline(PLATFORM)
-    times["pipeline"] = _fastest(lambda: pipe.run(g, fusekit.init_plan(g, PLATFORM)), runs)
-    return times, work
-
-
-Timings = tuple[tuple[dict[str, float], dict[str, int]], tuple[dict[str, float], dict[str, int]]]
+        out: list[Any] = []
+        counts[p.name] = work(lambda p=p, plan=plan, out=out: out.append(p.run(g, plan)))
+        assert out[0].plan is not None
+        plan = out[0].plan
+    return counts
 
 
 @pytest.fixture(scope="module")
-def timings() -> Timings:
-    return _stage_times(SMALL), _stage_times(BIG)
+def stage_work() -> tuple[dict[str, int], dict[str, int]]:
+    return _stage_work(SMALL), _stage_work(BIG)
 
 
-def test_every_stage_scales_linearly(timings: Timings) -> None:
-    (small, work_small), (big, work_big) = timings
+def test_every_stage_does_linear_work(stage_work: tuple[dict[str, int], dict[str, int]]) -> None:
+    small, big = stage_work
     assert small.keys() == big.keys()
-    ratios = {k: big[k] / max(small[k], 1e-4) for k in big}
-    bounds = {
-        k: PASS_BOUND * max(1.0, work_big[k] / max(work_small[k], 1) / (BIG / SMALL))
-        if k in work_big
-        else BOUND
-        for k in big
-    }
-    slow = {k: (round(r, 1), round(bounds[k], 1)) for k, r in ratios.items() if r >= bounds[k]}
-    if slow:  # one more round before failing: a busy machine can stall one measurement
-        (small2, _), (big2, _) = _stage_times(SMALL), _stage_times(BIG)
-        ratios = {k: min(r, big2[k] / max(small2[k], 1e-4)) for k, r in ratios.items()}
-        slow = {k: (round(r, 1), round(bounds[k], 1)) for k, r in ratios.items() if r >= bounds[k]}
-    assert not slow, f"t({BIG})/t({SMALL}) over its bound (super-linear): {slow}; all: {ratios}"
-    # the whole pipeline did real work at both sizes (guards against timing nothing)
-    assert big["pipeline"] > small["pipeline"] > 0
-    assert all(work_big[k] >= work_small[k] for k in work_big)
+    ratios = {k: round(big[k] / max(small[k], 1), 2) for k in big}
+    slow = {k: r for k, r in ratios.items() if r >= BOUND}
+    assert not slow, f"work({BIG})/work({SMALL}) over {BOUND} (super-linear): {slow}; all: {ratios}"
+    # every stage did real work, more of it on the bigger graph (guards against counting nothing)
+    assert all(big[k] > small[k] > 0 for k in big), (small, big)
+
+
+def test_the_work_count_sees_a_quadratic_loop() -> None:
+    """The counter itself: a quadratic loop over 10x the items does ~100x the work."""
+
+    def quadratic(k: int) -> None:
+        items = list(range(k))
+        for a in items:
+            for b in items:
+                if a == b:
+                    pass
+
+    ratio = work(lambda: quadratic(200)) / work(lambda: quadratic(20))
+    assert ratio > 4 * BOUND, ratio  # measured 92.7
 
 
 def _hub(k: int) -> Graph:
@@ -119,15 +131,13 @@ def _hub(k: int) -> Graph:
 def test_a_tensor_with_many_readers_scales_linearly() -> None:
     """Matching walks every reader of a tensor per candidate; with one tensor read by
     thousands of ops that is quadratic unless the matcher indexes the readers."""
-    times = []
+    counts = []
     for k in (SMALL // 2, BIG // 2):
         g = _hub(k)
         g.index, g.arrays()
         pipe = default_pipeline(PLATFORM)
-        times.append(
-            _fastest(lambda g=g, pipe=pipe: pipe.run(g, fusekit.init_plan(g, PLATFORM)), 3)
-        )
-    assert times[1] / max(times[0], 1e-4) < BOUND, times
+        counts.append(work(lambda g=g, pipe=pipe: pipe.run(g, fusekit.init_plan(g, PLATFORM))))
+    assert counts[1] / max(counts[0], 1) < BOUND, counts
 
 
 def test_floor_makes_fusekits_decisions() -> None:
