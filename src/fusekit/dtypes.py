@@ -5,8 +5,10 @@ condition must never get a Q/DQ pair. Models rarely declare the type of every in
 tensor, so :func:`elem_types` propagates types through the graph in topological order from what
 is known (graph inputs, initializers, declared value_info) with a small table of rules: ops
 that produce indices or shapes (Shape, ArgMax, NonZero, TopK's indices...), comparisons (bool),
-Cast (its ``to`` attribute), Constant (its value), and, for everything else, the type of the
-first data input. The core never imports onnx; type numbers are ONNX ``TensorProto.DataType``.
+Cast (its ``to`` attribute), Constant (its value), control flow (an If's outputs are unknown: its
+first input is the boolean condition, not data; a Loop's or Scan's carried state keeps its initial
+value's type), and, for everything else, the type of the first data input. The core never
+imports onnx; type numbers are ONNX ``TensorProto.DataType``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ _FROM_INPUT1 = frozenset({"Where", "CastLike"})
 _FLOAT_OUT = frozenset(
     {"DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"}
 )
+
+
+_CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+
+def _scan_states(attributes: Mapping[str, Any], n_inputs: int) -> int:
+    """How many of a Scan's inputs are loop state (the rest are scanned)."""
+    n_scan = attributes.get("num_scan_inputs")
+    return n_inputs - n_scan if isinstance(n_scan, int) else 0
 
 
 def is_float_type(elem_type: int) -> bool:
@@ -136,6 +147,20 @@ def tensor_elem_types(graph: Graph) -> list[int]:
         elif t in _FROM_INPUT1 and ni > 1:
             tid = st[b + 1]
             guess = types[tid] if tid >= 0 else UNKNOWN
+        elif t in _CONTROL_FLOW:
+            ob = b + ni
+            for k in range(n_out[o]):
+                tid = st[ob + k]
+                if tid < 0 or known[tid]:
+                    continue
+                known[tid] = True
+                # Loop(M, cond, v...) -> (v..., scan outputs); Scan(state..., scans...) ->
+                # (state..., scan outputs); If -> unknown (the branches' types are not read)
+                src = b + 2 + k if t == "Loop" else b + k
+                n_state = ni - 2 if t == "Loop" else _scan_states(ops[names[o]].attributes, ni)
+                carried = t != "If" and k < n_state and src < b + ni and st[src] >= 0
+                types[tid] = types[st[src]] if carried else UNKNOWN
+            continue
         elif t == "QuantizeLinear":
             tid = st[b + 2] if ni > 2 else -1
             guess = types[tid] if tid >= 0 else 2
