@@ -850,7 +850,9 @@ def collect_ranges(
         try:
             for feed in ds:
                 values: list[Any] = (
-                    _run(sess, fetch, feed, "calibration", n) if sess is not None else []
+                    _run(sess, fetch, feed, f"calibrating {_model_label(graph)}", n)
+                    if sess is not None
+                    else []
                 )
                 got = dict(zip(fetch, values))
                 for t, observers in by_tensor.items():
@@ -893,8 +895,14 @@ def _augmented_session(
             model.graph.output.append(onnx.ValueInfoProto(name=t))
             have.add(t)
     base = graph.extras.base_dir if isinstance(graph.extras, ModelExtras) else None
-    label = graph.extras.label if isinstance(graph.extras, ModelExtras) else "model"
-    return session(model_bytes(model, base), label, optimize="basic")
+    return session(model_bytes(model, base), _model_label(graph), optimize="basic")
+
+
+def _model_label(graph: Graph) -> str:
+    """How messages name the model: its file when it was loaded from one."""
+    from .onnx_io import ModelExtras
+
+    return graph.extras.label if isinstance(graph.extras, ModelExtras) else "the model"
 
 
 # --------------------------------------------------------------------------------------------

@@ -292,7 +292,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_outputs(inputs: Mapping[str, str | None], files: Mapping[str, Path]) -> None:
+def _check_outputs(
+    inputs: Mapping[str, str | None], files: Mapping[str, Path], out_dir: str | None = None
+) -> None:
     """Refuse, before any work, outputs that would overwrite an input or each other.
 
     ``inputs`` maps an option (``model``, ``--calib``...) to its path; a folder input
@@ -324,19 +326,22 @@ def _check_outputs(inputs: Mapping[str, str | None], files: Mapping[str, Path]) 
                     "give each output its own path"
                 )
     for kind, target in files.items():
-        _check_writable(option.get(kind, kind), target)
+        creatable = out_dir is not None and target.parent == Path(out_dir)
+        _check_writable(option.get(kind, kind), target, creatable)
 
 
-def _check_writable(option: str, target: Path) -> None:
-    """The output's folder exists (or its nearest existing ancestor can hold new folders)."""
+def _check_writable(option: str, target: Path, creatable: bool) -> None:
+    """The output's folder exists, or (``--out-dir``, ``creatable``) can be created."""
     if target.is_dir():
         raise CliError(f"{option} {target} is a folder; give a file name")
     folder = target.parent if str(target.parent) else Path(".")
     probe = folder
-    while not probe.exists():
+    while creatable and not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
+    if not probe.exists():
+        raise CliError(f"{option} {target}: the folder {probe} does not exist")
     if not probe.is_dir():
         raise CliError(f"{option} {target}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
@@ -367,7 +372,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         raise CliError("--no-calibrate cannot export a QDQ model or ranges (they need scales)")
     inputs = {"model": path, "--calib": args.calib, "--eval": args.eval}
     _check_inputs_exist({"--calib": args.calib, "--eval": args.eval})
-    _check_outputs(inputs, files)
+    _check_outputs(inputs, files, args.out_dir)
     graph = load(path)
     require_float_model(graph, path)
     plan0 = init_plan(graph, platform, dispatch=args.dispatch)

@@ -959,11 +959,13 @@ def write_files_atomic(files: Mapping[Path, bytes]) -> None:
 
     Every file is first written to a hidden temporary name in its own folder; only when all
     are written are they renamed into place. A failure (or Ctrl-C / SIGTERM, which the CLI
-    turns into an exception) before the renames leaves none of them and no temporary file.
-    The renames themselves are not one transaction, but a rename within a folder does not fail
-    for want of space.
+    turns into an exception) before the renames leaves none of them and no temporary file. The
+    renames are not one transaction: if one fails, the files of the set renamed before it are
+    removed (a file they replaced is gone by then; a rename within a folder does not fail for
+    want of space, so this is the unlikely case).
     """
     temps: list[tuple[str, Path]] = []
+    renamed: list[Path] = []
     try:
         for target, data in files.items():
             target = Path(target)
@@ -981,10 +983,15 @@ def write_files_atomic(files: Mapping[Path, bytes]) -> None:
             tmp, target = temps[0]
             os.replace(tmp, target)
             temps.pop(0)
+            renamed.append(target)
     except BaseException:
         for tmp, _ in temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        if temps:  # the set is incomplete: the files already renamed are not left behind
+            for target in renamed:
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
         raise
 
 
