@@ -420,7 +420,7 @@ def test_string_valued_npz_is_bad_input(
 ) -> None:
     """Item 12: a .npz of strings is exit 2 naming the file (was a traceback, exit 1)."""
     p = tmp_path / "s.npz"
-    np.savez(p, x=np.array([["a"] * 8] * 8))
+    np.savez(p, x=np.full((2, 1, 3, 8, 8), "abc"))
     code, _, err = run(["fuse", str(model), "--calib", str(p)], capsys)
     line = one_error_line(err)
     assert code == 2 and str(p) in line and "'x'" in line
