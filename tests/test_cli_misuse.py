@@ -502,6 +502,35 @@ def test_onnxruntime_error_keeps_the_useful_line_and_no_log_leaks(
     assert "onnxruntime:" not in err.replace("onnxruntime failed", "").replace("[ONNXRuntime", "")
 
 
+def test_onnxruntime_log_lines_do_not_leak(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Item 13: a node failing at run time: ORT's coloured "[E:onnxruntime:..." log line stays
+    off stderr (run options' log level), and the message names the model file."""
+    g = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"], "relu"),
+            helper.make_node("Reshape", ["r", "s"], ["y"], "reshape"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", F, ["n"])],
+        [helper.make_tensor_value_info("y", F, None)],
+        [numpy_helper.from_array(np.array([3], np.int64), "s")],
+    )
+    m = tmp_path / "rs.onnx"
+    m.write_bytes(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    )
+    d = tmp_path / "rs.npz"
+    np.savez(d, x=np.zeros((2, 4), np.float32))  # 4 values cannot be reshaped to [3]
+    code = main(["evaluate", str(m), str(m), "--data", str(d)])
+    _, err = capfd.readouterr()
+    line = one_error_line(err)
+    assert code == 2 and "[E:onnxruntime" not in err
+    assert line.startswith(f"fusekit: error: {m}: onnxruntime failed on sample 0")
+    assert "requested shape:{3}" in line and str(d) in line
+
+
 def test_gzip_model_is_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Item 13: a ``.onnx.gz`` model is read transparently (was "Wire format was corrupt")."""
     p = tmp_path / "m.onnx.gz"
