@@ -899,10 +899,13 @@ def _augmented_session(
 
 
 def _model_label(graph: Graph) -> str:
-    """How messages name the model: its file when it was loaded from one."""
+    """How messages name the model: its file when it was loaded from one, else its name."""
     from .onnx_io import ModelExtras
 
-    return graph.extras.label if isinstance(graph.extras, ModelExtras) else "the model"
+    label = graph.extras.label if isinstance(graph.extras, ModelExtras) else ""
+    if label and not label.startswith("<"):  # "<ModelProto>", "<123 bytes>": not a file
+        return label
+    return f"model {graph.name!r}" if graph.name else "the model"
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .calibrate import (
     Calibration,
     CalibrationResult,
     InvalidData,
+    _model_label,
     _progress,
     _run,
     as_dataset,
@@ -227,7 +228,7 @@ def evaluate(
     graph = _graph_of(float_graph)
     base = graph.extras.base_dir if isinstance(graph.extras, ModelExtras) else None
     level = "none" if kernels == "reference" else "all"
-    label = graph.extras.label if isinstance(graph.extras, ModelExtras) else "float model"
+    label = _model_label(graph)
     ref_sess = session(model_bytes(to_model(graph), base), label, optimize=level)
     q_data, q_label = _qdq_bytes(qdq_model)
     q_sess = session(q_data, q_label, optimize=level)
