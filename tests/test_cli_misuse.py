@@ -26,6 +26,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fusekit
+import fusekit.calibrate
 import fusekit.cli
 import fusekit.report
 from fusekit import AlreadyQuantized, InvalidModel
@@ -392,12 +393,14 @@ def test_one_size_per_dim_param() -> None:
 
 
 def test_input_shape_of_an_unknown_input_is_an_error(
-    model: Path, capsys: pytest.CaptureFixture[str]
+    model: Path, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Item 8: a --input-shape name that is not an input is bad input."""
     code, _, err = run(["fuse", str(model), "--input-shape", "nope=1,2", "--samples", "1"], capsys)
     line = one_error_line(err)
     assert code == 2 and "'nope'" in line and "inputs: x" in line
+    code, _, err = run(["fuse", str(model), "--calib", str(data), "--input-shape", "y=1"], capsys)
+    assert code == 2 and "'y'" in one_error_line(err)  # also when nothing is generated
 
 
 def test_silero_vad_fuses_with_generated_inputs(
@@ -681,6 +684,9 @@ def test_complex_data_is_bad_input(
     code, _, err = run(["fuse", str(model), "--calib", str(p)], capsys)
     line = one_error_line(err)
     assert code == 2 and "complex" in line and "Warning" not in err
+    g = fusekit.load(model)
+    with pytest.raises(fusekit.errors.InvalidData, match="complex"):  # feeds given in Python
+        list(fusekit.calibrate.as_dataset([{"x": np.ones((1, 3, 8, 8), np.complex64)}], g))
 
 
 def test_extras_model_is_not_a_live_proto(model: Path, tmp_path: Path) -> None:

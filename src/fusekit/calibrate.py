@@ -606,6 +606,9 @@ def _check_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], k: int) -> 
         if s.name not in feed:
             raise InvalidData(f"sample {k} has no value for input {s.name!r}")
         v = np.asarray(feed[s.name])
+        if v.dtype.kind not in "biuf":
+            what = "complex numbers" if v.dtype.kind == "c" else f"{v.dtype} values"
+            raise InvalidData(f"sample {k}: input {s.name!r} holds {what}, not real numbers")
         out[s.name] = v if v.dtype == s.dtype else v.astype(s.dtype)
     extra = set(feed) - {s.name for s in specs}
     if extra:

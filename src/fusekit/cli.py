@@ -203,6 +203,19 @@ def _shapes(args: argparse.Namespace, example: bool) -> dict[str, tuple[int, ...
     return shapes
 
 
+def _check_shape_names(args: argparse.Namespace, graph: Graph) -> None:
+    """A --input-shape naming no input is a typo, even when no input is generated."""
+    from .calibrate import input_specs
+
+    names = [s.name for s in input_specs(graph)]
+    unknown = [n for n, _ in getattr(args, "input_shape", None) or [] if n not in names]
+    if unknown:
+        raise CliError(
+            f"--input-shape names {', '.join(map(repr, unknown))}, which the model does not take "
+            f"as input (inputs: {', '.join(names) or 'none'})"
+        )
+
+
 def _calib_data(args: argparse.Namespace, graph: Graph, example: bool) -> Any:
     from .calibrate import load_data, random_data
 
@@ -375,6 +388,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     _check_outputs(inputs, files, args.out_dir)
     graph = load(path)
     require_float_model(graph, path)
+    _check_shape_names(args, graph)
     plan0 = init_plan(graph, platform, dispatch=args.dispatch)
     calib = None if args.no_calibrate else _calib_data(args, graph, example)
     cal = (
@@ -693,6 +707,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _check_inputs_exist({"--data": args.data})
     graph = load(args.model)
     load(args.qdq)  # validates the file and names it in errors
+    _check_shape_names(args, graph)
     if args.data:
         data: Any = load_data(args.data, graph, split="eval", limit=args.samples)
     else:
@@ -725,6 +740,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     _check_inputs_exist({"--calib": args.calib, "--eval": args.eval})
     graph = load(path)
     require_float_model(graph, path)
+    _check_shape_names(args, graph)
     calib = _calib_data(args, graph, example)
     evald = _eval_data(args, graph, example, calib)
     with _running_on(f"{calib.label} / {evald.label}"):
