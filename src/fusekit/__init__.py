@@ -14,6 +14,7 @@ The public API, re-exported here:
 
 from ._version import __version__
 from .errors import (
+    AlreadyQuantized,
     DanglingInput,
     DuplicateProducer,
     ExportError,
@@ -43,6 +44,7 @@ from .graph import (
     TensorType,
     check_invariants,
 )
+from .guards import quantization_ops, require_float_model
 from .onnx_io import load, save, to_model
 from .passes import (
     ActivationFusion,
@@ -91,6 +93,7 @@ from .quant import (
 __all__ = [
     "ActivationFusion",
     "Alignment",
+    "AlreadyQuantized",
     "Attributes",
     "BiasRule",
     "CompositeActivationFusion",
@@ -159,8 +162,10 @@ __all__ = [
     "plan_from_json",
     "plan_to_json",
     "platforms",
+    "quantization_ops",
     "register_platform",
     "replay",
+    "require_float_model",
     "save",
     "save_plan",
     "to_model",

@@ -30,10 +30,11 @@ from __future__ import annotations
 import math
 import os
 import sys
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeGuard
 
 import attrs
 import numpy as np
@@ -127,7 +128,7 @@ def session(data: bytes, label: str, *, optimize: str = "all") -> Any:
     """
     ort = _ort()
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = _ORT_QUIET  # fusekit reports ORT's errors itself, once, named
     levels = {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -142,15 +143,33 @@ def session(data: bytes, label: str, *, optimize: str = "all") -> Any:
         raise ModelRunError(f"{label}: onnxruntime cannot load the model: {_first_line(e)}") from e
 
 
+#: onnxruntime log severity: 4 is FATAL only. ORT logs a failed node run as an ERROR line of its
+#: own on stderr (coloured, with a source location) before raising; fusekit raises
+#: ModelRunError with the same facts, so the log line would only say it twice.
+_ORT_QUIET = 4
+
+
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
-    return line[:400]
+    """ORT's message on one line: every non-empty line joined, the boilerplate dropped.
+
+    ORT puts the useful part on later lines ("index: 0 Got: 4 Expected: 1" under "Got invalid
+    dimensions for input"), so keeping only the first line lost it.
+    """
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Please fix either the inputs")]
+    text = "; ".join(lines) if lines else type(e).__name__
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
+def _run_options() -> Any:
+    ro = _ort().RunOptions()
+    ro.log_severity_level = _ORT_QUIET
+    return ro
 
 
 def _run(sess: Any, outputs: Sequence[str] | None, feed: Feed, label: str, k: int) -> list[Any]:
     try:
-        return list(sess.run(outputs, feed))
+        return list(sess.run(outputs, feed, _run_options()))
     except Exception as e:
         raise ModelRunError(f"{label}: onnxruntime failed on sample {k}: {_first_line(e)}") from e
 
@@ -235,6 +254,12 @@ def _samples_of(
     arr: np.ndarray[Any, Any], spec: InputSpec, where: str
 ) -> tuple[np.ndarray[Any, Any], bool]:
     """``(array, batched)``: batched when axis 0 enumerates samples (rank = input rank + 1)."""
+    if arr.dtype.kind not in "biuf":
+        what = "complex numbers" if arr.dtype.kind == "c" else f"{arr.dtype} values"
+        raise InvalidData(
+            f"{where}: array for input {spec.name!r} holds {what}; the model takes "
+            f"{spec.dtype} (give real numbers)"
+        )
     if spec.shape is not None and arr.ndim == len(spec.shape) + 1:
         return arr, True
     if spec.shape is not None and arr.ndim != len(spec.shape):
@@ -313,7 +338,7 @@ def load_data(
     elif p.suffix == ".npz":
         try:
             npz = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise InvalidData(f"{where}: not a readable .npz file ({e})") from None
         keys = set(npz.files)
         prefix = ""
@@ -370,7 +395,12 @@ def _npy_getter(path: Path) -> Callable[[], np.ndarray[Any, Any]]:
 
 def _npz_getter(npz: Any, key: str) -> Callable[[], np.ndarray[Any, Any]]:
     def get() -> np.ndarray[Any, Any]:
-        return np.asarray(npz[key])
+        try:
+            return np.asarray(npz[key])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            where = getattr(npz, "fid", None)
+            name = getattr(where, "name", "the .npz file")
+            raise InvalidData(f"{name}: array {key!r} cannot be read ({e})") from None
 
     return get
 
@@ -409,23 +439,100 @@ def _cast_feeds(
     return cast
 
 
-def _resolve_shape(
-    spec: InputSpec, shapes: Mapping[str, Sequence[int]] | None, default_dim: int
-) -> tuple[int, ...]:
-    if shapes is not None and spec.name in shapes:
-        return tuple(int(d) for d in shapes[spec.name])
-    if spec.shape is None:
+#: Elements a generated input may have (2**28 float32 = 1 GiB): a declared shape beyond it is
+#: a mistake to report, not an allocation to attempt.
+MAX_GENERATED_ELEMENTS = 2**28
+
+
+def _resolve_shapes(
+    specs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]] | None, default_dim: int
+) -> dict[str, tuple[int, ...]]:
+    """The concrete shape of every generated input, one size per symbolic dimension name.
+
+    A ``dim_param`` such as ``batch`` names one size across the whole model: sizes given in
+    ``shapes`` bind the names their dimensions carry (so ``--input-shape x=4,...`` makes every
+    ``batch`` 4); an unbound name is 1 if it is ever the first axis of an input (a batch) and
+    ``default_dim`` otherwise; an unnamed dynamic dimension is 1 on axis 0, ``default_dim``
+    elsewhere. Raises InvalidData for a name that is not an input, a rank that does not match,
+    a fixed dimension given another size, two sizes for one name, or a shape too large.
+    """
+    given = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
+    names = [s.name for s in specs]
+    unknown = [k for k in given if k not in names]
+    if unknown:
         raise InvalidData(
-            f"input {spec.name!r} has no known shape; give one (--input-shape "
-            f"{spec.name}=1,3,224,224)"
+            f"--input-shape names {', '.join(map(repr, unknown))}, which the model does not take "
+            f"as input (inputs: {', '.join(names) or 'none'})"
         )
-    dims = []
-    for i, d in enumerate(spec.shape):
-        if isinstance(d, int) and d > 0:
-            dims.append(d)
+    bound: dict[str, int] = {}
+    for spec in specs:
+        if spec.name not in given:
+            continue
+        dims = given[spec.name]
+        if any(d <= 0 for d in dims):
+            raise InvalidData(f"input {spec.name!r}: shape {list(dims)} has a size below 1")
+        if spec.shape is None:
+            continue
+        if len(dims) != len(spec.shape):
+            raise InvalidData(
+                f"input {spec.name!r} has rank {len(spec.shape)} ({_shape_text(spec.shape)}); "
+                f"the shape given, {list(dims)}, has rank {len(dims)}"
+            )
+        for i, (want, got) in enumerate(zip(spec.shape, dims)):
+            if isinstance(want, int) and want > 0 and want != got:
+                raise InvalidData(
+                    f"input {spec.name!r}: axis {i} is fixed at {want} in the model, "
+                    f"the shape given says {got}"
+                )
+            if _named(want) and bound.setdefault(want, got) != got:
+                raise InvalidData(
+                    f"dimension {want!r} is {bound[want]} in one --input-shape and {got} "
+                    f"in the one of {spec.name!r}; one name, one size"
+                )
+    batch_names = {s.shape[0] for s in specs if s.shape and _named(s.shape[0])}
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        if spec.name in given:
+            out[spec.name] = given[spec.name]
+        elif spec.shape is None:
+            raise InvalidData(
+                f"input {spec.name!r} has no known shape; give one (--input-shape "
+                f"{spec.name}=1,3,224,224)"
+            )
         else:
-            dims.append(1 if i == 0 else default_dim)
-    return tuple(dims)
+            sizes: list[int] = []
+            for i, d in enumerate(spec.shape):
+                if isinstance(d, int) and d > 0:
+                    sizes.append(d)
+                elif isinstance(d, str) and _named(d):
+                    if d not in bound:
+                        bound[d] = 1 if d in batch_names else default_dim
+                    sizes.append(bound[d])
+                else:
+                    sizes.append(1 if i == 0 else default_dim)
+            out[spec.name] = tuple(sizes)
+        size = math.prod(out[spec.name])
+        if size > MAX_GENERATED_ELEMENTS:
+            raise InvalidData(
+                f"input {spec.name!r}: a generated sample of shape {list(out[spec.name])} has "
+                f"{size} elements, more than fusekit generates ({MAX_GENERATED_ELEMENTS}); give "
+                "a smaller one (--input-shape) or real data (--calib)"
+            )
+    return out
+
+
+def _named(dim: int | str | None) -> TypeGuard[str]:
+    """Whether a dimension carries a real name: exporters write "?", "-1" or "None" for
+    "unknown", which names nothing (paddle2onnx marks every dynamic axis "?")."""
+    return (
+        isinstance(dim, str)
+        and any(c.isalpha() for c in dim)
+        and dim.lower() not in ("none", "unk", "unknown", "dynamic")
+    )
+
+
+def _shape_text(shape: Sequence[int | str | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def random_data(
@@ -442,13 +549,15 @@ def random_data(
     Float inputs are standard normal, integer inputs zero, booleans False (random integers would
     index out of range in embeddings). Dynamic dimensions are 1 on axis 0 (the batch) and
     ``default_dim`` elsewhere unless ``shapes`` gives the input's full shape; ``fixed`` gives
-    inputs a constant value (e.g. a sample rate). This is for a quick look at a model: scales
-    calibrated on noise say little about accuracy on real data.
+    inputs a constant value (e.g. a sample rate). A symbolic dimension name has one size across
+    all inputs (see :func:`_resolve_shapes`); ``shapes`` naming something that is not an input
+    is an error. This is for a quick look at a model: scales calibrated on noise say little
+    about accuracy on real data.
     """
     if n <= 0:
         raise InvalidData(f"random_data needs a positive number of samples, got {n}")
     specs = input_specs(graph)
-    resolved = {s.name: _resolve_shape(s, shapes, default_dim) for s in specs}
+    resolved = _resolve_shapes(specs, shapes, default_dim)
     fixed = dict(fixed or {})
 
     def factory() -> Iterator[Feed]:
@@ -497,6 +606,9 @@ def _check_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], k: int) -> 
         if s.name not in feed:
             raise InvalidData(f"sample {k} has no value for input {s.name!r}")
         v = np.asarray(feed[s.name])
+        if v.dtype.kind not in "biuf":
+            what = "complex numbers" if v.dtype.kind == "c" else f"{v.dtype} values"
+            raise InvalidData(f"sample {k}: input {s.name!r} holds {what}, not real numbers")
         out[s.name] = v if v.dtype == s.dtype else v.astype(s.dtype)
     extra = set(feed) - {s.name for s in specs}
     if extra:
@@ -741,7 +853,9 @@ def collect_ranges(
         try:
             for feed in ds:
                 values: list[Any] = (
-                    _run(sess, fetch, feed, "calibration", n) if sess is not None else []
+                    _run(sess, fetch, feed, f"calibrating {_model_label(graph)}", n)
+                    if sess is not None
+                    else []
                 )
                 got = dict(zip(fetch, values))
                 for t, observers in by_tensor.items():
@@ -784,7 +898,17 @@ def _augmented_session(
             model.graph.output.append(onnx.ValueInfoProto(name=t))
             have.add(t)
     base = graph.extras.base_dir if isinstance(graph.extras, ModelExtras) else None
-    return session(model_bytes(model, base), graph.name or "model", optimize="basic")
+    return session(model_bytes(model, base), _model_label(graph), optimize="basic")
+
+
+def _model_label(graph: Graph) -> str:
+    """How messages name the model: its file when it was loaded from one, else its name."""
+    from .onnx_io import ModelExtras
+
+    label = graph.extras.label if isinstance(graph.extras, ModelExtras) else ""
+    if label and not label.startswith("<"):  # "<ModelProto>", "<123 bytes>": not a file
+        return label
+    return f"model {graph.name!r}" if graph.name else "the model"
 
 
 # --------------------------------------------------------------------------------------------

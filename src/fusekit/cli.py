@@ -12,25 +12,37 @@ Verbs:
 
 Every verb accepts ``--json`` (one JSON document on stdout) and ``--quiet``. Exit codes: 0 ok,
 1 an evaluation below ``--min-sqnr`` (or, for ``check``, a broken law), 2 bad input: one line on
-stderr, no traceback unless ``--debug``.
+stderr, no traceback unless ``--debug``; 3 an internal error (a bug: the message says how to
+report it); 130/143 interrupted by SIGINT/SIGTERM (nothing half-written is left); 141 the
+reader of stdout went away (``fusekit platforms | head -1``).
+
+Before any work the CLI checks what it can: every input exists, no output is an input or
+another output, every output folder exists (or, for ``--out-dir``, can be created) and the
+model is not already quantized. The output files are written as one set at the end (see
+:func:`fusekit.onnx_io.write_files_atomic`): a failure leaves none of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import signal
 import sys
+import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .errors import FusekitError, UnknownOp
+from .errors import FusekitError, ModelRunError, UnknownOp
 from .examples import example_model_path
 from .graph import Graph, Slot
-from .onnx_io import ModelExtras, load
+from .guards import require_float_model
+from .onnx_io import ModelExtras, load, model_files, write_files_atomic
 
 __all__ = ["build_parser", "main", "summarize"]
 
@@ -90,8 +102,8 @@ def summarize(graph: Graph) -> dict[str, Any]:
     hist = Counter(op.op_type for op in graph)
     opsets: dict[str, int] = {}
     if isinstance(graph.extras, ModelExtras):
-        for o in graph.extras.model.opset_import:
-            opsets[o.domain or "ai.onnx"] = o.version
+        for domain, version in graph.extras.opsets.items():
+            opsets[domain or "ai.onnx"] = version
 
     def io(names: Sequence[str]) -> list[dict[str, Any]]:
         out = []
@@ -155,10 +167,53 @@ def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 2**63-1, got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _shapes(args: argparse.Namespace, example: bool) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = dict(EXAMPLE_SHAPES) if example else {}
     shapes.update(dict(getattr(args, "input_shape", None) or []))
     return shapes
+
+
+def _check_shape_names(args: argparse.Namespace, graph: Graph) -> None:
+    """A --input-shape naming no input is a typo, even when no input is generated."""
+    from .calibrate import input_specs
+
+    names = [s.name for s in input_specs(graph)]
+    unknown = [n for n, _ in getattr(args, "input_shape", None) or [] if n not in names]
+    if unknown:
+        raise CliError(
+            f"--input-shape names {', '.join(map(repr, unknown))}, which the model does not take "
+            f"as input (inputs: {', '.join(names) or 'none'})"
+        )
 
 
 def _calib_data(args: argparse.Namespace, graph: Graph, example: bool) -> Any:
@@ -188,6 +243,22 @@ def _eval_data(args: argparse.Namespace, graph: Graph, example: bool, calib: Any
     return random_data(graph, args.samples or 8, seed=args.seed + 1, shapes=_shapes(args, example))
 
 
+@contextlib.contextmanager
+def _running_on(label: str) -> Iterator[None]:
+    """Name the data set in an onnxruntime failure (the model is named already)."""
+    try:
+        yield
+    except ModelRunError as e:
+        raise ModelRunError(f"{e} (data: {label})") from e
+
+
+def _check_inputs_exist(paths: Mapping[str, str | None]) -> None:
+    """Fail before any work when a data or plan file does not exist (a mistyped --eval)."""
+    for option, value in paths.items():
+        if value and not Path(value).exists():
+            raise CliError(f"{option} {value}: no such file or folder")
+
+
 def _progress(args: argparse.Namespace) -> bool:
     return not (getattr(args, "quiet", False) or getattr(args, "json", False))
 
@@ -204,10 +275,6 @@ def _outputs(args: argparse.Namespace, path: str, platform: str) -> dict[str, Pa
     files: dict[str, Path] = {}
     if args.out_dir:
         d = Path(args.out_dir)
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CliError(f"cannot create output directory {d}: {e.strerror or e}") from None
         files = {
             "qdq": d / f"{stem}.{platform}.qdq.onnx",
             "plan": d / f"{stem}.{platform}.plan.json",
@@ -225,6 +292,75 @@ def _outputs(args: argparse.Namespace, path: str, platform: str) -> dict[str, Pa
     return files
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: same resolved path, or the same existing inode."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+    except (OSError, RuntimeError):
+        pass
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_outputs(
+    inputs: Mapping[str, str | None], files: Mapping[str, Path], out_dir: str | None = None
+) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or each other.
+
+    ``inputs`` maps an option (``model``, ``--calib``...) to its path; a folder input
+    (``--calib dir/``) also protects the ``.npy`` files in it. The QDQ model's possible
+    external data file (``OUT.onnx.data``, written above 2 GB) counts as an output too.
+    """
+    outs = dict(files)
+    if "qdq" in outs:
+        outs["qdq data"] = outs["qdq"].with_name(outs["qdq"].name + ".data")
+    ins = [(k, Path(v)) for k, v in inputs.items() if v]
+    option = {
+        "qdq": "-o",
+        "qdq data": "the data file of -o",
+        "plan": "--plan",
+        "ranges": "--ranges",
+        "report": "--report",
+    }
+    items = list(outs.items())
+    for i, (kind, target) in enumerate(items):
+        name = option.get(kind, kind)
+        for what, src in ins:
+            inside = src.is_dir() and target.suffix == ".npy" and _same_file(target.parent, src)
+            if _same_file(target, src) or inside:
+                raise CliError(f"{name} {target} would overwrite the input ({what}) {src}")
+        for other, target2 in items[i + 1 :]:
+            if _same_file(target, target2):
+                raise CliError(
+                    f"{name} and {option.get(other, other)} are the same file {target}; "
+                    "give each output its own path"
+                )
+    for kind, target in files.items():
+        creatable = out_dir is not None and target.parent == Path(out_dir)
+        _check_writable(option.get(kind, kind), target, creatable)
+
+
+def _check_writable(option: str, target: Path, creatable: bool) -> None:
+    """The output's folder exists, or (``--out-dir``, ``creatable``) can be created."""
+    if target.is_dir():
+        raise CliError(f"{option} {target} is a folder; give a file name")
+    folder = target.parent if str(target.parent) else Path(".")
+    probe = folder
+    while creatable and not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.exists():
+        raise CliError(f"{option} {target}: the folder {probe} does not exist")
+    if not probe.is_dir():
+        raise CliError(f"{option} {target}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {target}: cannot write in {probe}")
+
+
 def _group_facts(plan: Any) -> tuple[int, int, str | None]:
     groups = plan.groups(min_size=2)
     if not groups:
@@ -236,18 +372,23 @@ def _group_facts(plan: Any) -> tuple[int, int, str | None]:
 def _cmd_fuse(args: argparse.Namespace) -> int:
     from .calibrate import Calibration
     from .evaluate import evaluate
-    from .export import build_qdq, quant_points, save_plan, save_ranges
-    from .onnx_io import write_bytes_atomic
+    from .export import build_qdq, dynamic_ranges, quant_points
     from .passes import default_pipeline
+    from .plan_io import plan_to_json
     from .platforms import get_platform, init_plan
 
     out = _Output(args)
     path, example = _model_arg(args)
     platform = get_platform(args.platform)
-    graph = load(path)
     files = _outputs(args, path, platform.name)
     if args.no_calibrate and ("qdq" in files or "ranges" in files):
         raise CliError("--no-calibrate cannot export a QDQ model or ranges (they need scales)")
+    inputs = {"model": path, "--calib": args.calib, "--eval": args.eval}
+    _check_inputs_exist({"--calib": args.calib, "--eval": args.eval})
+    _check_outputs(inputs, files, args.out_dir)
+    graph = load(path)
+    require_float_model(graph, path)
+    _check_shape_names(args, graph)
     plan0 = init_plan(graph, platform, dispatch=args.dispatch)
     calib = None if args.no_calibrate else _calib_data(args, graph, example)
     cal = (
@@ -255,7 +396,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         if calib is not None
         else None
     )
-    result = default_pipeline(platform, calibration=cal).run(graph, plan0)
+    with _running_on(calib.label if calib is not None else "-"):
+        result = default_pipeline(platform, calibration=cal).run(graph, plan0)
     plan = result.plan
 
     passes = []
@@ -306,32 +448,42 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             "left_float": list(qdq.skipped),
         }
         ev_data = _eval_data(args, graph, example, calib)
-        evaluation = evaluate(
-            graph, qdq.model, ev_data, kernels=args.kernels, progress=_progress(args)
-        )
+        with _running_on(ev_data.label):
+            evaluation = evaluate(
+                graph, qdq.model, ev_data, kernels=args.kernels, progress=_progress(args)
+            )
         doc["evaluation"] = evaluation.to_dict()
         doc["evaluation"]["generated"] = bool(getattr(ev_data, "generated", False))
 
+    # every output is built in memory first, then written as one set: a failure (or a signal)
+    # anywhere before the renames leaves none of them
+    contents: dict[Path, bytes] = {}
     written: dict[str, str] = {}
     if "qdq" in files and qdq is not None:
-        write_bytes_atomic(files["qdq"], qdq.model.SerializeToString())
+        contents.update(model_files(qdq.model, files["qdq"]))
         written["qdq"] = str(files["qdq"])
+        data_file = files["qdq"].with_name(files["qdq"].name + ".data")
+        if data_file in contents:
+            written["qdq data"] = str(data_file)
     if "plan" in files:
-        save_plan(plan, files["plan"])
+        contents[files["plan"]] = plan_to_json(plan, indent=1).encode("utf-8")
         written["plan"] = str(files["plan"])
     if "ranges" in files:
-        save_ranges(plan, files["ranges"])
+        contents[files["ranges"]] = json.dumps(dynamic_ranges(plan), indent=1).encode("utf-8")
         written["ranges"] = str(files["ranges"])
-    if "report" in files and _write_report(
-        files["report"], graph, plan, result, evaluation, path, out
-    ):
-        written["report"] = str(files["report"])
+    if "report" in files:
+        html = _render_report(graph, plan, result, evaluation, path, out)
+        if html is not None:
+            contents[files["report"]] = html.encode("utf-8")
+            written["report"] = str(files["report"])
+    _write_set(contents, Path(args.out_dir) if args.out_dir else None)
     doc["files"] = written
 
     code = 0
     if args.min_sqnr is not None and evaluation is not None:
         doc["min_sqnr"] = args.min_sqnr
-        if evaluation.min_sqnr < args.min_sqnr:
+        doc["passed"] = evaluation.passes(args.min_sqnr)
+        if not doc["passed"]:
             code = 1
     if out.json:
         out.doc(_clean(doc))
@@ -345,29 +497,43 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     return code
 
 
-def _write_report(
-    target: Path,
+def _write_set(contents: Mapping[Path, bytes], out_dir: Path | None) -> None:
+    """Write the outputs all or nothing; an ``--out-dir`` created here goes if that fails."""
+    created = out_dir is not None and not out_dir.exists()
+    if out_dir is not None and contents:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CliError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
+    try:
+        write_files_atomic(contents)
+    except BaseException:
+        if created and out_dir is not None:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only when empty: nothing of the user's is removed
+        raise
+
+
+def _render_report(
     graph: Graph,
     plan: Any,
     result: Any,
     evaluation: Any,
     path: str,
     out: _Output,
-) -> bool:
+) -> str | None:
     try:
-        from .report import write_report
+        from .report import render_report
     except ImportError:  # pragma: no cover - report.py ships with the package
         out.note("the HTML report needs fusekit.report, which this installation lacks; skipped")
-        return False
-    write_report(
-        target,
+        return None
+    return render_report(
         graph,
         plan,
         result=result,
         evaluation=evaluation.to_report() if evaluation is not None else None,
         title=f"fusekit: {Path(path).name}",
     )
-    return True
 
 
 def _print_fuse(out: _Output, doc: dict[str, Any], evaluation: Any) -> None:
@@ -432,6 +598,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     out = _Output(args)
     graph = load(args.model)
+    require_float_model(graph, args.model)
     plan0 = init_plan(graph, args.platform, dispatch=args.dispatch)
     result = default_pipeline(args.platform).run(graph, plan0)
     plan = result.plan
@@ -537,16 +704,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     out = _Output(args)
+    _check_inputs_exist({"--data": args.data})
     graph = load(args.model)
-    qdq = load(args.qdq)  # validates the file and names it in errors
+    load(args.qdq)  # validates the file and names it in errors
+    _check_shape_names(args, graph)
     if args.data:
         data: Any = load_data(args.data, graph, split="eval", limit=args.samples)
     else:
         data = random_data(graph, args.samples or 8, seed=args.seed, shapes=_shapes(args, False))
-    from .onnx_io import to_model
-
-    ev = evaluate(graph, to_model(qdq), data, kernels=args.kernels, progress=_progress(args))
-    code = 1 if args.min_sqnr is not None and ev.min_sqnr < args.min_sqnr else 0
+    with _running_on(data.label):
+        ev = evaluate(graph, args.qdq, data, kernels=args.kernels, progress=_progress(args))
+    code = 1 if args.min_sqnr is not None and not ev.passes(args.min_sqnr) else 0
     if out.json:
         d = ev.to_dict()
         d.update(model=args.model, qdq=args.qdq, generated=data.generated)
@@ -569,26 +737,32 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     out = _Output(args)
     path, example = _model_arg(args)
+    _check_inputs_exist({"--calib": args.calib, "--eval": args.eval})
     graph = load(path)
+    require_float_model(graph, path)
+    _check_shape_names(args, graph)
     calib = _calib_data(args, graph, example)
     evald = _eval_data(args, graph, example, calib)
-    cmp = compare(
-        graph,
-        args.platform,
-        calib,
-        evald,
-        alignment_off=args.no_alignment,
-        dispatch=args.dispatch,
-        observer=args.observer,
-        spread_threshold=args.spread_threshold,
-        kernels=args.kernels,
-        progress=_progress(args),
-    )
+    with _running_on(f"{calib.label} / {evald.label}"):
+        cmp = compare(
+            graph,
+            args.platform,
+            calib,
+            evald,
+            alignment_off=args.no_alignment,
+            dispatch=args.dispatch,
+            observer=args.observer,
+            spread_threshold=args.spread_threshold,
+            kernels=args.kernels,
+            progress=_progress(args),
+        )
     fused = cmp["fused"].evaluation
-    code = 1 if args.min_sqnr is not None and fused.min_sqnr < args.min_sqnr else 0
+    code = 1 if args.min_sqnr is not None and not fused.passes(args.min_sqnr) else 0
     if out.json:
         d = cmp.to_dict()
         d.update(model=path, calibration=calib.label, evaluation_data=evald.label)
+        if args.min_sqnr is not None:
+            d.update(min_sqnr=args.min_sqnr, passed=code == 0)
         out.doc(_clean(d))
         return code
     out.line(f"{Path(path).name} on {cmp.platform}: calibrated on {calib.label}")
@@ -620,7 +794,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - laws.py ships with the package
         raise CliError("'check' needs fusekit.laws, which this installation lacks") from None
     out = _Output(args)
+    _check_inputs_exist({"--plan": args.plan})
     graph = load(args.model)
+    require_float_model(graph, args.model)
     if args.plan:
         from .plan_io import load_plan
 
@@ -702,8 +878,12 @@ def _data_opts(p: argparse.ArgumentParser, calib: bool = True) -> None:
             default=None,
             help="activation observer (default: the platform's)",
         )
-    p.add_argument("--samples", type=int, default=None, help="number of samples (random: 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default 0)")
+    p.add_argument(
+        "--samples", type=_positive_int, default=None, help="number of samples (random: 8)"
+    )
+    p.add_argument(
+        "--seed", type=_seed, default=0, help="seed of generated inputs, 0 or more (default 0)"
+    )
     p.add_argument(
         "--input-shape",
         action="append",
@@ -720,7 +900,7 @@ def _data_opts(p: argparse.ArgumentParser, calib: bool = True) -> None:
     )
     p.add_argument(
         "--min-sqnr",
-        type=float,
+        type=_finite_float,
         default=None,
         metavar="DB",
         help="exit 1 if an output's SQNR is below DB",
@@ -813,27 +993,96 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Where to report a bug (printed with exit code 3).
+ISSUES_URL = "https://github.com/fusekit/fusekit/issues"
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into an exception for the duration of a verb (main thread only).
+
+    The default action kills the process at once, leaving the hidden temporary files of a
+    write in progress; as an exception it unwinds through the same cleanup as Ctrl-C.
+    """
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fusekit`` console script; returns the exit code."""
+    """Entry point of the ``fusekit`` console script; returns the exit code.
+
+    0 ok, 1 a failed gate (``--min-sqnr``, ``check``), 2 bad input (one line on stderr), 3 an
+    internal error (a bug), 130/143 SIGINT/SIGTERM, 141 stdout closed by its reader.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
-        return int(args.func(args))
+        with _sigterm_raises():
+            code = int(args.func(args))
+            sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+            return code
+    except BrokenPipeError:
+        # the reader went away (`fusekit platforms | head -1`): not an error of ours. Python
+        # would report the failed flush of stdout at exit; point stdout at devnull instead
+        # (the recipe of the `signal` module's documentation)
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except FusekitError as e:
         if debug:
             raise
-        print(f"fusekit: error: {_one_line(e)}", file=sys.stderr)
+        _error(_one_line(e))
+        return 2
+    except MemoryError:
+        if debug:
+            raise
+        _error("out of memory; try fewer samples (--samples) or smaller inputs (--input-shape)")
         return 2
     except OSError as e:
         if debug:
             raise
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"fusekit: error: {where}{e.strerror or e}", file=sys.stderr)
+        _error(f"{where}{e.strerror or e}")
         return 2
     except KeyboardInterrupt:  # pragma: no cover - interactive
         print("fusekit: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("fusekit: terminated", file=sys.stderr)
+        return 143
+    except Exception as e:
+        if debug:
+            raise
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        _error(
+            f"internal error: {type(e).__name__}: {_one_line(e)} "
+            f"(at {Path(frame.filename).name}:{frame.lineno}). This is a bug in fusekit "
+            f"{__version__}; please report it at {ISSUES_URL} with the command line and the "
+            "output of the same command with --debug"
+        )
+        return 3
+
+
+def _error(text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"fusekit: error: {text}", file=sys.stderr)
 
 
 def _one_line(e: BaseException) -> str:

@@ -9,9 +9,10 @@ message what went wrong and where, so a user never has to read a protobuf traceb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = [
+    "AlreadyQuantized",
     "DanglingInput",
     "DuplicateProducer",
     "ExportError",
@@ -156,3 +157,28 @@ class ModelRunError(FusekitError, RuntimeError):
 
 class ReportError(FusekitError, ValueError):
     """An argument of the HTML report is not something a report can be made of."""
+
+
+class AlreadyQuantized(FusekitError, ValueError):
+    """The model already holds quantization nodes (Q/DQ, QLinear*, integer kernels).
+
+    fusekit plans the quantization of a *float* model; quantizing a quantized one again wraps
+    every DequantizeLinear in a new Q/DQ pair and reports accuracy against the quantized model
+    as if it were the float one. ``counts`` is ``{op_type: number}`` of the quantization nodes
+    found; ``source`` names the model.
+    """
+
+    def __init__(self, counts: Mapping[str, int], source: str | None = None):
+        self.counts = dict(counts)
+        self.source = source
+        qdq = sum(n for t, n in self.counts.items() if t in ("QuantizeLinear", "DequantizeLinear"))
+        other = [f"{n} {t}" for t, n in sorted(self.counts.items()) if t not in _QDQ_TYPES]
+        parts = ([f"{qdq} QuantizeLinear/DequantizeLinear nodes"] if qdq else []) + other
+        prefix = f"{source}: " if source else ""
+        super().__init__(
+            f"{prefix}already quantized: {', '.join(parts)}; fusekit quantizes float models, "
+            "give it the float model this one was made from"
+        )
+
+
+_QDQ_TYPES = ("QuantizeLinear", "DequantizeLinear")

@@ -27,6 +27,7 @@ from .calibrate import (
     Calibration,
     CalibrationResult,
     InvalidData,
+    _model_label,
     _progress,
     _run,
     as_dataset,
@@ -99,8 +100,21 @@ class Evaluation:
 
     @property
     def min_sqnr(self) -> float:
-        """The worst output's SQNR in dB."""
-        return min((o.sqnr_db for o in self.outputs), default=math.inf)
+        """The worst output's SQNR in dB; NaN if any output's is NaN (``min`` would hide it)."""
+        values = [o.sqnr_db for o in self.outputs]
+        if any(math.isnan(v) for v in values):
+            return math.nan
+        return min(values, default=math.inf)
+
+    def passes(self, threshold: float) -> bool:
+        """Whether every output's SQNR is a number at or above ``threshold`` dB.
+
+        A NaN SQNR (NaN in the data or a NaN weight) fails: ``nan < threshold`` is False, so a
+        plain comparison would let it pass. ``+inf`` (identical outputs) passes.
+        """
+        if math.isnan(threshold):
+            raise InvalidData("the SQNR threshold is NaN; give a number of dB")
+        return all(not math.isnan(o.sqnr_db) and o.sqnr_db >= threshold for o in self.outputs)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -214,9 +228,8 @@ def evaluate(
     graph = _graph_of(float_graph)
     base = graph.extras.base_dir if isinstance(graph.extras, ModelExtras) else None
     level = "none" if kernels == "reference" else "all"
-    ref_sess = session(
-        model_bytes(to_model(graph), base), graph.name or "float model", optimize=level
-    )
+    label = _model_label(graph)
+    ref_sess = session(model_bytes(to_model(graph), base), label, optimize=level)
     q_data, q_label = _qdq_bytes(qdq_model)
     q_sess = session(q_data, q_label, optimize=level)
     outputs = list(graph.outputs)
@@ -232,7 +245,7 @@ def evaluate(
     n = 0
     try:
         for feed in ds:
-            ref = _run(ref_sess, outputs, feed, "float model", n)
+            ref = _run(ref_sess, outputs, feed, label, n)
             got = _run(q_sess, outputs, feed, q_label, n)
             for o, r, q in zip(outputs, ref, got):
                 if np.shape(r) != np.shape(q):

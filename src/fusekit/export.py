@@ -41,7 +41,14 @@ from onnx import TensorProto, helper, numpy_helper
 from ._util import gc_paused
 from .errors import ExportError, NotCalibrated
 from .graph import Graph
-from .onnx_io import to_model, write_bytes_atomic
+from .onnx_io import (
+    ModelExtras,
+    embed_external_data,
+    model_files,
+    to_model,
+    write_bytes_atomic,
+    write_files_atomic,
+)
 from .quant import (
     QuantPlan,
     QuantProperty,
@@ -977,6 +984,14 @@ def build_qdq(
         raise ExportError("the plan belongs to a different graph")
     with gc_paused():
         result = _Builder(graph, plan, quantized_weights).build()
+    # weights left float may still point at the source folder's .data file: read them in, so
+    # the model is self-contained wherever it is written (model_files splits it if too large)
+    extras = graph.extras if isinstance(graph.extras, ModelExtras) else None
+    embed_external_data(
+        result.model,
+        extras.base_dir if extras is not None else None,
+        extras.label if extras is not None else "",
+    )
     if check:
         try:
             onnx.checker.check_model(result.model)
@@ -1008,9 +1023,7 @@ def save_qdq(
     Nothing is written when export fails.
     """
     res = build_qdq(graph, plan, quantized_weights=quantized_weights)
-    if res.model.ByteSize() > 2**31 - 1:
-        raise ExportError("the exported model is larger than 2 GB; protobuf cannot hold it")
-    write_bytes_atomic(Path(path), res.model.SerializeToString())
+    write_files_atomic(model_files(res.model, path))  # above 2 GB: weights in <path>.data
     return res
 
 

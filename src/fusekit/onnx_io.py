@@ -17,8 +17,10 @@ protobuf fields (upb parses lazily, so every field access allocates) and buildin
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import tempfile
+import zlib
 from collections.abc import Callable, Mapping
 from itertools import chain
 from operator import attrgetter
@@ -46,7 +48,16 @@ from .graph import (
     topological_order,
 )
 
-__all__ = ["ModelExtras", "load", "save", "to_model"]
+__all__ = [
+    "PROTOBUF_LIMIT",
+    "ModelExtras",
+    "embed_external_data",
+    "load",
+    "model_files",
+    "save",
+    "to_model",
+    "write_files_atomic",
+]
 
 ModelSource = str | os.PathLike[str] | bytes | ModelProto
 
@@ -54,41 +65,57 @@ ModelSource = str | os.PathLike[str] | bytes | ModelProto
 class ModelExtras:
     """What fusekit keeps of a ModelProto without modelling it.
 
-    ``model`` is the parsed original (never modified); ``base_dir`` is where external data
-    files live. fusekit reads header fields, graph doc strings, value_info, functions and so on
-    from it when writing the model back. The name -> ValueInfoProto tables are built on first
-    use: only :func:`to_model` needs them, and a model with full shape information has as many
+    The parsed original is private and never modified; :attr:`model` hands out a copy, because a
+    graph is an immutable value and a caller editing the proto it got must not change what
+    :func:`to_model` writes later. ``base_dir`` is where external data files live and ``label``
+    names the model in error messages (its path when it was loaded from a file). fusekit reads
+    header fields, graph doc strings, value_info, functions and so on from the original when
+    writing the model back. The name -> ValueInfoProto tables are built on first use: only
+    :func:`to_model` needs them, and a model with full shape information has as many
     value_info entries as nodes.
     """
 
-    __slots__ = ("_input_info", "_output_info", "_value_info", "base_dir", "model")
+    __slots__ = ("_input_info", "_model", "_output_info", "_value_info", "base_dir", "label")
 
-    def __init__(self, model: ModelProto, base_dir: str | None):
-        self.model = model
+    def __init__(self, model: ModelProto, base_dir: str | None, label: str = "<model>"):
+        self._model = model
         self.base_dir = base_dir
+        self.label = label
         self._input_info: dict[str, onnx.ValueInfoProto] | None = None
         self._output_info: dict[str, onnx.ValueInfoProto] | None = None
         self._value_info: dict[str, onnx.ValueInfoProto] | None = None
 
     @property
+    def model(self) -> ModelProto:
+        """A copy of the original ``ModelProto`` (editing it changes nothing in the graph)."""
+        m = ModelProto()
+        m.CopyFrom(self._model)
+        return m
+
+    @property
+    def opsets(self) -> dict[str, int]:
+        """The model's opset imports, domain -> version (``""`` is the ONNX domain)."""
+        return {o.domain: o.version for o in self._model.opset_import}
+
+    @property
     def input_info(self) -> dict[str, onnx.ValueInfoProto]:
         """Graph input name -> its original ValueInfoProto."""
         if self._input_info is None:
-            self._input_info = {vi.name: vi for vi in self.model.graph.input}
+            self._input_info = {vi.name: vi for vi in self._model.graph.input}
         return self._input_info
 
     @property
     def output_info(self) -> dict[str, onnx.ValueInfoProto]:
         """Graph output name -> its original ValueInfoProto."""
         if self._output_info is None:
-            self._output_info = {vi.name: vi for vi in self.model.graph.output}
+            self._output_info = {vi.name: vi for vi in self._model.graph.output}
         return self._output_info
 
     @property
     def value_info(self) -> dict[str, onnx.ValueInfoProto]:
         """Tensor name -> its original ``graph.value_info`` entry."""
         if self._value_info is None:
-            self._value_info = {vi.name: vi for vi in self.model.graph.value_info}
+            self._value_info = {vi.name: vi for vi in self._model.graph.value_info}
         return self._value_info
 
 
@@ -361,6 +388,8 @@ def _read(source: ModelSource) -> tuple[ModelProto, str, str | None]:
         )
     if not data:
         raise InvalidModel("empty file, not an ONNX model", label)
+    if data[:2] == _GZIP_MAGIC:
+        data = _gunzip(data, label)
     m = ModelProto()
     try:
         m.ParseFromString(data)
@@ -369,14 +398,30 @@ def _read(source: ModelSource) -> tuple[ModelProto, str, str | None]:
     return m, label, base_dir
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _gunzip(data: bytes, label: str) -> bytes:
+    """The model inside a gzip file (``model.onnx.gz`` is how many model zoos ship models)."""
+    try:
+        out = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise InvalidModel(f"a damaged gzip file ({e})", label) from None
+    if not out:
+        raise InvalidModel("a gzip file holding nothing, not an ONNX model", label)
+    return out
+
+
 def load(source: ModelSource) -> Graph:
     """Read an ONNX model (path, bytes or ``ModelProto``) as a :class:`Graph`.
 
-    Unnamed nodes get deterministic names (``<OpType>_<n>``) and duplicate names are made unique
+    A gzip-compressed file (``model.onnx.gz``) is read transparently. Unnamed nodes get
+    deterministic names (``<OpType>_<n>``) and duplicate names are made unique
     (``name__2``); :func:`to_model` restores the original names. Raises
     :class:`~fusekit.errors.InvalidModel` (file missing, not ONNX, no graph, bad node, a name
-    that is not UTF-8) or :class:`~fusekit.errors.InvalidGraph` (dangling input, two producers,
-    cycle, graph output nothing produces), each naming the file and the problem.
+    that is not UTF-8, an external data file that does not exist) or
+    :class:`~fusekit.errors.InvalidGraph` (dangling input, two producers, cycle, graph output
+    nothing produces), each naming the file and the problem.
     """
     m, label, base_dir = _read(source)
     if not m.HasField("graph") or (m.ir_version <= 0 and len(m.opset_import) == 0):
@@ -560,7 +605,7 @@ def _build_graph(m: ModelProto, g: onnx.GraphProto, label: str, base_dir: str | 
         value_types=pmap(types),
         name=g.name,
         original_names=pmap(original),
-        extras=ModelExtras(m, base_dir),
+        extras=ModelExtras(m, base_dir, label),
     )
     promote_to_old_generation()
     return graph
@@ -584,6 +629,7 @@ def _read_initializers(
     """The graph's dense and sparse initializers by name, their data left undecoded."""
     decode_tensor = _tensor_decoder(base_dir, label)
     inits: dict[str, Initializer] = {}
+    external: list[TensorProto] = []
     for t in g.initializer:
         nm = t.name
         if not nm:
@@ -591,6 +637,8 @@ def _read_initializers(
         if nm in inits:
             raise InvalidModel(f"initializer {_text(nm)!r} is defined twice", label)
         inits[nm] = make_lazy_initializer(nm, t.data_type, tuple(t.dims), t, decode_tensor)
+        if t.data_location == _EXTERNAL:
+            external.append(t)
     for st in g.sparse_initializer:
         nm = st.values.name
         if not nm:
@@ -600,7 +648,38 @@ def _read_initializers(
         inits[nm] = Initializer(
             nm, st.values.data_type, tuple(st.dims), source=st, decode=decode_tensor
         )
+    if external and base_dir is not None:
+        _check_external_files(external, base_dir, label)
     return inits
+
+
+_EXTERNAL = TensorProto.EXTERNAL
+
+
+def _check_external_files(tensors: list[TensorProto], base_dir: str, label: str) -> None:
+    """Refuse a model whose external data files are missing, when it is loaded.
+
+    Weights are decoded lazily, so without this check a missing ``.data`` file shows up only
+    when some step reads a weight (or, worse, in a file written from the model). Only the
+    files' existence is checked here; their content is read on demand.
+    """
+    seen: set[str] = set()
+    for t in tensors:
+        location = next((e.value for e in t.external_data if e.key == "location"), None)
+        if location is None:
+            raise InvalidModel(
+                f"initializer {_text(t.name)!r} is marked external but names no data file", label
+            )
+        if location in seen:
+            continue
+        seen.add(location)
+        path = Path(base_dir) / location
+        if not path.is_file():
+            raise InvalidModel(
+                f"initializer {_text(t.name)!r} keeps its data in {str(path)!r}, which does not "
+                "exist; keep the data file next to the model",
+                label,
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,7 +705,7 @@ def to_model(graph: Graph) -> ModelProto:
     extras = graph.extras if isinstance(graph.extras, ModelExtras) else None
     out = ModelProto()
     if extras is not None:
-        out.CopyFrom(_header_only(extras.model))
+        out.CopyFrom(_header_only(extras._model))
     else:
         # a graph built in Python: opset 20 (onnxruntime 1.32 rejects some valid opset-21 QDQ
         # patterns at its default optimization level) and the IR version that goes with it
@@ -637,7 +716,7 @@ def to_model(graph: Graph) -> ModelProto:
         out.producer_name = "fusekit"
     og = out.graph
     if extras is not None:
-        sg = extras.model.graph
+        sg = extras._model.graph
         og.name = sg.name
         if sg.doc_string:
             og.doc_string = sg.doc_string
@@ -706,7 +785,7 @@ def to_model(graph: Graph) -> ModelProto:
     for t in graph.outputs:
         og.output.append(_value_info(t, types.get(t), out_info.get(t)))
     if extras is not None:
-        sg = extras.model.graph
+        sg = extras._model.graph
         known = _mentioned(graph)
         for vi in sg.value_info:
             if vi.name in known or vi.name in types:
@@ -727,7 +806,7 @@ def _initializers_in_file_order(graph: Graph, extras: ModelExtras | None) -> lis
     out: list[Initializer] = []
     seen: set[str] = set()
     if extras is not None:
-        sg = extras.model.graph
+        sg = extras._model.graph
         for t in sg.initializer:
             i = inits.get(t.name)
             if i is not None and t.name not in seen:
@@ -781,13 +860,147 @@ def save(graph: Graph, path: str | os.PathLike[str]) -> None:
 
 
 def _embed_external_data(model: ModelProto, base_dir: str) -> None:
+    embed_external_data(model, base_dir)
+
+
+def embed_external_data(model: ModelProto, base_dir: str | None, label: str = "") -> int:
+    """Read every external initializer of ``model`` (in place) from ``base_dir``.
+
+    A model built from a loaded graph still points at the *source* folder's data files; a file
+    written elsewhere would point at nothing. Embedding the data makes the model
+    self-contained; :func:`model_files` decides later whether it needs its own data file.
+    Returns how many tensors were embedded; raises InvalidModel naming a missing data file.
+    """
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
+    n = 0
     for t in model.graph.initializer:
         if uses_external_data(t):
-            load_external_data_for_tensor(t, base_dir)
+            if base_dir is None:
+                raise InvalidModel(
+                    f"initializer {t.name!r} keeps its data in an external file, but the model "
+                    "was not loaded from a path",
+                    label or None,
+                )
+            try:
+                load_external_data_for_tensor(t, base_dir)
+            except (OSError, ValueError) as e:
+                raise InvalidModel(
+                    f"initializer {t.name!r}: cannot read its external data ({e})", label or None
+                ) from None
             t.data_location = TensorProto.DEFAULT
             del t.external_data[:]
+            n += 1
+    return n
+
+
+#: The largest serialized protobuf message: a model above it must keep its weights in a file
+#: of their own.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def model_files(
+    model: ModelProto,
+    target: str | os.PathLike[str],
+    *,
+    limit: int = PROTOBUF_LIMIT,
+    min_external: int = 1024,
+) -> dict[Path, bytes]:
+    """The files that hold a self-contained ``model`` at ``target``, path -> content.
+
+    Below ``limit`` bytes that is the model alone, every weight inside it. Above, the
+    initializers of ``min_external`` bytes or more move to ``<target name>.data`` next to the
+    model (one file, offsets in the model), the ONNX external-data layout onnxruntime reads.
+    ``limit`` is a parameter so that the second layout can be tested without 2 GB of weights.
+    Nothing is written here: pass the result to :func:`write_files_atomic`.
+    """
+    from onnx.external_data_helper import uses_external_data
+
+    target = Path(target)
+    if any(uses_external_data(t) for t in model.graph.initializer):
+        raise InvalidModel(
+            "the model still refers to external data files; embed them first (embed_external_data)",
+            str(target),
+        )
+    if model.ByteSize() <= limit:
+        return {target: model.SerializeToString()}
+    m = ModelProto()
+    m.CopyFrom(model)
+    location = target.name + ".data"
+    chunks: list[bytes] = []
+    offset = 0
+    for t in m.graph.initializer:
+        if not t.HasField("raw_data") or len(t.raw_data) < min_external:
+            continue
+        raw = t.raw_data
+        pad = -offset % 64  # aligned, so that readers may map the file
+        if pad:
+            chunks.append(b"\0" * pad)
+            offset += pad
+        chunks.append(raw)
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", offset), ("length", len(raw))):
+            entry = t.external_data.add()
+            entry.key = key
+            entry.value = str(value)
+        offset += len(raw)
+    if m.ByteSize() > limit:
+        raise InvalidModel(
+            f"the model is {m.ByteSize()} bytes even with its weights in {location}; "
+            "protobuf cannot hold it",
+            str(target),
+        )
+    return {target: m.SerializeToString(), target.with_name(location): b"".join(chunks)}
+
+
+def write_files_atomic(files: Mapping[Path, bytes]) -> None:
+    """Write a set of files all or nothing.
+
+    Every file is first written to a hidden temporary name in its own folder; only when all
+    are written are they renamed into place. A failure (or Ctrl-C / SIGTERM, which the CLI
+    turns into an exception) before the renames leaves none of them and no temporary file. The
+    renames are not one transaction: if one fails, the files of the set renamed before it are
+    removed (a file they replaced is gone by then; a rename within a folder does not fail for
+    want of space, so this is the unlikely case).
+    """
+    temps: list[tuple[str, Path]] = []
+    renamed: list[Path] = []
+    try:
+        for target, data in files.items():
+            target = Path(target)
+            _check_target(target)
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or Path(".")
+            )
+            temps.append((tmp, target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_current_umask())
+        while temps:
+            tmp, target = temps[0]
+            os.replace(tmp, target)
+            temps.pop(0)
+            renamed.append(target)
+    except BaseException:
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if temps:  # the set is incomplete: the files already renamed are not left behind
+            for target in renamed:
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
+        raise
+
+
+def _check_target(target: Path) -> None:
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise InvalidModel(f"cannot write: directory {directory} does not exist", str(target))
+    if target.is_dir():
+        raise InvalidModel("cannot write: the target is a directory", str(target))
 
 
 def _current_umask() -> int:
