@@ -38,7 +38,7 @@ from typing import Any, TextIO
 import attrs
 import numpy as np
 
-from .errors import InvalidData, InvalidPlan, MissingDependency, ModelRunError
+from .errors import InvalidData, MissingDependency, ModelRunError
 from .graph import Graph
 from .passes._core import FusionResult, Recorder
 from .quant import (
@@ -49,6 +49,7 @@ from .quant import (
     QuantState,
     TensorQuantConfig,
     Visibility,
+    check_plan_graph,
     minmax_to_scale_offset,
 )
 
@@ -953,6 +954,7 @@ class Calibration:
 
     def run(self, graph: Graph, plan: QuantPlan) -> CalibrationResult:
         """Measure, set the scales and states; returns the new plan and one decision per root."""
+        check_plan_graph(plan, graph, self.name)  # before any run, not after the measuring
         targets = calibration_targets(plan, self.observer, override=self.override)
         inits = graph.initializers
         consts = [tg for tg in targets if all(t in inits for t in tg.observe)]
@@ -1154,9 +1156,7 @@ def calibrate(
     (see :class:`Calibration`). ``progress`` shows a bar on stderr when it is a terminal. The
     inputs are unchanged; returns the new plan.
     """
-    other = plan.graph is not graph and plan.graph.index is not graph.index
-    if other and len(plan.configs) != graph.index.n_slots:
-        raise InvalidPlan("the plan belongs to a different graph")
+    check_plan_graph(plan, graph, "calibrate")
     cal = Calibration(
         data,
         observer=observer,

@@ -49,6 +49,7 @@ from .quant import (
     RoundingPolicy,
     TensorQuantConfig,
     Visibility,
+    check_plan_graph,
     scale_range,
 )
 
@@ -973,8 +974,7 @@ def build_qdq(
     default); False keeps the float weights behind a Q/DQ pair. ``check`` runs
     ``onnx.checker`` on the result and raises :class:`~fusekit.errors.ExportError` if it fails.
     """
-    if plan.graph is not graph and plan.graph.index is not graph.index:
-        raise ExportError("the plan belongs to a different graph")
+    check_plan_graph(plan, graph, "export")
     with gc_paused():
         result = _Builder(graph, plan, quantized_weights).build()
     if check:

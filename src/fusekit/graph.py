@@ -18,6 +18,7 @@ core ever importing ``onnx``.
 from __future__ import annotations
 
 import gc
+import hashlib
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1007,10 +1008,11 @@ class GraphArrays:
 class _Cache:
     """Derived data of one graph value, computed on first use (never part of equality)."""
 
-    __slots__ = ("arrays", "by_type", "elem_types", "index", "positions")
+    __slots__ = ("arrays", "by_type", "elem_types", "fingerprint", "index", "positions")
 
     def __init__(self, index: GraphIndex | None = None):
         self.index = index
+        self.fingerprint: str | None = None
         self.by_type: dict[str, tuple[int, ...]] | None = None
         self.positions: dict[str, int] | None = None
         self.arrays: GraphArrays | None = None
@@ -1104,6 +1106,27 @@ class Graph:
             with gc_paused():
                 arr = self._cache.arrays = GraphArrays(self)
         return arr
+
+    def fingerprint(self) -> str:
+        """A short, stable digest of the graph's structure (computed once per graph value).
+
+        It covers what a plan's slots refer to: every op's name, domain, type and the tensor
+        each of its input and output slots reads or writes. It does not depend on op order,
+        weights, shapes or the graph's name, and it is the same in every process (no Python
+        string hashing), so a plan file can record it and :func:`fusekit.load_plan` can tell
+        that a plan was written for another model even when op names and slot counts agree.
+        Each op contributes one 64-bit BLAKE2b digest, summed modulo 2**64.
+        """
+        fp = self._cache.fingerprint
+        if fp is None:
+            total = 0
+            blake = hashlib.blake2b
+            for op in self.ops.values():
+                domain = "" if op.domain == "ai.onnx" else op.domain
+                record = "\x1f".join((op.name, domain, op.op_type, *op.inputs, "\x1e", *op.outputs))
+                total += int.from_bytes(blake(record.encode(), digest_size=8).digest(), "big")
+            fp = self._cache.fingerprint = f"{total % (1 << 64):016x}"
+        return fp
 
     def positions(self) -> Mapping[str, int]:
         """Op name -> position in :attr:`order` (computed once per graph value)."""

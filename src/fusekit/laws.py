@@ -43,7 +43,7 @@ from .errors import FusekitError
 from .graph import Graph, Slot
 from .patterns import Node, find
 from .platforms import Platform, get_platform
-from .quant import QuantPlan, QuantState
+from .quant import QuantPlan, QuantState, check_plan_graph
 
 __all__ = [
     "LAWS",
@@ -355,8 +355,7 @@ def check(
     the laws their meaning. The plan must belong to ``graph``.
     """
     p = get_platform(platform)
-    if plan.graph is not graph and len(plan.configs) != graph.index.n_slots:
-        raise FusekitError("laws.check: the plan belongs to a different graph")
+    check_plan_graph(plan, graph, "laws.check")
     names = tuple(LAWS) if laws is None else tuple(laws)
     out: list[Violation] = []
     for name in names:
