@@ -5,13 +5,15 @@ Each test names the issue item it covers; each fails on fusekit 0.1 (checked whe
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from onnx import helper
 
 import fusekit
-from fusekit import PlanGraphMismatch, laws
+from fusekit import InvalidPlan, PlanGraphMismatch, cli, laws
 from fusekit.calibrate import Calibration, calibrate
 from fusekit.export import export_qdq
 from fusekit.passes import (
@@ -25,6 +27,7 @@ from fusekit.passes import (
     default_pipeline,
     fuse,
 )
+from fusekit.plan_io import plan_from_dict, plan_to_dict
 from fusekit.quant import check_plan_graph, diff
 from fusekit.report import render_report
 
@@ -135,3 +138,68 @@ def test_item5_wiring_difference_is_named() -> None:
     plan = fusekit.init_plan(other, "trt_int8")
     with pytest.raises(PlanGraphMismatch, match=r"slot conv2\|in\|0 is tensor 'c1' against 'r1'"):
         calibrate(g, plan, samples(1))
+
+
+# --------------------------------------------------------------------------------------------
+# item 6: a plan file records its graph; a plan of another model is refused on load
+
+
+def test_item6_plan_file_of_another_model_with_the_same_op_names_is_refused(
+    tmp_path: Path,
+) -> None:
+    a, b = _two_graphs()
+    assert set(a.ops) == set(b.ops) and a.name == b.name  # exporter-style look-alikes
+    path = tmp_path / "b.plan.json"
+    fusekit.save_plan(
+        default_pipeline("trt_int8").run(b, fusekit.init_plan(b, "trt_int8")).plan, path
+    )
+    with pytest.raises(PlanGraphMismatch, match=r"b\.plan\.json: .*structural fingerprint"):
+        fusekit.load_plan(a, path)
+    assert fusekit.load_plan(b, path).graph is b
+
+
+def test_item6_graph_record_name_and_counts_are_compared() -> None:
+    a = fusekit.load(conv_relu_model())
+    good = plan_to_dict(fusekit.init_plan(a, "trt_int8"))
+    for field, value, words in (
+        ("name", "yolo", "graph name 'yolo'"),
+        ("ops", 4, "4 ops, this graph has 3"),
+        ("slots", 99, "99 quantized slots"),
+    ):
+        data = json.loads(json.dumps(good))
+        data["graph"][field] = value
+        with pytest.raises(PlanGraphMismatch, match=words):
+            plan_from_dict(a, data)
+
+
+def test_item6_version_1_files_are_read_with_the_checks_they_allow() -> None:
+    """0.1 wrote version 1 without a fingerprint: still read, checked on name and counts."""
+    a = fusekit.load(conv_relu_model())
+    v1 = plan_to_dict(fusekit.init_plan(a, "trt_int8"))
+    v1["version"] = 1
+    del v1["graph"]["fingerprint"]
+    assert plan_from_dict(a, v1) == fusekit.init_plan(a, "trt_int8")
+    wrong = json.loads(json.dumps(v1))
+    wrong["graph"]["ops"] = 7
+    with pytest.raises(PlanGraphMismatch, match="7 ops"):
+        plan_from_dict(a, wrong)
+    v2 = plan_to_dict(fusekit.init_plan(a, "trt_int8"))
+    del v2["graph"]["fingerprint"]  # version 2 must carry it
+    with pytest.raises(InvalidPlan, match="fingerprint"):
+        plan_from_dict(a, v2)
+
+
+def test_item6_check_plan_of_another_model_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_path, b_path = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    a_path.write_bytes(conv_relu_model())
+    b_path.write_bytes(sigmoid_model())
+    plan = tmp_path / "b.plan.json"
+    b = fusekit.load(b_path)
+    fusekit.save_plan(fusekit.init_plan(b, "trt_int8"), plan)
+    assert cli.main(["check", str(b_path), "--platform", "trt_int8", "--plan", str(plan)]) == 0
+    capsys.readouterr()
+    assert cli.main(["check", str(a_path), "--platform", "trt_int8", "--plan", str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert "written for another graph" in err and "fingerprint" in err
