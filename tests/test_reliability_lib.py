@@ -9,11 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from onnx import helper
 
 import fusekit
-from fusekit import InvalidPlan, PlanGraphMismatch, cli, laws
+from fusekit import Edge, InvalidPlan, Node, Pattern, PlanGraphMismatch, QuantState, Slot, cli, laws
 from fusekit.calibrate import Calibration, calibrate
 from fusekit.export import export_qdq
 from fusekit.passes import (
@@ -28,9 +29,11 @@ from fusekit.passes import (
     fuse,
 )
 from fusekit.plan_io import plan_from_dict, plan_to_dict
+from fusekit.platforms import unknown_op_types
 from fusekit.quant import check_plan_graph, diff
 from fusekit.report import render_report
 
+from .graphs import G
 from .test_calibrate import _model, _w, conv_relu_model, samples
 
 
@@ -203,3 +206,58 @@ def test_item6_check_plan_of_another_model_exits_2(
     assert cli.main(["check", str(a_path), "--platform", "trt_int8", "--plan", str(plan)]) == 2
     err = capsys.readouterr().err
     assert "written for another graph" in err and "fingerprint" in err
+
+
+# --------------------------------------------------------------------------------------------
+# item 11: op rules apply to ONNX's own domain only
+
+
+def _domain_graph(domain: str) -> fusekit.Graph:
+    """x -> conv (of ``domain``) -> relu -> c2 (an ONNX Conv); the first Conv is private."""
+    b = G()
+    w = b.const("w", np.ones((4, 4, 1, 1)) * 0.1)
+    b.ops = [
+        fusekit.Op("conv", "Conv", ("x", w), ("conv",), domain=domain),
+        fusekit.Op("relu", "Relu", ("conv",), ("relu",)),
+        fusekit.Op("c2", "Conv", ("relu", w), ("c2",), domain="ai.onnx"),
+    ]
+    return b.build(["c2"])
+
+
+@pytest.mark.parametrize("platform", ["trt_int8", "ort_int8", "ppq066_trt_int8"])
+def test_item11_a_private_conv_is_not_planned_as_onnx_conv(platform: str) -> None:
+    g = _domain_graph("com.example")
+    plan = fusekit.init_plan(g, platform)
+    assert not plan.is_quantized("conv")
+    assert plan.is_quantized("c2")  # "ai.onnx" is ONNX's domain
+    fused = default_pipeline(platform).run(g, plan).plan
+    # the Relu is not fused into a Conv it is not the activation of
+    assert fused.state(Slot("relu", "in", 0)) != QuantState.OVERLAPPED
+    assert not laws.check(g, fused, platform)
+    ppq = fusekit.init_plan(g, platform, dispatch="ppq-conservative")
+    assert not ppq.is_quantized("conv")
+
+
+def test_item11_patterns_and_laws_see_the_domain() -> None:
+    g = _domain_graph("com.example")
+    conv_relu = Pattern("cr", (Node("c", "Conv"), Node("r", "Relu")), (Edge("c", "r"),))
+    assert fusekit.find(g, conv_relu) == []
+    assert not Node("c", "Conv").accepts(g.op("conv"))
+    assert Node("c", "com.example::Conv").accepts(g.op("conv"))
+    same = _domain_graph("")
+    assert [f.match.ops for f in fusekit.find(same, conv_relu)] == [("conv", "relu")]
+
+
+def test_item11_a_rule_set_can_name_another_domain_explicitly() -> None:
+    g = _domain_graph("com.microsoft")
+    base = fusekit.get_platform("trt_int8")
+    p = base.evolve(
+        name="trt_int8_ms",
+        quant_types=base.quant_types | {"com.microsoft::Conv"},
+        computing_types=base.computing_types | {"com.microsoft::Conv"},
+    )
+    assert not unknown_op_types(p)
+    plan = fusekit.init_plan(g, p)
+    assert plan.is_quantized("conv")
+    fused = default_pipeline(p).run(g, plan).plan
+    assert fused.state(Slot("conv", "out", 0)) == QuantState.OVERLAPPED  # Relu fused into it

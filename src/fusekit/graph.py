@@ -51,6 +51,7 @@ __all__ = [
     "Tensor",
     "TensorType",
     "check_invariants",
+    "rule_type",
 ]
 
 
@@ -877,7 +878,7 @@ class GraphArrays:
     ordered: bool  # op id == position in ``order`` for every op (a freshly built index)
     pos: list[int]  # op id -> position in ``order`` (-1 for a removed op)
     op_names: list[Any]  # op id -> name (None once removed)
-    op_types: list[Any]  # op id -> op type
+    op_types: list[Any]  # op id -> rule type (see rule_type: "dom::Type" outside ONNX's domain)
     slot_base: list[int]  # op id -> first slot id
     n_in: list[int]  # op id -> number of inputs
     n_out: list[int]  # op id -> number of outputs
@@ -898,6 +899,12 @@ class GraphArrays:
         idx = graph.index
         self.op_names = names = idx.op_names.tolist()
         self.op_types = types = idx.op_types.tolist()
+        # every rule (dispatch, patterns, passes) reads these types: an op of another domain
+        # gets its qualified name, so a private ``Conv`` is never taken for ONNX's Conv
+        op_id = idx.op_id
+        for op in graph.ops.values():
+            if op.domain and op.domain != "ai.onnx":
+                types[op_id[op.name]] = rule_type(op)
         self.slot_base = idx.slot_base.tolist()
         self.n_in = idx.n_in.tolist()
         self.n_out = n_out = idx.n_out.tolist()
@@ -1003,6 +1010,21 @@ class GraphArrays:
                 hit = tuple(order[i] for i in itertools.compress(range(len(order)), mark))
             self.memo[key] = hit
         return hit
+
+
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def rule_type(op: Op) -> str:
+    """The name rules know ``op`` by: its type in ONNX's own domain, else ``"domain::Type"``.
+
+    Platform rule sets and patterns name ONNX operators (``Conv``, ``Relu``...). An op of
+    another domain that happens to share a name (a private ``Conv``, ``com.microsoft``'s
+    ``Gelu``) is a different operator with unknown semantics, so it must not be planned as the
+    ONNX one; a rule set can still name it explicitly as ``"com.microsoft::Gelu"``.
+    """
+    d = op.domain
+    return op.op_type if d in ONNX_DOMAINS else f"{d}::{op.op_type}"
 
 
 class _Cache:

@@ -10,8 +10,14 @@ tests and for users migrating from PPQ. Users register their own with :func:`reg
 or load them from JSON/TOML with :func:`load_platform`.
 
 Every op type named in a rule set is checked against the ONNX operator registry by the test
-suite; names that are not ONNX ops (PPQ's own fused types and typos) must be listed in
+suite; names that are not ONNX operators (PPQ's own fused types and typos) must be listed in
 ``non_onnx_types``.
+
+Rules name operators of ONNX's own domain (``""`` / ``"ai.onnx"``). An op of any other
+domain is known to every rule by its qualified name ``"domain::Type"``
+(:func:`fusekit.graph.rule_type`), so a private ``Conv`` or ``com.microsoft``'s ``Gelu`` is
+never planned as the ONNX operator; a rule set that does want ``com.microsoft::Gelu`` names it
+so, explicitly.
 """
 
 from __future__ import annotations
@@ -167,6 +173,9 @@ class Platform:
     * ``alignment``: op families the alignment pass aligns.
     * ``quirks``: PPQ 0.6.6 behaviours reproduced (see :data:`QUIRKS`).
     * ``non_onnx_types``: names used above that are not ONNX operators, declared as such.
+
+    Every name means an operator of ONNX's own domain, except a qualified
+    ``"domain::Type"`` (``"com.microsoft::Gelu"``), which matches that domain's op only.
     """
 
     name: str
@@ -845,7 +854,9 @@ def unknown_op_types(platform: Platform) -> frozenset[str]:
     from ._onnx_registry import is_onnx_op
 
     return frozenset(
-        t for t in platform.op_types() if not is_onnx_op(t) and t not in platform.non_onnx_types
+        t
+        for t in platform.op_types()
+        if "::" not in t and not is_onnx_op(t) and t not in platform.non_onnx_types
     )
 
 
@@ -951,7 +962,7 @@ class _Walker:
                 tid = idx.slot_tensor[sid]
                 if tid >= 0:
                     self.down[oid].extend(idx.slot_op[c] for c in idx.consumers[tid])
-        self.types = [idx.op_types[i] for i in range(n_ops)]
+        self.types = list(graph.arrays().op_types)  # rule types: domain-qualified off ONNX
         self.boundary = [
             idx.op_names[i] is not None and (not self.up[i] or not self.down[i])
             for i in range(n_ops)
