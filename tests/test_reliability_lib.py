@@ -6,16 +6,28 @@ Each test names the issue item it covers; each fails on fusekit 0.1 (checked whe
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 import fusekit
-from fusekit import Edge, InvalidPlan, Node, Pattern, PlanGraphMismatch, QuantState, Slot, cli, laws
-from fusekit.calibrate import Calibration, calibrate
+from fusekit import (
+    Edge,
+    InvalidPlan,
+    Node,
+    Pattern,
+    PlanGraphMismatch,
+    QuantState,
+    Slot,
+    UnsupportedModel,
+    cli,
+    laws,
+)
+from fusekit.calibrate import Calibration, InvalidData, calibrate
 from fusekit.export import export_qdq
 from fusekit.passes import (
     ActivationFusion,
@@ -30,7 +42,7 @@ from fusekit.passes import (
 )
 from fusekit.plan_io import plan_from_dict, plan_to_dict
 from fusekit.platforms import unknown_op_types
-from fusekit.quant import check_plan_graph, diff
+from fusekit.quant import check_plan_graph, diff, minmax_to_scale_offset
 from fusekit.report import render_report
 
 from .graphs import G
@@ -261,3 +273,177 @@ def test_item11_a_rule_set_can_name_another_domain_explicitly() -> None:
     assert plan.is_quantized("conv")
     fused = default_pipeline(p).run(g, plan).plan
     assert fused.state(Slot("conv", "out", 0)) == QuantState.OVERLAPPED  # Relu fused into it
+
+
+# --------------------------------------------------------------------------------------------
+# item 7: non-finite values are refused unless the user opts in
+
+
+def _nan_weight_model(value: float = np.nan, tensor: str = "w1") -> bytes:
+    w = {
+        "w1": _w((4, 3, 3, 3), seed=1),
+        "b1": _w((4,), 0.1, seed=2),
+        "w2": _w((2, 4, 1, 1), seed=3),
+        "b2": _w((2,), 0.1, seed=4),
+    }
+    w[tensor].flat[min(5, w[tensor].size - 1)] = value
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], "conv2"),
+    ]
+    return _model(nodes, w, [("x", [1, 3, 8, 8])], [("y", [1, 2, 8, 8])])
+
+
+def _fused(g: fusekit.Graph) -> fusekit.QuantPlan:
+    return default_pipeline("trt_int8").run(g, fusekit.init_plan(g, "trt_int8")).plan
+
+
+def test_item7_nan_in_a_data_file_names_file_input_and_sample(tmp_path: Path) -> None:
+    g = fusekit.load(conv_relu_model())
+    x = np.stack([s["x"] for s in samples(4)])
+    x[2, 0, 1, 2, 3] = np.nan
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=x)
+    with pytest.raises(InvalidData, match=r"calib\.npz: input 'x', sample 2: 1 NaN, 0 Inf"):
+        calibrate(g, _fused(g), path)
+
+
+def test_item7_inf_in_python_samples_is_refused() -> None:
+    g = fusekit.load(conv_relu_model())
+    feeds = samples(3)
+    feeds[1]["x"][0, 0, 0, 0] = -np.inf
+    with pytest.raises(InvalidData, match=r"input 'x', sample 1: 0 NaN, 1 Inf"):
+        calibrate(g, _fused(g), feeds)
+
+
+def test_item7_opt_in_skips_non_finite_values_exactly() -> None:
+    """With allow_nonfinite the range is the finite values' range, as if they were absent."""
+    g = fusekit.load(conv_relu_model())
+    plan = _fused(g)
+    dirty = samples(3)
+    x0 = dirty[0]["x"]
+    x0.flat[int(np.argmin(x0))] = np.nan  # the NaN hides the minimum of sample 0
+    dirty[2]["x"][0, 1, 2, 3] = np.inf
+    finite = np.concatenate([d["x"][np.isfinite(d["x"])] for d in dirty])
+    lo, hi = float(finite.min()), float(finite.max())
+    got = calibrate(g, plan, dirty, allow_nonfinite=True, weights_first=False)
+    cfg = got[Slot("conv1", "in", 0)]
+    want_scale, _ = minmax_to_scale_offset(lo, hi, cfg)
+    assert float(got.scale_of(Slot("conv1", "in", 0))) == pytest.approx(want_scale, rel=1e-6)
+
+
+def test_item7_all_nan_data_never_gives_a_silent_minimum_scale() -> None:
+    g = fusekit.load(conv_relu_model())
+    feeds = [{"x": np.full((1, 3, 8, 8), np.nan, np.float32)} for _ in range(2)]
+    with pytest.raises(InvalidData, match="sample 0: 192 NaN"):
+        calibrate(g, _fused(g), feeds)
+    with pytest.raises(InvalidData, match=r"tensor 'x' has no finite value in any of its 2"):
+        calibrate(g, _fused(g), feeds, allow_nonfinite=True)
+
+
+def test_item7_nan_weight_of_a_quantized_op_is_refused_naming_the_initializer() -> None:
+    g = fusekit.load(_nan_weight_model())
+    with pytest.raises(InvalidData, match=r"initializer 'w1' \(read by conv1\) has 1 NaN"):
+        calibrate(g, _fused(g), samples(2))
+    gb = fusekit.load(_nan_weight_model(np.inf, "b2"))
+    ort_plan = default_pipeline("ort_int8").run(gb, fusekit.init_plan(gb, "ort_int8")).plan
+    assert ort_plan.state(Slot("conv2", "in", 2)) == QuantState.PASSIVE_INIT  # int32 bias
+    with pytest.raises(InvalidData, match=r"initializer 'b2' .* 0 NaN, 1 Inf"):
+        calibrate(gb, ort_plan, samples(2))
+
+
+def test_item7_opted_in_nan_weight_exports_without_numpy_warnings() -> None:
+    g = fusekit.load(_nan_weight_model())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = calibrate(g, _fused(g), samples(2), allow_nonfinite=True)
+        model = export_qdq(g, plan)
+    w = next(t for t in model.graph.initializer if t.name.startswith("w1"))
+    q = numpy_helper.to_array(w)
+    assert q.dtype == np.int8 and q.flat[5] == 0  # NaN -> the zero point, explicitly
+
+
+def test_item7_model_computing_inf_is_refused_naming_the_tensor() -> None:
+    nodes = [
+        helper.make_node("Reciprocal", ["x"], ["r"], "recip"),
+        helper.make_node("Conv", ["r", "w"], ["y"], "conv"),
+    ]
+    m = _model(nodes, {"w": _w((2, 3, 1, 1))}, [("x", [1, 3, 4, 4])], [("y", [1, 2, 4, 4])])
+    g = fusekit.load(m)
+    feeds = [{"x": np.ones((1, 3, 4, 4), np.float32)} for _ in range(2)]
+    feeds[1]["x"][0, 0, 0, 0] = 0.0  # finite data, 1/0 = inf inside the model
+    with pytest.raises(InvalidData, match=r"sample 1: the model computes NaN or Inf in tensor 'r'"):
+        calibrate(g, _fused(g), feeds)
+    calibrate(g, _fused(g), feeds, allow_nonfinite=True)
+
+
+def test_item7_cli_refuses_nan_data_with_exit_2_and_accepts_the_opt_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(conv_relu_model())
+    x = np.stack([s["x"] for s in samples(3)])
+    x[1, 0, 0, 0, 0] = np.nan
+    data = tmp_path / "d.npz"
+    np.savez(data, x=x)
+    argv = ["fuse", str(model), "--platform", "trt_int8", "--calib", str(data), "--json"]
+    assert cli.main(argv) == 2
+    assert "d.npz: input 'x', sample 1" in capsys.readouterr().err
+    clean = tmp_path / "e.npz"
+    np.savez(clean, x=np.stack([s["x"] for s in samples(2, seed=5)]))
+    assert cli.main([*argv, "--allow-nonfinite", "--eval", str(clean)]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"]
+
+
+# --------------------------------------------------------------------------------------------
+# item 10: float16 models are refused clearly (plan, export, ranges and summary cannot disagree)
+
+
+def _fp16_model(elem: int = TensorProto.FLOAT16, dtype: Any = np.float16) -> bytes:
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], "conv2"),
+    ]
+    inits = [
+        numpy_helper.from_array((rng.standard_normal(s) * 0.5).astype(dtype), n)
+        for n, s in [("w1", (4, 3, 3, 3)), ("b1", (4,)), ("w2", (2, 4, 1, 1))]
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "half",
+        [helper.make_tensor_value_info("x", elem, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", elem, [1, 2, 8, 8])],
+        inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    return bytes(m.SerializeToString())
+
+
+@pytest.mark.parametrize("dispatch", ["all", "ppq-conservative"])
+def test_item10_float16_model_is_refused_by_init_plan(dispatch: str) -> None:
+    g = fusekit.load(_fp16_model())
+    with pytest.raises(UnsupportedModel, match=r"half: 6 tensor\(s\) to quantize are float16"):
+        fusekit.init_plan(g, "trt_int8", dispatch=dispatch)
+
+
+def test_item10_double_model_is_refused_and_float32_parts_still_plan() -> None:
+    with pytest.raises(UnsupportedModel, match="double"):
+        fusekit.init_plan(fusekit.load(_fp16_model(TensorProto.DOUBLE, np.float64)), "ort_int8")
+    g = fusekit.load(_fp16_model())
+    plan = fusekit.init_plan(g, "trt_int8", dispatch={"conv1": None, "conv2": None, "relu1": None})
+    assert len(plan) == 0  # nothing quantized, nothing claimed
+
+
+def test_item10_cli_refuses_a_float16_model_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "half.onnx"
+    model.write_bytes(_fp16_model())
+    out = tmp_path / "out"
+    assert cli.main(["fuse", str(model), "--platform", "trt_int8", "--out-dir", str(out)]) == 2
+    assert "float16, not float32" in capsys.readouterr().err
+    assert not any(out.glob("*")) if out.exists() else True

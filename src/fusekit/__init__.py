@@ -31,6 +31,7 @@ from .errors import (
     UnknownOp,
     UnknownPlatform,
     UnknownSlot,
+    UnsupportedModel,
 )
 from .graph import (
     Attributes,
@@ -144,6 +145,7 @@ __all__ = [
     "UnknownOp",
     "UnknownPlatform",
     "UnknownSlot",
+    "UnsupportedModel",
     "Visibility",
     "__version__",
     "check_invariants",

@@ -32,6 +32,7 @@ __all__ = [
     "UnknownOp",
     "UnknownPlatform",
     "UnknownSlot",
+    "UnsupportedModel",
 ]
 
 
@@ -71,6 +72,10 @@ class InvalidModel(FusekitError, ValueError):
         self.source = source
         prefix = f"{source}: " if source else ""
         super().__init__(prefix + message)
+
+
+class UnsupportedModel(InvalidModel):
+    """A valid model fusekit cannot quantize correctly (float16 tensors): refused, not guessed."""
 
 
 class ModelNotFound(InvalidModel, FileNotFoundError):

@@ -351,11 +351,18 @@ def quantize_values(
     divides to +-127.5 give or take an ulp, and float64 would round it the other way from what
     a Q node on the float weight gives. Returns float64 integral values, clipped to
     ``[quant_min, quant_max]``.
+
+    +-Inf clip to the ends of the range and NaN (which no integer represents) maps to the zero
+    point, explicitly: calibration refuses non-finite weights unless the user allowed them
+    (``allow_nonfinite``), and then this is what they get, without a numpy warning.
     """
     v = np.asarray(value)
     s_b, o_b = _broadcast(scale, None if zero_offset else offset, v.ndim, axis)
     ratio = v.astype(np.float32) / s_b
     q = _round(ratio.astype(np.float64), cfg.rounding) + o_b
+    nan = np.isnan(q)
+    if nan.any():
+        q = np.where(nan, np.broadcast_to(o_b, q.shape), q)
     return np.asarray(np.clip(q, float(cfg.quant_min), float(cfg.quant_max)), dtype=np.float64)
 
 

@@ -32,7 +32,7 @@ from pyrsistent import PMap, pmap, pvector
 
 from ._util import without_gc
 from .dtypes import FLOAT_TYPES, tensor_elem_types
-from .errors import InvalidPlatform, UnknownPlatform
+from .errors import InvalidPlatform, UnknownPlatform, UnsupportedModel
 from .graph import Graph
 from .quant import (
     NO_LINK,
@@ -1281,7 +1281,45 @@ def init_plan(
             if oid is None:
                 raise InvalidPlatform(f"dispatch names op {name!r}, which the graph does not have")
             table[oid] = "FP32" if plat is None else str(plat)
-    return _build_plan(graph, p, table)
+    plan = _build_plan(graph, p, table)
+    _refuse_other_floats(graph, plan)
+    return plan
+
+
+_OTHER_FLOATS = {10: "float16", 11: "double", 16: "bfloat16"}
+
+
+def _refuse_other_floats(graph: Graph, plan: QuantPlan) -> None:
+    """Refuse a plan that would quantize a float16, bfloat16 or double tensor.
+
+    fusekit's scales, export and ranges are float32 (QuantizeLinear with a float32 scale reads
+    a float32 tensor); 0.1 planned such tensors, exported them unquantized and still wrote
+    their INT8 ranges and counted them as quantized. Refusing keeps plan, export, ranges and
+    summary in agreement. One pass over the slots of the dispatched ops.
+    """
+    types = tensor_elem_types(graph)
+    idx = graph.index
+    configs, st = plan.configs, idx.slot_tensor
+    found: dict[str, tuple[str, str]] = {}
+    for oid, platform in enumerate(plan.dispatch):
+        if platform is None:
+            continue
+        for sid in idx.slot_ids_of(oid):
+            cfg, tid = configs[sid], st[sid]
+            if cfg is None or tid < 0 or cfg.state == QuantState.FP32:
+                continue
+            kind = _OTHER_FLOATS.get(types[tid])
+            if kind is not None and idx.tensor_names[tid] not in found:
+                found[idx.tensor_names[tid]] = (kind, idx.op_names[oid])
+    if found:
+        name, (kind, op) = next(iter(found.items()))
+        kinds = ", ".join(sorted({k for k, _ in found.values()}))
+        raise UnsupportedModel(
+            f"{graph.name or 'model'}: {len(found)} tensor(s) to quantize are {kinds}, not "
+            f"float32 (first: {name!r} of op {op!r}, {kind}); fusekit quantizes float32 "
+            "networks: convert the model to float32 first, or leave those ops unquantized "
+            "with an explicit dispatch"
+        )
 
 
 def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPlan:
