@@ -447,3 +447,67 @@ def test_item10_cli_refuses_a_float16_model_with_exit_2(
     assert cli.main(["fuse", str(model), "--platform", "trt_int8", "--out-dir", str(out)]) == 2
     assert "float16, not float32" in capsys.readouterr().err
     assert not any(out.glob("*")) if out.exists() else True
+
+
+# --------------------------------------------------------------------------------------------
+# item 9: If/Loop/Scan bodies are listed as left float (summary, --json, report, export notes)
+
+
+def _if_model() -> bytes:
+    """x -> conv -> c; If(cond) { then: Relu(c), else: Conv(c) } -> y. The bodies stay float."""
+    then_g = helper.make_graph(
+        [helper.make_node("Relu", ["c"], ["t"], "then_relu")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4, 8, 8])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Conv", ["c", "w2"], ["e"], "else_conv")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4, 8, 8])],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], "conv", pads=[1, 1, 1, 1]),
+        helper.make_node("If", ["cond"], ["y"], "branch", then_branch=then_g, else_branch=else_g),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "with_if",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [
+            numpy_helper.from_array(_w((4, 3, 3, 3), seed=1), "w1"),
+            numpy_helper.from_array(_w((4, 4, 1, 1), seed=2), "w2"),
+        ],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    return bytes(m.SerializeToString())
+
+
+def test_item9_subgraph_bodies_are_listed_as_left_float(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    g = fusekit.load(_if_model())
+    assert g.subgraph_ops() == (("branch", "If", ("else_branch", "then_branch")),)
+    note = "If 'branch': sub-graph else_branch, then_branch not planned; its ops run in float"
+    model = tmp_path / "m.onnx"
+    model.write_bytes(_if_model())
+    report = tmp_path / "r.html"
+    argv = ["fuse", str(model), "--platform", "trt_int8", "--report", str(report)]
+    assert cli.main([*argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["export"]["left_float"][0] == note
+    assert "<th>left float</th><td>If &#x27;branch&#x27;: sub-graph" in report.read_text()
+    assert cli.main(argv) == 0
+    assert f"left float: {note}" in capsys.readouterr().out
+
+
+def test_item9_graphs_without_bodies_list_nothing() -> None:
+    g = fusekit.load(conv_relu_model())
+    assert g.subgraph_ops() == ()
+    assert "left float" not in render_report(g, fusekit.init_plan(g, "trt_int8"))

@@ -411,6 +411,8 @@ def _print_fuse(out: _Output, doc: dict[str, Any], evaluation: Any) -> None:
         )
         for note in ex["left_float"][:5]:
             out.line(f"    left float: {note}")
+        if len(ex["left_float"]) > 5:
+            out.line(f"    left float: ... {len(ex['left_float']) - 5} more (see --json)")
     if evaluation is not None:
         gen = " (generated)" if doc["evaluation"].get("generated") else ""
         out.line(

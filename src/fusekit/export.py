@@ -40,7 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ._util import gc_paused
 from .errors import ExportError, NotCalibrated
-from .graph import Graph
+from .graph import Graph, subgraph_notes
 from .onnx_io import to_model, write_bytes_atomic
 from .quant import (
     QuantPlan,
@@ -390,8 +390,10 @@ class QDQExport:
 
     ``q_nodes``/``dq_nodes`` count the inserted nodes, ``activation_pairs`` the Q/DQ pairs on
     activations, ``parameter_dqs`` the DequantizeLinear of int8/int32 parameters, ``skipped``
-    one note per slot left float because Q/DQ cannot express its config, and ``opset`` the
-    model's ``ai.onnx`` opset after export.
+    one note per op whose sub-graph bodies (If/Loop/Scan) stay float
+    (:func:`fusekit.graph.subgraph_notes`), then one per slot left float because Q/DQ cannot
+    express its config or its tensor is not float32, and
+    ``opset`` the model's ``ai.onnx`` opset after export.
     """
 
     model: Any = attrs.field(repr=False)
@@ -728,7 +730,13 @@ class _Builder:
         og.node.extend(out_nodes)
         model.ir_version = max(model.ir_version, 7)
         return QDQExport(
-            model, self.q, self.dq, self.pairs, self.param_dqs, tuple(self.notes), opset
+            model,
+            self.q,
+            self.dq,
+            self.pairs,
+            self.param_dqs,
+            (*subgraph_notes(self.graph), *self.notes),
+            opset,
         )
 
     def _param_share_key(self, tid: int, key: _Key) -> tuple[Any, ...]:

@@ -52,6 +52,7 @@ __all__ = [
     "TensorType",
     "check_invariants",
     "rule_type",
+    "subgraph_notes",
 ]
 
 
@@ -1013,6 +1014,15 @@ class GraphArrays:
 
 
 ONNX_DOMAINS = ("", "ai.onnx")
+_SUBGRAPH_TYPES = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
+def subgraph_notes(graph: Graph) -> tuple[str, ...]:
+    """One "left float" line per op whose sub-graph bodies fusekit does not quantize."""
+    return tuple(
+        f"{t} {name!r}: sub-graph {', '.join(attrs_)} not planned; its ops run in float"
+        for name, t, attrs_ in graph.subgraph_ops()
+    )
 
 
 def rule_type(op: Op) -> str:
@@ -1149,6 +1159,32 @@ class Graph:
                 total += int.from_bytes(blake(record.encode(), digest_size=8).digest(), "big")
             fp = self._cache.fingerprint = f"{total % (1 << 64):016x}"
         return fp
+
+    def subgraph_ops(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+        """Ops with sub-graphs (If/Loop/Scan bodies...): ``(op name, rule type, attributes)``.
+
+        fusekit plans, calibrates and exports the main graph only; the ops inside these bodies
+        run in float. Callers list them as "left float" (the CLI summary and ``--json``, the
+        report, the export notes) so that nothing is left float silently. Only op types that
+        can carry a sub-graph are looked at (the four ONNX ones and ops of other domains), in
+        topological order.
+        """
+        ar = self.arrays()
+        out: list[tuple[str, str, tuple[str, ...]]] = []
+        ids = sorted(
+            (o for t, lst in ar.by_type.items() if t in _SUBGRAPH_TYPES or "::" in t for o in lst),
+            key=ar.pos.__getitem__,
+        )
+        for o in ids:
+            op = self.ops[ar.op_names[o]]
+            attrs_ = tuple(
+                k
+                for k, v in op.attributes.items()
+                if isinstance(v, OpaqueAttribute) and v.kind in ("GRAPH", "GRAPHS")
+            )
+            if attrs_:
+                out.append((op.name, ar.op_types[o], attrs_))
+        return tuple(out)
 
     def positions(self) -> Mapping[str, int]:
         """Op name -> position in :attr:`order` (computed once per graph value)."""

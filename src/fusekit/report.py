@@ -43,7 +43,7 @@ from typing import Any
 from ._util import gc_paused
 from ._version import __version__
 from .errors import ReportError
-from .graph import Graph
+from .graph import Graph, subgraph_notes
 from .onnx_io import write_bytes_atomic
 from .passes import Decision, FusionResult, PipelineResult
 from .quant import QuantPlan, QuantState, check_plan_graph
@@ -712,6 +712,11 @@ def _summary(
                 f"{edges['q']} quantized, {edges['ov']} fused (no Q/DQ), {edges['fp']} float",
             ),
             ("drawing", drawing),
+            *(
+                [("left float", "<br>".join(_e(n) for n in subgraph_notes(graph)))]
+                if graph.subgraph_ops()
+                else []
+            ),
         ]
     )
 
