@@ -512,7 +512,9 @@ class GraphIndex:
 
     op_id: LayeredMap[str, int]
     op_names: PVector[Any]  # op id -> name (None once removed)
-    op_types: PVector[Any]  # op id -> op type
+    # op id -> rule type: the op type in ONNX's domain, "domain::Type" in any other
+    # (:func:`rule_type`), so that no rule, pattern or pass takes a private Conv for ONNX's
+    op_types: PVector[Any]
     slot_base: PVector[Any]  # op id -> first slot id
     n_in: PVector[Any]  # op id -> number of inputs
     n_out: PVector[Any]  # op id -> number of outputs
@@ -556,7 +558,7 @@ class GraphIndex:
         for oid, op in enumerate(ops):
             op_id[op.name] = oid
             op_names.append(op.name)
-            op_types.append(op.op_type)
+            op_types.append(op.op_type if op.domain in ONNX_DOMAINS else rule_type(op))
             slot_base.append(sid)
             ins, outs = op.inputs, op.outputs
             n_in.append(len(ins))
@@ -704,7 +706,7 @@ class GraphIndex:
         return self._replace(
             op_id=self.op_id.set(op.name, oid),
             op_names=self.op_names.append(op.name),
-            op_types=self.op_types.append(op.op_type),
+            op_types=self.op_types.append(rule_type(op)),
             slot_base=self.slot_base.append(base),
             n_in=self.n_in.append(len(op.inputs)),
             n_out=self.n_out.append(len(op.outputs)),
@@ -784,7 +786,7 @@ class GraphIndex:
             else:
                 slot_tensor[sid] = -1
         return self._replace(
-            op_types=self.op_types.set(oid, new.op_type),
+            op_types=self.op_types.set(oid, rule_type(new)),
             slot_tensor=slot_tensor.persistent(),
             tensor_id=tid_map,
             tensor_names=names,
@@ -879,7 +881,7 @@ class GraphArrays:
     ordered: bool  # op id == position in ``order`` for every op (a freshly built index)
     pos: list[int]  # op id -> position in ``order`` (-1 for a removed op)
     op_names: list[Any]  # op id -> name (None once removed)
-    op_types: list[Any]  # op id -> rule type (see rule_type: "dom::Type" outside ONNX's domain)
+    op_types: list[Any]  # op id -> rule type (see GraphIndex.op_types)
     slot_base: list[int]  # op id -> first slot id
     n_in: list[int]  # op id -> number of inputs
     n_out: list[int]  # op id -> number of outputs
@@ -899,13 +901,7 @@ class GraphArrays:
     def __init__(self, graph: Graph):
         idx = graph.index
         self.op_names = names = idx.op_names.tolist()
-        self.op_types = types = idx.op_types.tolist()
-        # every rule (dispatch, patterns, passes) reads these types: an op of another domain
-        # gets its qualified name, so a private ``Conv`` is never taken for ONNX's Conv
-        op_id = idx.op_id
-        for op in graph.ops.values():
-            if op.domain and op.domain != "ai.onnx":
-                types[op_id[op.name]] = rule_type(op)
+        self.op_types = types = idx.op_types.tolist()  # rule types (see GraphIndex)
         self.slot_base = idx.slot_base.tolist()
         self.n_in = idx.n_in.tolist()
         self.n_out = n_out = idx.n_out.tolist()

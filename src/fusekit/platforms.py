@@ -1295,16 +1295,21 @@ def _refuse_other_floats(graph: Graph, plan: QuantPlan) -> None:
     fusekit's scales, export and ranges are float32 (QuantizeLinear with a float32 scale reads
     a float32 tensor); 0.1 planned such tensors, exported them unquantized and still wrote
     their INT8 ranges and counted them as quantized. Refusing keeps plan, export, ranges and
-    summary in agreement. One pass over the slots of the dispatched ops.
+    summary in agreement. One scan of the tensor types; the slots are walked only when some
+    tensor has such a type.
     """
     types = tensor_elem_types(graph)
+    other = _OTHER_FLOATS.keys()
+    if not any(t in other for t in types):  # the common case: one scan of a list of ints
+        return
+    ar = graph.arrays()
     idx = graph.index
-    configs, st = plan.configs, idx.slot_tensor
+    configs, st = plan.configs, ar.slot_tensor
     found: dict[str, tuple[str, str]] = {}
     for oid, platform in enumerate(plan.dispatch):
         if platform is None:
             continue
-        for sid in idx.slot_ids_of(oid):
+        for sid in range(ar.slot_base[oid], ar.slot_base[oid] + ar.n_in[oid] + ar.n_out[oid]):
             cfg, tid = configs[sid], st[sid]
             if cfg is None or tid < 0 or cfg.state == QuantState.FP32:
                 continue
