@@ -438,6 +438,18 @@ def test_item10_double_model_is_refused_and_float32_parts_still_plan() -> None:
     assert len(plan) == 0  # nothing quantized, nothing claimed
 
 
+def test_item10_a_plan_file_cannot_bring_float16_back() -> None:
+    """load_plan applies the same refusal, so no route gives a plan claiming float16 tensors."""
+    g = fusekit.load(_fp16_model())
+    as32 = fusekit.load(conv_relu_model())
+    data = plan_to_dict(fusekit.init_plan(as32, "trt_int8"))
+    data["graph"] = {"name": "half", "ops": 3, "slots": 0, "fingerprint": g.fingerprint()}
+    data["ops"] = {"relu1": data["ops"]["relu1"]}
+    data["links"] = {}
+    with pytest.raises(UnsupportedModel, match="float16"):
+        plan_from_dict(g, data)
+
+
 def test_item10_cli_refuses_a_float16_model_with_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -511,3 +523,31 @@ def test_item9_graphs_without_bodies_list_nothing() -> None:
     g = fusekit.load(conv_relu_model())
     assert g.subgraph_ops() == ()
     assert "left float" not in render_report(g, fusekit.init_plan(g, "trt_int8"))
+
+
+# --------------------------------------------------------------------------------------------
+# the fingerprint itself
+
+
+def test_fingerprint_ignores_order_weights_and_name_but_sees_structure() -> None:
+    def build(ops: list[fusekit.Op], w: float = 0.1, name: str = "g") -> fusekit.Graph:
+        b = G()
+        b.const("w", np.ones((4, 4, 1, 1)) * w)
+        b.ops = ops
+        return fusekit.Graph.build(b.ops, b.inputs, ["r"], b.inits.values(), name=name)
+
+    conv = fusekit.Op("c", "Conv", ("x", "w"), ("c",))
+    relu = fusekit.Op("r", "Relu", ("c",), ("r",))
+    base = build([conv, relu]).fingerprint()
+    assert len(base) == 16 and int(base, 16) >= 0
+    assert build([relu, conv]).fingerprint() == base  # op order
+    assert build([conv, relu], w=0.7, name="other").fingerprint() == base  # weights, name
+    assert build([conv, fusekit.Op("r", "Sigmoid", ("c",), ("r",))]).fingerprint() != base
+    assert (
+        build([conv, fusekit.Op("r", "Relu", ("c",), ("r",), domain="x.y")]).fingerprint() != base
+    )
+    assert (
+        build([conv, fusekit.Op("r", "Relu", ("c",), ("r",), domain="ai.onnx")]).fingerprint()
+        == base
+    )
+    assert build([conv, fusekit.Op("r", "Relu", ("x",), ("r",))]).fingerprint() != base  # wiring

@@ -42,6 +42,7 @@ from pyrsistent import pvector
 from .errors import InvalidPlan, PlanGraphMismatch, UnknownSlot
 from .graph import Graph, Slot
 from .onnx_io import write_bytes_atomic
+from .platforms import refuse_other_floats
 from .quant import (
     NO_LINK,
     LinkKind,
@@ -331,6 +332,7 @@ def plan_from_dict(graph: Graph, data: Any, *, source: str = "plan") -> QuantPla
         links[child] = parent * 2 + int(kind)
     _check_acyclic(links, idx, source)
     plan = QuantPlan(graph, pvector(configs), pvector(links), pvector(dispatch))
+    refuse_other_floats(graph, plan)  # as init_plan: no plan may claim a float16 tensor
     if record is not None and record[2] != len(plan):
         raise PlanGraphMismatch(
             f"{source}: the plan was written for another graph: its graph record says "

@@ -57,6 +57,7 @@ __all__ = [
     "platform_from_dict",
     "platform_to_dict",
     "platforms",
+    "refuse_other_floats",
     "register_platform",
 ]
 
@@ -1282,14 +1283,14 @@ def init_plan(
                 raise InvalidPlatform(f"dispatch names op {name!r}, which the graph does not have")
             table[oid] = "FP32" if plat is None else str(plat)
     plan = _build_plan(graph, p, table)
-    _refuse_other_floats(graph, plan)
+    refuse_other_floats(graph, plan)
     return plan
 
 
 _OTHER_FLOATS = {10: "float16", 11: "double", 16: "bfloat16"}
 
 
-def _refuse_other_floats(graph: Graph, plan: QuantPlan) -> None:
+def refuse_other_floats(graph: Graph, plan: QuantPlan) -> None:
     """Refuse a plan that would quantize a float16, bfloat16 or double tensor.
 
     fusekit's scales, export and ranges are float32 (QuantizeLinear with a float32 scale reads
