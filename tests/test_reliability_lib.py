@@ -364,18 +364,34 @@ def test_item7_opted_in_nan_weight_exports_without_numpy_warnings() -> None:
     assert q.dtype == np.int8 and q.flat[5] == 0  # NaN -> the zero point, explicitly
 
 
-def test_item7_model_computing_inf_is_refused_naming_the_tensor() -> None:
+def _unary_model(op_type: str) -> fusekit.Graph:
     nodes = [
-        helper.make_node("Reciprocal", ["x"], ["r"], "recip"),
+        helper.make_node(op_type, ["x"], ["r"], "unary"),
         helper.make_node("Conv", ["r", "w"], ["y"], "conv"),
     ]
     m = _model(nodes, {"w": _w((2, 3, 1, 1))}, [("x", [1, 3, 4, 4])], [("y", [1, 2, 4, 4])])
-    g = fusekit.load(m)
+    return fusekit.load(m)
+
+
+def test_item7_model_computing_nan_is_refused_naming_the_tensor() -> None:
+    g = _unary_model("Sqrt")
     feeds = [{"x": np.ones((1, 3, 4, 4), np.float32)} for _ in range(2)]
-    feeds[1]["x"][0, 0, 0, 0] = 0.0  # finite data, 1/0 = inf inside the model
-    with pytest.raises(InvalidData, match=r"sample 1: the model computes NaN or Inf in tensor 'r'"):
+    feeds[1]["x"][0, 0, 0, 0] = -1.0  # finite data, sqrt(-1) = NaN inside the model
+    with pytest.raises(InvalidData, match=r"sample 1: the model computes NaN in tensor 'r'"):
         calibrate(g, _fused(g), feeds)
     calibrate(g, _fused(g), feeds, allow_nonfinite=True)
+
+
+def test_item7_inf_computed_by_the_model_saturates_and_is_left_out_of_the_range() -> None:
+    """A mask's -inf (here 1/0) is not the data's fault: it saturates, the range stays finite."""
+    g = _unary_model("Reciprocal")
+    feeds = [{"x": np.full((1, 3, 4, 4), 2.0, np.float32)} for _ in range(2)]
+    feeds[1]["x"][0, 0, 0, 0] = 0.0
+    plan = calibrate(g, _fused(g), feeds, weights_first=False)
+    scale = plan.scale_of(Slot("conv", "in", 0))
+    assert scale is not None
+    expect, _ = minmax_to_scale_offset(0.5, 0.5, plan[Slot("conv", "in", 0)])
+    assert float(scale) == pytest.approx(expect)  # the finite values' range, 0.5 .. 0.5
 
 
 def test_item7_cli_refuses_nan_data_with_exit_2_and_accepts_the_opt_in(

@@ -755,9 +755,11 @@ def collect_ranges(
     that runs (e.g. weights already quantized). Returns ``{(tensor, observer, axis):
     TensorRange}``; ``data`` is only read when some tensor is not an initializer.
 
-    NaN or +-Inf in the data (naming file, input and sample), in a measured initializer or in a
-    tensor the model computes raise :class:`InvalidData`: a range that silently drops them
-    describes data the network will not see. ``allow_nonfinite`` skips such values instead.
+    NaN or +-Inf in the data (naming file, input and sample) or in a measured initializer, and
+    NaN in a tensor the model computes, raise :class:`InvalidData`: a range that silently drops
+    them describes data the network will not see. (+-Inf the model itself computes, such as an
+    attention mask's -inf, are left out of the range: QuantizeLinear saturates them.)
+    ``allow_nonfinite`` skips all such values instead.
     A tensor with no finite value at all is refused either way (it has no range; 0.1 gave it
     the minimum scale).
     """
@@ -806,12 +808,15 @@ def collect_ranges(
                     if arr.dtype.kind not in "f":
                         arr = arr.astype(np.float64)
                     for ob in observers:
-                        if ob.update(arr) and not allow_nonfinite:
+                        # +-Inf the model computes (an attention mask's -inf) saturate in
+                        # QuantizeLinear as they do in any int8 backend: left out of the range.
+                        # A NaN has no quantized value at all: refused.
+                        if ob.update(arr) and not allow_nonfinite and np.isnan(arr).any():
                             raise InvalidData(
-                                f"{ds.label}: sample {n}: the model computes NaN or Inf in "
-                                f"tensor {t!r} ({_count_nonfinite(arr)}); fusekit cannot "
-                                "calibrate a range for it (allow_nonfinite / "
-                                "--allow-nonfinite skips such values)"
+                                f"{ds.label}: sample {n}: the model computes NaN in tensor "
+                                f"{t!r} ({_count_nonfinite(arr)}); fusekit cannot calibrate a "
+                                "range for it (allow_nonfinite / --allow-nonfinite skips such "
+                                "values)"
                             )
                 n += 1
                 bar.step()
