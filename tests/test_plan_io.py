@@ -10,7 +10,7 @@ import pytest
 
 import fusekit
 from fusekit import InvalidPlan, Slot
-from fusekit.plan_io import plan_from_dict, plan_to_dict
+from fusekit.plan_io import PLAN_VERSION, plan_from_dict, plan_to_dict
 
 from .conftest import corpus_bytes
 from .graphs import G
@@ -33,7 +33,8 @@ def test_round_trip_is_exact_on_a_real_model(platform: str, tmp_path: Path) -> N
     assert np.array_equal(back.scale_of(root), plan.scale_of(root))
     assert {s: back.parent(s) for s in back.slots()} == {s: plan.parent(s) for s in plan.slots()}
     data = json.loads(path.read_text())
-    assert data["format"] == "fusekit-plan" and data["version"] == 1
+    assert data["format"] == "fusekit-plan" and data["version"] == PLAN_VERSION == 2
+    assert data["graph"]["fingerprint"] == g.fingerprint()
     assert len(data["configs"]) < 40  # shared configs are written once
 
 
@@ -57,7 +58,8 @@ def test_errors_name_the_field() -> None:
     good = plan_to_dict(
         fusekit.init_plan(g, "trt_int8").overlap(Slot("c", "out", 0), Slot("r", "out", 0))
     )
-    _bad(g, {**good, "version": 2}, "version")
+    _bad(g, {**good, "version": 3}, "version")
+    _bad(g, {**good, "version": True}, "version")
     _bad(g, {**good, "format": "x"}, "format")
     d = json.loads(json.dumps(good))
     d["configs"][0]["state"] = "FUSED"

@@ -27,10 +27,12 @@ from .errors import (
     MissingDependency,
     ModelNotFound,
     NotCalibrated,
+    PlanGraphMismatch,
     SharingCycle,
     UnknownOp,
     UnknownPlatform,
     UnknownSlot,
+    UnsupportedModel,
 )
 from .graph import (
     Attributes,
@@ -127,6 +129,7 @@ __all__ = [
     "Pipeline",
     "PipelineResult",
     "PlanEvolver",
+    "PlanGraphMismatch",
     "Platform",
     "QuantPlan",
     "QuantPolicy",
@@ -145,6 +148,7 @@ __all__ = [
     "UnknownOp",
     "UnknownPlatform",
     "UnknownSlot",
+    "UnsupportedModel",
     "Visibility",
     "__version__",
     "check_invariants",

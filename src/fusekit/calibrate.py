@@ -39,7 +39,7 @@ from typing import Any, TextIO, TypeGuard
 import attrs
 import numpy as np
 
-from .errors import InvalidData, InvalidPlan, MissingDependency, ModelRunError
+from .errors import InvalidData, MissingDependency, ModelRunError
 from .graph import Graph
 from .passes._core import FusionResult, Recorder
 from .quant import (
@@ -50,6 +50,7 @@ from .quant import (
     QuantState,
     TensorQuantConfig,
     Visibility,
+    check_plan_graph,
     minmax_to_scale_offset,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "as_dataset",
     "calibrate",
     "calibration_targets",
+    "check_finite_weights",
     "collect_ranges",
     "input_specs",
     "load_data",
@@ -645,26 +647,39 @@ class TensorRange:
         return float(max(np.max(np.abs(self.lo)), np.max(np.abs(self.hi))))
 
 
+# Every observer's ``update`` returns True when the array held NaN or +-Inf (those values are
+# never part of a range); ``empty`` is True when values were seen but none was finite, which
+# :func:`collect_ranges` refuses rather than giving the tensor the minimum scale.
+
+
 class _MinMax:
-    __slots__ = ("hi", "lo", "n")
+    __slots__ = ("hi", "lo", "n", "values")
 
     def __init__(self) -> None:
         self.lo = math.inf
         self.hi = -math.inf
         self.n = 0
+        self.values = 0
 
-    def update(self, x: np.ndarray[Any, Any]) -> None:
+    def update(self, x: np.ndarray[Any, Any]) -> bool:
         self.n += 1
         if x.size == 0:
-            return
-        lo, hi = float(np.min(x)), float(np.max(x))
-        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return False
+        self.values += x.size
+        lo, hi = float(np.min(x)), float(np.max(x))  # NaN propagates, Inf shows: no extra pass
+        bad = not (math.isfinite(lo) and math.isfinite(hi))
+        if bad:
             f = x[np.isfinite(x)]
             if f.size == 0:
-                return
+                return True
             lo, hi = float(np.min(f)), float(np.max(f))
         self.lo = min(self.lo, lo)
         self.hi = max(self.hi, hi)
+        return bad
+
+    @property
+    def empty(self) -> bool:
+        return self.values > 0 and self.lo > self.hi
 
     def result(self) -> TensorRange:
         lo, hi = (self.lo, self.hi) if self.lo <= self.hi else (0.0, 0.0)
@@ -672,22 +687,32 @@ class _MinMax:
 
 
 class _ChannelMinMax:
-    __slots__ = ("axis", "hi", "lo", "n")
+    __slots__ = ("axis", "hi", "lo", "n", "values")
 
     def __init__(self, axis: int) -> None:
         self.axis = axis
         self.lo: np.ndarray[Any, Any] | None = None
         self.hi: np.ndarray[Any, Any] | None = None
         self.n = 0
+        self.values = 0
 
-    def update(self, x: np.ndarray[Any, Any]) -> None:
+    def update(self, x: np.ndarray[Any, Any]) -> bool:
         self.n += 1
         axis = self.axis if self.axis >= 0 else x.ndim + self.axis
         if not 0 <= axis < x.ndim:
             raise InvalidData(f"channel axis {self.axis} does not exist in a rank-{x.ndim} tensor")
         m = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).astype(np.float64)
-        m = np.where(np.isfinite(m), m, 0.0)
-        lo, hi = m.min(axis=1), m.max(axis=1)
+        self.values += m.size
+        finite = np.isfinite(m)
+        bad = not bool(finite.all())
+        if m.shape[1] == 0:
+            lo = np.full(m.shape[0], np.inf)
+            hi = np.full(m.shape[0], -np.inf)
+        elif bad:  # a channel without finite values keeps lo > hi, which empty reports
+            lo = np.where(finite, m, np.inf).min(axis=1)
+            hi = np.where(finite, m, -np.inf).max(axis=1)
+        else:
+            lo, hi = m.min(axis=1), m.max(axis=1)
         if self.lo is None or self.hi is None:
             self.lo, self.hi = lo, hi
         elif self.lo.shape != lo.shape:
@@ -697,10 +722,21 @@ class _ChannelMinMax:
         else:
             self.lo = np.minimum(self.lo, lo)
             self.hi = np.maximum(self.hi, hi)
+        return bad
+
+    @property
+    def empty(self) -> bool:
+        """True if some channel had values but none of them finite."""
+        if self.lo is None or self.hi is None or not self.values:
+            return False
+        return bool(np.any(self.lo > self.hi))
 
     def result(self) -> TensorRange:
         lo = self.lo if self.lo is not None else np.zeros(0)
         hi = self.hi if self.hi is not None else np.zeros(0)
+        unseen = lo > hi  # channels of size 0: no values, no range
+        if np.any(unseen):
+            lo, hi = np.where(unseen, 0.0, lo), np.where(unseen, 0.0, hi)
         return TensorRange(lo, hi, lo, hi, self.n, "minmax")
 
 
@@ -713,7 +749,7 @@ class _Histogram:
     never narrower than the true quantile by more than one bin).
     """
 
-    __slots__ = ("bins", "counts", "hi", "limit", "lo", "n", "percentile")
+    __slots__ = ("bins", "counts", "hi", "limit", "lo", "n", "percentile", "values")
 
     def __init__(self, percentile: float, bins: int) -> None:
         self.percentile = percentile
@@ -723,16 +759,23 @@ class _Histogram:
         self.lo = math.inf
         self.hi = -math.inf
         self.n = 0
+        self.values = 0
 
-    def update(self, x: np.ndarray[Any, Any]) -> None:
+    @property
+    def empty(self) -> bool:
+        return self.values > 0 and self.counts is None
+
+    def update(self, x: np.ndarray[Any, Any]) -> bool:
         self.n += 1
         x = np.asarray(x, dtype=np.float64).ravel()
         if x.size == 0:
-            return
-        if not np.all(np.isfinite(x)):
+            return False
+        self.values += x.size
+        bad = not np.all(np.isfinite(x))
+        if bad:
             x = x[np.isfinite(x)]
             if x.size == 0:
-                return
+                return True
         lo, hi = float(x.min()), float(x.max())
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         m = max(abs(lo), abs(hi))
@@ -748,6 +791,7 @@ class _Histogram:
         idx = ((x + self.limit) * (nb / (2.0 * self.limit))).astype(np.int64)
         np.clip(idx, 0, nb - 1, out=idx)
         self.counts += np.bincount(idx, minlength=nb)
+        return bad
 
     def result(self) -> TensorRange:
         if self.counts is None:
@@ -811,6 +855,7 @@ def collect_ranges(
     bins: int = 2048,
     progress: bool | None = None,
     initializers: Mapping[str, np.ndarray[Any, Any]] | None = None,
+    allow_nonfinite: bool = False,
 ) -> dict[tuple[str, str, int | None], TensorRange]:
     """Run the float model over ``data`` and measure the requested tensors.
 
@@ -821,6 +866,14 @@ def collect_ranges(
     observers, one sample at a time. ``initializers`` replaces initializer values in the model
     that runs (e.g. weights already quantized). Returns ``{(tensor, observer, axis):
     TensorRange}``; ``data`` is only read when some tensor is not an initializer.
+
+    NaN or +-Inf in the data (naming file, input and sample) or in a measured initializer, and
+    NaN in a tensor the model computes, raise :class:`InvalidData`: a range that silently drops
+    them describes data the network will not see. (+-Inf the model itself computes, such as an
+    attention mask's -inf, are left out of the range: QuantizeLinear saturates them.)
+    ``allow_nonfinite`` skips all such values instead.
+    A tensor with no finite value at all is refused either way (it has no range; 0.1 gave it
+    the minimum scale).
     """
     wanted: dict[tuple[str, str, int | None], Any] = {}
     for t, specs in tensors.items():
@@ -842,7 +895,8 @@ def collect_ranges(
         if init is not None:
             arr = np.asarray(init.array(), dtype=np.float64)
             for ob in by_tensor.pop(t):
-                ob.update(arr)
+                if ob.update(arr) and not allow_nonfinite:
+                    raise _nonfinite_initializer(graph, t, arr)
     if by_tensor:
         ds = as_dataset(data, graph, split="calib")
         inputs = {s.name for s in input_specs(graph)}
@@ -852,6 +906,8 @@ def collect_ranges(
         n = 0
         try:
             for feed in ds:
+                if not allow_nonfinite:
+                    _check_finite_feed(feed, ds.label, n)
                 values: list[Any] = (
                     _run(sess, fetch, feed, f"calibrating {_model_label(graph)}", n)
                     if sess is not None
@@ -866,14 +922,87 @@ def collect_ranges(
                     if arr.dtype.kind not in "f":
                         arr = arr.astype(np.float64)
                     for ob in observers:
-                        ob.update(arr)
+                        # +-Inf the model computes (an attention mask's -inf) saturate in
+                        # QuantizeLinear as they do in any int8 backend: left out of the range.
+                        # A NaN has no quantized value at all: refused.
+                        if ob.update(arr) and not allow_nonfinite and np.isnan(arr).any():
+                            raise InvalidData(
+                                f"{ds.label}: sample {n}: the model computes NaN in tensor "
+                                f"{t!r} ({_count_nonfinite(arr)}); fusekit cannot calibrate a "
+                                "range for it (allow_nonfinite / --allow-nonfinite skips such "
+                                "values)"
+                            )
                 n += 1
                 bar.step()
         finally:
             bar.close()
         if n == 0:
             raise InvalidData(f"{ds.label}: no calibration samples")
+    for (t, _, _), ob in wanted.items():
+        if ob.empty:
+            where = "initializer" if t in graph.initializers else "tensor"
+            raise InvalidData(
+                f"{where} {t!r} has no finite value in any of its {ob.n} sample(s) "
+                "(all NaN or Inf): it has no range to calibrate"
+            )
     return {k: ob.result() for k, ob in wanted.items()}
+
+
+def _count_nonfinite(arr: np.ndarray[Any, Any]) -> str:
+    """``"3 NaN, 1 Inf of 768 values"``, for messages."""
+    a = np.asarray(arr)
+    nan = int(np.count_nonzero(np.isnan(a)))
+    inf = int(np.count_nonzero(np.isinf(a)))
+    return f"{nan} NaN, {inf} Inf of {a.size} values"
+
+
+def _check_finite_feed(feed: Feed, label: str, k: int) -> None:
+    """Refuse a calibration sample with NaN or Inf in a float input, naming file/input/sample."""
+    for name, v in feed.items():
+        a = np.asarray(v)
+        if a.dtype.kind in "fc" and a.size and not np.isfinite(a).all():
+            raise InvalidData(
+                f"{label}: input {name!r}, sample {k}: {_count_nonfinite(a)} are not finite; "
+                "calibration data must be finite (allow_nonfinite / --allow-nonfinite skips "
+                "such values)"
+            )
+
+
+def _nonfinite_initializer(graph: Graph, name: str, arr: np.ndarray[Any, Any]) -> InvalidData:
+    users = ", ".join(sorted({s.op for s in graph.consumers(name)})[:3]) or "no op"
+    return InvalidData(
+        f"initializer {name!r} (read by {users}) has {_count_nonfinite(arr)} not finite; a "
+        "quantized weight must be finite (allow_nonfinite / --allow-nonfinite quantizes the "
+        "finite values and maps NaN to zero)"
+    )
+
+
+def check_finite_weights(graph: Graph, plan: QuantPlan) -> None:
+    """Refuse NaN/Inf in any float initializer that a quantized slot of ``plan`` reads.
+
+    Weights, biases, Clip bounds: everything export would turn into integers (NaN has no
+    integer; 0.1 wrote 0 with a raw numpy warning). Raises :class:`InvalidData` naming the
+    initializer and the ops reading it.
+    """
+    idx = graph.index
+    inits = graph.initializers
+    seen: set[str] = set()
+    configs, names = plan.configs, idx.tensor_names
+    for oid, platform in enumerate(plan.dispatch):
+        if platform is None:
+            continue
+        for sid in idx.input_sids(oid):
+            cfg = configs[sid]
+            tid = idx.slot_tensor[sid]
+            if cfg is None or tid < 0 or cfg.state == QuantState.FP32:
+                continue
+            name = names[tid]
+            if name in seen or name not in inits:
+                continue
+            seen.add(name)
+            arr = np.asarray(inits[name].array())
+            if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+                raise _nonfinite_initializer(graph, name, arr)
 
 
 def _augmented_session(
@@ -1053,6 +1182,7 @@ class Calibration:
     passive_parameters: bool = False
     progress: bool | None = None
     weights_first: bool = True
+    allow_nonfinite: bool = False
 
     name = "calibration"
 
@@ -1077,13 +1207,22 @@ class Calibration:
 
     def run(self, graph: Graph, plan: QuantPlan) -> CalibrationResult:
         """Measure, set the scales and states; returns the new plan and one decision per root."""
+        check_plan_graph(plan, graph, self.name)  # before any run, not after the measuring
+        if not self.allow_nonfinite:
+            check_finite_weights(graph, plan)
         targets = calibration_targets(plan, self.observer, override=self.override)
         inits = graph.initializers
         consts = [tg for tg in targets if all(t in inits for t in tg.observe)]
         acts = [tg for tg in targets if not all(t in inits for t in tg.observe)]
         # constants first: their ranges need no data, and with weights_first the activations
         # are then measured on the network as it will run, with its weights quantized
-        ranges = collect_ranges(graph, self._wanted(graph, consts), None) if consts else {}
+        ranges = (
+            collect_ranges(
+                graph, self._wanted(graph, consts), None, allow_nonfinite=self.allow_nonfinite
+            )
+            if consts
+            else {}
+        )
         scales = {tg.root: self._scale(plan, tg, ranges) for tg in consts}
         replace = _quantized_initializers(graph, plan, consts, scales) if self.weights_first else {}
         ds = as_dataset(self.data, graph, split="calib")
@@ -1097,6 +1236,7 @@ class Calibration:
                     bins=self.bins,
                     progress=self.progress,
                     initializers=replace,
+                    allow_nonfinite=self.allow_nonfinite,
                 )
             )
         rec = Recorder(graph, plan, self.name)
@@ -1265,6 +1405,7 @@ def calibrate(
     passive_parameters: bool = True,
     weights_first: bool = True,
     progress: bool | None = None,
+    allow_nonfinite: bool = False,
 ) -> QuantPlan:
     """Give every root of ``plan`` that needs one a scale, measured by running ``graph``.
 
@@ -1277,10 +1418,13 @@ def calibrate(
     plan. With ``weights_first`` activations are measured with the weights already quantized
     (see :class:`Calibration`). ``progress`` shows a bar on stderr when it is a terminal. The
     inputs are unchanged; returns the new plan.
+
+    NaN or Inf in the data, in a quantized op's initializer or in a measured tensor raise
+    :class:`InvalidData` naming the file, input and sample (or the initializer, or the tensor);
+    ``allow_nonfinite=True`` skips those values instead (a tensor with no finite value is still
+    refused, and export maps a NaN weight to the zero point).
     """
-    other = plan.graph is not graph and plan.graph.index is not graph.index
-    if other and len(plan.configs) != graph.index.n_slots:
-        raise InvalidPlan("the plan belongs to a different graph")
+    check_plan_graph(plan, graph, "calibrate")
     cal = Calibration(
         data,
         observer=observer,
@@ -1290,5 +1434,6 @@ def calibrate(
         passive_parameters=passive_parameters,
         progress=progress,
         weights_first=weights_first,
+        allow_nonfinite=allow_nonfinite,
     )
     return cal.run(graph, plan).plan

@@ -392,7 +392,12 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     plan0 = init_plan(graph, platform, dispatch=args.dispatch)
     calib = None if args.no_calibrate else _calib_data(args, graph, example)
     cal = (
-        Calibration(calib, observer=args.observer, progress=_progress(args))
+        Calibration(
+            calib,
+            observer=args.observer,
+            progress=_progress(args),
+            allow_nonfinite=args.allow_nonfinite,
+        )
         if calib is not None
         else None
     )
@@ -572,6 +577,8 @@ def _print_fuse(out: _Output, doc: dict[str, Any], evaluation: Any) -> None:
         )
         for note in ex["left_float"][:5]:
             out.line(f"    left float: {note}")
+        if len(ex["left_float"]) > 5:
+            out.line(f"    left float: ... {len(ex['left_float']) - 5} more (see --json)")
     if evaluation is not None:
         gen = " (generated)" if doc["evaluation"].get("generated") else ""
         out.line(
@@ -933,6 +940,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-calibrate",
         action="store_true",
         help="plan and fuse only (no calibration, export or evaluation)",
+    )
+    fuse.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="skip NaN/Inf in calibration data and quantized weights instead of refusing them",
     )
     _common(fuse)
     fuse.set_defaults(func=_cmd_fuse)

@@ -27,11 +27,13 @@ __all__ = [
     "ModelNotFound",
     "ModelRunError",
     "NotCalibrated",
+    "PlanGraphMismatch",
     "ReportError",
     "SharingCycle",
     "UnknownOp",
     "UnknownPlatform",
     "UnknownSlot",
+    "UnsupportedModel",
 ]
 
 
@@ -71,6 +73,10 @@ class InvalidModel(FusekitError, ValueError):
         self.source = source
         prefix = f"{source}: " if source else ""
         super().__init__(prefix + message)
+
+
+class UnsupportedModel(InvalidModel):
+    """A valid model fusekit cannot quantize correctly (float16 tensors): refused, not guessed."""
 
 
 class ModelNotFound(InvalidModel, FileNotFoundError):
@@ -113,6 +119,18 @@ class SharingCycle(FusekitError, ValueError):
 
 class InvalidPlan(FusekitError, ValueError):
     """A quantization plan (or its JSON form) is malformed; the message names the field."""
+
+
+class PlanGraphMismatch(InvalidPlan):
+    """A plan (or plan file) was made for another graph than the one it is used with.
+
+    ``difference`` names the first structural difference found (an op missing, another type,
+    other wiring, other counts), so the user sees *why* the plan does not fit.
+    """
+
+    def __init__(self, message: str, difference: str = ""):
+        self.difference = difference
+        super().__init__(message)
 
 
 class InvalidPlatform(FusekitError, ValueError):

@@ -40,7 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ._util import gc_paused
 from .errors import ExportError, NotCalibrated
-from .graph import Graph
+from .graph import Graph, subgraph_notes
 from .onnx_io import (
     ModelExtras,
     embed_external_data,
@@ -56,6 +56,7 @@ from .quant import (
     RoundingPolicy,
     TensorQuantConfig,
     Visibility,
+    check_plan_graph,
     scale_range,
 )
 
@@ -357,11 +358,18 @@ def quantize_values(
     divides to +-127.5 give or take an ulp, and float64 would round it the other way from what
     a Q node on the float weight gives. Returns float64 integral values, clipped to
     ``[quant_min, quant_max]``.
+
+    +-Inf clip to the ends of the range and NaN (which no integer represents) maps to the zero
+    point, explicitly: calibration refuses non-finite weights unless the user allowed them
+    (``allow_nonfinite``), and then this is what they get, without a numpy warning.
     """
     v = np.asarray(value)
     s_b, o_b = _broadcast(scale, None if zero_offset else offset, v.ndim, axis)
     ratio = v.astype(np.float32) / s_b
     q = _round(ratio.astype(np.float64), cfg.rounding) + o_b
+    nan = np.isnan(q)
+    if nan.any():
+        q = np.where(nan, np.broadcast_to(o_b, q.shape), q)
     return np.asarray(np.clip(q, float(cfg.quant_min), float(cfg.quant_max)), dtype=np.float64)
 
 
@@ -389,8 +397,10 @@ class QDQExport:
 
     ``q_nodes``/``dq_nodes`` count the inserted nodes, ``activation_pairs`` the Q/DQ pairs on
     activations, ``parameter_dqs`` the DequantizeLinear of int8/int32 parameters, ``skipped``
-    one note per slot left float because Q/DQ cannot express its config, and ``opset`` the
-    model's ``ai.onnx`` opset after export.
+    one note per op whose sub-graph bodies (If/Loop/Scan) stay float
+    (:func:`fusekit.graph.subgraph_notes`), then one per slot left float because Q/DQ cannot
+    express its config or its tensor is not float32, and
+    ``opset`` the model's ``ai.onnx`` opset after export.
     """
 
     model: Any = attrs.field(repr=False)
@@ -727,7 +737,13 @@ class _Builder:
         og.node.extend(out_nodes)
         model.ir_version = max(model.ir_version, 7)
         return QDQExport(
-            model, self.q, self.dq, self.pairs, self.param_dqs, tuple(self.notes), opset
+            model,
+            self.q,
+            self.dq,
+            self.pairs,
+            self.param_dqs,
+            (*subgraph_notes(self.graph), *self.notes),
+            opset,
         )
 
     def _param_share_key(self, tid: int, key: _Key) -> tuple[Any, ...]:
@@ -980,8 +996,7 @@ def build_qdq(
     default); False keeps the float weights behind a Q/DQ pair. ``check`` runs
     ``onnx.checker`` on the result and raises :class:`~fusekit.errors.ExportError` if it fails.
     """
-    if plan.graph is not graph and plan.graph.index is not graph.index:
-        raise ExportError("the plan belongs to a different graph")
+    check_plan_graph(plan, graph, "export")
     with gc_paused():
         result = _Builder(graph, plan, quantized_weights).build()
     # weights left float may still point at the source folder's .data file: read them in, so

@@ -18,6 +18,7 @@ core ever importing ``onnx``.
 from __future__ import annotations
 
 import gc
+import hashlib
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -50,6 +51,8 @@ __all__ = [
     "Tensor",
     "TensorType",
     "check_invariants",
+    "rule_type",
+    "subgraph_notes",
 ]
 
 
@@ -509,7 +512,9 @@ class GraphIndex:
 
     op_id: LayeredMap[str, int]
     op_names: PVector[Any]  # op id -> name (None once removed)
-    op_types: PVector[Any]  # op id -> op type
+    # op id -> rule type: the op type in ONNX's domain, "domain::Type" in any other
+    # (:func:`rule_type`), so that no rule, pattern or pass takes a private Conv for ONNX's
+    op_types: PVector[Any]
     slot_base: PVector[Any]  # op id -> first slot id
     n_in: PVector[Any]  # op id -> number of inputs
     n_out: PVector[Any]  # op id -> number of outputs
@@ -553,7 +558,7 @@ class GraphIndex:
         for oid, op in enumerate(ops):
             op_id[op.name] = oid
             op_names.append(op.name)
-            op_types.append(op.op_type)
+            op_types.append(op.op_type if op.domain in ONNX_DOMAINS else rule_type(op))
             slot_base.append(sid)
             ins, outs = op.inputs, op.outputs
             n_in.append(len(ins))
@@ -701,7 +706,7 @@ class GraphIndex:
         return self._replace(
             op_id=self.op_id.set(op.name, oid),
             op_names=self.op_names.append(op.name),
-            op_types=self.op_types.append(op.op_type),
+            op_types=self.op_types.append(rule_type(op)),
             slot_base=self.slot_base.append(base),
             n_in=self.n_in.append(len(op.inputs)),
             n_out=self.n_out.append(len(op.outputs)),
@@ -781,7 +786,7 @@ class GraphIndex:
             else:
                 slot_tensor[sid] = -1
         return self._replace(
-            op_types=self.op_types.set(oid, new.op_type),
+            op_types=self.op_types.set(oid, rule_type(new)),
             slot_tensor=slot_tensor.persistent(),
             tensor_id=tid_map,
             tensor_names=names,
@@ -876,7 +881,7 @@ class GraphArrays:
     ordered: bool  # op id == position in ``order`` for every op (a freshly built index)
     pos: list[int]  # op id -> position in ``order`` (-1 for a removed op)
     op_names: list[Any]  # op id -> name (None once removed)
-    op_types: list[Any]  # op id -> op type
+    op_types: list[Any]  # op id -> rule type (see GraphIndex.op_types)
     slot_base: list[int]  # op id -> first slot id
     n_in: list[int]  # op id -> number of inputs
     n_out: list[int]  # op id -> number of outputs
@@ -896,7 +901,7 @@ class GraphArrays:
     def __init__(self, graph: Graph):
         idx = graph.index
         self.op_names = names = idx.op_names.tolist()
-        self.op_types = types = idx.op_types.tolist()
+        self.op_types = types = idx.op_types.tolist()  # rule types (see GraphIndex)
         self.slot_base = idx.slot_base.tolist()
         self.n_in = idx.n_in.tolist()
         self.n_out = n_out = idx.n_out.tolist()
@@ -1004,13 +1009,38 @@ class GraphArrays:
         return hit
 
 
+ONNX_DOMAINS = ("", "ai.onnx")
+_SUBGRAPH_TYPES = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
+def subgraph_notes(graph: Graph) -> tuple[str, ...]:
+    """One "left float" line per op whose sub-graph bodies fusekit does not quantize."""
+    return tuple(
+        f"{t} {name!r}: sub-graph {', '.join(attrs_)} not planned; its ops run in float"
+        for name, t, attrs_ in graph.subgraph_ops()
+    )
+
+
+def rule_type(op: Op) -> str:
+    """The name rules know ``op`` by: its type in ONNX's own domain, else ``"domain::Type"``.
+
+    Platform rule sets and patterns name ONNX operators (``Conv``, ``Relu``...). An op of
+    another domain that happens to share a name (a private ``Conv``, ``com.microsoft``'s
+    ``Gelu``) is a different operator with unknown semantics, so it must not be planned as the
+    ONNX one; a rule set can still name it explicitly as ``"com.microsoft::Gelu"``.
+    """
+    d = op.domain
+    return op.op_type if d in ONNX_DOMAINS else f"{d}::{op.op_type}"
+
+
 class _Cache:
     """Derived data of one graph value, computed on first use (never part of equality)."""
 
-    __slots__ = ("arrays", "by_type", "elem_types", "index", "positions")
+    __slots__ = ("arrays", "by_type", "elem_types", "fingerprint", "index", "positions")
 
     def __init__(self, index: GraphIndex | None = None):
         self.index = index
+        self.fingerprint: str | None = None
         self.by_type: dict[str, tuple[int, ...]] | None = None
         self.positions: dict[str, int] | None = None
         self.arrays: GraphArrays | None = None
@@ -1104,6 +1134,53 @@ class Graph:
             with gc_paused():
                 arr = self._cache.arrays = GraphArrays(self)
         return arr
+
+    def fingerprint(self) -> str:
+        """A short, stable digest of the graph's structure (computed once per graph value).
+
+        It covers what a plan's slots refer to: every op's name, domain, type and the tensor
+        each of its input and output slots reads or writes. It does not depend on op order,
+        weights, shapes or the graph's name, and it is the same in every process (no Python
+        string hashing), so a plan file can record it and :func:`fusekit.load_plan` can tell
+        that a plan was written for another model even when op names and slot counts agree.
+        Each op contributes one 64-bit BLAKE2b digest, summed modulo 2**64.
+        """
+        fp = self._cache.fingerprint
+        if fp is None:
+            total = 0
+            blake = hashlib.blake2b
+            for op in self.ops.values():
+                domain = "" if op.domain == "ai.onnx" else op.domain
+                record = "\x1f".join((op.name, domain, op.op_type, *op.inputs, "\x1e", *op.outputs))
+                total += int.from_bytes(blake(record.encode(), digest_size=8).digest(), "big")
+            fp = self._cache.fingerprint = f"{total % (1 << 64):016x}"
+        return fp
+
+    def subgraph_ops(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+        """Ops with sub-graphs (If/Loop/Scan bodies...): ``(op name, rule type, attributes)``.
+
+        fusekit plans, calibrates and exports the main graph only; the ops inside these bodies
+        run in float. Callers list them as "left float" (the CLI summary and ``--json``, the
+        report, the export notes) so that nothing is left float silently. Only op types that
+        can carry a sub-graph are looked at (the four ONNX ones and ops of other domains), in
+        topological order.
+        """
+        ar = self.arrays()
+        out: list[tuple[str, str, tuple[str, ...]]] = []
+        ids = sorted(
+            (o for t, lst in ar.by_type.items() if t in _SUBGRAPH_TYPES or "::" in t for o in lst),
+            key=ar.pos.__getitem__,
+        )
+        for o in ids:
+            op = self.ops[ar.op_names[o]]
+            attrs_ = tuple(
+                k
+                for k, v in op.attributes.items()
+                if isinstance(v, OpaqueAttribute) and v.kind in ("GRAPH", "GRAPHS")
+            )
+            if attrs_:
+                out.append((op.name, ar.op_types[o], attrs_))
+        return tuple(out)
 
     def positions(self) -> Mapping[str, int]:
         """Op name -> position in :attr:`order` (computed once per graph value)."""

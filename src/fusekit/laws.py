@@ -40,10 +40,10 @@ from collections.abc import Callable, Iterable
 import attrs
 
 from .errors import FusekitError
-from .graph import Graph, Slot
+from .graph import Graph, Slot, rule_type
 from .patterns import Node, find
 from .platforms import Platform, get_platform
-from .quant import QuantPlan, QuantState
+from .quant import QuantPlan, QuantState, check_plan_graph
 
 __all__ = [
     "LAWS",
@@ -141,7 +141,7 @@ def _passive_applies(graph: Graph, plan: QuantPlan, p: Platform, op_name: str) -
     src = _producing_op(graph, op.inputs[0])
     if src is None or plan.platform_of(src) != plan.platform_of(op_name):
         return False
-    cond = p.passive_conditions.get(op.op_type)
+    cond = p.passive_conditions.get(rule_type(op))
     if cond is not None:
         check_fn = PASSIVE_CONDITIONS.get(cond)
         if check_fn is not None and check_fn(graph, op) is not None:
@@ -156,7 +156,7 @@ def passive_law(graph: Graph, plan: QuantPlan, platform: Platform | str) -> tupl
     if not _links_ok(plan):
         return ()
     for op in graph:
-        if op.op_type not in p.passive_types or not _passive_applies(graph, plan, p, op.name):
+        if rule_type(op) not in p.passive_types or not _passive_applies(graph, plan, p, op.name):
             continue
         first = Slot(op.name, "in", 0)
         root = plan.root(first)
@@ -182,7 +182,7 @@ def _anchors(graph: Graph, p: Platform) -> frozenset[str]:
 
     names = graph.index.op_names
     if not p.epilogue_types:
-        return frozenset(op.name for op in graph if op.op_type in p.computing_types)
+        return frozenset(op.name for op in graph if rule_type(op) in p.computing_types)
     return frozenset(names[o] for o in attached_ops(graph, p))
 
 
@@ -220,10 +220,10 @@ def activation_law(
                 len(consumers) == 1
                 and t not in outputs
                 and (
-                    graph.ops[consumers[0].op].op_type in p.activation_types
+                    rule_type(graph.ops[consumers[0].op]) in p.activation_types
                     or (  # an epilogue (bias Add, BatchNorm) folded into this op
                         consumers[0].op in anchors
-                        and graph.ops[consumers[0].op].op_type not in p.computing_types
+                        and rule_type(graph.ops[consumers[0].op]) not in p.computing_types
                     )
                 )
             )
@@ -277,7 +277,7 @@ def no_dead_quantization(
                 pop = graph.ops[prod.op]
                 first = Slot(prod.op, "in", 0)
                 ok = (
-                    pop.op_type in p.passive_types
+                    rule_type(pop) in p.passive_types
                     and bool(pop.inputs)
                     and bool(pop.inputs[0])
                     and plan.get(first) is not None
@@ -355,8 +355,7 @@ def check(
     the laws their meaning. The plan must belong to ``graph``.
     """
     p = get_platform(platform)
-    if plan.graph is not graph and len(plan.configs) != graph.index.n_slots:
-        raise FusekitError("laws.check: the plan belongs to a different graph")
+    check_plan_graph(plan, graph, "laws.check")
     names = tuple(LAWS) if laws is None else tuple(laws)
     out: list[Violation] = []
     for name in names:

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from .errors import FusekitError
-from .graph import Graph, GraphArrays, Op
+from .graph import Graph, GraphArrays, Op, rule_type
 
 __all__ = [
     "Edge",
@@ -73,7 +73,7 @@ class Node:
 
     def accepts(self, op: Op) -> bool:
         """True if ``op`` satisfies this node."""
-        if self.types is not None and op.op_type not in self.types:
+        if self.types is not None and rule_type(op) not in self.types:
             return False
         return self.where is None or bool(self.where(op))
 

@@ -1,10 +1,10 @@
 """Quantization plans as JSON (a versioned schema), read back exactly.
 
-Schema ``fusekit-plan`` version 1::
+Schema ``fusekit-plan`` version 2::
 
     {
-      "format": "fusekit-plan", "version": 1,
-      "graph": {"name": "...", "ops": 566, "slots": 1480},
+      "format": "fusekit-plan", "version": 2,
+      "graph": {"name": "...", "ops": 566, "slots": 1480, "fingerprint": "9c0f...16 hex"},
       "configs": [ {"state": "INITIAL", "policy": "PER_TENSOR+LINEAR+SYMMETRICAL",
                     "num_bits": 8, "quant_min": -128, "quant_max": 127, "exponent_bits": 0,
                     "rounding": "ROUND_HALF_EVEN", "channel_axis": null,
@@ -20,6 +20,13 @@ table (a 100k-op plan has a handful of distinct configs before calibration). ``l
 each linked slot's direct parent and the link kind. Scales and offsets keep their dtype and
 shape, and floats are written with Python's shortest exact repr, so a round trip is exact.
 Reading validates everything and names the first bad field.
+
+``graph`` identifies the model the plan was written for: its name, op count, number of
+quantized slots and :meth:`~fusekit.Graph.fingerprint` (op names, domains, types and slot
+wiring). Exporters name ops ``Conv_0``, ``Relu_1``... in every model, so matching op names
+prove nothing; a plan whose ``graph`` record disagrees with the graph it is loaded for is
+refused with :class:`~fusekit.errors.PlanGraphMismatch` naming the difference. Version 1 (fusekit
+0.1) had no fingerprint: such files are still read, checked on name and counts only.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ from typing import Any
 import numpy as np
 from pyrsistent import pvector
 
-from .errors import InvalidPlan, UnknownSlot
+from .errors import InvalidPlan, PlanGraphMismatch, UnknownSlot
 from .graph import Graph, Slot
 from .onnx_io import write_bytes_atomic
+from .platforms import refuse_other_floats
 from .quant import (
     NO_LINK,
     LinkKind,
@@ -58,7 +66,8 @@ __all__ = [
 ]
 
 PLAN_FORMAT = "fusekit-plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _KINDS = {"overlap": LinkKind.OVERLAP, "follow": LinkKind.FOLLOW}
 
 
@@ -123,7 +132,12 @@ def plan_to_dict(plan: QuantPlan) -> dict[str, Any]:
     return {
         "format": PLAN_FORMAT,
         "version": PLAN_VERSION,
-        "graph": {"name": plan.graph.name, "ops": len(plan.graph), "slots": len(plan)},
+        "graph": {
+            "name": plan.graph.name,
+            "ops": len(plan.graph),
+            "slots": len(plan),
+            "fingerprint": plan.graph.fingerprint(),
+        },
         "configs": table,
         "ops": ops,
         "links": links,
@@ -255,8 +269,13 @@ def plan_from_dict(graph: Graph, data: Any, *, source: str = "plan") -> QuantPla
         raise InvalidPlan(f"{source}: expected a JSON object at the top level")
     if data.get("format") != PLAN_FORMAT:
         raise InvalidPlan(f"{source}: field 'format' must be {PLAN_FORMAT!r}")
-    if data.get("version") != PLAN_VERSION:
-        raise InvalidPlan(f"{source}: unsupported version {data.get('version')!r} (expected 1)")
+    version = data.get("version")
+    if isinstance(version, bool) or version not in _READABLE_VERSIONS:
+        raise InvalidPlan(
+            f"{source}: unsupported version {version!r} (this fusekit reads "
+            f"{', '.join(map(str, _READABLE_VERSIONS))})"
+        )
+    record = _check_graph_record(graph, data, version, source)
     raw_configs = _need(data, "configs", source)
     if not isinstance(raw_configs, list):
         raise InvalidPlan(f"{source}.configs: expected a list")
@@ -312,7 +331,59 @@ def plan_from_dict(graph: Graph, data: Any, *, source: str = "plan") -> QuantPla
             raise InvalidPlan(f"{where}: a slot cannot be linked to itself")
         links[child] = parent * 2 + int(kind)
     _check_acyclic(links, idx, source)
-    return QuantPlan(graph, pvector(configs), pvector(links), pvector(dispatch))
+    plan = QuantPlan(graph, pvector(configs), pvector(links), pvector(dispatch))
+    refuse_other_floats(graph, plan)  # as init_plan: no plan may claim a float16 tensor
+    if record is not None and record[2] != len(plan):
+        raise PlanGraphMismatch(
+            f"{source}: the plan was written for another graph: its graph record says "
+            f"{record[2]} quantized slots, its ops give {len(plan)} here",
+            "quantized slot count",
+        )
+    return plan
+
+
+def _check_graph_record(
+    graph: Graph, data: Mapping[str, Any], version: int, source: str
+) -> tuple[str, int, int] | None:
+    """Compare the file's ``graph`` record with ``graph``; refuse a plan of another model.
+
+    Returns (name, ops, slots) for the final slot-count check, or None for a version-1 dict
+    without a record (hand-made data; 0.1 always wrote one).
+    """
+    where = f"{source}.graph"
+    if "graph" not in data and version == 1:
+        return None
+    rec = _need(data, "graph", source)
+    if not isinstance(rec, Mapping):
+        raise InvalidPlan(f"{where}: expected an object")
+    name = _need(rec, "name", where)
+    if not isinstance(name, str):
+        raise InvalidPlan(f"{where}.name: expected a string")
+    n_ops = _number(_need(rec, "ops", where), f"{where}.ops", integral=True)
+    n_slots = _number(_need(rec, "slots", where), f"{where}.slots", integral=True)
+    here = graph.name
+
+    def refuse(what: str) -> PlanGraphMismatch:
+        return PlanGraphMismatch(
+            f"{source}: the plan was written for another graph ({what}); "
+            "make a new plan for this model",
+            what,
+        )
+
+    if name != here:
+        raise refuse(f"graph name {name!r}, this graph is {here!r}")
+    if n_ops != len(graph):
+        raise refuse(f"{n_ops} ops, this graph has {len(graph)}")
+    if version >= 2:
+        fp = _need(rec, "fingerprint", where)
+        if not isinstance(fp, str):
+            raise InvalidPlan(f"{where}.fingerprint: expected a string")
+        if fp != graph.fingerprint():
+            raise refuse(
+                f"structural fingerprint {fp}, this graph's is {graph.fingerprint()}: "
+                "an op's type, domain or wiring differs"
+            )
+    return name, int(n_ops), int(n_slots)
 
 
 def _check_acyclic(links: list[int], idx: Any, source: str) -> None:

@@ -10,8 +10,14 @@ tests and for users migrating from PPQ. Users register their own with :func:`reg
 or load them from JSON/TOML with :func:`load_platform`.
 
 Every op type named in a rule set is checked against the ONNX operator registry by the test
-suite; names that are not ONNX ops (PPQ's own fused types and typos) must be listed in
+suite; names that are not ONNX operators (PPQ's own fused types and typos) must be listed in
 ``non_onnx_types``.
+
+Rules name operators of ONNX's own domain (``""`` / ``"ai.onnx"``). An op of any other
+domain is known to every rule by its qualified name ``"domain::Type"``
+(:func:`fusekit.graph.rule_type`), so a private ``Conv`` or ``com.microsoft``'s ``Gelu`` is
+never planned as the ONNX operator; a rule set that does want ``com.microsoft::Gelu`` names it
+so, explicitly.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pyrsistent import PMap, pmap, pvector
 
 from ._util import without_gc
 from .dtypes import FLOAT_TYPES, tensor_elem_types
-from .errors import InvalidPlatform, UnknownPlatform
+from .errors import InvalidPlatform, UnknownPlatform, UnsupportedModel
 from .graph import Graph
 from .quant import (
     NO_LINK,
@@ -51,6 +57,7 @@ __all__ = [
     "platform_from_dict",
     "platform_to_dict",
     "platforms",
+    "refuse_other_floats",
     "register_platform",
 ]
 
@@ -167,6 +174,9 @@ class Platform:
     * ``alignment``: op families the alignment pass aligns.
     * ``quirks``: PPQ 0.6.6 behaviours reproduced (see :data:`QUIRKS`).
     * ``non_onnx_types``: names used above that are not ONNX operators, declared as such.
+
+    Every name means an operator of ONNX's own domain, except a qualified
+    ``"domain::Type"`` (``"com.microsoft::Gelu"``), which matches that domain's op only.
     """
 
     name: str
@@ -845,7 +855,9 @@ def unknown_op_types(platform: Platform) -> frozenset[str]:
     from ._onnx_registry import is_onnx_op
 
     return frozenset(
-        t for t in platform.op_types() if not is_onnx_op(t) and t not in platform.non_onnx_types
+        t
+        for t in platform.op_types()
+        if "::" not in t and not is_onnx_op(t) and t not in platform.non_onnx_types
     )
 
 
@@ -951,7 +963,7 @@ class _Walker:
                 tid = idx.slot_tensor[sid]
                 if tid >= 0:
                     self.down[oid].extend(idx.slot_op[c] for c in idx.consumers[tid])
-        self.types = [idx.op_types[i] for i in range(n_ops)]
+        self.types = list(graph.arrays().op_types)  # rule types: domain-qualified off ONNX
         self.boundary = [
             idx.op_names[i] is not None and (not self.up[i] or not self.down[i])
             for i in range(n_ops)
@@ -1270,7 +1282,50 @@ def init_plan(
             if oid is None:
                 raise InvalidPlatform(f"dispatch names op {name!r}, which the graph does not have")
             table[oid] = "FP32" if plat is None else str(plat)
-    return _build_plan(graph, p, table)
+    plan = _build_plan(graph, p, table)
+    refuse_other_floats(graph, plan)
+    return plan
+
+
+_OTHER_FLOATS = {10: "float16", 11: "double", 16: "bfloat16"}
+
+
+def refuse_other_floats(graph: Graph, plan: QuantPlan) -> None:
+    """Refuse a plan that would quantize a float16, bfloat16 or double tensor.
+
+    fusekit's scales, export and ranges are float32 (QuantizeLinear with a float32 scale reads
+    a float32 tensor); 0.1 planned such tensors, exported them unquantized and still wrote
+    their INT8 ranges and counted them as quantized. Refusing keeps plan, export, ranges and
+    summary in agreement. One scan of the tensor types; the slots are walked only when some
+    tensor has such a type.
+    """
+    types = tensor_elem_types(graph)
+    other = _OTHER_FLOATS.keys()
+    if not any(t in other for t in types):  # the common case: one scan of a list of ints
+        return
+    ar = graph.arrays()
+    idx = graph.index
+    configs, st = plan.configs, ar.slot_tensor
+    found: dict[str, tuple[str, str]] = {}
+    for oid, platform in enumerate(plan.dispatch):
+        if platform is None:
+            continue
+        for sid in range(ar.slot_base[oid], ar.slot_base[oid] + ar.n_in[oid] + ar.n_out[oid]):
+            cfg, tid = configs[sid], st[sid]
+            if cfg is None or tid < 0 or cfg.state == QuantState.FP32:
+                continue
+            kind = _OTHER_FLOATS.get(types[tid])
+            if kind is not None and idx.tensor_names[tid] not in found:
+                found[idx.tensor_names[tid]] = (kind, idx.op_names[oid])
+    if found:
+        name, (kind, op) = next(iter(found.items()))
+        kinds = ", ".join(sorted({k for k, _ in found.values()}))
+        raise UnsupportedModel(
+            f"{graph.name or 'model'}: {len(found)} tensor(s) to quantize are {kinds}, not "
+            f"float32 (first: {name!r} of op {op!r}, {kind}); fusekit quantizes float32 "
+            "networks: convert the model to float32 first, or leave those ops unquantized "
+            "with an explicit dispatch"
+        )
 
 
 def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPlan:

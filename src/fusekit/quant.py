@@ -28,7 +28,7 @@ import attrs
 import numpy as np
 from pyrsistent import PVector, pvector
 
-from .errors import InvalidPlan, SharingCycle, UnknownSlot
+from .errors import InvalidPlan, PlanGraphMismatch, SharingCycle, UnknownSlot
 from .graph import Graph, GraphIndex, Slot
 
 __all__ = [
@@ -43,7 +43,9 @@ __all__ = [
     "SlotDiff",
     "TensorQuantConfig",
     "Visibility",
+    "check_plan_graph",
     "diff",
+    "graph_difference",
     "minmax_to_scale_offset",
     "scale_range",
 ]
@@ -964,12 +966,80 @@ class PlanEvolver:
         )
 
 
+def _norm_domain(domain: str) -> str:
+    return "" if domain == "ai.onnx" else domain
+
+
+def graph_difference(a: Graph, b: Graph) -> str | None:
+    """The first structural difference between two graphs, in words (None: same structure).
+
+    Compares what plan slots refer to: op names, then each op's domain, type and slot wiring.
+    Used to explain a refused plan; costs one walk over both graphs, so only on failure.
+    """
+    names_a, names_b = a.ops.keys(), b.ops.keys()
+    if len(names_a) != len(names_b):
+        return f"{len(names_a)} ops against {len(names_b)} ops"
+    for name in a.order:
+        op_a = a.ops[name]
+        op_b = b.ops.get(name)
+        if op_b is None:
+            return f"op {name!r} is missing"
+        da, db = _norm_domain(op_a.domain), _norm_domain(op_b.domain)
+        if (da, op_a.op_type) != (db, op_b.op_type):
+            ta = f"{da}::{op_a.op_type}" if da else op_a.op_type
+            tb = f"{db}::{op_b.op_type}" if db else op_b.op_type
+            return f"op {name!r} is {ta} against {tb}"
+        for side, xs, ys in (("in", op_a.inputs, op_b.inputs), ("out", op_a.outputs, op_b.outputs)):
+            if len(xs) != len(ys):
+                return f"op {name!r} has {len(xs)} {side}put slots against {len(ys)}"
+            for k, (x, y) in enumerate(zip(xs, ys)):
+                if x != y:
+                    return f"slot {name}|{side}|{k} is tensor {x!r} against {y!r}"
+    ia, ib = a.index, b.index
+    if ia.n_slots != ib.n_slots or list(ia.op_names) != list(ib.op_names):
+        return "the ops are numbered differently (one graph was edited after the plan was made)"
+    return None
+
+
+def check_plan_graph(plan: QuantPlan, graph: Graph, where: str = "") -> None:
+    """Refuse a plan that was made for another graph than ``graph`` (the one check, everywhere).
+
+    A plan addresses slots by integer id, so it fits ``graph`` only if it is the plan's own
+    graph, shares its index (a graph derived without structural edits), or has the same
+    structure *and* numbering. The first two are identity tests (what every pass of a pipeline
+    hits); otherwise both graphs' cached :meth:`Graph.fingerprint` values are compared and the
+    id vectors checked. Raises :class:`~fusekit.errors.PlanGraphMismatch` naming the first
+    difference. ``where`` prefixes the message (the caller's name).
+    """
+    pg = plan.graph
+    if pg is graph:
+        return
+    pi, gi = pg.index, graph.index
+    if pi is gi:
+        return
+    if (
+        len(plan.configs) == gi.n_slots
+        and pg.fingerprint() == graph.fingerprint()
+        and pi.op_names == gi.op_names
+        and pi.n_in == gi.n_in
+        and pi.n_out == gi.n_out
+    ):
+        return
+    what = graph_difference(pg, graph) or "the slot numbering differs"
+    prefix = f"{where}: " if where else ""
+    name_p, name_g = pg.name or "unnamed", graph.name or "unnamed"
+    raise PlanGraphMismatch(
+        f"{prefix}the plan belongs to a different graph (made for {name_p!r}, another graph "
+        f"than {name_g!r}): {what} (plan's graph against this one)",
+        what,
+    )
+
+
 def diff(a: QuantPlan, b: QuantPlan) -> tuple[SlotDiff, ...]:
     """Slots whose config or root differ between two plans of the same graph, in slot-id order."""
     if a is b:
         return ()
-    if a.graph.index is not b.graph.index and len(a.configs) != len(b.configs):
-        raise InvalidPlan("diff needs two plans of the same graph")
+    check_plan_graph(b, a.graph, "diff")
     ra, rb = a.root_ids(), b.root_ids()
     idx = a.graph.index
     out: list[SlotDiff] = []

@@ -42,11 +42,11 @@ from typing import Any
 
 from ._util import gc_paused
 from ._version import __version__
-from .errors import InvalidPlan, ReportError
-from .graph import Graph
+from .errors import ReportError
+from .graph import Graph, subgraph_notes
 from .onnx_io import write_bytes_atomic
 from .passes import Decision, FusionResult, PipelineResult
-from .quant import QuantPlan, QuantState
+from .quant import QuantPlan, QuantState, check_plan_graph
 
 __all__ = [
     "QUANT_POINT_STATES",
@@ -712,6 +712,11 @@ def _summary(
                 f"{edges['q']} quantized, {edges['ov']} fused (no Q/DQ), {edges['fp']} float",
             ),
             ("drawing", drawing),
+            *(
+                [("left float", "<br>".join(_e(n) for n in subgraph_notes(graph)))]
+                if graph.subgraph_ops()
+                else []
+            ),
         ]
     )
 
@@ -1214,13 +1219,7 @@ def _check_inputs(
         raise ReportError(f"graph must be a fusekit Graph, got {type(graph).__name__}")
     if not isinstance(plan, QuantPlan):
         raise ReportError(f"plan must be a fusekit QuantPlan, got {type(plan).__name__}")
-    same = plan.graph is graph or plan.graph.index is graph.index
-    if not same and (
-        len(plan.configs) != graph.index.n_slots or list(plan.graph.order) != list(graph.order)
-    ):
-        raise InvalidPlan(
-            f"the plan belongs to another graph than {graph.name or 'the given graph'!r}"
-        )
+    check_plan_graph(plan, graph, "render_report")
     if result is not None and not isinstance(result, (FusionResult, PipelineResult)):
         raise ReportError(
             f"result must be a FusionResult or PipelineResult, got {type(result).__name__}"

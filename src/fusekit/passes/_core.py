@@ -21,7 +21,14 @@ import attrs
 from ..errors import InvalidPlan, SharingCycle
 from ..graph import Graph, GraphArrays, Slot
 from ..platforms import Platform, get_platform
-from ..quant import LinkKind, PlanEvolver, QuantPlan, QuantState, TensorQuantConfig
+from ..quant import (
+    LinkKind,
+    PlanEvolver,
+    QuantPlan,
+    QuantState,
+    TensorQuantConfig,
+    check_plan_graph,
+)
 
 __all__ = [
     "Decision",
@@ -91,9 +98,7 @@ class Recorder:
     __slots__ = ("ev", "graph", "idx", "names", "pass_name", "raw")
 
     def __init__(self, graph: Graph, plan: QuantPlan, pass_name: str):
-        same = plan.graph is graph or plan.graph.index is graph.index
-        if not same and len(plan.configs) != graph.index.n_slots:
-            raise InvalidPlan("the plan belongs to a different graph")
+        check_plan_graph(plan, graph, pass_name)
         self.graph = graph
         self.ev: PlanEvolver = plan.evolver()
         self.idx = graph.index

@@ -11,7 +11,7 @@ from .._util import without_gc
 from ..errors import FusekitError
 from ..graph import Graph
 from ..platforms import Platform, get_platform
-from ..quant import QuantPlan
+from ..quant import QuantPlan, check_plan_graph
 from ._core import FusionResult, PipelineResult
 from .activation import ActivationFusion, CompositeActivationFusion
 from .alignment import Alignment
@@ -53,6 +53,7 @@ class Pipeline:
     @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> PipelineResult:
         """Run every pass on the previous one's plan."""
+        check_plan_graph(plan, graph, self.name)  # also with no passes; each pass checks again
         results: list[FusionResult] = []
         current = plan
         for p in self.passes:
@@ -127,6 +128,7 @@ def fuse(
         steps.append(CompositeActivationFusion(platform))
     if passive:
         steps.append(PassiveFusion(platform))
+    check_plan_graph(plan, graph, "fuse")
     current = plan
     raw: list[Any] = []
     for s in steps:
