@@ -54,7 +54,7 @@ def test_kernels_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code, _, err = run(["evaluate", str(tmp_path / "none.onnx"), "--kernels"], capsys)
     assert code == 2 and "none.onnx" in err
     bad = qdq_model()
-    bad.graph.node[2].op_type = "NoSuchOp"
+    bad.graph.node[3].op_type = "NoSuchOp"  # the Conv
     p = tmp_path / "bad.qdq.onnx"
     p.write_bytes(bad.SerializeToString())
     code, _, err = run(["evaluate", str(p), "--kernels"], capsys)

@@ -171,6 +171,23 @@ class TestComputingOps:
         e = only(kernel_report(qdq_model(op="MatMul", out_q=False)))
         assert e.int8 and e.kernel == "MatMulIntegerToFloat"
 
+    def test_gemm_is_qgemm_with_or_without_quantized_output(self) -> None:
+        for out_q in (True, False):
+            m = qdq_model(op="MatMul", out_q=out_q)
+            m.graph.node[3].op_type = "Gemm"
+            e = only(kernel_report(m))
+            assert (e.op_type, e.int8, e.kernel) == ("Gemm", True, "QGemm")
+
+    def test_conv_transpose_has_no_int8_node_unit(self) -> None:
+        m = qdq_model()
+        m.graph.node[3].op_type = "ConvTranspose"
+        w = next(t for t in m.graph.initializer if t.name == "wq")
+        wt = numpy_helper.to_array(w).transpose(1, 0, 2, 3).copy()
+        w.CopyFrom(numpy_helper.from_array(wt, "wq"))
+        e = only(kernel_report(m))
+        assert not e.int8 and e.kernel == "ConvTranspose"
+        assert "no ConvTranspose node unit" in e.reason
+
     def test_level_all_gives_the_same_verdicts(self) -> None:
         """At level 3 the NHWC transformer renames QLinearConv 'op0' to 'op0_token_N'."""
         for kw in ({}, {"relu": True, "act": S8}):
@@ -238,7 +255,7 @@ class TestInterface:
 
     def test_onnxruntime_refusal_names_the_model(self, tmp_path: Path) -> None:
         m = qdq_model()
-        m.graph.node[2].op_type = "NoSuchOp"  # the Conv
+        m.graph.node[3].op_type = "NoSuchOp"  # the Conv
         p = tmp_path / "broken.qdq.onnx"
         p.write_bytes(m.SerializeToString())
         with pytest.raises(ModelRunError, match=r"broken\.qdq\.onnx: onnxruntime cannot load"):

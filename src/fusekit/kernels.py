@@ -90,31 +90,31 @@ QLINEAR_CAPABLE = frozenset(
 )
 
 #: Ops that move int8 values without computing: onnxruntime drops the DequantizeLinear/
-#: QuantizeLinear around them and runs them on the 8-bit tensor.
+#: QuantizeLinear around them and runs them on the 8-bit tensor (its QDQ "drop" rules; not
+#: DepthToSpace/SpaceToDepth, which have no integer implementation).
 DATA_MOVEMENT = frozenset(
     {
         "MaxPool",
         "Resize",
-        "Reshape",
-        "Transpose",
-        "Squeeze",
-        "Unsqueeze",
-        "Flatten",
-        "Slice",
-        "Gather",
-        "GatherElements",
-        "Split",
-        "Identity",
-        "DepthToSpace",
-        "SpaceToDepth",
-        "Expand",
-        "Tile",
-        "Pad",
         "ReduceMax",
         "ReduceMin",
         "ArgMax",
+        "Split",
+        "Expand",
+        "Flatten",
+        "Gather",
+        "GatherElements",
+        "Reshape",
+        "Slice",
+        "Squeeze",
+        "Tile",
+        "Transpose",
+        "Unsqueeze",
     }
 )
+
+#: Computing ops for which onnxruntime's CPU QDQ rules have no node unit at all.
+NO_QDQ_RULE = frozenset({"ConvTranspose"})
 
 #: ``level`` argument -> onnxruntime GraphOptimizationLevel attribute name.
 LEVELS = {"extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -477,6 +477,10 @@ def _why_float(ix: _Index, n: onnx.NodeProto, kernel: str, extra: Sequence[str] 
     else:
         slots = (0,)
     reasons = _inputs_reason(ix, n, slots) + _types_reason(ix, n) + _output_reason(ix, n) + [*extra]
+    if n.op_type in NO_QDQ_RULE and kernel == n.op_type:
+        reasons.append(
+            f"onnxruntime's CPU QDQ rules have no {n.op_type} node unit (no int8 kernel for it)"
+        )
     if not kernel:
         reasons.insert(0, "removed by the optimizer (folded or fused into another node)")
     elif kernel != n.op_type:
