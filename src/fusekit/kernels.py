@@ -567,7 +567,7 @@ def _int8_tensors(ix: _Index) -> set[str]:
 
 
 def _stray(ix: _Index) -> list[StrayQDQ]:
-    q8 = _int8_tensors(ix)
+    """Q nodes whose values no int8 op reads; DQ nodes fed by a Q round trip or a constant."""
 
     def int8_user(t: str, depth: int = 0) -> bool:
         for c in ix.consumers.get(t, []):
@@ -601,7 +601,7 @@ def _stray(ix: _Index) -> list[StrayQDQ]:
             t = n.input[0]
             p = source(t)
             from_round_trip = p is not None and p.op_type == "QuantizeLinear"
-            from_const = p is None and t in q8 and t not in ix.inputs
+            from_const = p is None and t in ix.inits  # a weight or bias dequantized at run time
             if from_round_trip or from_const:
                 nb = tuple(
                     sorted({c.op_type + " " + _label(c) for c in ix.consumers.get(n.output[0], [])})
