@@ -178,6 +178,19 @@ class TestComputingOps:
             e = only(kernel_report(m))
             assert (e.op_type, e.int8, e.kernel) == ("Gemm", True, "QGemm")
 
+    def test_matmul_fused_with_its_bias_add_is_found_under_its_new_name(self) -> None:
+        """MatMul + Add becomes one Gemm named 'op0/MatMulAddFusion'; the bias is float, so
+        the Gemm is no node unit and runs in float."""
+        m = qdq_model(op="MatMul", out_q=False)
+        m.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "bias"))
+        m.graph.node[4].CopyFrom(helper.make_node("Add", ["c", "bias"], ["y"], name="add0"))
+        r = kernel_report(m)
+        e = r["op0"]
+        assert (e.int8, e.kernel) == (False, "Gemm")
+        assert e.reason.startswith("runs as float Gemm")
+        with pytest.raises(KeyError):
+            r["add0"]  # a float Add outside any Q/DQ is not reported
+
     def test_conv_transpose_has_no_int8_node_unit(self) -> None:
         m = qdq_model()
         m.graph.node[3].op_type = "ConvTranspose"

@@ -14,10 +14,11 @@ How optimized nodes map back to input nodes (read from onnxruntime's
 ``core/optimizer/qdq_transformer/selectors_actions`` and checked on small models): the QDQ
 actions replace the target node by a new node that keeps the target's *name* (``conv0`` stays
 ``conv0`` as ``QLinearConv``) and takes the QuantizeLinear's *output* tensor; float fusions
-(``FusedConv``, ``FusedMatMul``, ``FusedGemm``) also keep the name; the level-3 layout
-transformers rename it with a ``_token_N`` suffix (NHWC ``QLinearConv`` becomes
-``conv0_token_1``). Nodes are matched by name, then by the name without the suffix, then by
-output tensor (for unnamed nodes).
+(``FusedConv``, ``FusedMatMul``, ``FusedGemm``) also keep the name; a fusion that builds a new
+node appends its name (MatMul + Add -> Gemm ``fc/MatMulAddFusion``); the level-3 layout
+transformers append ``_token_N`` (NHWC ``QLinearConv`` becomes ``conv0_token_1``). Nodes are
+matched by name, then by the name without these suffixes, then by output tensor (for unnamed
+nodes).
 
 Optimization level: ``"extended"`` (ORT_ENABLE_EXTENDED, default) is where onnxruntime makes
 every int8 decision: the QDQ selector/action transformer runs at level 2. ``"all"`` adds the
@@ -119,7 +120,7 @@ NO_QDQ_RULE = frozenset({"ConvTranspose"})
 #: ``level`` argument -> onnxruntime GraphOptimizationLevel attribute name.
 LEVELS = {"extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
-_TOKEN = re.compile(r"(_token_\d+)+$")
+_TOKEN = re.compile(r"(_token_\d+|/[A-Za-z0-9]*Fusion)+$")  # ORT suffixes of rewritten nodes
 _QD = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -194,6 +195,13 @@ class KernelReport:
     stray_qdq: tuple[StrayQDQ, ...]
     ort_version: str
     optimized_op_types: tuple[tuple[str, int], ...] = ()
+
+    def __getitem__(self, op: str) -> KernelEntry:
+        """The entry of input node ``op`` (computing ops first, then the others)."""
+        for e in self.ops + self.others:
+            if e.op == op:
+                return e
+        raise KeyError(op)
 
     @property
     def int8_ops(self) -> tuple[KernelEntry, ...]:
