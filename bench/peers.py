@@ -31,8 +31,10 @@ Peers are optional imports: bench/ is not part of the package.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -138,7 +140,8 @@ def _nncf(model: Path, data: Path, work: Path) -> tuple[Path, str]:
     src, note = _opset13(model, work)
     g = fusekit.load(model)
     feeds = list(load_data(data, g, split="calib"))
-    q = nncf.quantize(onnx.load(str(src)), nncf.Dataset(feeds), subset_size=len(feeds))
+    with contextlib.redirect_stdout(sys.stderr):  # its progress bars: keep stdout a table
+        q = nncf.quantize(onnx.load(str(src)), nncf.Dataset(feeds), subset_size=len(feeds))
     out = work / "nncf.onnx"
     onnx.save(q, str(out))
     return out, "; ".join(x for x in (note, f"nncf {nncf.__version__}") if x)
@@ -254,6 +257,20 @@ def write_docs(text: str, doc: Path = DOC) -> None:
     write_bytes_atomic(doc, new.encode())
 
 
+def _commit() -> str:
+    """The checkout's commit, so a table says which rule set produced the fusekit rows."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return f"commit {out.stdout.strip()}"
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--acc", default=os.environ.get("FUSEKIT_ACCURACY_DIR", "/tmp/acc"))
@@ -262,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=20, help="timed runs per latency (default 20)")
     ap.add_argument("--json", metavar="OUT", help="also write the rows as JSON")
     ap.add_argument("--write-docs", action="store_true", help="write the table into docs")
+    ap.add_argument(
+        "--from-json", metavar="ROWS", help="render rows saved by --json instead of measuring"
+    )
     args = ap.parse_args(argv)
     acc = Path(args.acc)
     only = set(args.models.split(",")) if args.models else None
@@ -271,7 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown quantizer(s) {unknown}; choose from {', '.join(QUANTIZERS)}")
     skipped = [q for q in wanted if not _available(q)]
     rows: list[dict[str, Any]] = []
-    for name, model, data in _pairs(acc, only):
+    saved_header = ""
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        rows = saved["rows"] if isinstance(saved, dict) else saved
+        saved_header = saved.get("header", "") if isinstance(saved, dict) else ""
+        wanted = []
+    for name, model, data in _pairs(acc, only) if wanted else []:
         for q in wanted:
             if q in skipped:
                 continue
@@ -282,17 +308,20 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     header = (
-        f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} by `bench/peers.py` on "
+        f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} by `bench/peers.py` "
+        f"(fusekit {_commit()}) on "
         f"{cpu_name()}, onnxruntime {onnxruntime.__version__}, 1 thread, latency = median of "
         f"{args.runs} runs after 3 warm-up (float and QDQ alternating, same process); SQNR with "
         "reference kernels on the 16 evaluation samples; quantize CPU s = process CPU time of "
         "the quantizer (load, pre-processing, 32-sample calibration, export)."
         + (f" Not installed: {', '.join(skipped)}." if skipped else "")
     )
+    header = saved_header or header
     text = table(rows, header)
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+        doc = {"header": header, "rows": rows}
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
     if args.write_docs:
         write_docs(text)
     return 0

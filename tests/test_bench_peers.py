@@ -49,7 +49,8 @@ def test_rows_for_fusekit_and_quantize_static(
     argv = ["--acc", str(acc), "--quantizers", "fusekit,qs-pt", "--runs", "2", "--json", str(out)]
     assert peers.main(argv) == 0
     text = capsys.readouterr().out
-    rows: list[dict[str, Any]] = json.loads(out.read_text())
+    saved = json.loads(out.read_text())
+    rows: list[dict[str, Any]] = saved["rows"]
     assert [(r["model"], r["quantizer"], r["output"]) for r in rows] == [
         ("tiny", "fusekit", "y"),
         ("tiny", "qs-pt", "y"),
@@ -61,6 +62,9 @@ def test_rows_for_fusekit_and_quantize_static(
     assert text.count("| tiny / y |") == 2 and "1 thread" in text
     # onnxruntime's own quantizer with uint8 activations: both Convs run as int8 kernels
     assert rows[1]["int8_ops"] == 2
+    # the saved rows render to the same table without measuring again
+    assert peers.main(["--acc", str(acc), "--from-json", str(out)]) == 0
+    assert capsys.readouterr().out == text
 
 
 def test_a_failing_quantizer_is_a_row(
