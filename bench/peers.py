@@ -9,7 +9,8 @@ written by ``../shared/accuracy/make_data.py``) it quantizes the float model wit
   ``quant_pre_process`` first, QDQ format, uint8 activations, int8 weights, MinMax calibrator on
   the same 32 samples, per-channel and per-tensor weights;
 * ``nncf``: NNCF's ONNX post-training quantization (``nncf.quantize``, its defaults,
-  ``subset_size=32``) when ``nncf`` is importable.
+  ``subset_size=32``, after ONNX shape inference, which NNCF asks for) when ``nncf`` is
+  importable.
 
 Models older than opset 13 are converted to opset 13 before the peers see them (per-channel
 DequantizeLinear needs it; onnxruntime's documentation asks for it), counted in their time. Per
@@ -140,8 +141,10 @@ def _nncf(model: Path, data: Path, work: Path) -> tuple[Path, str]:
     src, note = _opset13(model, work)
     g = fusekit.load(model)
     feeds = list(load_data(data, g, split="calib"))
+    # NNCF asks for known shapes ("consider to run pre-processing"): ONNX shape inference
+    m = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     with contextlib.redirect_stdout(sys.stderr):  # its progress bars: keep stdout a table
-        q = nncf.quantize(onnx.load(str(src)), nncf.Dataset(feeds), subset_size=len(feeds))
+        q = nncf.quantize(m, nncf.Dataset(feeds), subset_size=len(feeds))
     out = work / "nncf.onnx"
     onnx.save(q, str(out))
     return out, "; ".join(x for x in (note, f"nncf {nncf.__version__}") if x)
