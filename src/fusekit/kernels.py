@@ -396,10 +396,14 @@ def _output_reason(ix: _Index, n: onnx.NodeProto) -> list[str]:
             redundant, desc = _relu_redundant(ix, a_cons[0])
             if act.op_type == "Relu" and redundant:
                 return [f"{act.op_type} {_label(act)!r} before its QuantizeLinear ({desc})"]
+            when = (
+                "the quantized range starts at the Relu's lower bound 0"
+                if act.op_type == "Relu"
+                else "the quantized range lies inside the Clip's range"
+            )
             return [
                 f"{act.op_type} {_label(act)!r} kept between it and its QuantizeLinear: "
-                f"{desc} does not make it redundant (onnxruntime drops it only when the "
-                f"quantized range starts at the activation's lower bound)"
+                f"{desc} does not make it redundant (onnxruntime drops it only when {when})"
             ]
     kinds = sorted({c.op_type for c in cons})
     if len(cons) > 1 and any(c.op_type == "QuantizeLinear" for c in cons):
