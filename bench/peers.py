@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,16 @@ def _opset13(model: Path, work: Path) -> tuple[Path, str]:
     return out, f"opset {v}->13"
 
 
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over fusekit's dataset."""
 
@@ -112,11 +122,12 @@ def _quantize_static(per_channel: bool) -> Callable[[Path, Path, Path], tuple[Pa
         src, note = _opset13(model, work)
         pre = work / "pre.onnx"
         notes = [note] if note else []
-        try:
-            quant_pre_process(str(src), str(pre))
-        except Exception as e:  # symbolic shape inference fails on some models
-            notes.append(f"pre-process without symbolic shapes ({type(e).__name__})")
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        with _cwd(work):  # its symbolic shape inference leaves a temp file in the cwd
+            try:
+                quant_pre_process(str(src), str(pre))
+            except Exception as e:  # symbolic shape inference fails on some models
+                notes.append(f"pre-process without symbolic shapes ({type(e).__name__})")
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         g = fusekit.load(model)
         feeds = list(load_data(data, g, split="calib"))
         out = work / ("qs-pc.onnx" if per_channel else "qs-pt.onnx")
@@ -286,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "--from-json", metavar="ROWS", help="render rows saved by --json instead of measuring"
     )
     args = ap.parse_args(argv)
-    acc = Path(args.acc)
+    acc = Path(args.acc).resolve()  # the quantizers may change the working directory
     only = set(args.models.split(",")) if args.models else None
     wanted = [q for q in args.quantizers.split(",") if q]
     unknown = [q for q in wanted if q not in RUNNERS]
