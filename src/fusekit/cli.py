@@ -5,7 +5,9 @@ Verbs:
 * ``fuse [MODEL]``: the main job: plan, fuse, calibrate, export, evaluate, report;
 * ``explain MODEL --tensor NAME | --op NAME``: the decision chain of a tensor's or op's slots;
 * ``platforms [NAME]``: the registered rule sets;
-* ``evaluate FLOAT.onnx QDQ.onnx``: accuracy of a QDQ model against its float model;
+* ``evaluate FLOAT.onnx QDQ.onnx``: accuracy of a QDQ model against its float model
+  (``--latency``: CPU latency side by side); ``evaluate QDQ.onnx --kernels``: which ops
+  onnxruntime runs as int8 kernels, and why the others stay float;
 * ``compare MODEL``: fused vs unfused (vs no alignment), and groups that tie ranges apart;
 * ``check MODEL --platform NAME [--plan PLAN.json]``: the plan laws;
 * ``info [MODEL]``: a summary of a model.
@@ -706,10 +708,31 @@ def _cmd_platforms(args: argparse.Namespace) -> int:
 # evaluate / compare / check
 
 
+def _cmd_kernels(args: argparse.Namespace) -> int:
+    """``evaluate [FLOAT.onnx] QDQ.onnx --kernels``: onnxruntime's int8/float verdict per op."""
+    from .kernels import kernel_report
+
+    out = _Output(args)
+    path = args.qdq or args.model
+    load(path)  # validates the file and names it in errors
+    report = kernel_report(path, level=args.level, threads=args.threads)
+    if out.json:
+        out.doc(_clean(report.to_dict()))
+    else:
+        out.line(report.table())
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .calibrate import load_data, random_data
-    from .evaluate import evaluate
+    from .evaluate import evaluate, measure_latency
 
+    if args.kernels == "report":
+        return _cmd_kernels(args)
+    if args.qdq is None:
+        raise CliError(
+            "evaluate needs FLOAT.onnx QDQ.onnx (or QDQ.onnx --kernels to list int8 kernels)"
+        )
     out = _Output(args)
     _check_inputs_exist({"--data": args.data})
     graph = load(args.model)
@@ -721,10 +744,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data = random_data(graph, args.samples or 8, seed=args.seed, shapes=_shapes(args, False))
     with _running_on(data.label):
         ev = evaluate(graph, args.qdq, data, kernels=args.kernels, progress=_progress(args))
+    lat = (
+        measure_latency(graph, args.qdq, data, runs=args.runs, threads=args.threads)
+        if args.latency
+        else None
+    )
     code = 1 if args.min_sqnr is not None and not ev.passes(args.min_sqnr) else 0
     if out.json:
         d = ev.to_dict()
         d.update(model=args.model, qdq=args.qdq, generated=data.generated)
+        if lat is not None:
+            d["latency"] = lat.to_dict()
         if args.min_sqnr is not None:
             d["min_sqnr"] = args.min_sqnr
             d["passed"] = code == 0
@@ -734,6 +764,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out.line(f"{args.qdq} vs {args.model}: {ev.samples} samples of {data.label}{gen}")
         out.line(f"kernels: {ev.kernels}")
         out.line(ev.table())
+        if lat is not None:
+            out.line(lat.line())
         if code:
             out.note(f"lowest output SQNR {ev.min_sqnr:.2f} dB is below --min-sqnr {args.min_sqnr}")
     return code
@@ -762,6 +794,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             spread_threshold=args.spread_threshold,
             kernels=args.kernels,
             progress=_progress(args),
+            latency_runs=args.runs if args.latency else 0,
+            threads=args.threads,
         )
     fused = cmp["fused"].evaluation
     code = 1 if args.min_sqnr is not None and not fused.passes(args.min_sqnr) else 0
@@ -777,6 +811,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         out.line("  ** RANDOM DATA: pass --calib for meaningful figures **")
     out.line(f"evaluated on {evald.label}, {fused.kernels} kernels")
     out.line(cmp.table())
+    for v in cmp.variants:
+        if v.latency is not None:
+            out.line(f"{v.name}: {v.latency.line()}")
     flagged = cmp.flagged
     out.line(
         f"sharing groups of the fused plan: {len(cmp.groups)} with 2+ quantized tensors, "
@@ -867,7 +904,32 @@ def _platform_opts(p: argparse.ArgumentParser, required: bool = False) -> None:
     )
 
 
-def _data_opts(p: argparse.ArgumentParser, calib: bool = True) -> None:
+def _latency_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time the float and the QDQ model in onnxruntime on this CPU, side by side",
+    )
+    p.add_argument("--runs", type=_positive, default=20, help="timed runs per model (default 20)")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="onnxruntime intra-op threads for --latency/--kernels (default 1)",
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _data_opts(p: argparse.ArgumentParser, calib: bool = True, kernel_report: bool = False) -> None:
     if calib:
         p.add_argument(
             "--calib",
@@ -898,13 +960,25 @@ def _data_opts(p: argparse.ArgumentParser, calib: bool = True) -> None:
         metavar="NAME=D1,D2,..",
         help="shape of a generated input with dynamic dimensions (repeatable)",
     )
-    p.add_argument(
-        "--kernels",
-        choices=("reference", "int8"),
-        default="reference",
-        help="how the QDQ model runs when evaluated: every Q/DQ as written with float ops "
-        "(reference, default) or onnxruntime's fused int8 kernels",
-    )
+    if kernel_report:  # a bare --kernels lists the int8 kernels (no float model needed)
+        p.add_argument(
+            "--kernels",
+            nargs="?",
+            const="report",
+            choices=("reference", "int8", "report"),
+            default="reference",
+            help="alone: list which ops onnxruntime's CPU provider runs as int8 kernels and why "
+            "the others stay float; with a value: how the QDQ model runs when evaluated "
+            "(reference, default, or int8)",
+        )
+    else:
+        p.add_argument(
+            "--kernels",
+            choices=("reference", "int8"),
+            default="reference",
+            help="how the QDQ model runs when evaluated: every Q/DQ as written with float ops "
+            "(reference, default) or onnxruntime's fused int8 kernels",
+        )
     p.add_argument(
         "--min-sqnr",
         type=_finite_float,
@@ -963,11 +1037,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(pl)
     pl.set_defaults(func=_cmd_platforms)
 
-    ev = sub.add_parser("evaluate", help="accuracy of a QDQ model against its float model")
-    ev.add_argument("model", help="the float ONNX model")
-    ev.add_argument("qdq", help="the QDQ ONNX model")
+    ev = sub.add_parser(
+        "evaluate",
+        help="accuracy of a QDQ model against its float model, or (--kernels) its int8 kernels",
+    )
+    ev.add_argument("model", help="the float ONNX model (with --kernels alone: the QDQ model)")
+    ev.add_argument("qdq", nargs="?", help="the QDQ ONNX model")
     ev.add_argument("--data", metavar="DATA", help="evaluation data (default: random inputs)")
-    _data_opts(ev, calib=False)
+    _data_opts(ev, calib=False, kernel_report=True)
+    ev.add_argument(
+        "--level",
+        choices=("extended", "all"),
+        default="extended",
+        help="onnxruntime optimization level read by --kernels (default extended)",
+    )
+    _latency_opts(ev)
     _common(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
@@ -986,6 +1070,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="flag groups whose members' ranges differ by X times or more (default 16)",
     )
     cmp.add_argument("--top", type=int, default=10, help="groups to list (default 10)")
+    _latency_opts(cmp)
     _common(cmp)
     cmp.set_defaults(func=_cmd_compare)
 

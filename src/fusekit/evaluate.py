@@ -17,6 +17,9 @@ probabilities to zero).
 from __future__ import annotations
 
 import math
+import platform as _platform
+import statistics
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -27,7 +30,9 @@ from .calibrate import (
     Calibration,
     CalibrationResult,
     InvalidData,
+    _first_line,
     _model_label,
+    _ort,
     _progress,
     _run,
     as_dataset,
@@ -35,6 +40,7 @@ from .calibrate import (
     model_bytes,
     session,
 )
+from .errors import ModelRunError
 from .graph import Graph, Slot
 from .onnx_io import ModelExtras, load, to_model
 from .passes import PassiveParameters, Pipeline, PipelineResult, default_pipeline
@@ -47,11 +53,14 @@ __all__ = [
     "Comparison",
     "Evaluation",
     "GroupSpread",
+    "Latency",
     "OutputMetrics",
     "Variant",
     "compare",
+    "cpu_name",
     "evaluate",
     "group_spreads",
+    "measure_latency",
     "unquantized_inputs",
 ]
 
@@ -264,6 +273,148 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------------------------
+# latency
+
+
+def cpu_name() -> str:
+    """The CPU model as the OS names it (``/proc/cpuinfo``), else what Python's platform says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return _platform.processor() or _platform.machine() or "unknown CPU"
+
+
+@attrs.frozen
+class Latency:
+    """onnxruntime CPU latency of a float model and its QDQ export, measured side by side.
+
+    Both sessions live in one process with the same thread count and optimization level (ORT's
+    default, ``"all"``: what a deployment runs); after ``warmup`` runs each, the two models run
+    alternately ``runs`` times on the same feed, so a busy machine slows both alike. Times are
+    medians in milliseconds. ``int8_ops``/``computing_ops`` come from
+    :func:`fusekit.kernels.kernel_report` on the QDQ model.
+    """
+
+    float_ms: float
+    qdq_ms: float
+    runs: int
+    warmup: int
+    threads: int
+    cpu: str
+    onnxruntime: str
+    int8_ops: int
+    computing_ops: int
+
+    @property
+    def speedup(self) -> float:
+        """Float time over QDQ time: above 1 the export is faster than the float model."""
+        return self.float_ms / self.qdq_ms if self.qdq_ms > 0 else math.inf
+
+    @property
+    def coverage(self) -> float:
+        """Share of the Conv/ConvTranspose/MatMul/Gemm that run as int8 kernels."""
+        return self.int8_ops / self.computing_ops if self.computing_ops else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "float_ms": _json_float(self.float_ms),
+            "qdq_ms": _json_float(self.qdq_ms),
+            "speedup": _json_float(self.speedup),
+            "runs": self.runs,
+            "warmup": self.warmup,
+            "threads": self.threads,
+            "cpu": self.cpu,
+            "onnxruntime": self.onnxruntime,
+            "int8_ops": self.int8_ops,
+            "computing_ops": self.computing_ops,
+            "coverage": _json_float(self.coverage),
+        }
+
+    def line(self) -> str:
+        """One line of text for the CLI."""
+        return (
+            f"latency: float {self.float_ms:.2f} ms, QDQ {self.qdq_ms:.2f} ms "
+            f"({self.speedup:.2f}x); int8 kernels {self.int8_ops} of {self.computing_ops} "
+            f"Conv/MatMul/Gemm ({100 * self.coverage:.0f}%); median of {self.runs} runs after "
+            f"{self.warmup} warm-up, {self.threads} thread(s), onnxruntime {self.onnxruntime} "
+            f"CPU, {self.cpu}"
+        )
+
+
+def _timed_session(data: bytes, label: str, threads: int) -> Any:
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # FATAL only: fusekit reports ORT errors itself
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types
+        raise ModelRunError(f"{label}: onnxruntime cannot load the model: {_first_line(e)}") from e
+
+
+def measure_latency(
+    float_graph: Any,
+    qdq_model: Any,
+    data: Any,
+    *,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int = 1,
+) -> Latency:
+    """Median onnxruntime CPU latency of ``float_graph`` and ``qdq_model`` on one sample.
+
+    Arguments as for :func:`evaluate`; the first sample of ``data`` (evaluation split) is the
+    feed. ``runs`` timed runs per model (alternating), after ``warmup`` untimed ones.
+    """
+    from .kernels import kernel_report
+
+    if runs < 1 or warmup < 0 or threads < 1:
+        raise InvalidData(
+            f"latency needs runs >= 1, warmup >= 0, threads >= 1 (got {runs}, {warmup}, {threads})"
+        )
+    graph = _graph_of(float_graph)
+    base = graph.extras.base_dir if isinstance(graph.extras, ModelExtras) else None
+    f_label = graph.name or "float model"
+    f_sess = _timed_session(model_bytes(to_model(graph), base), f_label, threads)
+    q_data, q_label = _qdq_bytes(qdq_model)
+    q_sess = _timed_session(q_data, q_label, threads)
+    ds = as_dataset(data, graph, split="eval")
+    feed = next(iter(ds), None)
+    if feed is None:
+        raise InvalidData(f"{ds.label}: no samples to time")
+    sessions = ((f_sess, f_label), (q_sess, q_label))
+    for _ in range(warmup):
+        for sess, label in sessions:
+            _run(sess, None, feed, label, 0)
+    times: tuple[list[float], list[float]] = ([], [])
+    for k in range(runs):
+        for (sess, label), acc in zip(sessions, times):
+            t0 = time.perf_counter()
+            _run(sess, None, feed, label, k)
+            acc.append(time.perf_counter() - t0)
+    kr = kernel_report(q_data, threads=threads)
+    return Latency(
+        1e3 * statistics.median(times[0]),
+        1e3 * statistics.median(times[1]),
+        runs,
+        warmup,
+        threads,
+        cpu_name(),
+        str(_ort().__version__),
+        len(kr.int8_ops),
+        len(kr.ops),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # compare
 
 
@@ -344,16 +495,20 @@ class Variant:
     q_nodes: int
     dq_nodes: int
     evaluation: Evaluation
+    latency: Latency | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {
+        d = {
             "name": self.name,
             "activation_pairs": self.activation_pairs,
             "q_nodes": self.q_nodes,
             "dq_nodes": self.dq_nodes,
             "evaluation": self.evaluation.to_dict(),
         }
+        if self.latency is not None:
+            d["latency"] = self.latency.to_dict()
+        return d
 
 
 @attrs.frozen
@@ -414,13 +569,21 @@ def _variant(
     eval_data: Any,
     kernels: str,
     progress: bool | None,
+    latency_runs: int = 0,
+    threads: int = 1,
 ) -> tuple[Variant, PipelineResult]:
     from .export import build_qdq
 
     res = pipeline.run(graph, plan)
     qdq = build_qdq(graph, res.plan)
     ev = evaluate(graph, qdq.model, eval_data, kernels=kernels, progress=progress)
-    return Variant(name, res.plan, qdq.activation_pairs, qdq.q_nodes, qdq.dq_nodes, ev), res
+    lat = (
+        measure_latency(graph, qdq.model, eval_data, runs=latency_runs, threads=threads)
+        if latency_runs > 0
+        else None
+    )
+    v = Variant(name, res.plan, qdq.activation_pairs, qdq.q_nodes, qdq.dq_nodes, ev, lat)
+    return v, res
 
 
 def compare(
@@ -435,6 +598,8 @@ def compare(
     spread_threshold: float = 16.0,
     kernels: str = "reference",
     progress: bool | None = None,
+    latency_runs: int = 0,
+    threads: int = 1,
 ) -> Comparison:
     """Quantize ``graph`` with and without fusion and measure what each costs.
 
@@ -445,7 +610,8 @@ def compare(
     and evaluated on ``eval_data`` (default: ``calib_data``). ``groups`` lists the fused plan's
     sharing groups by the spread of their members' calibrated ranges; ``spread_threshold`` is
     the ratio from which a group is flagged (16 = the smallest member keeps 4 of its 8 bits).
-    ``kernels`` is passed to :func:`evaluate`.
+    ``kernels`` is passed to :func:`evaluate`. With ``latency_runs`` > 0 each variant's export
+    is also timed against the float model (:func:`measure_latency`, ``threads`` threads).
     """
     p = get_platform(platform)
     calib = as_dataset(calib_data, graph, split="calib")
@@ -453,16 +619,26 @@ def compare(
     plan = init_plan(graph, p, dispatch=dispatch)
     cal = Calibration(calib, observer=observer, progress=progress)
     variants: list[Variant] = []
+    timing = (latency_runs, threads)
     fused, fused_res = _variant(
-        "fused", graph, plan, default_pipeline(p, calibration=cal), evald, kernels, progress
+        "fused",
+        graph,
+        plan,
+        default_pipeline(p, calibration=cal),
+        evald,
+        kernels,
+        progress,
+        *timing,
     )
     variants.append(fused)
     unfused_pipe = Pipeline((cal, PassiveParameters(p)))
-    variants.append(_variant("unfused", graph, plan, unfused_pipe, evald, kernels, progress)[0])
+    variants.append(
+        _variant("unfused", graph, plan, unfused_pipe, evald, kernels, progress, *timing)[0]
+    )
     if alignment_off:
         pipe = default_pipeline(p, calibration=cal).without("alignment")
         variants.append(
-            _variant("fused, no alignment", graph, plan, pipe, evald, kernels, progress)[0]
+            _variant("fused, no alignment", graph, plan, pipe, evald, kernels, progress, *timing)[0]
         )
     ranges: dict[str, float] = {}
     for r in fused_res.results:
