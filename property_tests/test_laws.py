@@ -11,6 +11,7 @@ import itertools
 from typing import Any
 
 import attrs
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, find, given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,9 @@ from pyrsistent import pvector
 import fusekit
 from fusekit import (
     Graph,
+    Initializer,
     LinkKind,
+    Op,
     Platform,
     QuantPlan,
     QuantState,
@@ -155,6 +158,9 @@ def test_law2_node_order_does_not_matter(
     """Building the graph from its nodes in another order gives the same plan, slot by slot.
 
     (Ops keep their names, so "up to slot names" is plain equality of states and roots.)
+    PPQ 0.6.6 itself is order-dependent in one respect that its rule sets reproduce: its
+    alignment makes the op it visits last the root of a merged group, so for the ``ppq066_*``
+    sets the plans must agree up to which member is the root (same groups, same states).
     """
     perm = data.draw(st.permutations(range(len(g))))
     g2 = permuted(g, perm)
@@ -164,7 +170,36 @@ def test_law2_node_order_does_not_matter(
     b = pipeline_result(
         g2, fusekit.get_platform(name), fusekit.init_plan(g2, name, dispatch), calibrate
     )
-    assert ft.states_and_roots(a) == ft.states_and_roots(b)
+    if name in COMPAT:
+        assert up_to_root_choice(a) == up_to_root_choice(b)
+    else:
+        assert ft.states_and_roots(a) == ft.states_and_roots(b)
+
+
+def up_to_root_choice(plan: QuantPlan) -> tuple[frozenset[frozenset[str]], dict[str, Any]]:
+    """The plan's sharing groups, and each slot's state, where a group's root and the members
+    overlapped onto it count as one kind ("SHARED"): what stays when the root is swapped."""
+    groups: dict[Slot, list[Slot]] = {}
+    for s in plan.slots():
+        groups.setdefault(plan.root(s), []).append(s)
+    states: dict[str, Any] = {}
+    for root, members in groups.items():
+        for m in members:
+            state = plan[m].state.name
+            shared = len(members) > 1 and (m == root or state == "OVERLAPPED")
+            states[str(m)] = "SHARED" if shared else state
+    return frozenset(frozenset(map(str, m)) for m in groups.values()), states
+
+
+def test_up_to_root_choice_sees_a_different_state() -> None:
+    """The weaker comparison still sees a slot whose state changed."""
+    w = Initializer.from_array("w", np.ones((4, 4, 1, 1), np.float32))
+    ops = [Op("c1", "Conv", ("x", "w"), ("c",)), Op("r1", "Relu", ("c",), ("r",))]
+    g = Graph.build(ops, ["x"], ["r"], [w])
+    plan = fusekit.init_plan(g, "ppq066_trt_int8")
+    fused = default_pipeline("ppq066_trt_int8").run(g, plan).plan
+    assert up_to_root_choice(plan) != up_to_root_choice(fused)
+    assert up_to_root_choice(fused) == up_to_root_choice(fused)
 
 
 @attrs.frozen
