@@ -303,7 +303,7 @@ class _Join:
         act = self.op(self.draw(st.sampled_from(("Relu", "Relu", "Clip", "Sigmoid"))), [c])
         if kind == "fused activation":
             return act
-        if self.draw(st.booleans()):
+        if self.draw(st.integers(0, 2)) != 2:  # mostly a Split: the passive op with 2 outputs
             return self.split(act)[self.draw(st.integers(0, 1))]
         k = self.draw(st.sampled_from((1, 3)))
         attributes = {"kernel_shape": (k, k), "pads": (k // 2,) * 4}
@@ -332,7 +332,8 @@ def join_graphs(draw: st.DrawFn, join_types: Sequence[str] = JOIN_TYPES) -> Grap
     Mul with 2, ``Pad(data, pads, value)`` with a constant or computed scalar pad value,
     ``Where(cond, a, b)``. Each data input comes from a drawn :data:`SOURCE_KINDS` source (the
     first one uniformly), sometimes the same tensor twice; the join's output is a graph output
-    or feeds a Relu, a Conv or a MaxPool.
+    or feeds a Relu, a Conv, a MaxPool or (one time in three) a 2-way Split, the passive op
+    with several outputs.
     """
     b = _Join(draw)
     x = "x0"
@@ -370,7 +371,7 @@ def join_graphs(draw: st.DrawFn, join_types: Sequence[str] = JOIN_TYPES) -> Grap
         y = b.op("Where", [cond, ins[0], ins[1]])
     else:
         y = b.op(t, ins)
-    after = draw(st.sampled_from(("output", "Relu", "Conv", "MaxPool", "Split")))
+    after = draw(st.sampled_from(("Split", "output", "Relu", "Conv", "MaxPool", "Split")))
     outputs = [y]
     if after == "Split" and shape[1] % 2 == 0:
         half = (shape[0], shape[1] // 2, *shape[2:])

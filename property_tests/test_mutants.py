@@ -7,18 +7,22 @@ laws can see the bug). For each mutant, the law the suite states about that stru
 on the law test's own strategy, with the active profile's example budget
 (``settings.default.max_examples``: 30 in ``dev``, 500 in ``ci``), and must find a violation.
 
-Examples each mutant needed before its law saw it (the ``ci`` profile, derandomized, so these
-are facts; ``pytest -s`` prints them):
+Examples each mutant needed before its law saw it, measured in the ``ci`` profile
+(derandomized, so these are facts about the suite; ``pytest -s`` prints them):
 
-================================  ====================  ========
-mutant                            law                   examples
-================================  ====================  ========
-outputs follow the second input   passive (law 4)       see MEASURED
-only the first Split output       passive (law 4)       see MEASURED
-activation despite 2 consumers    activation (law 5)    see MEASURED
-alignment skips one input         reference (law 9)     see MEASURED
-simplify across schemes           simplify (law 4)      see MEASURED
-================================  ====================  ========
+==========================================  ==================  ========
+mutant                                      law                 examples
+==========================================  ==================  ========
+outputs follow the second input             passive (law 4)     2
+only the first Split output shares         passive (law 4)     2
+activation fused despite a second consumer  activation (law 5)  77
+alignment skips one input                   reference (law 9)   36
+simplify links different schemes            simplify (law 4)    2
+==========================================  ==================  ========
+
+Before issue 16 the first survived all 500 examples of the passive law (no generated passive
+op had a second quantized input) and the last could not be seen at all (no generated plan
+had two schemes on one edge).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import fusekit
 from fusekit import Graph, Platform, QuantPlan, QuantState, Slot, TensorQuantConfig, laws
 from fusekit.passes import ActivationFusion, Alignment, PassiveFusion, Recorder, Simplify, fuse
 
+from .conftest import CI_EXAMPLES
 from .strategies import (
     COMPAT,
     cases,
@@ -231,15 +236,34 @@ def examples_to_kill(strategy: Any, broken: Callable[[Any], bool], budget: int) 
     return first[0] if first else None
 
 
+#: Mutants the ``dev`` profile's budget (60 random examples) must kill too: the simplest, whose
+#: structure the join cases put in the first few examples (6 runs: killed after 2-7 examples).
+#: The other two took 3-187 (activation) and 4-55 (alignment) examples in dev runs; they are
+#: held to the ``ci`` budget in every profile.
+DEV_KILLS = frozenset(
+    {
+        "outputs follow the second input",
+        "only the first Split output shares",
+        "simplify links different schemes",
+    }
+)
+
+
 @pytest.mark.parametrize("name", list(MUTANTS))
 def test_the_laws_kill_the_mutant(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Within the profile's budget, the mutant breaks the law about its structure."""
+    """Within the ``ci`` budget (whatever the profile: the search stops at the first kill, so
+    this costs little), and for the simplest mutants within the active profile's budget, the
+    mutant breaks the law about its structure."""
     plant, law, strategy, broken = MUTANTS[name]
     budget = settings.default.max_examples
     plant(monkeypatch)
-    needed = examples_to_kill(strategy, broken, budget)
-    print(f"\n{name}: killed by the {law} law after {needed} of {budget} examples")
-    assert needed is not None, f"the mutant {name!r} survived {budget} examples of the {law} law"
+    needed = examples_to_kill(strategy, broken, max(budget, CI_EXAMPLES))
+    print(f"\n{name}: killed by the {law} law after {needed} examples (profile budget {budget})")
+    assert needed is not None, (
+        f"the mutant {name!r} survived {CI_EXAMPLES} examples of the {law} law"
+    )
+    if name in DEV_KILLS:
+        assert needed <= budget, f"{name!r} needed {needed} examples, the profile runs {budget}"
     # the kill is the mutant's doing: without it, the same search (the same examples when the
     # profile is derandomized) finds nothing
     monkeypatch.undo()
