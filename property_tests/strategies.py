@@ -3,7 +3,8 @@
 The graph, rule-set, plan and scale strategies are fusekit's public ones
 (:mod:`fusekit.testing`), so users test their rule sets with exactly what fusekit is tested
 with; this module adds what only the suite needs: platform choices, a graph-plus-plan bundle,
-and mutated JSON documents for the loader fuzzing.
+mutated JSON documents for the loader fuzzing, and (issue 16) rule sets making multi-input
+ops passive with "join" graphs feeding them several quantized inputs, and mixed-scheme plans.
 """
 
 from __future__ import annotations
@@ -219,7 +220,8 @@ def mutated_json(draw: st.DrawFn, doc: Any, max_mutations: int = 3) -> str:
 JOIN_TYPES: tuple[str, ...] = ("Concat", "Add", "Sum", "Max", "Mul", "Pad", "Where")
 #: Where a join input comes from. "fused activation" is the output of Conv -> activation,
 #: "shared producer" a Conv output that another op reads too (so nothing fuses into it),
-#: "computing" a Conv output read only by the join, "passive" a MaxPool after a fused pair.
+#: "computing" a Conv output read only by the join, "passive" a passive op after a fused pair
+#: (two times in three half of a Split, concatenated back to full size; else a MaxPool).
 SOURCE_KINDS: tuple[str, ...] = (
     "fused activation",
     "shared producer",
@@ -304,25 +306,31 @@ class _Join:
         if kind == "fused activation":
             return act
         if self.draw(st.integers(0, 2)) != 2:  # mostly a Split: the passive op with 2 outputs
-            return self.split(act)[self.draw(st.integers(0, 1))]
+            return self.split_source(act)
         k = self.draw(st.sampled_from((1, 3)))
         attributes = {"kernel_shape": (k, k), "pads": (k // 2,) * 4}
         return self.op("MaxPool", [act], attributes=attributes)
 
-    def split(self, x: str, shape: tuple[int, ...] = _JOIN_SHAPE) -> list[str]:
-        """A 2-way Split along the channels (the passive op with several outputs); each half
-        is concatenated with itself back to the input's shape, so every source has one shape."""
+    def split(self, x: str, shape: tuple[int, ...]) -> tuple[str, str]:
+        """A 2-way Split of ``x`` along the channels: the passive op with several outputs."""
         half = (shape[0], shape[1] // 2, *shape[2:])
-        outs = [self.fresh("t"), self.fresh("t")]
+        outs = (self.fresh("t"), self.fresh("t"))
         for o in outs:
             self.types[o] = fusekit.TensorType(1, half)
         name = self.fresh("split_")
-        self.ops.append(fusekit.Op(name, "Split", (x,), tuple(outs), {"axis": 1, "num_outputs": 2}))
-        return [self.op("Concat", [o, o], shape, {"axis": 1}) for o in outs]
+        self.ops.append(fusekit.Op(name, "Split", (x,), outs, {"axis": 1, "num_outputs": 2}))
+        return outs
+
+    def split_source(self, x: str) -> str:
+        """One half of a Split of ``x``, concatenated with itself back to ``x``'s shape (every
+        source has one shape)."""
+        half = self.split(x, _JOIN_SHAPE)[self.draw(st.integers(0, 1))]
+        return self.op("Concat", [half, half], _JOIN_SHAPE, {"axis": 1})
 
 
 def _source_kinds(draw: st.DrawFn, n: int) -> list[str]:
-    """``n`` source kinds; the first is drawn uniformly (it is what the passive law is about)."""
+    """``n`` source kinds, each drawn uniformly (the first one is what the passive law is
+    about: every kind must reach it)."""
     return [draw(st.sampled_from(SOURCE_KINDS)) for _ in range(n)]
 
 
@@ -359,6 +367,8 @@ def join_graphs(draw: st.DrawFn, join_types: Sequence[str] = JOIN_TYPES) -> Grap
     elif t == "Pad":
         data = ins[0]
         value_kind = draw(st.sampled_from(("computed", "constant", "zero", "none")))
+        if data != x and data not in b.types:  # a constant: the pad value must be computed
+            value_kind = "computed"  # (from ins[1], which is then computed: see above)
         pad_ins = [data, b.const(np.asarray([0, 0, 1, 1, 0, 0, 1, 1]), np.int64)]
         if value_kind == "computed":  # a scalar computed from another source: a quantized slot
             pad_ins.append(b.op("ReduceMax", [ins[1]], (), {"keepdims": 0}))
@@ -373,15 +383,8 @@ def join_graphs(draw: st.DrawFn, join_types: Sequence[str] = JOIN_TYPES) -> Grap
         y = b.op(t, ins)
     after = draw(st.sampled_from(("Split", "output", "Relu", "Conv", "MaxPool", "Split")))
     outputs = [y]
-    if after == "Split" and shape[1] % 2 == 0:
-        half = (shape[0], shape[1] // 2, *shape[2:])
-        outs = (b.fresh("t"), b.fresh("t"))
-        for o in outs:
-            b.types[o] = fusekit.TensorType(1, half)
-        b.ops.append(
-            fusekit.Op(b.fresh("split_"), "Split", (y,), outs, {"axis": 1, "num_outputs": 2})
-        )
-        outputs = list(outs)
+    if after == "Split":  # (every join output has an even channel count)
+        outputs = list(b.split(y, shape))
     elif after not in ("output", "Split"):
         if after == "Conv":
             c = shape[1]

@@ -346,22 +346,34 @@ def join_reach() -> dict[str, float]:
     return {k: counts[k] / len(sample) for k in JOIN_REACH}
 
 
-#: Minimum fraction of join cases showing each feature (issue 16 asks for >= 2% each; about
-#: half the observed fraction where that is more).
+#: Minimum fraction of join cases showing each feature: about half the observed fraction
+#: (in brackets), never under the 2% issue 16 asks for.
 JOIN_REACH: dict[str, float] = {
-    **{f"passive {t} with 2+ quantized inputs": 0.02 for t in JOIN_TYPES if t != "Where"},
-    "Where with two quantized data inputs": 0.02,
-    "passive Pad with a quantized pad value": 0.02,
-    "passive join reading one tensor twice": 0.02,
-    **{f"passive join, first input from {k}": 0.02 for k in SOURCE_KINDS},
-    "passive fusion applies to a join with 2+ quantized inputs": 0.02,
-    "Split after a fused passive join": 0.02,
+    "passive Concat with 2+ quantized inputs": 0.05,  # (0.113)
+    "passive Add with 2+ quantized inputs": 0.035,  # (0.075)
+    "passive Sum with 2+ quantized inputs": 0.06,  # (0.125)
+    "passive Max with 2+ quantized inputs": 0.035,  # (0.070)
+    "passive Mul with 2+ quantized inputs": 0.045,  # (0.092)
+    "passive Pad with 2+ quantized inputs": 0.03,  # (0.068)
+    "passive Pad with a quantized pad value": 0.03,  # (0.068)
+    "Where with two quantized data inputs": 0.02,  # (0.037)
+    "passive join reading one tensor twice": 0.045,  # (0.095)
+    "passive join, first input from fused activation": 0.06,  # (0.125)
+    "passive join, first input from shared producer": 0.08,  # (0.165)
+    "passive join, first input from graph input": 0.045,  # (0.090)
+    "passive join, first input from constant": 0.035,  # (0.075)
+    "passive join, first input from computing": 0.02,  # (0.035)
+    "passive join, first input from passive": 0.025,  # (0.052)
+    "passive fusion applies to a join with 2+ quantized inputs": 0.15,  # (0.323)
+    "Split after a fused passive join": 0.05,  # (0.105)
 }
 
 
 def test_join_strategy_reach() -> None:
     """Passive multi-input ops with several quantized inputs, the first from every kind of
     source, each in at least 2% of join cases."""
+    assert {f"passive join, first input from {k}" for k in SOURCE_KINDS} <= set(JOIN_REACH)
+    assert {f"passive {t} with 2+ quantized inputs" for t in JOIN_TYPES[:-1]} <= set(JOIN_REACH)
     got = join_reach()
     starved = {k: (round(got[k], 3), want) for k, want in JOIN_REACH.items() if got[k] < want}
     assert starved == {}, f"join shapes generated less often than stated: {starved}"
