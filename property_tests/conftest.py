@@ -10,12 +10,15 @@ from __future__ import annotations
 from hypothesis import HealthCheck, settings
 
 CI_EXAMPLES = 500
+#: 60, not 30: at 30 random examples the law tests missed the simplest planted bug ("only the
+#: first output of a Split shares") about one run in ten (see test_mutants.py).
+DEV_EXAMPLES = 60
 
 _common = {
     "deadline": None,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
 }
-settings.register_profile("dev", max_examples=30, **_common)
+settings.register_profile("dev", max_examples=DEV_EXAMPLES, **_common)
 settings.register_profile(
     "ci", max_examples=CI_EXAMPLES, derandomize=True, print_blob=True, **_common
 )

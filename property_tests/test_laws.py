@@ -55,6 +55,7 @@ from .strategies import (
     compat_platforms,
     corrected_platforms,
     graphs,
+    mixed_scheme_cases,
     permuted,
 )
 
@@ -372,6 +373,27 @@ def test_law4_catches_a_broken_passive_fusion() -> None:
         settings=FIND,
     )
     assert any(op.op_type == "Split" for op in g)
+
+
+def cross_scheme_links(before: QuantPlan, after: QuantPlan) -> list[str]:
+    """Slots linked between ``before`` and ``after`` to a slot of another scheme."""
+    out = []
+    for s in after.slots():
+        parent = after.parent(s)
+        if parent is None or parent == before.parent(s):
+            continue
+        if not after[s].same_scheme(after[parent[0]]):
+            out.append(f"{s} -> {parent[0]}")
+    return out
+
+
+@given(mixed_scheme_cases(corrected_platforms()))
+def test_law4_simplify_requantizes_between_schemes(case: tuple[Graph, Platform, QuantPlan]) -> None:
+    """Simplify shares one quantization of an edge only when both ends use one scheme: on
+    mixed-precision plans, every slot it links has the scheme of the slot it is linked to."""
+    g, p, plan = case
+    fused = fuse(g, plan, p).plan
+    assert cross_scheme_links(fused, Simplify(p).run(g, fused).plan) == []
 
 
 # --------------------------------------------------------------------------------------------
