@@ -277,18 +277,12 @@ def test_a_plan_link_kind_that_is_not_a_string_raises_invalid_plan() -> None:
         plan_from_json(g, json.dumps(doc))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: passive fusion treats an op reading only constants as a constant, "
-    "laws.passive_law does not (found by the join cases of issue 16; needs a src fix)",
-)
 def test_passive_law_and_fusion_agree_on_a_folded_constant_chain() -> None:
     """Passive law (issue 16 join cases): a Conv reading only constants folds into a constant,
     so passive fusion refuses the MaxPool after it ("the first input of m is a graph input or
-    constant") when a dispatch mapping quantizes that chain; ``laws.check`` still demands that
-    the MaxPool share its input's scale, so it rejects the default pipeline's own plan. One
-    of the two must change (the law's ``_passive_applies`` skipping folded producers is the
-    likely fix); until then this test fails, and passes (failing the xfail) once fixed."""
+    constant") when a dispatch mapping quantizes that chain; ``laws.check`` demanded that
+    the MaxPool share its input's scale, so it rejected the default pipeline's own plan. The
+    law now skips producers that fold into constants, as the pass does."""
     g = Graph.build(
         [
             Op("c", "Conv", ("k", "w"), ("a",)),

@@ -141,6 +141,10 @@ def _passive_applies(graph: Graph, plan: QuantPlan, p: Platform, op_name: str) -
     src = _producing_op(graph, op.inputs[0])
     if src is None or plan.platform_of(src) != plan.platform_of(op_name):
         return False
+    # an op reading only constants folds into a constant: passive fusion treats its output as
+    # a constant input (no producer to share a scale with), and so does the law
+    if graph.arrays().const_op[graph.index.op_id[src]]:
+        return False
     cond = p.passive_conditions.get(rule_type(op))
     if cond is not None:
         check_fn = PASSIVE_CONDITIONS.get(cond)
