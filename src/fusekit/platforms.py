@@ -27,7 +27,7 @@ from pyrsistent import PMap, pmap, pvector
 from ._util import without_gc
 from .dtypes import FLOAT_TYPES, tensor_elem_types
 from .errors import InvalidPlatform, UnknownPlatform
-from .graph import Graph
+from .graph import Graph, Op
 from .quant import (
     NO_LINK,
     QuantPlan,
@@ -73,6 +73,14 @@ QUIRKS: Mapping[str, str] = {
     "op's output is FP32",
     "bake_clip_bounds": "Clip min/max become passive slaves of the Clip input, so a fused ReLU6 "
     "bound is rewritten by baking",
+    "weight_parameter_only": "a weight computed from constants (Reshape(w) -> Conv, Transpose(w) "
+    "-> Gemm) is not a parameter: the weight rule skips it (PPQ does not fold constants)",
+}
+
+#: Named preconditions of :attr:`Platform.weight_conditions`.
+WEIGHT_CONDITIONS: Mapping[str, str] = {
+    "kernel3_s1_d1_g1": "a convolution whose every kernel dimension is 3, with stride 1, "
+    "dilation 1 and group 1 (3x3, and 3 in 1-D: NCNN's 6-bit weights)",
 }
 
 
@@ -163,6 +171,12 @@ class Platform:
     * ``activation``: the rule of ordinary slots; ``weights``: op type -> rule for input 1 when
       it is a constant; ``bias_types``/``bias``: the rule of input 2 of those ops;
       ``fp32_inputs_from``: op type -> first input index that stays FP32.
+    * ``weight_always``: op types whose input 1 gets the weight rule even when it is not a
+      constant (most PPQ quantizers test the input's position, not its kind).
+    * ``weight_conditions``/``conditional_weights``: op type -> named precondition
+      (``"kernel3_s1_d1_g1"``) and the weight rule used when it holds (NCNN's 6-bit 3x3 kernels).
+    * ``passive_inputs_from``: op type -> first input index that starts PASSIVE_INIT with
+      INTERNAL visibility (PPQ's DSP quantizer does this to Clip's min/max).
     * ``linear_activations``: ops PPQ's dispatcher moves onto their producer's platform.
     * ``alignment``: op families the alignment pass aligns.
     * ``quirks``: PPQ 0.6.6 behaviours reproduced (see :data:`QUIRKS`).
@@ -188,6 +202,10 @@ class Platform:
     )
     bias: BiasRule = BiasRule()
     fp32_inputs_from: PMap[str, int] = attrs.field(factory=pmap, converter=_pm)
+    weight_always: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    weight_conditions: PMap[str, str] = attrs.field(factory=pmap, converter=_pm)
+    conditional_weights: PMap[str, QuantRule] = attrs.field(factory=pmap, converter=_pm)
+    passive_inputs_from: PMap[str, int] = attrs.field(factory=pmap, converter=_pm)
     linear_activations: frozenset[str] = attrs.field(
         default=frozenset({"Relu", "Clip"}), converter=_fs
     )
@@ -200,6 +218,12 @@ class Platform:
         unknown = self.quirks - set(QUIRKS)
         if unknown:
             raise InvalidPlatform(f"platform {self.name!r}: unknown quirks {sorted(unknown)}")
+        bad = set(self.weight_conditions.values()) - set(WEIGHT_CONDITIONS)
+        if bad:
+            raise InvalidPlatform(
+                f"platform {self.name!r}: unknown weight conditions {sorted(bad)}; "
+                f"known: {sorted(WEIGHT_CONDITIONS)}"
+            )
 
     def has_quirk(self, quirk: str) -> bool:
         """True if this rule set reproduces PPQ 0.6.6 behaviour ``quirk``."""
@@ -216,7 +240,8 @@ class Platform:
         names |= self.epilogue_types
         names |= self.passive_types | self.bias_types | self.linear_activations
         names |= set(self.passive_conditions) | set(self.sockets) | set(self.weights)
-        names |= set(self.fp32_inputs_from)
+        names |= set(self.fp32_inputs_from) | self.weight_always | set(self.weight_conditions)
+        names |= set(self.conditional_weights) | set(self.passive_inputs_from)
         for v in self.alignment.values():
             names |= v
         return frozenset(names)
@@ -674,6 +699,12 @@ for _p in (
     register_platform(_p)
 
 
+from ._ppq066 import PPQ066_MORE  # noqa: E402 (it builds on the definitions above)
+
+for _p in PPQ066_MORE:
+    register_platform(_p)
+
+
 def platforms() -> tuple[str, ...]:
     """Names of the registered platforms, corrected ones first."""
     return tuple(sorted(_REGISTRY, key=lambda n: (n.startswith("ppq"), n)))
@@ -774,7 +805,7 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
             kw[key] = value
         elif key in ("activation",):
             kw[key] = _rule_from(value, where)
-        elif key == "weights":
+        elif key in ("weights", "conditional_weights"):
             if not isinstance(value, Mapping):
                 raise InvalidPlatform(f"{where}: expected a table op type -> rule")
             kw[key] = {k: _rule_from(v, f"{where}[{k!r}]") for k, v in value.items()}
@@ -805,10 +836,15 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
                     )
                 socks[t] = SocketRule(ins, outs)
             kw[key] = socks
-        elif key in ("passive_conditions", "fp32_inputs_from"):
+        elif key in (
+            "passive_conditions",
+            "fp32_inputs_from",
+            "weight_conditions",
+            "passive_inputs_from",
+        ):
             if not isinstance(value, Mapping):
                 raise InvalidPlatform(f"{where}: expected a table")
-            want: Any = str if key == "passive_conditions" else int
+            want: Any = str if key.endswith("_conditions") else int
             if any(isinstance(v, bool) or not isinstance(v, want) for v in value.values()):
                 what = "condition names" if want is str else "input indices"
                 raise InvalidPlatform(f"{where}: expected {what} as values")
@@ -888,6 +924,10 @@ def platform_to_dict(p: Platform) -> dict[str, Any]:
             **rule(p.bias.rule),
         },
         "fp32_inputs_from": dict(p.fp32_inputs_from),
+        "weight_always": sorted(p.weight_always),
+        "weight_conditions": dict(p.weight_conditions),
+        "conditional_weights": {k: rule(v) for k, v in sorted(p.conditional_weights.items())},
+        "passive_inputs_from": dict(p.passive_inputs_from),
         "linear_activations": sorted(p.linear_activations),
         "alignment": {k: sorted(v) for k, v in sorted(p.alignment.items())},
         "quirks": sorted(p.quirks),
@@ -1300,6 +1340,21 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
     # quantizer's rules say, whatever the data type
     not_float = _non_float(graph) if not p.quirks else None
     ops, op_names = graph.ops, ar.op_names
+    always = p.weight_always
+    if p.has_quirk("weight_parameter_only"):
+        # PPQ's parameters: initializers and Constant outputs, not tensors computed from them
+        is_init, prod, slot_op = ar.is_init, ar.producer, ar.slot_op
+
+        def is_param(tid: int) -> bool:
+            if is_init[tid]:
+                return True
+            src = prod[tid]
+            return src >= 0 and op_types[slot_op[src]] == "Constant"
+
+    else:
+
+        def is_param(tid: int) -> bool:
+            return is_const[tid]
 
     for oid, plat in table.items():
         if plat in ("FP32", "SOI"):
@@ -1316,9 +1371,13 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
         configs[b : b + ni + no] = cfgs
         if weight_slot:
             tid = st[b + 1]
-            if tid >= 0 and is_const[tid]:
+            if tid >= 0 and (t in always or is_param(tid)):
+                cond = p.weight_conditions.get(t)
                 wr = weights[t]
-                if wr.channel_axis is None or wr.channel_axis >= 0:
+                if cond is not None and _weight_condition(cond, ops[op_names[oid]]):
+                    wr = p.conditional_weights[t]
+                    rank = -3  # a cache key of its own; the axis is the rule's
+                elif wr.channel_axis is None or wr.channel_axis >= 0:
                     rank = 0
                 else:  # the axis is relative to the weight's rank
                     init = inits.get(names[tid])
@@ -1333,6 +1392,8 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
                         axis: int | None = 0
                     elif rank == -2:
                         axis = 1
+                    elif rank == -3:
+                        axis = wr.channel_axis
                     else:
                         axis = (
                             rank + wr.channel_axis if rank and wr.channel_axis is not None else None
@@ -1344,6 +1405,21 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
                 if st[sid] >= 0 and not_float[st[sid]]:
                     configs[sid] = act_fp32
     return QuantPlan(graph, pvector(configs), pvector([NO_LINK] * n_slots), pvector(dispatch))
+
+
+def _weight_condition(cond: str, op: Op) -> bool:
+    """Does ``op`` meet the named precondition (see :data:`WEIGHT_CONDITIONS`)?"""
+    if cond == "kernel3_s1_d1_g1":
+        a = op.attributes
+        kernel = tuple(a.get("kernel_shape", ()))
+        return (
+            bool(kernel)
+            and all(k == 3 for k in kernel)
+            and all(s == 1 for s in a.get("strides", ()))
+            and all(d == 1 for d in a.get("dilations", ()))
+            and a.get("group", 1) == 1
+        )
+    raise InvalidPlatform(f"unknown weight condition {cond!r}")  # pragma: no cover (validated)
 
 
 def _slot_template(
@@ -1364,10 +1440,15 @@ def _slot_template(
     """
     sock = p.sockets.get(t)
     fp32_start = p.fp32_inputs_from.get(t, n_in)
+    passive_start = p.passive_inputs_from.get(t, n_in)
     cfgs: list[TensorQuantConfig] = []
     weight_slot = False
     for k in range(n_in):
-        if (sock is not None and sock.input(k) != "U") or k >= fp32_start:
+        if k >= passive_start:
+            cfgs.append(
+                act.with_state(QuantState.PASSIVE_INIT).with_visibility(Visibility.INTERNAL)
+            )
+        elif (sock is not None and sock.input(k) != "U") or k >= fp32_start:
             cfgs.append(act_fp32)
         elif k == 1 and t in p.weights:
             weight_slot = True
