@@ -438,6 +438,7 @@ def _ppq(
     weights: Mapping[str, QuantRule],
     bias: BiasRule,
     fp32_from: Mapping[str, int] | None = None,
+    weight_always: Iterable[str] = (),
 ) -> Platform:
     acts = frozenset(acts)
     patterns = {p for p, flag in (("swish", "Swish"), ("mish", "Mish")) if flag in acts}
@@ -454,6 +455,7 @@ def _ppq(
         weights=weights,
         bias=bias,
         fp32_inputs_from=fp32_from or {},
+        weight_always=frozenset(weight_always),
         alignment=PPQ_ALIGNMENT,
         quirks=_ALL_QUIRKS,
         non_onnx_types=PPQ_NON_ONNX,
@@ -479,6 +481,7 @@ PPQ066_ORT_INT8 = _ppq(
     "PPQ 0.6.6 OnnxruntimeQuantizer, reproduced exactly (typos and bugs included)",
     _PPQ_ORT_WEIGHTS,
     _PPQ_ORT_BIAS,
+    weight_always=("Conv", "ConvTranspose", "Gemm"),  # PPQ: input 1, constant or not
 )
 PPQ066_ORT_INT8_SOFTPLUS_TANH = PPQ066_ORT_INT8.evolve(
     name="ppq066_ort_int8_softplus_tanh",
@@ -497,6 +500,7 @@ PPQ066_PPL_CUDA_INT8 = _ppq(
         "Gemm": _PPQ_TRT_WEIGHTS["Gemm"],
     },
     _PPL_BIAS,
+    weight_always=("Conv", "ConvTranspose", "Gemm"),  # PPQ: input 1, constant or not
 )
 
 # ----- corrected rule sets -------------------------------------------------------------------
