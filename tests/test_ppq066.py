@@ -144,3 +144,87 @@ def test_unknown_weight_condition_is_refused() -> None:
     base = fusekit.get_platform("ppq066_ncnn_int8")
     with pytest.raises(fusekit.InvalidPlatform, match="unknown weight conditions"):
         base.evolve(weight_conditions={"Conv": "nope"})
+
+
+# ----- PPQ's parser makes every '' one shared variable (issue 14, every platform) -------------
+
+
+def _clip_empty_min(dropout: str | None = None) -> fusekit.Graph:
+    """Conv -> Clip(c, '', max) -> Conv; with ``dropout`` "before"/"after", a Dropout -> [d, '']
+    added before or after the Clip."""
+    g = G().conv("c0", "x")
+    drop = fusekit.Op("d", "Dropout", ("x",), ("d", ""))
+    if dropout == "before":
+        g.ops.append(drop)
+    g.const("mx", 6.0)
+    g.op("Clip", "cl", ["c0", "", "mx"]).conv("c1", "cl")
+    if dropout == "after":
+        g.ops.append(drop)
+    return g.build(["c1", "d"] if dropout else ["c1"])
+
+
+@pytest.mark.parametrize("name", ["ppq066_trt_int8", "ppq066_rknn_int8", "ppq066_ppl_dsp_int8"])
+def test_empty_clip_bound_follows_the_clip_output_in_ppq(name: str) -> None:
+    """(a) The empty min is a variable to PPQ: passive parameters make it a slave of the Clip
+    input, which fusion put under the Clip output."""
+    g = _clip_empty_min()
+    p = ppq_pipeline(g, name)
+    assert p[inp("cl", 1)].state == QuantState.PASSIVE
+    assert p.root(inp("cl", 1)) == out("cl")
+    assert p.root(inp("cl", 2)) == out("cl")
+
+
+def test_empty_clip_bound_stays_unquantized_when_corrected() -> None:
+    g = _clip_empty_min()
+    q = fusekit.default_pipeline("trt_int8").run(g, fusekit.init_plan(g, "trt_int8")).plan
+    assert q.root(inp("cl", 1)) == inp("cl", 1)
+    assert q[inp("cl", 1)].state == QuantState.FP32
+
+
+def test_empty_resize_roi_is_aligned_across_resizes_in_ppq() -> None:
+    """(b) Conv -> Resize(x, '', s) -> Resize(y, '', s): aligning the second Resize to its output
+    pulls the first one's '' slot into its group, as it does the shared scales ``s``."""
+    g = G().conv("c0", "x")
+    g.const("s", np.array([1.0, 1.0, 2.0, 2.0]))
+    g.op("Resize", "r1", ["c0", "", "s"]).op("Resize", "r2", ["r1", "", "s"]).conv("c1", "r2")
+    graph = g.build(["c1"])
+    p = ppq_pipeline(graph, "ppq066_trt_int8")
+    assert p[inp("r1", 1)].state == QuantState.OVERLAPPED
+    assert p.root(inp("r1", 1)) == out("r2")
+    assert p.root(inp("r1", 2)) == out("r2")  # the same as a really shared tensor
+    t = ppq_pipeline(graph, "trt_int8")
+    assert t[inp("r1", 1)].state == QuantState.FP32
+    assert t.root(inp("r1", 1)) == inp("r1", 1)
+
+
+def test_empty_output_name_produces_every_empty_input_in_ppq() -> None:
+    """(c) Dropout -> [d, ''] is the producer of every '' input: Clip(c, '', max) then has two
+    producers and does not fuse with the Conv; the corrected sets fuse it."""
+    g = _clip_empty_min("before")
+    p = ppq_pipeline(g, "ppq066_trt_int8")
+    assert p[out("c0")].state == QuantState.ACTIVATED
+    assert p.root(out("c0")) == out("c0")
+    assert p.root(out("cl")) == out("cl")
+    assert p.root(inp("cl", 1)) == out("c0")  # the bound follows the (unfused) Clip input
+    t = ppq_pipeline(g, "trt_int8")
+    assert t[out("c0")].state == QuantState.OVERLAPPED
+    assert t.root(out("c0")) == out("cl")
+
+
+def test_empty_input_before_its_producer_does_not_crash() -> None:
+    """PPQ crashes when a '' reader precedes the op writing ''; fusekit leaves '' unproduced,
+    so the Clip fuses as in (a)."""
+    g = _clip_empty_min("after")
+    p = ppq_pipeline(g, "ppq066_trt_int8")
+    assert p.root(out("c0")) == out("cl")
+    assert p.root(inp("cl", 1)) == out("cl")
+
+
+def test_graph_without_empty_names_reads_the_plain_arrays() -> None:
+    from fusekit._ppq066 import shared_empty_arrays
+
+    g = G().conv("c0", "x").build(["c0"])
+    assert shared_empty_arrays(g) is g.arrays()
+    h = _clip_empty_min()
+    assert shared_empty_arrays(h) is shared_empty_arrays(h)  # once per graph value
+    assert h.arrays().slot_tensor.count(-1) == 1  # the graph's own index is untouched

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from .graph import Graph, GraphArrays
 from .platforms import (
     _PPL_QUANT,
     _TRT_QUANT,
@@ -31,7 +32,7 @@ from .platforms import (
 )
 from .quant import QuantPolicy, QuantProperty, QuantState, RoundingPolicy, Visibility
 
-__all__ = ["PPQ066_MORE"]
+__all__ = ["PPQ066_MORE", "shared_empty_arrays"]
 
 P = QuantProperty
 _LIN = P.LINEAR
@@ -459,3 +460,60 @@ PPQ066_MORE: tuple[Platform, ...] = (
     PPQ066_METAX_INT8_T,
     PPQ066_FPGA_INT8,
 )
+
+
+# ----- PPQ's parser: every empty name ``''`` is one shared variable ---------------------------
+
+
+def shared_empty_arrays(graph: Graph) -> GraphArrays:
+    """``graph.arrays()`` as PPQ's parser sees the graph: every omitted optional input (``''``)
+    reads one shared tensor, produced by the first op with an empty *output* name, if any.
+
+    ONNX's ``''`` means "no tensor", and fusekit's index says so (tensor id -1). PPQ 0.6.6 makes
+    all ``''`` one variable, which has visible effects (issue 14): a ``Clip(c, '', max)`` bound
+    becomes a passive slave like a real bound, alignment of ``Resize(y, '', s)`` pulls in every
+    other Resize's ``''`` slot, and a ``Dropout -> [d, '']`` becomes a producer of every ``''``
+    input, so ``Conv -> Clip(c, '', max)`` no longer fuses. The ``ppq066_*`` passes read these
+    arrays (quirk ``shared_empty_name``); op and slot ids are the graph's own, only one tensor
+    id is added. Computed once per graph value. When a ``''`` reader comes before the producer
+    in the graph's order (PPQ itself crashes there), the shared tensor has no producer.
+    """
+    ar = graph.arrays()
+    hit: GraphArrays | None = ar.memo.get("ppq_shared_empty")
+    if hit is not None:
+        return hit
+    st, base, n_in, n_out = ar.slot_tensor, ar.slot_base, ar.n_in, ar.n_out
+    readers: list[int] = []
+    writers: list[int] = []
+    for o in ar.order:
+        b = base[o]
+        readers.extend(s for s in range(b, b + n_in[o]) if st[s] < 0)
+        writers.extend(s for s in range(b + n_in[o], b + n_in[o] + n_out[o]) if st[s] < 0)
+    if not readers and not writers:
+        ar.memo["ppq_shared_empty"] = ar
+        return ar
+    new = object.__new__(GraphArrays)
+    for name in GraphArrays.__slots__:
+        setattr(new, name, getattr(ar, name))
+    e = len(ar.tensor_names)
+    slot_tensor = list(st)
+    for s in readers:
+        slot_tensor[s] = e
+    src = writers[0] if writers else -1
+    if src >= 0 and readers and ar.pos[ar.slot_op[readers[0]]] < ar.pos[ar.slot_op[src]]:
+        src = -1  # PPQ crashes on a reader before the producer; fusekit leaves it unproduced
+    if src >= 0:
+        slot_tensor[src] = e
+        n_uses = list(ar.n_uses)
+        n_uses[ar.slot_op[src]] += len(readers)
+        new.n_uses = n_uses
+    new.slot_tensor = slot_tensor
+    new.producer = [*ar.producer, src]
+    new.consumers = [*ar.consumers, tuple(readers)]
+    new.tensor_names = [*ar.tensor_names, ""]
+    new.is_init = [*ar.is_init, False]
+    new.is_const = [*ar.is_const, False]
+    new.is_output = [*ar.is_output, False]
+    new.memo = {}  # what other modules derive from the arrays differs for this view
+    ar.memo["ppq_shared_empty"] = new
+    return new

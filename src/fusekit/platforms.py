@@ -73,6 +73,9 @@ QUIRKS: Mapping[str, str] = {
     "op's output is FP32",
     "bake_clip_bounds": "Clip min/max become passive slaves of the Clip input, so a fused ReLU6 "
     "bound is rewritten by baking",
+    "shared_empty_name": "every empty name '' (an omitted optional input or output) is one "
+    "shared tensor, as PPQ's parser makes it: Clip(c, '', max) bounds, Resize '' slots and an "
+    "op with an empty output name (Dropout -> [d, '']) become linked",
     "weight_parameter_only": "a weight computed from constants (Reshape(w) -> Conv, Transpose(w) "
     "-> Gemm) is not a parameter: the weight rule skips it (PPQ does not fold constants)",
 }
