@@ -267,6 +267,9 @@ def worker(n: int, args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
     out["slots"] = g.index.n_slots
 
+    for _ in range(repeat):  # PPQ's conservative dispatcher, next to the default dispatch
+        _, w, c = _timed(lambda: fusekit.init_plan(g, args.platform, dispatch="ppq-conservative"))
+        st.add("init_plan_ppq", w, c)
     pipe = fusekit.default_pipeline(args.platform)
     for _ in range(repeat):
         plan, w, c = _timed(lambda: fusekit.init_plan(g, args.platform))

@@ -1005,43 +1005,52 @@ class _Walker:
         ]
 
     def opset(self, starts: Iterable[int], rp: Any, ep: Any, down: bool) -> set[int]:
-        """Union over ``starts`` of PPQ's memoised ``_opset_matching`` (iterative, no recursion)."""
+        """The union over ``starts`` of PPQ's memoised ``_opset_matching``, in linear time.
+
+        PPQ (and fusekit's first version) memoised, per op, the *set* of ops its walk returns
+        and unioned those sets up the graph: quadratic time and memory (9.5 s and 2.7 GB at 10k
+        ops). The same set is: the ops reachable from a start along relayed edges (``rp(x, y)``
+        with ``y`` not an end point) through ops that can still reach an end point that way,
+        plus the end points those ops point at. Two linear walks compute it: backwards from the
+        end points (which ops can reach one), then forwards from the starts. Without end points
+        (``ep is None``) every op qualifies and the walk is plain reachability.
+        """
         nxt = self.down if down else self.up
-        cache: dict[int, set[int]] = {}
-
-        def relayed(x: int, y: int) -> bool:
-            return (ep is None or not ep(y)) and bool(rp(x, y))
-
-        out: set[int] = set()
-        for s in starts:
-            stack = [s]
+        prev = self.up if down else self.down
+        n = len(nxt)
+        if ep is None:
+            end = [False] * n
+            good = [True] * n
+        else:
+            end = [bool(ep(y)) for y in range(n)]
+            good = [False] * n
+            stack = [x for x in range(n) if any(end[y] for y in nxt[x])]
+            for x in stack:
+                good[x] = True
             while stack:
-                x = stack[-1]
-                if x in cache:
-                    stack.pop()
-                    continue
-                following = nxt[x]
-                todo = [y for y in following if y not in cache and relayed(x, y)]
-                if todo:
-                    stack.extend(todo)
-                    continue
-                stack.pop()
-                if not following and ep is None:
-                    cache[x] = {x}
-                    continue
-                res: set[int] = set()
-                for y in following:
-                    if ep is not None and ep(y):
-                        res.add(x)
-                        res.add(y)
-                    elif not rp(x, y):
-                        if ep is None:
-                            res.add(x)
-                    elif cache[y]:
-                        res |= cache[y]
-                        res.add(x)
-                cache[x] = res
-            out |= cache[s]
+                y = stack.pop()
+                if end[y]:
+                    continue  # an end point is never relayed through
+                for x in prev[y]:
+                    if not good[x] and rp(x, y):
+                        good[x] = True
+                        stack.append(x)
+        out: set[int] = set()
+        seen = [False] * n
+        stack = []
+        for s in starts:
+            if good[s] and not seen[s]:
+                seen[s] = True
+                stack.append(s)
+        while stack:
+            x = stack.pop()
+            out.add(x)
+            for y in nxt[x]:
+                if end[y]:
+                    out.add(y)
+                elif not seen[y] and good[y] and rp(x, y):
+                    seen[y] = True
+                    stack.append(y)
         return out
 
 
