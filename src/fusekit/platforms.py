@@ -5,8 +5,9 @@ quantizes, which activations it fuses into the preceding computing op, which ops
 (passive), which inputs are never quantized (sockets), and the policies of activations, weights
 and biases. fusekit ships corrected rule sets (``trt_int8``, ``ort_int8``, ``ppl_cuda_int8``) and
 the rule sets of PPQ 0.6.6 reproduced exactly, typos included (``ppq066_trt_int8``,
-``ppq066_ort_int8``, ``ppq066_ppl_cuda_int8``, ``ppq066_ort_int8_softplus_tanh``), for parity
-tests and for users migrating from PPQ. Users register their own with :func:`register_platform`
+``ppq066_ort_int8``, ``ppq066_ppl_cuda_int8``, ``ppq066_ort_int8_softplus_tanh`` here, and one for
+each of PPQ's other targets in :mod:`fusekit._ppq066`), for parity tests and for users
+migrating from PPQ. Users register their own with :func:`register_platform`
 or load them from JSON/TOML with :func:`load_platform`.
 
 Every op type named in a rule set is checked against the ONNX operator registry by the test
@@ -41,6 +42,7 @@ from .quant import (
 
 __all__ = [
     "QUIRKS",
+    "WEIGHT_CONDITIONS",
     "BiasRule",
     "Platform",
     "QuantRule",
