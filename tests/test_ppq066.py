@@ -144,6 +144,8 @@ def test_unknown_weight_condition_is_refused() -> None:
     base = fusekit.get_platform("ppq066_ncnn_int8")
     with pytest.raises(fusekit.InvalidPlatform, match="unknown weight conditions"):
         base.evolve(weight_conditions={"Conv": "nope"})
+    with pytest.raises(fusekit.InvalidPlatform, match="without a rule"):
+        base.evolve(weight_conditions={"Gemm": "kernel3_s1_d1_g1"})
 
 
 # ----- PPQ's parser makes every '' one shared variable (issue 14, every platform) -------------

@@ -229,6 +229,12 @@ class Platform:
                 f"platform {self.name!r}: unknown weight conditions {sorted(bad)}; "
                 f"known: {sorted(WEIGHT_CONDITIONS)}"
             )
+        missing = set(self.weight_conditions) - (set(self.conditional_weights) & set(self.weights))
+        if missing:
+            raise InvalidPlatform(
+                f"platform {self.name!r}: weight_conditions names {sorted(missing)} without a rule "
+                "in both conditional_weights and weights"
+            )
 
     def has_quirk(self, quirk: str) -> bool:
         """True if this rule set reproduces PPQ 0.6.6 behaviour ``quirk``."""
