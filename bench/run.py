@@ -446,7 +446,16 @@ def targets(results: dict[str, Any], rat: dict[str, Any]) -> dict[str, Any]:
 
 def table(results: dict[str, Any], rat: dict[str, Any]) -> str:
     sizes = sorted(results, key=lambda k: results[k]["ops"])
-    stages = ["onnx_load", "load", "index", "init_plan", *PASS_STAGES, "pipeline", "export_qdq"]
+    stages = [
+        "onnx_load",
+        "load",
+        "index",
+        "init_plan",
+        "init_plan_ppq",
+        *PASS_STAGES,
+        "pipeline",
+        "export_qdq",
+    ]
     lines = []
     head = f"{'stage':<28}" + "".join(f"{s:>22}" for s in sizes)
     lines.append("median ms: fusekit wall / cpu   [fusekit/floor, cpu]")
