@@ -267,6 +267,9 @@ def worker(n: int, args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
     out["slots"] = g.index.n_slots
 
+    for _ in range(repeat):  # PPQ's conservative dispatcher, next to the default dispatch
+        _, w, c = _timed(lambda: fusekit.init_plan(g, args.platform, dispatch="ppq-conservative"))
+        st.add("init_plan_ppq", w, c)
     pipe = fusekit.default_pipeline(args.platform)
     for _ in range(repeat):
         plan, w, c = _timed(lambda: fusekit.init_plan(g, args.platform))
@@ -443,7 +446,16 @@ def targets(results: dict[str, Any], rat: dict[str, Any]) -> dict[str, Any]:
 
 def table(results: dict[str, Any], rat: dict[str, Any]) -> str:
     sizes = sorted(results, key=lambda k: results[k]["ops"])
-    stages = ["onnx_load", "load", "index", "init_plan", *PASS_STAGES, "pipeline", "export_qdq"]
+    stages = [
+        "onnx_load",
+        "load",
+        "index",
+        "init_plan",
+        "init_plan_ppq",
+        *PASS_STAGES,
+        "pipeline",
+        "export_qdq",
+    ]
     lines = []
     head = f"{'stage':<28}" + "".join(f"{s:>22}" for s in sizes)
     lines.append("median ms: fusekit wall / cpu   [fusekit/floor, cpu]")

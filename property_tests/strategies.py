@@ -66,11 +66,18 @@ __all__ = [
 ]
 
 CORRECTED = ("trt_int8", "ort_int8", "ppl_cuda_int8")
-COMPAT = (
+_FIRST_COMPAT = (
     "ppq066_trt_int8",
     "ppq066_ort_int8",
     "ppq066_ppl_cuda_int8",
     "ppq066_ort_int8_softplus_tanh",
+)
+#: every PPQ 0.6.6 reproduction fusekit ships (the four first, then all of fusekit._ppq066)
+COMPAT = tuple(
+    sorted(
+        (n for n in fusekit.platforms() if n.startswith("ppq066_")),
+        key=lambda n: (n not in _FIRST_COMPAT, n),
+    )
 )
 
 

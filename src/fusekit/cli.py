@@ -662,9 +662,23 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_platforms(args: argparse.Namespace) -> int:
+    from ._platform_info import family, platform_diff, platform_summary
+    from .errors import InvalidPlatform
     from .platforms import get_platform, platform_to_dict, platforms
 
     out = _Output(args)
+    if args.diff:
+        if not args.name:
+            raise InvalidPlatform("--diff OTHER compares rule set NAME with OTHER: give NAME too")
+        a, b = get_platform(args.name), get_platform(args.diff)
+        diff = platform_diff(a, b)
+        if out.json:
+            out.doc({"first": a.name, "second": b.name, "differences": diff})
+            return 0
+        out.line(f"{a.name} -> {b.name}: {len(diff) or 'no'} difference(s)")
+        for line in diff:
+            out.line(f"  {line}")
+        return 0
     if args.name:
         p = get_platform(args.name)
         d = platform_to_dict(p)
@@ -693,14 +707,20 @@ def _cmd_platforms(args: argparse.Namespace) -> int:
     if out.json:
         out.doc(
             [
-                {"name": n, "description": get_platform(n).description, "ppq": n.startswith("ppq")}
+                {
+                    "name": n,
+                    "description": get_platform(n).description,
+                    "ppq": n.startswith("ppq"),
+                    "family": family(get_platform(n)),
+                    "summary": platform_summary(get_platform(n)),
+                }
                 for n in names
             ]
         )
         return 0
     w = max(len(n) for n in names)
     for n in names:
-        out.line(f"{n:<{w}}  {get_platform(n).description}")
+        out.line(f"{n:<{w}}  {platform_summary(get_platform(n))}")
     return 0
 
 
@@ -1034,6 +1054,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("platforms", help="list the rule sets, or show one")
     pl.add_argument("name", nargs="?", help="a platform name")
+    pl.add_argument(
+        "--diff", metavar="OTHER", help="what rule set OTHER does differently from NAME"
+    )
     _common(pl)
     pl.set_defaults(func=_cmd_platforms)
 

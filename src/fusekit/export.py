@@ -12,7 +12,11 @@
 * a weight becomes an int8 initializer plus a DequantizeLinear (per channel along
   ``channel_axis``), or with ``quantized_weights=False`` a Q/DQ pair on the float weight; a
   32-bit bias becomes an int32 initializer plus a DequantizeLinear;
-* every slot of a group uses the one scale/zero-point initializer pair of its root.
+* every slot of a group uses the one scale/zero-point initializer pair of its root;
+* a floating (FP8) config exports as Q/DQ with a ``FLOAT8E4M3FN`` (or ``FLOAT8E5M2``) zero point
+  of 0, on activations and on the float weights alike, and the model is raised to opset 19
+  (the first whose Q/DQ take float8; only the Reduce ops, whose ``axes`` became an input at 18,
+  need rewriting on the way from 13).
 
 The model is assembled in a single pass over the float ``ModelProto`` (no per-node graph
 edits), so export is linear in the model size. Models below opset 13 are raised to 13 (the
@@ -90,12 +94,18 @@ class _Key:
     """What one Q/DQ pair quantizes with: a root slot and the integer type of the pair."""
 
     root: int
-    dtype: str  # "int8" | "uint8" | "int32"
+    dtype: str  # "int8" | "uint8" | "int32" | "float8e4m3fn" | "float8e5m2"
 
 
 def _qtype(cfg: TensorQuantConfig, param: bool) -> str | None:
     """The ONNX integer type a slot exports as, or None if Q/DQ cannot express it."""
     if cfg.policy.floating:
+        # FP8 (opset 19 QuantizeLinear saturates to the type's range, no zero point): E4M3
+        # (+-448) and E5M2 (+-57344) as ONNX defines them, 8 bits without a sign-bit spare
+        if cfg.num_bits == 8 and cfg.exponent_bits == 4 and float(cfg.quant_max) <= 448.0:
+            return "float8e4m3fn"
+        if cfg.num_bits == 8 and cfg.exponent_bits == 5 and float(cfg.quant_max) <= 57344.0:
+            return "float8e5m2"
         return None
     lo, hi = int(cfg.quant_min), int(cfg.quant_max)
     if cfg.num_bits == 8:
@@ -311,7 +321,14 @@ _NP: dict[str, type[np.signedinteger[Any]] | type[np.unsignedinteger[Any]]] = {
     "uint8": np.uint8,
     "int32": np.int32,
 }
-_ONNX = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8, "int32": TensorProto.INT32}
+_ONNX = {
+    "int8": TensorProto.INT8,
+    "uint8": TensorProto.UINT8,
+    "int32": TensorProto.INT32,
+    "float8e4m3fn": TensorProto.FLOAT8E4M3FN,
+    "float8e5m2": TensorProto.FLOAT8E5M2,
+}
+_FP8_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take float8 types
 
 
 def _round(x: np.ndarray[Any, Any], policy: RoundingPolicy) -> np.ndarray[Any, Any]:
@@ -447,6 +464,7 @@ class _Builder:
         self.param_dqs = 0
         self.notes = list(self.pl.skipped)
         self._axes: dict[int, int | None] = {}
+        self.fp8 = False  # a float8 Q/DQ was written: the model needs opset 19
 
     # -- constants ----------------------------------------------------------------------------
 
@@ -460,6 +478,8 @@ class _Builder:
         base = self.idx.tensor_names[self.idx.slot_tensor[key.root]]
         s_name = self.tensors.fresh(f"{base}_scale")
         z_name = self.tensors.fresh(f"{base}_zero_point")
+        if key.dtype.startswith("float8"):
+            return self._fp8_scale_zp(key, s_name, z_name)
         info = np.iinfo(_NP[key.dtype])
         if cfg.scale.size == 1 and self._axis(key, None) is None:
             # the common case, built without numpy_helper: a 100k-op model has 50k of these
@@ -490,6 +510,22 @@ class _Builder:
             zp = np.broadcast_to(zp, scale.shape).copy()
         self.inits.append(numpy_helper.from_array(scale, s_name))
         self.inits.append(numpy_helper.from_array(zp, z_name))
+        self.qparams[key] = (s_name, z_name)
+        return s_name, z_name
+
+    def _fp8_scale_zp(self, key: _Key, s_name: str, z_name: str) -> tuple[str, str]:
+        """FP8 scale and zero point: float scales, a float8 zero point of 0 (no offset)."""
+        cfg = self.plan.configs[key.root]
+        scale = np.asarray(cfg.scale, dtype=np.float32).reshape(-1)
+        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ExportError(
+                f"slot {self.idx.slot_key(key.root)} has a scale that is not positive and finite"
+            )
+        per_channel = self._axis(key, None) is not None
+        dims = [scale.size] if per_channel else []
+        self.inits.append(helper.make_tensor(s_name, TensorProto.FLOAT, dims, scale.tolist()))
+        self.inits.append(helper.make_tensor(z_name, _ONNX[key.dtype], dims, [0.0] * scale.size))
+        self.fp8 = True
         self.qparams[key] = (s_name, z_name)
         return s_name, z_name
 
@@ -536,7 +572,8 @@ class _Builder:
         cfg = self.plan.configs[key.root]
         scale = np.asarray(cfg.scale, dtype=np.float64)
         axis = self._axis(key, value.ndim)
-        if key.dtype != "int32" and not self.quantized_weights:
+        if key.dtype != "int32" and (not self.quantized_weights or key.dtype.startswith("float8")):
+            # FP8 weights: Q/DQ on the float weight (numpy has no float8 type to store them)
             self._check_channels(sid, value, scale, axis)
             self.pairs += 1
             return self.qdq(name, key, dst, value.ndim)
@@ -733,9 +770,14 @@ class _Builder:
             og.initializer.extend(extra)
             _set_opset(model, _MIN_OPSET)
             opset = _MIN_OPSET
+        if self.fp8 and opset < _FP8_OPSET:
+            out_nodes, extra = _upgrade_nodes(out_nodes, opset, graph, _FP8_OPSET)
+            og.initializer.extend(extra)
+            _set_opset(model, _FP8_OPSET)
+            opset = _FP8_OPSET
         del og.node[:]
         og.node.extend(out_nodes)
-        model.ir_version = max(model.ir_version, 7)
+        model.ir_version = max(model.ir_version, 9 if self.fp8 else 7)
         return QDQExport(
             model,
             self.q,
@@ -794,6 +836,24 @@ def _set_opset(model: onnx.ModelProto, version: int) -> None:
     op.domain = ""
     op.version = version
 
+
+# Operators whose ``axes`` attribute became an input at opset 18; every other operator changed
+# between opsets 13 and 19 only by new types, attributes or optional inputs (Reshape's
+# allowzero, Resize's modes, Split's num_outputs, Cast's saturate, ...), with defaults that keep
+# a node's meaning, so the FP8 export (opset 19) converts just these.
+_REDUCE_AXES_INPUT_18 = frozenset(
+    {
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSumSquare",
+    }
+)
 
 # Operators whose changes from the listed opset up to 13 only add types, attributes or
 # optional inputs: a node written for any opset from that one on means the same at 13.
@@ -901,9 +961,10 @@ _SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 def _upgrade_nodes(
-    nodes: list[onnx.NodeProto], opset: int, graph: Graph
+    nodes: list[onnx.NodeProto], opset: int, graph: Graph, target: int = _MIN_OPSET
 ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """Rewrite the nodes whose operator changed meaning between ``opset`` and 13.
+    """Rewrite the nodes whose operator changed meaning between ``opset`` and ``target`` (13,
+    or 19 for FP8 Q/DQ from a model already at 13 or above).
 
     Each such node is converted alone (a one-node model through onnx's version converter) and
     spliced back with fresh names for anything the converter created.
@@ -919,11 +980,15 @@ def _upgrade_nodes(
             out.append(n)
             continue
         try:
-            since = onnx.defs.get_schema(n.op_type, _MIN_OPSET, "").since_version
+            since = onnx.defs.get_schema(n.op_type, target, "").since_version
         except onnx.defs.SchemaError:
             out.append(n)
             continue
-        if since <= opset or opset >= _ADDITIVE_FROM.get(n.op_type, _MIN_OPSET + 1):
+        if target == _MIN_OPSET:
+            additive = opset >= _ADDITIVE_FROM.get(n.op_type, target + 1)
+        else:  # from 13 on, only the Reduce family changed meaning (axes became an input)
+            additive = n.op_type not in _REDUCE_AXES_INPUT_18
+        if since <= opset or additive:
             out.append(n)
             continue
         if any(
@@ -931,7 +996,7 @@ def _upgrade_nodes(
         ):
             raise ExportError(
                 f"node {n.name or n.op_type!r} has sub-graphs and the model's opset {opset} is "
-                f"below {_MIN_OPSET}; convert the model to opset {_MIN_OPSET} first"
+                f"below {target}; convert the model to opset {target} first"
             )
         mini_inputs = []
         mini_inits = []
@@ -951,10 +1016,10 @@ def _upgrade_nodes(
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
         m.ir_version = 7
         try:
-            c = version_converter.convert_version(m, _MIN_OPSET)
+            c = version_converter.convert_version(m, target)
         except Exception as e:
             raise ExportError(
-                f"cannot raise {n.op_type} node {n.name!r} from opset {opset} to {_MIN_OPSET}: "
+                f"cannot raise {n.op_type} node {n.name!r} from opset {opset} to {target}: "
                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
             ) from None
         keep = {t for t in n.input if t} | {t for t in n.output if t}

@@ -5,8 +5,9 @@ quantizes, which activations it fuses into the preceding computing op, which ops
 (passive), which inputs are never quantized (sockets), and the policies of activations, weights
 and biases. fusekit ships corrected rule sets (``trt_int8``, ``ort_int8``, ``ppl_cuda_int8``) and
 the rule sets of PPQ 0.6.6 reproduced exactly, typos included (``ppq066_trt_int8``,
-``ppq066_ort_int8``, ``ppq066_ppl_cuda_int8``, ``ppq066_ort_int8_softplus_tanh``), for parity
-tests and for users migrating from PPQ. Users register their own with :func:`register_platform`
+``ppq066_ort_int8``, ``ppq066_ppl_cuda_int8``, ``ppq066_ort_int8_softplus_tanh`` here, and one for
+each of PPQ's other targets in :mod:`fusekit._ppq066`), for parity tests and for users
+migrating from PPQ. Users register their own with :func:`register_platform`
 or load them from JSON/TOML with :func:`load_platform`.
 
 Every op type named in a rule set is checked against the ONNX operator registry by the test
@@ -33,7 +34,7 @@ from pyrsistent import PMap, pmap, pvector
 from ._util import without_gc
 from .dtypes import FLOAT_TYPES, tensor_elem_types
 from .errors import InvalidPlatform, UnknownPlatform, UnsupportedModel
-from .graph import Graph
+from .graph import Graph, Op
 from .quant import (
     NO_LINK,
     QuantPlan,
@@ -47,6 +48,7 @@ from .quant import (
 
 __all__ = [
     "QUIRKS",
+    "WEIGHT_CONDITIONS",
     "BiasRule",
     "Platform",
     "QuantRule",
@@ -80,6 +82,17 @@ QUIRKS: Mapping[str, str] = {
     "op's output is FP32",
     "bake_clip_bounds": "Clip min/max become passive slaves of the Clip input, so a fused ReLU6 "
     "bound is rewritten by baking",
+    "shared_empty_name": "every empty name '' (an omitted optional input or output) is one "
+    "shared tensor, as PPQ's parser makes it: Clip(c, '', max) bounds, Resize '' slots and an "
+    "op with an empty output name (Dropout -> [d, '']) become linked",
+    "weight_parameter_only": "a weight computed from constants (Reshape(w) -> Conv, Transpose(w) "
+    "-> Gemm) is not a parameter: the weight rule skips it (PPQ does not fold constants)",
+}
+
+#: Named preconditions of :attr:`Platform.weight_conditions`.
+WEIGHT_CONDITIONS: Mapping[str, str] = {
+    "kernel3_s1_d1_g1": "a convolution whose every kernel dimension is 3, with stride 1, "
+    "dilation 1 and group 1 (3x3, and 3 in 1-D: NCNN's 6-bit weights)",
 }
 
 
@@ -170,6 +183,12 @@ class Platform:
     * ``activation``: the rule of ordinary slots; ``weights``: op type -> rule for input 1 when
       it is a constant; ``bias_types``/``bias``: the rule of input 2 of those ops;
       ``fp32_inputs_from``: op type -> first input index that stays FP32.
+    * ``weight_always``: op types whose input 1 gets the weight rule even when it is not a
+      constant (most PPQ quantizers test the input's position, not its kind).
+    * ``weight_conditions``/``conditional_weights``: op type -> named precondition
+      (``"kernel3_s1_d1_g1"``) and the weight rule used when it holds (NCNN's 6-bit 3x3 kernels).
+    * ``passive_inputs_from``: op type -> first input index that starts PASSIVE_INIT with
+      INTERNAL visibility (PPQ's DSP quantizer does this to Clip's min/max).
     * ``linear_activations``: ops PPQ's dispatcher moves onto their producer's platform.
     * ``alignment``: op families the alignment pass aligns.
     * ``quirks``: PPQ 0.6.6 behaviours reproduced (see :data:`QUIRKS`).
@@ -198,6 +217,10 @@ class Platform:
     )
     bias: BiasRule = BiasRule()
     fp32_inputs_from: PMap[str, int] = attrs.field(factory=pmap, converter=_pm)
+    weight_always: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    weight_conditions: PMap[str, str] = attrs.field(factory=pmap, converter=_pm)
+    conditional_weights: PMap[str, QuantRule] = attrs.field(factory=pmap, converter=_pm)
+    passive_inputs_from: PMap[str, int] = attrs.field(factory=pmap, converter=_pm)
     linear_activations: frozenset[str] = attrs.field(
         default=frozenset({"Relu", "Clip"}), converter=_fs
     )
@@ -210,6 +233,18 @@ class Platform:
         unknown = self.quirks - set(QUIRKS)
         if unknown:
             raise InvalidPlatform(f"platform {self.name!r}: unknown quirks {sorted(unknown)}")
+        bad = set(self.weight_conditions.values()) - set(WEIGHT_CONDITIONS)
+        if bad:
+            raise InvalidPlatform(
+                f"platform {self.name!r}: unknown weight conditions {sorted(bad)}; "
+                f"known: {sorted(WEIGHT_CONDITIONS)}"
+            )
+        missing = set(self.weight_conditions) - (set(self.conditional_weights) & set(self.weights))
+        if missing:
+            raise InvalidPlatform(
+                f"platform {self.name!r}: weight_conditions names {sorted(missing)} without a rule "
+                "in both conditional_weights and weights"
+            )
 
     def has_quirk(self, quirk: str) -> bool:
         """True if this rule set reproduces PPQ 0.6.6 behaviour ``quirk``."""
@@ -226,7 +261,8 @@ class Platform:
         names |= self.epilogue_types
         names |= self.passive_types | self.bias_types | self.linear_activations
         names |= set(self.passive_conditions) | set(self.sockets) | set(self.weights)
-        names |= set(self.fp32_inputs_from)
+        names |= set(self.fp32_inputs_from) | self.weight_always | set(self.weight_conditions)
+        names |= set(self.conditional_weights) | set(self.passive_inputs_from)
         for v in self.alignment.values():
             names |= v
         return frozenset(names)
@@ -423,6 +459,7 @@ def _ppq(
     weights: Mapping[str, QuantRule],
     bias: BiasRule,
     fp32_from: Mapping[str, int] | None = None,
+    weight_always: Iterable[str] = (),
 ) -> Platform:
     acts = frozenset(acts)
     patterns = {p for p, flag in (("swish", "Swish"), ("mish", "Mish")) if flag in acts}
@@ -439,6 +476,7 @@ def _ppq(
         weights=weights,
         bias=bias,
         fp32_inputs_from=fp32_from or {},
+        weight_always=frozenset(weight_always),
         alignment=PPQ_ALIGNMENT,
         quirks=_ALL_QUIRKS,
         non_onnx_types=PPQ_NON_ONNX,
@@ -464,6 +502,7 @@ PPQ066_ORT_INT8 = _ppq(
     "PPQ 0.6.6 OnnxruntimeQuantizer, reproduced exactly (typos and bugs included)",
     _PPQ_ORT_WEIGHTS,
     _PPQ_ORT_BIAS,
+    weight_always=("Conv", "ConvTranspose", "Gemm"),  # PPQ: input 1, constant or not
 )
 PPQ066_ORT_INT8_SOFTPLUS_TANH = PPQ066_ORT_INT8.evolve(
     name="ppq066_ort_int8_softplus_tanh",
@@ -482,6 +521,7 @@ PPQ066_PPL_CUDA_INT8 = _ppq(
         "Gemm": _PPQ_TRT_WEIGHTS["Gemm"],
     },
     _PPL_BIAS,
+    weight_always=("Conv", "ConvTranspose", "Gemm"),  # PPQ: input 1, constant or not
 )
 
 # ----- corrected rule sets -------------------------------------------------------------------
@@ -684,6 +724,12 @@ for _p in (
     register_platform(_p)
 
 
+from ._ppq066 import PPQ066_MORE  # noqa: E402 (it builds on the definitions above)
+
+for _p in PPQ066_MORE:
+    register_platform(_p)
+
+
 def platforms() -> tuple[str, ...]:
     """Names of the registered platforms, corrected ones first."""
     return tuple(sorted(_REGISTRY, key=lambda n: (n.startswith("ppq"), n)))
@@ -784,7 +830,7 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
             kw[key] = value
         elif key in ("activation",):
             kw[key] = _rule_from(value, where)
-        elif key == "weights":
+        elif key in ("weights", "conditional_weights"):
             if not isinstance(value, Mapping):
                 raise InvalidPlatform(f"{where}: expected a table op type -> rule")
             kw[key] = {k: _rule_from(v, f"{where}[{k!r}]") for k, v in value.items()}
@@ -815,10 +861,15 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
                     )
                 socks[t] = SocketRule(ins, outs)
             kw[key] = socks
-        elif key in ("passive_conditions", "fp32_inputs_from"):
+        elif key in (
+            "passive_conditions",
+            "fp32_inputs_from",
+            "weight_conditions",
+            "passive_inputs_from",
+        ):
             if not isinstance(value, Mapping):
                 raise InvalidPlatform(f"{where}: expected a table")
-            want: Any = str if key == "passive_conditions" else int
+            want: Any = str if key.endswith("_conditions") else int
             if any(isinstance(v, bool) or not isinstance(v, want) for v in value.values()):
                 what = "condition names" if want is str else "input indices"
                 raise InvalidPlatform(f"{where}: expected {what} as values")
@@ -900,6 +951,10 @@ def platform_to_dict(p: Platform) -> dict[str, Any]:
             **rule(p.bias.rule),
         },
         "fp32_inputs_from": dict(p.fp32_inputs_from),
+        "weight_always": sorted(p.weight_always),
+        "weight_conditions": dict(p.weight_conditions),
+        "conditional_weights": {k: rule(v) for k, v in sorted(p.conditional_weights.items())},
+        "passive_inputs_from": dict(p.passive_inputs_from),
         "linear_activations": sorted(p.linear_activations),
         "alignment": {k: sorted(v) for k, v in sorted(p.alignment.items())},
         "quirks": sorted(p.quirks),
@@ -970,43 +1025,52 @@ class _Walker:
         ]
 
     def opset(self, starts: Iterable[int], rp: Any, ep: Any, down: bool) -> set[int]:
-        """Union over ``starts`` of PPQ's memoised ``_opset_matching`` (iterative, no recursion)."""
+        """The union over ``starts`` of PPQ's memoised ``_opset_matching``, in linear time.
+
+        PPQ (and fusekit's first version) memoised, per op, the *set* of ops its walk returns
+        and unioned those sets up the graph: quadratic time and memory (9.5 s and 2.7 GB at 10k
+        ops). The same set is: the ops reachable from a start along relayed edges (``rp(x, y)``
+        with ``y`` not an end point) through ops that can still reach an end point that way,
+        plus the end points those ops point at. Two linear walks compute it: backwards from the
+        end points (which ops can reach one), then forwards from the starts. Without end points
+        (``ep is None``) every op qualifies and the walk is plain reachability.
+        """
         nxt = self.down if down else self.up
-        cache: dict[int, set[int]] = {}
-
-        def relayed(x: int, y: int) -> bool:
-            return (ep is None or not ep(y)) and bool(rp(x, y))
-
-        out: set[int] = set()
-        for s in starts:
-            stack = [s]
+        prev = self.up if down else self.down
+        n = len(nxt)
+        if ep is None:
+            end = [False] * n
+            good = [True] * n
+        else:
+            end = [bool(ep(y)) for y in range(n)]
+            good = [False] * n
+            stack = [x for x in range(n) if any(end[y] for y in nxt[x])]
+            for x in stack:
+                good[x] = True
             while stack:
-                x = stack[-1]
-                if x in cache:
-                    stack.pop()
-                    continue
-                following = nxt[x]
-                todo = [y for y in following if y not in cache and relayed(x, y)]
-                if todo:
-                    stack.extend(todo)
-                    continue
-                stack.pop()
-                if not following and ep is None:
-                    cache[x] = {x}
-                    continue
-                res: set[int] = set()
-                for y in following:
-                    if ep is not None and ep(y):
-                        res.add(x)
-                        res.add(y)
-                    elif not rp(x, y):
-                        if ep is None:
-                            res.add(x)
-                    elif cache[y]:
-                        res |= cache[y]
-                        res.add(x)
-                cache[x] = res
-            out |= cache[s]
+                y = stack.pop()
+                if end[y]:
+                    continue  # an end point is never relayed through
+                for x in prev[y]:
+                    if not good[x] and rp(x, y):
+                        good[x] = True
+                        stack.append(x)
+        out: set[int] = set()
+        seen = [False] * n
+        stack = []
+        for s in starts:
+            if good[s] and not seen[s]:
+                seen[s] = True
+                stack.append(s)
+        while stack:
+            x = stack.pop()
+            out.add(x)
+            for y in nxt[x]:
+                if end[y]:
+                    out.add(y)
+                elif not seen[y] and good[y] and rp(x, y):
+                    seen[y] = True
+                    stack.append(y)
         return out
 
 
@@ -1355,6 +1419,21 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
     # quantizer's rules say, whatever the data type
     not_float = _non_float(graph) if not p.quirks else None
     ops, op_names = graph.ops, ar.op_names
+    always = p.weight_always
+    if p.has_quirk("weight_parameter_only"):
+        # PPQ's parameters: initializers and Constant outputs, not tensors computed from them
+        is_init, prod, slot_op = ar.is_init, ar.producer, ar.slot_op
+
+        def is_param(tid: int) -> bool:
+            if is_init[tid]:
+                return True
+            src = prod[tid]
+            return src >= 0 and op_types[slot_op[src]] == "Constant"
+
+    else:
+
+        def is_param(tid: int) -> bool:
+            return is_const[tid]
 
     for oid, plat in table.items():
         if plat in ("FP32", "SOI"):
@@ -1371,9 +1450,13 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
         configs[b : b + ni + no] = cfgs
         if weight_slot:
             tid = st[b + 1]
-            if tid >= 0 and is_const[tid]:
+            if tid >= 0 and (t in always or is_param(tid)):
+                cond = p.weight_conditions.get(t)
                 wr = weights[t]
-                if wr.channel_axis is None or wr.channel_axis >= 0:
+                if cond is not None and _weight_condition(cond, ops[op_names[oid]]):
+                    wr = p.conditional_weights[t]
+                    rank = -3  # a cache key of its own; the axis is the rule's
+                elif wr.channel_axis is None or wr.channel_axis >= 0:
                     rank = 0
                 else:  # the axis is relative to the weight's rank
                     init = inits.get(names[tid])
@@ -1388,6 +1471,8 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
                         axis: int | None = 0
                     elif rank == -2:
                         axis = 1
+                    elif rank == -3:
+                        axis = wr.channel_axis
                     else:
                         axis = (
                             rank + wr.channel_axis if rank and wr.channel_axis is not None else None
@@ -1399,6 +1484,21 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
                 if st[sid] >= 0 and not_float[st[sid]]:
                     configs[sid] = act_fp32
     return QuantPlan(graph, pvector(configs), pvector([NO_LINK] * n_slots), pvector(dispatch))
+
+
+def _weight_condition(cond: str, op: Op) -> bool:
+    """Does ``op`` meet the named precondition (see :data:`WEIGHT_CONDITIONS`)?"""
+    if cond == "kernel3_s1_d1_g1":
+        a = op.attributes
+        kernel = tuple(a.get("kernel_shape", ()))
+        return (
+            bool(kernel)
+            and all(k == 3 for k in kernel)
+            and all(s == 1 for s in a.get("strides", ()))
+            and all(d == 1 for d in a.get("dilations", ()))
+            and a.get("group", 1) == 1
+        )
+    raise InvalidPlatform(f"unknown weight condition {cond!r}")  # pragma: no cover (validated)
 
 
 def _slot_template(
@@ -1419,10 +1519,15 @@ def _slot_template(
     """
     sock = p.sockets.get(t)
     fp32_start = p.fp32_inputs_from.get(t, n_in)
+    passive_start = p.passive_inputs_from.get(t, n_in)
     cfgs: list[TensorQuantConfig] = []
     weight_slot = False
     for k in range(n_in):
-        if (sock is not None and sock.input(k) != "U") or k >= fp32_start:
+        if k >= passive_start:
+            cfgs.append(
+                act.with_state(QuantState.PASSIVE_INIT).with_visibility(Visibility.INTERNAL)
+            )
+        elif (sock is not None and sock.input(k) != "U") or k >= fp32_start:
             cfgs.append(act_fp32)
         elif k == 1 and t in p.weights:
             weight_slot = True

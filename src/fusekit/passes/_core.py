@@ -430,6 +430,10 @@ class PassContext:
         self.idx = graph.index
         #: the graph's index as plain lists, what the passes' inner loops read
         self.ar: GraphArrays = graph.arrays()
+        if self.platform.has_quirk("shared_empty_name"):
+            from .._ppq066 import shared_empty_arrays  # PPQ's parser: all '' are one tensor
+
+            self.ar = shared_empty_arrays(graph)
 
     def quantized(self, oid: int) -> bool:
         """Is op id ``oid`` quantized?"""
