@@ -40,6 +40,7 @@ from .quant import (
 )
 
 __all__ = [
+    "PLACEMENTS",
     "QUIRKS",
     "BiasRule",
     "Platform",
@@ -57,6 +58,17 @@ __all__ = [
 P = QuantProperty
 SYM_PT = QuantPolicy.of(P.PER_TENSOR, P.LINEAR, P.SYMMETRICAL)
 SYM_PC = QuantPolicy.of(P.PER_CHANNEL, P.LINEAR, P.SYMMETRICAL)
+ASYM_PT = QuantPolicy.of(P.PER_TENSOR, P.LINEAR, P.ASYMMETRICAL)
+
+#: Where a rule set puts its quantization points (:attr:`Platform.placement`).
+PLACEMENTS: Mapping[str, str] = {
+    "fused-output": "a point on the output of every quantized op (after its fused activation) "
+    "and on every input it reads, graph outputs and the tail included (PPQ's model)",
+    "node-unit": "the same points, as node units DequantizeLinear -> op -> QuantizeLinear for "
+    "the backend to match, but the tail after the last computing op (the ops from which no "
+    "Conv/ConvTranspose/Gemm/MatMul is reachable) stays float, so graph outputs are not "
+    "rounded (onnxruntime's CPU provider)",
+}
 
 #: PPQ 0.6.6 behaviours a rule set can switch on (the ``ppq066_*`` sets switch on all of them).
 QUIRKS: Mapping[str, str] = {
@@ -167,6 +179,8 @@ class Platform:
     * ``alignment``: op families the alignment pass aligns.
     * ``quirks``: PPQ 0.6.6 behaviours reproduced (see :data:`QUIRKS`).
     * ``non_onnx_types``: names used above that are not ONNX operators, declared as such.
+    * ``placement``: where the quantization points go, one of :data:`PLACEMENTS`
+      (``"fused-output"`` or ``"node-unit"``).
     """
 
     name: str
@@ -195,11 +209,17 @@ class Platform:
     quirks: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
     non_onnx_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
     ppq_target: str = ""
+    placement: str = "fused-output"
 
     def __attrs_post_init__(self) -> None:
         unknown = self.quirks - set(QUIRKS)
         if unknown:
             raise InvalidPlatform(f"platform {self.name!r}: unknown quirks {sorted(unknown)}")
+        if self.placement not in PLACEMENTS:
+            raise InvalidPlatform(
+                f"platform {self.name!r}: unknown placement {self.placement!r}; "
+                f"use one of {sorted(PLACEMENTS)}"
+            )
 
     def has_quirk(self, quirk: str) -> bool:
         """True if this rule set reproduces PPQ 0.6.6 behaviour ``quirk``."""
@@ -618,14 +638,88 @@ TRT_INT8 = _fusekit(
     BiasRule(QuantState.FP32),
     "TRT_INT8",
 )
-ORT_INT8 = _fusekit(
-    "ort_int8",
-    "ONNX Runtime QDQ INT8 (CPU EP): fuses Conv/Gemm/MatMul with Relu/Clip and the "
-    "activations ORT's QDQ transformers fold",
-    _COMMON_QUANT,
-    frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Swish"}),
-    frozenset({"swish", "hardswish"}),
-    BiasRule(
+# onnxruntime's CPU provider, as its QDQ optimizer really runs a model (docs/platforms.md has
+# the sources and the experiments behind every line). It turns DequantizeLinear -> op ->
+# QuantizeLinear node units into int8 kernels: QLinearConv, QLinearMatMul (or
+# MatMulIntegerToFloat without a Q), QGemm, QLinearAdd/Mul, QLinearSigmoid/LeakyRelu/Softmax,
+# QLinearConcat, QLinear(Global)AveragePool, QLinearWhere; it drops the Q/DQ around data movers
+# whose input and output share parameters. Every other op runs in float between a DQ and a Q.
+ORT_QUANT = frozenset(
+    {
+        # node units with an int8 kernel
+        "Conv",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Mul",
+        "Sigmoid",
+        "LeakyRelu",
+        "Softmax",
+        "Concat",
+        "GlobalAveragePool",
+        "AveragePool",
+        "Where",
+        # removed before a QuantizeLinear whose zero point makes them redundant (fused below)
+        "Relu",
+        "Clip",
+        # folded into the Conv/Gemm weights and bias at export (an epilogue)
+        "BatchNormalization",
+        # data movers: Q/DQ dropped when the input and output parameters are equal
+        "MaxPool",
+        "Resize",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Slice",
+        "Gather",
+        "Expand",
+        "Tile",
+        "Split",
+        "Identity",
+        "Dropout",
+        # not here: Pad, GlobalMaxPool, DepthToSpace, SpaceToDepth (onnxruntime 1.32 keeps
+        # their Q/DQ and runs them in float: a point there rounds for nothing)
+    }
+)
+ORT_PASSIVE = frozenset(
+    {
+        "MaxPool",
+        "Reshape",
+        "Flatten",
+        "Identity",
+        "Dropout",
+        "Slice",
+        "Split",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Gather",
+        "Expand",
+        "Tile",
+    }
+)
+#: uint8 activations, zero point where the calibrated range puts it: a non-negative tensor
+#: (a ReLU output) gets zero point 0 and all 256 levels, and onnxruntime drops a Relu/Clip
+#: before a QuantizeLinear only when the zero point is the type's minimum.
+ORT_ACTIVATION = QuantRule(ASYM_PT, quant_min=0, quant_max=255, observer="minmax")
+ORT_INT8 = Platform(
+    name="ort_int8",
+    description="ONNX Runtime QDQ INT8 (CPU EP), as its QDQ optimizer runs it: node units "
+    "DQ -> op -> Q for the ops with int8 kernels, Relu/Clip folded into QLinearConv through the "
+    "zero point, uint8 asymmetric activations, int8 symmetric per-channel weights, int32 bias, "
+    "BatchNorm folded into the weights at export, the tail after the last computing op float",
+    quant_types=ORT_QUANT,
+    computing_types=frozenset({"Conv", "Gemm", "MatMul"}),
+    activation_types=frozenset({"Relu", "Clip"}),
+    activation_patterns=frozenset(),
+    epilogue_types=frozenset({"BatchNormalization"}),
+    passive_types=ORT_PASSIVE,
+    sockets=FUSEKIT_SOCKETS,
+    activation=ORT_ACTIVATION,
+    weights={k: _FK_WEIGHTS[k] for k in ("Conv", "Gemm", "MatMul")},
+    bias=BiasRule(
         QuantState.PASSIVE_INIT,
         QuantRule(
             SYM_PC,
@@ -636,7 +730,12 @@ ORT_INT8 = _fusekit(
             observer="minmax",
         ),
     ),
-    "ONNXRUNTIME",
+    fp32_inputs_from={"LayerNormalization": 1},
+    # QLinearAdd/QLinearConcat/QLinearAveragePool take one scale per input and output: nothing
+    # to align. Resize drops its Q/DQ only when input and output parameters are equal.
+    alignment={"resize": frozenset({"Resize"})},
+    ppq_target="ONNXRUNTIME",
+    placement="node-unit",
 )
 PPL_CUDA_INT8 = _fusekit(
     "ppl_cuda_int8",
@@ -768,7 +867,7 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
     kw: dict[str, Any] = {}
     for key, value in data.items():
         where = f"{source}: field {key!r}"
-        if key in ("name", "description", "ppq_target"):
+        if key in ("name", "description", "ppq_target", "placement"):
             if not isinstance(value, str):
                 raise InvalidPlatform(f"{where}: expected a string")
             kw[key] = value
@@ -868,6 +967,7 @@ def platform_to_dict(p: Platform) -> dict[str, Any]:
         "name": p.name,
         "description": p.description,
         "ppq_target": p.ppq_target,
+        "placement": p.placement,
         "quant_types": sorted(p.quant_types),
         "computing_types": sorted(p.computing_types),
         "activation_types": sorted(p.activation_types),
@@ -1125,7 +1225,9 @@ def ppq_conservative_dispatch(graph: Graph, platform: Platform) -> dict[int, str
     return table
 
 
-def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
+def all_dispatch(
+    graph: Graph, platform: Platform, *, quantize_tail: bool = False
+) -> dict[int, str]:
     """fusekit's default dispatch: the ops of quantized types that compute float data next to
     a computing op.
 
@@ -1134,6 +1236,8 @@ def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
     is a never-quantized (FP32/SOI) socket or another such op (the shape-computing sub-graph
     Shape -> Gather -> Concat -> Reshape.shape, whose values must never be rounded); or when it
     is not connected, through other such ops, to a computing op (Conv, Gemm, MatMul...).
+    With a ``"node-unit"`` placement, the tail after the last computing op is left FP32 too
+    unless ``quantize_tail`` is set.
     """
     # Reads the graph's plain-list arrays and plain dicts of the rule set: on a 100k-op graph
     # the PMap lookups of the straightforward version cost more than the dispatch itself.
@@ -1223,7 +1327,39 @@ def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
                     if candidate[dst] and not keep[dst]:
                         keep[dst] = True
                         stack.append(dst)
+    if platform.placement == "node-unit" and not quantize_tail:
+        _drop_tail(ar, computing, keep)
     return {oid: name if keep[oid] else "FP32" for oid in ar.order}
+
+
+def _drop_tail(ar: Any, computing: frozenset[str], keep: list[bool]) -> None:
+    """Leave float every op from which no computing op is reachable (the tail).
+
+    After the last Conv/Gemm/MatMul of a path no int8 kernel reads the values any more, so a
+    quantization point there only rounds what the user gets: on YOLOv8 the final Concat shared
+    one scale between box pixels and class scores, and every score rounded to 0. The computing
+    op's own output keeps its point (onnxruntime's QLinearConv needs its QuantizeLinear).
+    """
+    op_types, base, n_in, n_out = ar.op_types, ar.slot_base, ar.n_in, ar.n_out
+    st, cons, slot_op = ar.slot_tensor, ar.consumers, ar.slot_op
+    feeds = [False] * len(op_types)  # a computing op is reachable downstream
+    for oid in reversed(ar.order):
+        b = base[oid] + n_in[oid]
+        hit = False
+        for sid in range(b, b + n_out[oid]):
+            tid = st[sid]
+            if tid < 0:
+                continue
+            for c in cons[tid]:
+                co = slot_op[c]
+                if feeds[co] or op_types[co] in computing:
+                    hit = True
+                    break
+            if hit:
+                break
+        feeds[oid] = hit
+        if keep[oid] and not hit and op_types[oid] not in computing:
+            keep[oid] = False
 
 
 def _non_float(graph: Graph) -> list[bool]:
@@ -1240,6 +1376,8 @@ def init_plan(
     graph: Graph,
     platform: Platform | str,
     dispatch: str | Mapping[str, str | None] = "all",
+    *,
+    quantize_tail: bool = False,
 ) -> QuantPlan:
     """Create the per-slot configs of ``graph`` for ``platform``.
 
@@ -1247,6 +1385,9 @@ def init_plan(
     quantizes, except shape computations), ``"ppq-conservative"`` (PPQ 0.6.6's conservative
     dispatcher, for parity) or an explicit mapping op name -> platform name (None or ``"FP32"``
     to leave an op unquantized); ops the mapping omits follow ``"all"``.
+
+    With a ``"node-unit"`` rule set (``ort_int8``) the ops after the last computing op, up to
+    the graph outputs, stay FP32; ``quantize_tail=True`` quantizes them like the rest.
 
     Slot states follow the platform's rules: sockets that are never quantized start FP32, the
     bias follows the bias rule, constant weights of computing ops get the weight rule, and every
@@ -1256,7 +1397,7 @@ def init_plan(
     idx = graph.index
     if isinstance(dispatch, str):
         if dispatch == "all":
-            table = all_dispatch(graph, p)
+            table = all_dispatch(graph, p, quantize_tail=quantize_tail)
         elif dispatch == "ppq-conservative":
             table = ppq_conservative_dispatch(graph, p)
         else:
@@ -1264,7 +1405,7 @@ def init_plan(
                 f"unknown dispatch {dispatch!r}: use 'all', 'ppq-conservative' or a mapping"
             )
     else:
-        table = all_dispatch(graph, p)
+        table = all_dispatch(graph, p, quantize_tail=quantize_tail)
         for name, plat in dispatch.items():
             oid = idx.op_id.get(name)
             if oid is None:
