@@ -232,3 +232,61 @@ def test_batchnorm_not_after_a_computing_op_stays() -> None:
     g, plan, _, _ = exported(model)
     res = build_qdq(g, plan)
     assert Counter(n.op_type for n in res.model.graph.node)["BatchNormalization"] == 1
+
+
+def flatten_gemm_model() -> bytes:
+    """x -> conv1 -> relu1 -> GlobalAveragePool -> Flatten -> Gemm -> y (a classifier head)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["p"], "gap"),
+        helper.make_node("Flatten", ["p"], ["f"], "flatten"),
+        helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], "fc", transB=1),
+    ]
+    inits = {
+        "w1": _w((4, 3, 3, 3), seed=1),
+        "b1": _w((4,), 0.1, seed=2),
+        "wg": _w((5, 4), seed=3),
+        "bg": _w((5,), 0.1, seed=4),
+    }
+    return _model(nodes, inits, [("x", [1, 3, 8, 8])], [("y", [1, 5])])
+
+
+def add_relu_model() -> bytes:
+    """x -> conv_a, conv_b -> Add -> Relu -> conv_c -> y: a Relu that follows no computing op."""
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["ca"], "conv_a"),
+        helper.make_node("Conv", ["x", "wb"], ["cb"], "conv_b"),
+        helper.make_node("Add", ["ca", "cb"], ["s"], "add"),
+        helper.make_node("Relu", ["s"], ["r"], "relu"),
+        helper.make_node("Conv", ["r", "wc"], ["y"], "conv_c"),
+    ]
+    inits = {
+        "wa": _w((4, 3, 1, 1), seed=5),
+        "wb": _w((4, 3, 1, 1), seed=6),
+        "wc": _w((2, 4, 1, 1), seed=7),
+    }
+    return _model(nodes, inits, [("x", [1, 3, 6, 6])], [("y", [1, 2, 6, 6])])
+
+
+class TestNodeUnits:
+    """What onnxruntime needs to see around ops without a computing kernel."""
+
+    def test_data_mover_keeps_its_own_pair(self) -> None:
+        """DQ -> Flatten -> Q with equal parameters: onnxruntime drops both, Gemm runs QGemm."""
+        _, plan, model, _ = exported(flatten_gemm_model())
+        s_in, s_out = fusekit.Slot("flatten", "in", 0), fusekit.Slot("flatten", "out", 0)
+        assert plan[s_out].state is fusekit.QuantState.PASSIVE
+        assert plan.root(s_out) == plan.root(s_in)
+        ops = optimized_ops(model)
+        assert ops["QGemm"] == 1 and ops["QLinearConv"] == 1
+        assert ops["Gemm"] == ops["FusedGemm"] == 0
+
+    def test_standalone_relu_reads_float(self) -> None:
+        """A Relu after an Add: only its output is quantized; no Q/DQ pair runs in float."""
+        _, plan, model, _ = exported(add_relu_model())
+        assert plan[fusekit.Slot("relu", "in", 0)].state is fusekit.QuantState.FP32
+        ops = optimized_ops(model)
+        assert ops["QLinearConv"] == 3
+        assert ops["QLinearAdd"] == 1
+        assert ops["Relu"] == 0  # removed before its QuantizeLinear (zero point 0)
