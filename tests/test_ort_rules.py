@@ -290,3 +290,43 @@ class TestNodeUnits:
         assert ops["QLinearConv"] == 3
         assert ops["QLinearAdd"] == 1
         assert ops["Relu"] == 0  # removed before its QuantizeLinear (zero point 0)
+
+
+class TestWideGroups:
+    """A sharing group whose calibrated ranges differ by 16x or more is split, with a reason."""
+
+    def run(self, model: bytes, **alignment: Any) -> Any:
+        g = fusekit.load(model)
+        plan = fusekit.init_plan(g, "trt_int8")
+        cal = Calibration(samples(4, (1, 3, 5, 5)))
+        return g, fusekit.default_pipeline("trt_int8", calibration=cal, **alignment).run(g, plan)
+
+    def test_concat_of_boxes_and_scores_is_split(self) -> None:
+        g, res = self.run(concat_model())
+        refusals = [d for d in res.refusals if d.rule == "align-concat"]
+        assert len(refusals) == 1
+        assert "differ by" in refusals[0].reason and "boxes" in refusals[0].reason
+        boxes, scores = fusekit.Slot("concat", "in", 0), fusekit.Slot("concat", "in", 1)
+        assert res.plan.root(boxes) != res.plan.root(scores)
+        export_qdq(g, res.plan)  # exports with two scales at the Concat
+        _, shared = self.run(concat_model(), max_spread=0)
+        assert shared.plan.root(boxes) == shared.plan.root(scores)
+
+    def test_narrow_groups_still_align(self) -> None:
+        """Two inputs of similar range share one scale as before."""
+        nodes = [
+            helper.make_node("Conv", ["x", "wa"], ["a"], "conv_a"),
+            helper.make_node("Conv", ["x", "wb"], ["b"], "conv_b"),
+            helper.make_node("Concat", ["a", "b"], ["c"], "concat", axis=1),
+            helper.make_node("Conv", ["c", "wc"], ["y"], "conv_c"),
+        ]
+        inits = {
+            "wa": _w((4, 3, 1, 1), seed=1),
+            "wb": _w((4, 3, 1, 1), seed=2),
+            "wc": _w((2, 8, 1, 1), seed=3),
+        }
+        model = _model(nodes, inits, [("x", [1, 3, 5, 5])], [("y", [1, 2, 5, 5])])
+        _, res = self.run(model)
+        assert not [d for d in res.refusals if d.rule == "align-concat"]
+        a, b = fusekit.Slot("concat", "in", 0), fusekit.Slot("concat", "in", 1)
+        assert res.plan.root(a) == res.plan.root(b)
