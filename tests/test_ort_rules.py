@@ -330,3 +330,25 @@ class TestWideGroups:
         assert not [d for d in res.refusals if d.rule == "align-concat"]
         a, b = fusekit.Slot("concat", "in", 0), fusekit.Slot("concat", "in", 1)
         assert res.plan.root(a) == res.plan.root(b)
+
+
+def test_stand_in_calibration_activates_passive_followers() -> None:
+    """Hypothesis' counterexample: graph input -> Flatten -> Gemm under ort_int8.
+
+    The Flatten output follows its input (node-unit passive fusion) before calibration; the
+    stand-in calibration must activate it as real calibration does, or export refuses it.
+    """
+    from fusekit.testing import StandInCalibration
+
+    nodes = [
+        helper.make_node("Flatten", ["x0"], ["t1"], "flatten_2", axis=3),
+        helper.make_node("Gemm", ["t1", "c3"], ["t4"], "gemm_5"),
+        helper.make_node("Relu", ["t4"], ["t6"], "relu_7"),
+        helper.make_node("Relu", ["t6"], ["t8"], "relu_9"),
+    ]
+    model = _model(nodes, {"c3": _w((5, 5), seed=1)}, [("x0", [1, 4, 5, 5])], [("t8", [20, 5])])
+    g = fusekit.load(model)
+    plan = fusekit.init_plan(g, "ort_int8")
+    plan = fusekit.default_pipeline("ort_int8", calibration=StandInCalibration()).run(g, plan).plan
+    assert plan[fusekit.Slot("flatten_2", "out", 0)].state is fusekit.QuantState.PASSIVE
+    build_qdq(g, plan)
