@@ -352,3 +352,56 @@ def test_stand_in_calibration_activates_passive_followers() -> None:
     plan = fusekit.default_pipeline("ort_int8", calibration=StandInCalibration()).run(g, plan).plan
     assert plan[fusekit.Slot("flatten_2", "out", 0)].state is fusekit.QuantState.PASSIVE
     build_qdq(g, plan)
+
+
+def residual_model() -> bytes:
+    """x -> conv1 -> relu1 -> conv2 -> Add(relu1) -> relu -> MaxPool -> conv3 -> y."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], "conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], "conv2"),
+        helper.make_node("Add", ["c2", "r1"], ["s"], "add"),
+        helper.make_node("Relu", ["s"], ["r2"], "relu2"),
+        helper.make_node("MaxPool", ["r2"], ["m"], "pool", kernel_shape=[2, 2]),
+        helper.make_node("Conv", ["m", "w3"], ["y"], "conv3"),
+    ]
+    inits = {
+        "w1": _w((4, 3, 1, 1), seed=1),
+        "w2": _w((4, 4, 1, 1), seed=2),
+        "w3": _w((2, 4, 1, 1), seed=3),
+    }
+    return _model(nodes, inits, [("x", [1, 3, 8, 8])], [("y", [1, 2, 7, 7])])
+
+
+class TestComputingInput:
+    """The computing-input style: points on computing inputs and residual Add inputs only."""
+
+    def platform(self) -> fusekit.Platform:
+        trt = fusekit.get_platform("trt_int8")
+        return trt.evolve(name="trt_int8_ci", placement="computing-input")
+
+    def test_points_only_on_computing_and_residual_inputs(self) -> None:
+        p = self.platform()
+        g = fusekit.load(residual_model())
+        plan = fusekit.init_plan(g, p)
+        assert {g.op(n).op_type for n in g.ops if plan.is_quantized(n)} == {"Conv", "Add"}
+        for name in ("conv1", "conv2", "conv3", "add"):
+            assert plan[fusekit.Slot(name, "out", 0)].state is fusekit.QuantState.FP32
+            assert plan[fusekit.Slot(name, "in", 0)].state is fusekit.QuantState.INITIAL
+        assert plan[fusekit.Slot("add", "in", 1)].state is fusekit.QuantState.INITIAL
+
+    def test_export_has_a_pair_before_each_computing_input(self) -> None:
+        p = self.platform()
+        g, _, model, data = exported(residual_model(), p)
+        prod = {o: n for n in model.graph.node for o in n.output}
+        for n in model.graph.node:
+            if n.op_type in ("Conv", "Add"):
+                assert prod[n.input[0]].op_type == "DequantizeLinear", n.name
+        # graph input, the residual Add's two inputs, the pooled input of conv3: nothing else
+        q_inputs = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+        assert q_inputs == {"x", "r1", "c2", "m"}
+        assert evaluate(g, model, data).outputs[0].sqnr_db > 25
+
+    def test_unknown_styles_still_refused(self) -> None:
+        with pytest.raises(InvalidPlatform):
+            self.platform().evolve(placement="computing-output")

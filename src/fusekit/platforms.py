@@ -68,6 +68,9 @@ PLACEMENTS: Mapping[str, str] = {
     "the backend to match, but the tail after the last computing op (the ops from which no "
     "Conv/ConvTranspose/Gemm/MatMul is reachable) stays float, so graph outputs are not "
     "rounded (onnxruntime's CPU provider)",
+    "computing-input": "points only on the inputs of Conv/ConvTranspose/Gemm/MatMul (and their "
+    "weights) and on both inputs of a residual Add; outputs are left to the kernel (NVIDIA's "
+    "recommendation for TensorRT explicit quantization, what ModelOpt and NNCF write)",
 }
 
 #: PPQ 0.6.6 behaviours a rule set can switch on (the ``ppq066_*`` sets switch on all of them).
@@ -180,7 +183,7 @@ class Platform:
     * ``quirks``: PPQ 0.6.6 behaviours reproduced (see :data:`QUIRKS`).
     * ``non_onnx_types``: names used above that are not ONNX operators, declared as such.
     * ``placement``: where the quantization points go, one of :data:`PLACEMENTS`
-      (``"fused-output"`` or ``"node-unit"``).
+      (``"fused-output"``, ``"node-unit"`` or ``"computing-input"``).
     """
 
     name: str
@@ -1484,7 +1487,45 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
             for sid in range(b, b + ni + no):
                 if st[sid] >= 0 and not_float[st[sid]]:
                     configs[sid] = act_fp32
+    if p.placement == "computing-input":
+        _computing_inputs_only(ar, p, configs, dispatch, act_fp32)
     return QuantPlan(graph, pvector(configs), pvector([NO_LINK] * n_slots), pvector(dispatch))
+
+
+def _computing_inputs_only(
+    ar: Any,
+    p: Platform,
+    configs: list[TensorQuantConfig | None],
+    dispatch: list[str | None],
+    act_fp32: TensorQuantConfig,
+) -> None:
+    """The computing-input style: points only on the inputs of computing ops and residual Adds.
+
+    NVIDIA's recommendation for TensorRT explicit quantization (and what ModelOpt and NNCF
+    write): the kernel decides its own output precision, so outputs carry no point; a residual
+    Add (two produced inputs) keeps Q/DQ on both inputs so that TensorRT can fuse it into the
+    convolution before it. Every other op is left unquantized.
+    """
+    st, is_const, types = ar.slot_tensor, ar.is_const, ar.op_types
+    base, n_in, n_out = ar.slot_base, ar.n_in, ar.n_out
+    computing = p.computing_types
+    for oid, plat in enumerate(dispatch):
+        if plat is None:
+            continue
+        b, ni, no = base[oid], n_in[oid], n_out[oid]
+        residual = (
+            types[oid] == "Add"
+            and ni == 2
+            and all(st[s] >= 0 and not is_const[st[s]] for s in range(b, b + 2))
+        )
+        if types[oid] in computing or residual:
+            for s in range(b + ni, b + ni + no):
+                if configs[s] is not None:
+                    configs[s] = act_fp32
+            continue
+        dispatch[oid] = None
+        for s in range(b, b + ni + no):
+            configs[s] = None
 
 
 def _slot_template(
