@@ -135,10 +135,12 @@ def test_silero_fused_reaches_ppq(tmp_path: Path) -> None:
                 f"{output} ({kernels} kernels): fusekit fused {sqnr:.2f} dB, "
                 f"PPQ fused {ppq_fused:.2f} dB"
             )
-    # fusion is what buys the accuracy: unfused loses more than 10 dB on every output
+    # fusion is what buys the accuracy: unfused loses more than 9 dB on every output
+    # (measured with uint8 activations: 27.51/31.23/33.01 dB fused, 17.77/20.53/22.74 unfused;
+    # with the former symmetric int8 activations the gap was above 10 dB)
     unfused = measure(model, data, "ort_int8", fused=False)
     for output, sqnr in unfused["reference"].items():
-        assert sqnr < got["reference"][output] - 10.0, output
+        assert sqnr < got["reference"][output] - 9.0, output
 
 
 @pytest.mark.slow

@@ -133,17 +133,19 @@ def test_compare_fused_unfused_and_no_alignment() -> None:
     assert group.ratio > 2
 
 
-def test_compare_flags_a_group_of_very_different_magnitudes() -> None:
+def test_compare_has_no_wide_group_to_flag_after_alignment_split_it() -> None:
+    """The boxes/scores Concat (ranges 16x+ apart) is no longer tied: nothing to flag.
+
+    Before the 16x rule the fused plan shared one scale between pixel boxes and [0, 1] scores
+    and compare flagged that group (ratio >= 16, 4+ bits lost); alignment now refuses it.
+    """
     g = fusekit.load(concat_model())
     feeds = samples(3, (1, 3, 5, 5))
     cmp = compare(g, "trt_int8", feeds)
-    flagged = cmp.flagged
-    assert flagged, cmp.groups
-    tensors = {t for t, _ in flagged[0].members}
-    assert {"boxes", "scores"} <= tensors
-    assert flagged[0].ratio >= 16 and flagged[0].bits_lost >= 4
-    # the tied scores lose their resolution: far worse than the boxes' share of the output
-    assert cmp["fused"].evaluation["y"].sqnr_db < 60
+    assert cmp.flagged == ()
+    assert not [gs for gs in cmp.groups if {"boxes", "scores"} <= {t for t, _ in gs.members}]
+    # scores keep their own scale: the fused export tracks the float head (39.6 dB measured)
+    assert cmp["fused"].evaluation["y"].sqnr_db > 30
 
 
 def test_group_spreads_on_given_ranges() -> None:

@@ -17,6 +17,13 @@
   of 0, on activations and on the float weights alike, and the model is raised to opset 19
   (the first whose Q/DQ take float8; only the Reduce ops, whose ``axes`` became an input at 18,
   need rewriting on the way from 13).
+* a BatchNormalization the plan folded into the Conv/ConvTranspose/Gemm before it (its input
+  slot overlapped by the epilogue pass) is folded for real: the weight becomes
+  ``W * gamma / sqrt(var + eps)`` per output channel and the bias ``(b - mean) * k + beta``,
+  both quantized after folding (the weight's per-channel scales recomputed from the folded
+  values with its rule, the int32 bias at ``input scale * folded weight scale``), and the
+  BatchNormalization node disappears. A backend cannot fold it once the weight is a
+  DequantizeLinear output (onnxruntime runs ``Conv -> BatchNormalization`` in float then).
 
 The model is assembled in a single pass over the float ``ModelProto`` (no per-node graph
 edits), so export is linear in the model size. Models below opset 13 are raised to 13 (the
@@ -55,12 +62,14 @@ from .onnx_io import (
 )
 from .quant import (
     QuantPlan,
+    QuantPolicy,
     QuantProperty,
     QuantState,
     RoundingPolicy,
     TensorQuantConfig,
     Visibility,
     check_plan_graph,
+    minmax_to_scale_offset,
     scale_range,
 )
 
@@ -465,6 +474,8 @@ class _Builder:
         self.notes = list(self.pl.skipped)
         self._axes: dict[int, int | None] = {}
         self.fp8 = False  # a float8 Q/DQ was written: the model needs opset 19
+        self.folds = _batchnorm_folds(graph, plan, self.pl, self.notes)
+        self.folded_bn = {f.bn: f for f in self.folds.values()}
 
     # -- constants ----------------------------------------------------------------------------
 
@@ -624,6 +635,103 @@ class _Builder:
             raise ExportError(f"cannot export slot {self.idx.slot_key(sid)}: {why}")
         return False
 
+    # -- BatchNorm folding --------------------------------------------------------------------
+
+    def _folded_params(self, fold: _Fold, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        """The folded weight and bias of ``fold``'s computing op, quantized after folding.
+
+        Rewires ``node`` (the computing op) to read them; returns the DequantizeLinear nodes.
+        """
+        idx, plan = self.idx, self.plan
+        b0 = idx.slot_base[fold.op]
+        w_sid, b_sid = b0 + 1, b0 + 2
+        w_name = idx.tensor_names[idx.slot_tensor[w_sid]]
+        out: list[onnx.NodeProto] = []
+        w_key = self.pl.params.get(w_sid)
+        w_scale: np.ndarray[Any, Any] | None = None
+        if w_key is None:  # the weight stays float: store the folded float weight
+            wf = self.tensors.fresh(f"{w_name}_folded")
+            self.inits.append(numpy_helper.from_array(fold.weight.astype(np.float32), wf))
+            node.input[1] = wf
+        else:
+            cfg = plan.configs[w_key.root]
+            axis = self._axis(w_key, fold.weight.ndim)
+            w_scale, w_zp = _refit_scale(fold.weight, cfg, axis)
+            dq_out = self.tensors.fresh(f"{w_name}_folded_dequantized")
+            out.append(
+                self._const_dq(
+                    f"{w_name}_folded", fold.weight, cfg, w_scale, w_zp, axis, w_key.dtype, dq_out
+                )
+            )
+            node.input[1] = dq_out
+        bias = fold.bias.astype(np.float32)
+        b_name = f"{node.name or w_name}_folded_bias"
+        b_key = self.pl.params.get(b_sid) if fold.has_bias else None
+        in_root = self.pl.roots[b0]
+        in_cfg = plan.configs[in_root]
+        int_bias = (
+            w_scale is not None
+            and in_cfg.scale is not None
+            and (b_key is not None or (not fold.has_bias and _bias_is_int(plan, self.pl, fold)))
+        )
+        if int_bias:
+            assert w_scale is not None and in_cfg.scale is not None
+            b_scale = (np.float64(np.asarray(in_cfg.scale).reshape(())) * w_scale).astype(
+                np.float32
+            )
+            bcfg = plan.configs[b_key.root] if b_key is not None else _int32_bias_cfg()
+            dq_out = self.tensors.fresh(f"{b_name}_dequantized")
+            out.append(
+                self._const_dq(
+                    b_name,
+                    bias.reshape(-1),
+                    bcfg,
+                    b_scale,
+                    np.zeros_like(b_scale),
+                    0,
+                    "int32",
+                    dq_out,
+                )
+            )
+        else:
+            dq_out = self.tensors.fresh(b_name)
+            self.inits.append(numpy_helper.from_array(bias.reshape(fold.bias_shape), dq_out))
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = dq_out
+        return out
+
+    def _const_dq(
+        self,
+        base: str,
+        value: np.ndarray[Any, Any],
+        cfg: TensorQuantConfig,
+        scale: np.ndarray[Any, Any],
+        zp: np.ndarray[Any, Any],
+        axis: int | None,
+        dtype: str,
+        dst: str,
+    ) -> onnx.NodeProto:
+        """An integer initializer of ``value`` and the DequantizeLinear writing ``dst``."""
+        q = quantize_values(value, cfg, scale, zp, axis, zero_offset=dtype == "int32")
+        qname = self.tensors.fresh(f"{base}_quantized")
+        self.inits.append(numpy_helper.from_array(q.astype(_NP[dtype]), qname))
+        s_name = self.tensors.fresh(f"{base}_scale")
+        z_name = self.tensors.fresh(f"{base}_zero_point")
+        flat = axis is None
+        s_arr = np.asarray(scale, dtype=np.float32)
+        z_arr = np.round(np.asarray(zp, dtype=np.float64)).astype(_NP[dtype])
+        if flat:
+            s_arr, z_arr = s_arr.reshape(()), z_arr.reshape(())
+        else:
+            s_arr, z_arr = s_arr.reshape(-1), z_arr.reshape(-1)
+        self.inits.append(numpy_helper.from_array(s_arr, s_name))
+        self.inits.append(numpy_helper.from_array(z_arr, z_name))
+        self.dq += 1
+        self.param_dqs += 1
+        node_name = self.nodes.fresh(f"{base}_DequantizeLinear")
+        return _qdq_node("DequantizeLinear", [qname, s_name, z_name], dst, node_name, axis)
+
     # -- assembly -----------------------------------------------------------------------------
 
     def _drop_non_float(self, model: onnx.ModelProto) -> None:
@@ -700,10 +808,17 @@ class _Builder:
         # quantized value): a weight read by many ops with equal scales is stored once
         shared: dict[Any, str] = {}
         out_nodes: list[onnx.NodeProto] = []
+        folded_nodes: dict[int, onnx.NodeProto] = {}  # computing op id -> its node
         for pos, name in enumerate(graph.order):
             oid = idx.op_id[name]
             node = src_nodes[pos]
+            fold = self.folds.get(oid)
+            if fold is not None:
+                out_nodes.extend(self._folded_params(fold, node))
+                folded_nodes[oid] = node
             for k, sid in enumerate(idx.input_sids(oid)):
+                if fold is not None and k in (1, 2):
+                    continue  # the folded weight and bias are in place already
                 key = pl.params.get(sid) or pl.before.get(sid)
                 if key is None:
                     continue
@@ -736,6 +851,11 @@ class _Builder:
                 node.output[k] = float_name
                 post.extend(self.qdq(float_name, key, t, rank(t)))
                 self.pairs += 1
+            bn = self.folded_bn.get(oid)
+            if bn is not None:  # the computing op writes what the BatchNormalization wrote
+                folded_nodes[bn.op].output[0] = node.output[0]
+                out_nodes.extend(post)
+                continue
             out_nodes.append(node)
             out_nodes.extend(post)
 
@@ -818,6 +938,149 @@ class _Builder:
             and ck.offset is not None
             and np.array_equal(np.round(ca.offset), np.round(ck.offset))
         )
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm folding
+
+
+_FOLD_INTO = {"Conv": 0, "ConvTranspose": 1, "Gemm": -1}  # op type -> output-channel axis of W
+
+
+@attrs.frozen
+class _Fold:
+    """A BatchNormalization folded into the computing op before it, with the folded values."""
+
+    op: int  # the computing op
+    bn: int  # the BatchNormalization op
+    weight: np.ndarray[Any, Any] = attrs.field(eq=False)
+    bias: np.ndarray[Any, Any] = attrs.field(eq=False)
+    bias_shape: tuple[int, ...]
+    has_bias: bool
+
+
+def _batchnorm_folds(
+    graph: Graph, plan: QuantPlan, pl: _Placement, notes: list[str]
+) -> dict[int, _Fold]:
+    """Computing op id -> its fold, for every BatchNormalization the plan fused (see module doc).
+
+    A fold needs what the epilogue pass already checked (the computing op's only consumer, the
+    other operands constant) plus constant weight and bias values here; a fused BatchNorm that
+    cannot be folded stays in the graph, with a note.
+    """
+    idx = graph.index
+    configs = plan.configs
+    out: dict[int, _Fold] = {}
+    for bn in graph.ops_by_type().get("BatchNormalization", ()):
+        b = idx.slot_base[bn]
+        cfg = configs[b]
+        if cfg is None or cfg.state is not QuantState.OVERLAPPED:
+            continue
+        op = graph.op(idx.op_names[bn])
+        tid = idx.slot_tensor[b]
+        prod = idx.producer[tid] if tid >= 0 else -1
+        if prod < 0:
+            continue
+        cop = idx.slot_op[prod]
+        conv = graph.op(idx.op_names[cop])
+        why = _fold(graph, conv, op)
+        if isinstance(why, str):
+            notes.append(f"{op.name}: fused into {conv.name} by the plan but not folded: {why}")
+            continue
+        weight, bias, bias_shape, has_bias = why
+        out[cop] = _Fold(cop, bn, weight, bias, bias_shape, has_bias)
+    return out
+
+
+def _fold(
+    graph: Graph, conv: Any, bn: Any
+) -> str | tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], tuple[int, ...], bool]:
+    """The folded ``(weight, bias, bias shape, had a bias)`` of ``conv -> bn``, or why not."""
+    if conv.op_type not in _FOLD_INTO or conv.domain not in ("", "ai.onnx"):
+        return f"{conv.op_type} has no weight to fold into"
+    if len([o for o in bn.outputs if o]) != 1:
+        return "it has training outputs"
+    if len(conv.inputs) < 2 or not conv.inputs[1]:
+        return "the computing op has no weight"
+    w = _const_value(graph, conv.inputs[1])
+    if w is None or w.dtype != np.float32:
+        return "the weight is not a float32 constant"
+    has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2])
+    b = _const_value(graph, conv.inputs[2]) if has_bias else None
+    if has_bias and (b is None or b.dtype != np.float32):
+        return "the bias is not a float32 constant"
+    vals = [_const_value(graph, n) if n else None for n in bn.inputs[1:5]]
+    if len(vals) != 4 or any(v is None for v in vals):
+        return "its scale/bias/mean/var are not constants"
+    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64).reshape(-1) for v in vals)
+    eps = float(bn.attributes.get("epsilon", 1e-5))
+    axis = _FOLD_INTO[conv.op_type]
+    if conv.op_type == "Gemm":
+        if (
+            float(conv.attributes.get("alpha", 1.0)) != 1.0
+            or float(conv.attributes.get("beta", 1.0)) != 1.0
+            or w.ndim != 2
+        ):
+            return "Gemm with alpha/beta other than 1"
+        axis = 0 if conv.attributes.get("transB", 0) else 1
+    if conv.op_type == "ConvTranspose" and int(conv.attributes.get("group", 1)) != 1:
+        return "grouped ConvTranspose"
+    n = w.shape[axis]
+    if not all(v.size == n for v in (gamma, beta, mean, var)):
+        return f"{gamma.size} BatchNorm channels for {n} output channels"
+    k = gamma / np.sqrt(var + eps)
+    shape = [1] * w.ndim
+    shape[axis] = n
+    weight = (np.asarray(w, dtype=np.float64) * k.reshape(shape)).astype(np.float32)
+    b0 = np.zeros(n) if b is None else np.asarray(b, dtype=np.float64).reshape(-1)
+    if b0.size != n:
+        return f"a bias of {b0.size} values for {n} output channels"
+    bias = ((b0 - mean) * k + beta).astype(np.float32)
+    bias_shape = tuple(np.shape(b)) if b is not None else (n,)
+    return weight, bias, bias_shape, has_bias
+
+
+def _refit_scale(
+    value: np.ndarray[Any, Any], cfg: TensorQuantConfig, axis: int | None
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """The min-max scale and offset of a folded weight under its rule (per channel or not)."""
+    v = np.asarray(value, dtype=np.float64)
+    if axis is None:
+        s, o = minmax_to_scale_offset(float(v.min()), float(v.max()), cfg)
+        return np.asarray(s, np.float32), np.asarray(o, np.float32)
+    moved = np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
+    pairs = [minmax_to_scale_offset(float(r.min()), float(r.max()), cfg) for r in moved]
+    return (
+        np.asarray([p[0] for p in pairs], np.float32),
+        np.asarray([p[1] for p in pairs], np.float32),
+    )
+
+
+def _bias_is_int(plan: QuantPlan, pl: _Placement, fold: _Fold) -> bool:
+    """Would the computing op's bias be int32 (its op type's rule), had the model one?"""
+    from .platforms import get_platform
+
+    name = plan.dispatch[fold.op]
+    if not name:
+        return False
+    try:
+        p = get_platform(name)
+    except Exception:
+        return False
+    return p.bias.state is not QuantState.FP32 and p.bias.rule.num_bits == 32
+
+
+def _int32_bias_cfg() -> TensorQuantConfig:
+    """The config of an int32 bias the model did not have (the fold adds it)."""
+    return TensorQuantConfig(
+        policy=QuantPolicy.of(
+            QuantProperty.PER_CHANNEL, QuantProperty.LINEAR, QuantProperty.SYMMETRICAL
+        ),
+        num_bits=32,
+        quant_min=-(2**31),
+        quant_max=2**31 - 1,
+        channel_axis=0,
+    )
 
 
 def _ai_onnx_opset(model: onnx.ModelProto) -> int:

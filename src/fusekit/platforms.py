@@ -47,6 +47,7 @@ from .quant import (
 )
 
 __all__ = [
+    "PLACEMENTS",
     "QUIRKS",
     "WEIGHT_CONDITIONS",
     "BiasRule",
@@ -66,6 +67,20 @@ __all__ = [
 P = QuantProperty
 SYM_PT = QuantPolicy.of(P.PER_TENSOR, P.LINEAR, P.SYMMETRICAL)
 SYM_PC = QuantPolicy.of(P.PER_CHANNEL, P.LINEAR, P.SYMMETRICAL)
+ASYM_PT = QuantPolicy.of(P.PER_TENSOR, P.LINEAR, P.ASYMMETRICAL)
+
+#: Where a rule set puts its quantization points (:attr:`Platform.placement`).
+PLACEMENTS: Mapping[str, str] = {
+    "fused-output": "a point on the output of every quantized op (after its fused activation) "
+    "and on every input it reads, graph outputs and the tail included (PPQ's model)",
+    "node-unit": "the same points, as node units DequantizeLinear -> op -> QuantizeLinear for "
+    "the backend to match, but the tail after the last computing op (the ops from which no "
+    "Conv/ConvTranspose/Gemm/MatMul is reachable) stays float, so graph outputs are not "
+    "rounded (onnxruntime's CPU provider)",
+    "computing-input": "points only on the inputs of Conv/ConvTranspose/Gemm/MatMul (and their "
+    "weights) and on both inputs of a residual Add; outputs are left to the kernel (NVIDIA's "
+    "recommendation for TensorRT explicit quantization, what ModelOpt and NNCF write)",
+}
 
 #: PPQ 0.6.6 behaviours a rule set can switch on (the ``ppq066_*`` sets switch on all of them).
 QUIRKS: Mapping[str, str] = {
@@ -193,6 +208,8 @@ class Platform:
     * ``alignment``: op families the alignment pass aligns.
     * ``quirks``: PPQ 0.6.6 behaviours reproduced (see :data:`QUIRKS`).
     * ``non_onnx_types``: names used above that are not ONNX operators, declared as such.
+    * ``placement``: where the quantization points go, one of :data:`PLACEMENTS`
+      (``"fused-output"``, ``"node-unit"`` or ``"computing-input"``).
 
     Every name means an operator of ONNX's own domain, except a qualified
     ``"domain::Type"`` (``"com.microsoft::Gelu"``), which matches that domain's op only.
@@ -228,6 +245,7 @@ class Platform:
     quirks: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
     non_onnx_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
     ppq_target: str = ""
+    placement: str = "fused-output"
 
     def __attrs_post_init__(self) -> None:
         unknown = self.quirks - set(QUIRKS)
@@ -244,6 +262,11 @@ class Platform:
             raise InvalidPlatform(
                 f"platform {self.name!r}: weight_conditions names {sorted(missing)} without a rule "
                 "in both conditional_weights and weights"
+            )
+        if self.placement not in PLACEMENTS:
+            raise InvalidPlatform(
+                f"platform {self.name!r}: unknown placement {self.placement!r}; "
+                f"use one of {sorted(PLACEMENTS)}"
             )
 
     def has_quirk(self, quirk: str) -> bool:
@@ -668,14 +691,88 @@ TRT_INT8 = _fusekit(
     BiasRule(QuantState.FP32),
     "TRT_INT8",
 )
-ORT_INT8 = _fusekit(
-    "ort_int8",
-    "ONNX Runtime QDQ INT8 (CPU EP): fuses Conv/Gemm/MatMul with Relu/Clip and the "
-    "activations ORT's QDQ transformers fold",
-    _COMMON_QUANT,
-    frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Swish"}),
-    frozenset({"swish", "hardswish"}),
-    BiasRule(
+# onnxruntime's CPU provider, as its QDQ optimizer really runs a model (docs/platforms.md has
+# the sources and the experiments behind every line). It turns DequantizeLinear -> op ->
+# QuantizeLinear node units into int8 kernels: QLinearConv, QLinearMatMul (or
+# MatMulIntegerToFloat without a Q), QGemm, QLinearAdd/Mul, QLinearSigmoid/LeakyRelu/Softmax,
+# QLinearConcat, QLinear(Global)AveragePool, QLinearWhere; it drops the Q/DQ around data movers
+# whose input and output share parameters. Every other op runs in float between a DQ and a Q.
+ORT_QUANT = frozenset(
+    {
+        # node units with an int8 kernel
+        "Conv",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Mul",
+        "Sigmoid",
+        "LeakyRelu",
+        "Softmax",
+        "Concat",
+        "GlobalAveragePool",
+        "AveragePool",
+        "Where",
+        # removed before a QuantizeLinear whose zero point makes them redundant (fused below)
+        "Relu",
+        "Clip",
+        # folded into the Conv/Gemm weights and bias at export (an epilogue)
+        "BatchNormalization",
+        # data movers: Q/DQ dropped when the input and output parameters are equal
+        "MaxPool",
+        "Resize",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Slice",
+        "Gather",
+        "Expand",
+        "Tile",
+        "Split",
+        "Identity",
+        "Dropout",
+        # not here: Pad, GlobalMaxPool, DepthToSpace, SpaceToDepth (onnxruntime 1.32 keeps
+        # their Q/DQ and runs them in float: a point there rounds for nothing)
+    }
+)
+ORT_PASSIVE = frozenset(
+    {
+        "MaxPool",
+        "Reshape",
+        "Flatten",
+        "Identity",
+        "Dropout",
+        "Slice",
+        "Split",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Gather",
+        "Expand",
+        "Tile",
+    }
+)
+#: uint8 activations, zero point where the calibrated range puts it: a non-negative tensor
+#: (a ReLU output) gets zero point 0 and all 256 levels, and onnxruntime drops a Relu/Clip
+#: before a QuantizeLinear only when the zero point is the type's minimum.
+ORT_ACTIVATION = QuantRule(ASYM_PT, quant_min=0, quant_max=255, observer="minmax")
+ORT_INT8 = Platform(
+    name="ort_int8",
+    description="ONNX Runtime QDQ INT8 (CPU EP), as its QDQ optimizer runs it: node units "
+    "DQ -> op -> Q for the ops with int8 kernels, Relu/Clip folded into QLinearConv through the "
+    "zero point, uint8 asymmetric activations, int8 symmetric per-channel weights, int32 bias, "
+    "BatchNorm folded into the weights at export, the tail after the last computing op float",
+    quant_types=ORT_QUANT,
+    computing_types=frozenset({"Conv", "Gemm", "MatMul"}),
+    activation_types=frozenset({"Relu", "Clip"}),
+    activation_patterns=frozenset(),
+    epilogue_types=frozenset({"BatchNormalization"}),
+    passive_types=ORT_PASSIVE,
+    sockets=FUSEKIT_SOCKETS,
+    activation=ORT_ACTIVATION,
+    weights={k: _FK_WEIGHTS[k] for k in ("Conv", "Gemm", "MatMul")},
+    bias=BiasRule(
         QuantState.PASSIVE_INIT,
         QuantRule(
             SYM_PC,
@@ -686,7 +783,12 @@ ORT_INT8 = _fusekit(
             observer="minmax",
         ),
     ),
-    "ONNXRUNTIME",
+    fp32_inputs_from={"LayerNormalization": 1},
+    # QLinearAdd/QLinearConcat/QLinearAveragePool take one scale per input and output: nothing
+    # to align. Resize drops its Q/DQ only when input and output parameters are equal.
+    alignment={"resize": frozenset({"Resize"})},
+    ppq_target="ONNXRUNTIME",
+    placement="node-unit",
 )
 PPL_CUDA_INT8 = _fusekit(
     "ppl_cuda_int8",
@@ -824,7 +926,7 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
     kw: dict[str, Any] = {}
     for key, value in data.items():
         where = f"{source}: field {key!r}"
-        if key in ("name", "description", "ppq_target"):
+        if key in ("name", "description", "ppq_target", "placement"):
             if not isinstance(value, str):
                 raise InvalidPlatform(f"{where}: expected a string")
             kw[key] = value
@@ -931,6 +1033,7 @@ def platform_to_dict(p: Platform) -> dict[str, Any]:
         "name": p.name,
         "description": p.description,
         "ppq_target": p.ppq_target,
+        "placement": p.placement,
         "quant_types": sorted(p.quant_types),
         "computing_types": sorted(p.computing_types),
         "activation_types": sorted(p.activation_types),
@@ -1201,7 +1304,9 @@ def ppq_conservative_dispatch(graph: Graph, platform: Platform) -> dict[int, str
     return table
 
 
-def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
+def all_dispatch(
+    graph: Graph, platform: Platform, *, quantize_tail: bool = False
+) -> dict[int, str]:
     """fusekit's default dispatch: the ops of quantized types that compute float data next to
     a computing op.
 
@@ -1210,6 +1315,8 @@ def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
     is a never-quantized (FP32/SOI) socket or another such op (the shape-computing sub-graph
     Shape -> Gather -> Concat -> Reshape.shape, whose values must never be rounded); or when it
     is not connected, through other such ops, to a computing op (Conv, Gemm, MatMul...).
+    With a ``"node-unit"`` placement, the tail after the last computing op is left FP32 too
+    unless ``quantize_tail`` is set.
     """
     # Reads the graph's plain-list arrays and plain dicts of the rule set: on a 100k-op graph
     # the PMap lookups of the straightforward version cost more than the dispatch itself.
@@ -1299,7 +1406,39 @@ def all_dispatch(graph: Graph, platform: Platform) -> dict[int, str]:
                     if candidate[dst] and not keep[dst]:
                         keep[dst] = True
                         stack.append(dst)
+    if platform.placement == "node-unit" and not quantize_tail:
+        _drop_tail(ar, computing, keep)
     return {oid: name if keep[oid] else "FP32" for oid in ar.order}
+
+
+def _drop_tail(ar: Any, computing: frozenset[str], keep: list[bool]) -> None:
+    """Leave float every op from which no computing op is reachable (the tail).
+
+    After the last Conv/Gemm/MatMul of a path no int8 kernel reads the values any more, so a
+    quantization point there only rounds what the user gets: on YOLOv8 the final Concat shared
+    one scale between box pixels and class scores, and every score rounded to 0. The computing
+    op's own output keeps its point (onnxruntime's QLinearConv needs its QuantizeLinear).
+    """
+    op_types, base, n_in, n_out = ar.op_types, ar.slot_base, ar.n_in, ar.n_out
+    st, cons, slot_op = ar.slot_tensor, ar.consumers, ar.slot_op
+    feeds = [False] * len(op_types)  # a computing op is reachable downstream
+    for oid in reversed(ar.order):
+        b = base[oid] + n_in[oid]
+        hit = False
+        for sid in range(b, b + n_out[oid]):
+            tid = st[sid]
+            if tid < 0:
+                continue
+            for c in cons[tid]:
+                co = slot_op[c]
+                if feeds[co] or op_types[co] in computing:
+                    hit = True
+                    break
+            if hit:
+                break
+        feeds[oid] = hit
+        if keep[oid] and not hit and op_types[oid] not in computing:
+            keep[oid] = False
 
 
 def _non_float(graph: Graph) -> list[bool]:
@@ -1316,6 +1455,8 @@ def init_plan(
     graph: Graph,
     platform: Platform | str,
     dispatch: str | Mapping[str, str | None] = "all",
+    *,
+    quantize_tail: bool = False,
 ) -> QuantPlan:
     """Create the per-slot configs of ``graph`` for ``platform``.
 
@@ -1323,6 +1464,9 @@ def init_plan(
     quantizes, except shape computations), ``"ppq-conservative"`` (PPQ 0.6.6's conservative
     dispatcher, for parity) or an explicit mapping op name -> platform name (None or ``"FP32"``
     to leave an op unquantized); ops the mapping omits follow ``"all"``.
+
+    With a ``"node-unit"`` rule set (``ort_int8``) the ops after the last computing op, up to
+    the graph outputs, stay FP32; ``quantize_tail=True`` quantizes them like the rest.
 
     Slot states follow the platform's rules: sockets that are never quantized start FP32, the
     bias follows the bias rule, constant weights of computing ops get the weight rule, and every
@@ -1332,7 +1476,7 @@ def init_plan(
     idx = graph.index
     if isinstance(dispatch, str):
         if dispatch == "all":
-            table = all_dispatch(graph, p)
+            table = all_dispatch(graph, p, quantize_tail=quantize_tail)
         elif dispatch == "ppq-conservative":
             table = ppq_conservative_dispatch(graph, p)
         else:
@@ -1340,7 +1484,7 @@ def init_plan(
                 f"unknown dispatch {dispatch!r}: use 'all', 'ppq-conservative' or a mapping"
             )
     else:
-        table = all_dispatch(graph, p)
+        table = all_dispatch(graph, p, quantize_tail=quantize_tail)
         for name, plat in dispatch.items():
             oid = idx.op_id.get(name)
             if oid is None:
@@ -1483,6 +1627,8 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
             for sid in range(b, b + ni + no):
                 if st[sid] >= 0 and not_float[st[sid]]:
                     configs[sid] = act_fp32
+    if p.placement == "computing-input":
+        _computing_inputs_only(ar, p, configs, dispatch, act_fp32)
     return QuantPlan(graph, pvector(configs), pvector([NO_LINK] * n_slots), pvector(dispatch))
 
 
@@ -1499,6 +1645,42 @@ def _weight_condition(cond: str, op: Op) -> bool:
             and a.get("group", 1) == 1
         )
     raise InvalidPlatform(f"unknown weight condition {cond!r}")  # pragma: no cover (validated)
+
+
+def _computing_inputs_only(
+    ar: Any,
+    p: Platform,
+    configs: list[TensorQuantConfig | None],
+    dispatch: list[str | None],
+    act_fp32: TensorQuantConfig,
+) -> None:
+    """The computing-input style: points only on the inputs of computing ops and residual Adds.
+
+    NVIDIA's recommendation for TensorRT explicit quantization (and what ModelOpt and NNCF
+    write): the kernel decides its own output precision, so outputs carry no point; a residual
+    Add (two produced inputs) keeps Q/DQ on both inputs so that TensorRT can fuse it into the
+    convolution before it. Every other op is left unquantized.
+    """
+    st, is_const, types = ar.slot_tensor, ar.is_const, ar.op_types
+    base, n_in, n_out = ar.slot_base, ar.n_in, ar.n_out
+    computing = p.computing_types
+    for oid, plat in enumerate(dispatch):
+        if plat is None:
+            continue
+        b, ni, no = base[oid], n_in[oid], n_out[oid]
+        residual = (
+            types[oid] == "Add"
+            and ni == 2
+            and all(st[s] >= 0 and not is_const[st[s]] for s in range(b, b + 2))
+        )
+        if types[oid] in computing or residual:
+            for s in range(b + ni, b + ni + no):
+                if configs[s] is not None:
+                    configs[s] = act_fp32
+            continue
+        dispatch[oid] = None
+        for s in range(b, b + ni + no):
+            configs[s] = None
 
 
 def _slot_template(

@@ -826,6 +826,24 @@ def calibrated_plans(draw: st.DrawFn, plan: QuantPlan) -> QuantPlan:
     ev = plan.evolver()
     for s in _needs_scale(plan):
         ev.set_config(s, _calibrated_config(plan.graph, s, plan[s], draw(_scales)))
+    plan = ev.persistent()
+    return _activate_followers(plan)
+
+
+def _activate_followers(plan: QuantPlan) -> QuantPlan:
+    """PASSIVE_INIT followers of a calibrated root become PASSIVE (as calibration does).
+
+    Passive fusion of ``node-unit`` rule sets makes data-mover outputs follow their input
+    before calibration; the calibration contract then activates them with the root's scale.
+    """
+    ev = plan.evolver()
+    for s in plan.slots():
+        cfg = plan[s]
+        if cfg is None or cfg.state != QuantState.PASSIVE_INIT or plan.parent(s) is None:
+            continue
+        root = plan[plan.root(s)]
+        if root.scale is not None and root.offset is not None:
+            ev.set_config(s, cfg.with_state(QuantState.PASSIVE))
     return ev.persistent()
 
 
@@ -850,6 +868,16 @@ class StandInCalibration:
             sid = idx.slot_id(s)
             new = _calibrated_config(graph, s, plan[s], scale)
             ctx.rec.config("calibration", (idx.slot_op[sid],), sid, new, "stand-in calibration")
+        # followers of a calibrated root become PASSIVE, as real calibration makes them
+        ev = ctx.rec.ev
+        for sid in range(idx.n_slots):
+            cfg = ev.cfg(sid)
+            if cfg is None or cfg.state != QuantState.PASSIVE_INIT or ev.link(sid) < 0:
+                continue
+            root = ev.cfg(ev.root(sid))
+            if root.scale is not None and root.offset is not None:
+                new = cfg.with_state(QuantState.PASSIVE)
+                ctx.rec.config("calibration", (idx.slot_op[sid],), sid, new, "stand-in follower")
         return ctx.rec.result(plan)
 
 

@@ -284,7 +284,33 @@ class ActivationFusion:
             args = (types[c], names[c], types[a], names[a])
             rec.overlap("activation", ids, c_out, a_out, why, *args)
             rec.overlap("activation", ids, a_in, a_out, why, *args)
+        if p.placement == "node-unit":
+            _standalone_inputs_float(ctx)
         return rec.result(plan)
+
+
+def _standalone_inputs_float(ctx: PassContext) -> None:
+    """Node-unit rule sets: an activation not fused into a computing op reads a float input.
+
+    onnxruntime has no int8 Relu or Clip; it removes them in front of a QuantizeLinear whose
+    zero point makes them redundant (uint8 with zero point 0 after a ReLU). A point on their
+    input would be a Q/DQ pair executed in float, so only their output is quantized.
+    """
+    rec, ev, ar = ctx.rec, ctx.ev, ctx.ar
+    INITIAL = QuantState.INITIAL
+    why = (
+        "{} {} is not fused into a computing op and has no int8 kernel: only its output is "
+        "quantized (the backend removes it before that QuantizeLinear)"
+    )
+    for a in ar.ops_of_types(ctx.platform.activation_types):
+        if ev.dispatch[a] is None or ar.n_in[a] == 0:
+            continue
+        s = ar.slot_base[a]
+        cfg = ev.cfg(s)
+        if cfg is not None and cfg.state is INITIAL:
+            rec.config(
+                "standalone", (a,), s, cfg.with_state(FP32), why, ar.op_types[a], ar.op_names[a]
+            )
 
 
 @attrs.frozen

@@ -12,6 +12,13 @@ the output) must use one scale. PPQ's QuantAlignmentPass offers, per op family:
 With ``force_overlap`` the producers of the aligned inputs are pulled into the group too, so
 the backend does not requantize at the op's inputs.
 
+fusekit's rule sets never align inputs whose calibrated ranges differ by ``max_spread`` (16x)
+or more when alignment runs on a calibrated plan (the default pipeline calibrates first): one
+shared scale would leave the smallest member 4 bits or fewer (a YOLO head's Concat of pixel
+boxes and [0, 1] scores rounds every score to 0). The group is split, each input keeps its own
+scale (the backend requantizes at the op), and the refusal names the op and the ranges.
+``max_spread=0`` turns the check off; PPQ-compatible rule sets never make it.
+
 PPQ 0.6.6 (``alignment_overlap`` quirk) pulls producers in with ``dominated_by``: a producer
 output that also feeds another op is switched off and that other op reads unquantized data.
 fusekit makes the producer output *follow* the master instead (it stays active, with the aligned
@@ -23,6 +30,7 @@ master becomes PASSIVE_INIT and calibration gives it the union of its followers'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import attrs
@@ -65,6 +73,7 @@ class Alignment:
     pooling: str = attrs.field(default="None", validator=_check(_POOL_OK))
     resize: str = attrs.field(default="Align to Output", validator=_check(_POOL_OK))
     force_overlap: bool = True
+    max_spread: float = 16.0
 
     name = "alignment"
 
@@ -109,6 +118,22 @@ class Alignment:
                     ctx.name(o),
                 )
                 continue
+            if not p.quirks and self.max_spread > 0 and method != "Align to Input":
+                wide = self._spread(ctx, o)
+                if wide is not None and wide[0] >= self.max_spread:
+                    ratio, members = wide
+                    ctx.rec.refuse(
+                        rule,
+                        (o,),
+                        "the calibrated ranges of {}'s inputs differ by {:.1f}x ({}): one shared "
+                        "scale would leave the smallest {:.1f} of its 8 bits, so each keeps its "
+                        "own scale (the group is split)",
+                        ctx.name(o),
+                        ratio,
+                        members,
+                        max(0.0, 8.0 - math.log2(ratio)) if math.isfinite(ratio) else 0.0,
+                    )
+                    continue
             if method == "Align to Large":
                 master = self._to_large(ctx, o, rule, p)
             elif method == "Align to Output":
@@ -137,6 +162,34 @@ class Alignment:
         if ev.configs[first].state != QuantState.OVERLAPPED:
             return False
         return ev.root(first) == ev.root(first + ar.n_in[o])
+
+    @staticmethod
+    def _spread(ctx: PassContext, o: int) -> tuple[float, str] | None:
+        """Largest over smallest calibrated |range| of ``o``'s inputs (None if not calibrated).
+
+        Only per-tensor inputs with a scale count; a ratio needs two of them.
+        """
+        ev, ar = ctx.ev, ctx.ar
+        amax: dict[str, float] = {}
+        first = ar.slot_base[o]
+        for s in range(first, first + ar.n_in[o]):
+            tid = ar.slot_tensor[s]
+            cfg = ev.configs[s]
+            if tid < 0 or ar.is_const[tid] or cfg is None or cfg.state == QuantState.FP32:
+                continue
+            rc = ev.cfg(ev.root(s))
+            if rc is None or rc.scale is None or rc.offset is None or rc.policy.per_channel:
+                return None
+            if rc.scale.size != 1:
+                return None
+            lo, hi = scale_range(rc, rc.scale, rc.offset)
+            amax[ar.tensor_names[tid]] = max(abs(lo), abs(hi))
+        if len(amax) < 2:
+            return None
+        hi_v, lo_v = max(amax.values()), min(amax.values())
+        ratio = math.inf if lo_v <= 0 else hi_v / lo_v
+        members = ", ".join(f"{t}: {v:.4g}" for t, v in sorted(amax.items(), key=lambda kv: -kv[1]))
+        return ratio, members
 
     @staticmethod
     def _alignable(ctx: PassContext, sid: int) -> bool:

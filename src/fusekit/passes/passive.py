@@ -3,6 +3,9 @@
 ``MaxPool``, ``Reshape``, ``Transpose``, ``Slice``, ``Split``... never rescale: the backend
 passes the quantized data through. So every output of such an op is overlapped by the op's
 first input (all outputs share the first input's scale; a Split's outputs share one scale).
+With a ``"node-unit"`` rule set the outputs follow the input's scale instead of being
+overlapped: they keep a Q/DQ pair with the same parameters, which is what onnxruntime needs
+to see (DQ -> op -> Q) before it drops both and moves the integers through the op.
 
 Skipped, with a reason, when the first input has no producer (a graph input or constant: its
 scale is calibrated where it is consumed), when the producer is on another platform, and when
@@ -72,6 +75,9 @@ class PassiveFusion:
         conditions = dict(p.passive_conditions)
         fp32 = QuantState.FP32
         dispatch, cfgs = ev.dispatch, ev.configs
+        # node-unit rule sets (onnxruntime) keep a point after the passive op: the backend
+        # runs the op on integers only when it sees DequantizeLinear -> op -> QuantizeLinear
+        node_unit = p.placement == "node-unit"
         for o in todo:
             ids = (o,)
             if ar.n_in[o] == 0:
@@ -79,7 +85,10 @@ class PassiveFusion:
             s_in = ar.slot_base[o]
             tid = ar.slot_tensor[s_in]
             prod = ar.producer[tid] if tid >= 0 else -1
-            if prod < 0 or ar.const_op[ar.slot_op[prod]]:
+            # node units: the op's own input slot quantizes a graph input or a float producer's
+            # output, and the output follows it (the backend still sees DQ -> op -> Q)
+            own_input = node_unit and tid >= 0 and not ar.is_const[tid]
+            if (prod < 0 and not own_input) or (prod >= 0 and ar.const_op[ar.slot_op[prod]]):
                 rec.refuse(
                     "passive",
                     ids,
@@ -87,11 +96,11 @@ class PassiveFusion:
                     names[o],
                 )
                 continue
-            src = ar.slot_op[prod]
+            src = ar.slot_op[prod] if prod >= 0 else o
             if dispatch[o] is None:
                 rec.refuse("passive", ids, "{} is not quantized", names[o])
                 continue
-            if dispatch[o] != dispatch[src]:
+            if dispatch[o] != dispatch[src] and not (own_input and dispatch[src] is None):
                 rec.refuse(
                     "passive",
                     ids,
@@ -115,6 +124,20 @@ class PassiveFusion:
             first = s_in + ar.n_in[o]
             for s_out in range(first, first + ar.n_out[o]):
                 if not compat and cfgs[s_out].state == fp32:
+                    continue
+                if node_unit:
+                    rec.follow(
+                        "passive",
+                        ids,
+                        s_out,
+                        s_in,
+                        "{} {} only moves data: its output keeps its first input's scale, "
+                        "with its own Q/DQ so that the backend matches DQ -> {} -> Q and "
+                        "drops both",
+                        types[o],
+                        names[o],
+                        types[o],
+                    )
                     continue
                 rec.overlap(
                     "passive",
