@@ -26,6 +26,9 @@ def qdq_on_overlapped_edges(g: Graph, plan: fusekit.QuantPlan, model: onnx.Model
     for s in plan.slots():
         if s.side != "in" or plan[s].state != QuantState.OVERLAPPED or not g.tensor_of(s):
             continue
+        if s.op not in nodes:  # a BatchNormalization folded into its Conv at export
+            assert g.ops[s.op].op_type == "BatchNormalization", f"{s.op} vanished from the export"
+            continue
         t = g.tensor_of(s)
         # it reads the tensor itself, or the one pair its group shares on that tensor
         # (the consumers of a graph input share one pair)
@@ -39,7 +42,11 @@ def qdq_on_overlapped_edges(g: Graph, plan: fusekit.QuantPlan, model: onnx.Model
             continue
         src = g.producer(t)
         fused = src is not None and plan.is_quantized(src.op)
-        if fused and plan[src].state == QuantState.OVERLAPPED and producer[t].name != src.op:
+        writer = src.op if src is not None else ""
+        if src is not None and writer not in nodes:  # a folded BatchNormalization: its Conv
+            folded_into = g.producer(g.ops[writer].inputs[0])
+            writer = folded_into.op if folded_into is not None else writer
+        if fused and plan[src].state == QuantState.OVERLAPPED and producer[t].name != writer:
             bad.append(f"{s}: a {producer[t].op_type} sits on the fused edge from {src}")
     return bad
 
