@@ -189,8 +189,11 @@ def test_openvino_weight_axes_and_bias() -> None:
     assert p[inp("gm", 1)].channel_axis == 1
     assert p[inp("c0", 2)].state == FP32
     assert p[inp("c0", 0)].policy.symmetric
+    # NNCF's narrow weight range (measured by bench/nncf_placement.py); PPQ: [-128, 127]
+    assert (p[inp("c0", 1)].quant_min, p[inp("c0", 1)].quant_max) == (-127, 127)
     q = fusekit.init_plan(graph, "ppq066_openvino_int8", dispatch=PPQ)
     assert q[inp("m", 1)].channel_axis == 0
+    assert q[inp("c0", 1)].quant_min == -128
 
 
 def test_openvino_fuses_hardswish_pattern_and_leaky_relu() -> None:

@@ -200,16 +200,22 @@ SNPE_INT8 = _vendor(
 
 # ----- OpenVINO (NNCF / LPT, "performance" preset) ----------------------------------------------
 
+# NNCF's weights use the narrow range [-127, 127] (measured on its exports: bench/nncf_placement.py)
+_OV_WEIGHTS = {
+    t: QuantRule(SYM_PC, 8, -127, 127, HALF_EVEN, "minmax", r.channel_axis)
+    for t, r in _FK_WEIGHTS.items()
+}
+
 OPENVINO_INT8 = _vendor(
     "openvino_int8",
     "OpenVINO INT8 (NNCF performance preset): symmetric int8 per-tensor activations, "
-    "symmetric per-channel weights, FP32 bias; Conv/MatMul + pointwise activation fusion",
+    "symmetric per-channel [-127, 127] weights, FP32 bias; Conv/MatMul + activation fusion",
     "OPENVINO_INT8",
     quant=_COMMON_QUANT | {"LayerNormalization"},
     acts=_SINGLE_ACTS,
     patterns=("swish", "mish", "hardswish", "gelu"),
     activation=QuantRule(SYM_PT, 8, -128, 127, HALF_EVEN, "minmax"),
-    weights=_FK_WEIGHTS,
+    weights=_OV_WEIGHTS,
     bias=BiasRule(QuantState.FP32),
 )
 
