@@ -831,6 +831,11 @@ from ._ppq066 import PPQ066_MORE  # noqa: E402 (it builds on the definitions abo
 for _p in PPQ066_MORE:
     register_platform(_p)
 
+from ._vendor import VENDOR_PLATFORMS  # noqa: E402 (RKNN, SNPE, OpenVINO, NCNN, TRT FP8)
+
+for _p in VENDOR_PLATFORMS:
+    register_platform(_p)
+
 
 def platforms() -> tuple[str, ...]:
     """Names of the registered platforms, corrected ones first."""

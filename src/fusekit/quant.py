@@ -119,7 +119,9 @@ def _accepted_policies() -> frozenset[int]:
                 out.add(int(P.LINEAR | sym | gran | p2))
                 out.add(int(P.LINEAR | sym | gran | p2 | P.DYNAMIC))
     for gran in (P.PER_TENSOR, P.PER_CHANNEL):
-        out.add(int(P.FLOATING | P.SYMMETRICAL | gran | P.POWER_OF_2))
+        # PPQ accepts FP8 only with power-of-two scales; TensorRT's FP8 takes any float scale
+        for p2 in (0, P.POWER_OF_2):
+            out.add(int(P.FLOATING | P.SYMMETRICAL | gran | p2))
     return frozenset(out)
 
 
