@@ -1316,7 +1316,8 @@ def all_dispatch(
     Shape -> Gather -> Concat -> Reshape.shape, whose values must never be rounded); or when it
     is not connected, through other such ops, to a computing op (Conv, Gemm, MatMul...).
     With a ``"node-unit"`` placement, the tail after the last computing op is left FP32 too
-    unless ``quantize_tail`` is set.
+    unless ``quantize_tail`` is set, and so is every op that reaches a computing op only
+    through float ops (see :func:`_drop_tail`).
     """
     # Reads the graph's plain-list arrays and plain dicts of the rule set: on a 100k-op graph
     # the PMap lookups of the straightforward version cost more than the dispatch itself.
