@@ -135,12 +135,13 @@ def test_silero_fused_reaches_ppq(tmp_path: Path) -> None:
                 f"{output} ({kernels} kernels): fusekit fused {sqnr:.2f} dB, "
                 f"PPQ fused {ppq_fused:.2f} dB"
             )
-    # fusion is what buys the accuracy: unfused loses more than 9 dB on every output
-    # (measured with uint8 activations: 27.51/31.23/33.01 dB fused, 17.77/20.53/22.74 unfused;
-    # with the former symmetric int8 activations the gap was above 10 dB)
+    # fusion is what buys the accuracy: unfused loses more than 8.5 dB on every output
+    # (measured with uint8 activations and no round trip into float ops: 27.81/31.23/33.01 dB
+    # fused, 19.02/20.75/22.66 unfused; before the LSTM -> Squeeze round trip was removed,
+    # 27.51/17.77 on speech_probs; with the former symmetric int8 activations above 10 dB)
     unfused = measure(model, data, "ort_int8", fused=False)
     for output, sqnr in unfused["reference"].items():
-        assert sqnr < got["reference"][output] - 9.0, output
+        assert sqnr < got["reference"][output] - 8.5, output
 
 
 @pytest.mark.slow

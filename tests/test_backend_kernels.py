@@ -7,7 +7,9 @@ onnxruntime's CPU provider optimize the graph (``ORT_ENABLE_EXTENDED``) and read
   QLinearMatMul, MatMulIntegerToFloat, QGemm): their count is the number of computing ops
   the plan quantizes;
 * every QuantizeLinear the export wrote is consumed by an integer op: none survives whose only
-  readers are DequantizeLinear nodes (a quantization point the backend executes in float).
+  readers are DequantizeLinear nodes (a quantization point the backend executes in float);
+* op by op, :func:`fusekit.kernels.kernel_report` (the analyzer behind ``fusekit evaluate
+  --kernels``) finds each quantized computing op running as an int8 kernel, and no stray Q/DQ.
 
 A few small models run in every ``make test``; all of them under ``-m slow``.
 """
@@ -25,6 +27,7 @@ import pytest
 import fusekit
 from fusekit.calibrate import Calibration, random_data
 from fusekit.export import export_qdq
+from fusekit.kernels import kernel_report
 
 from .conftest import corpus_bytes, corpus_models
 
@@ -47,7 +50,7 @@ FAST = ("onnx_light_shufflenet", "mobilenet_v3_small", "silero_vad_16k_sequence"
 
 def optimized(model: onnx.ModelProto) -> onnx.ModelProto:
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.intra_op_num_threads = 1
     with tempfile.TemporaryDirectory() as d:
@@ -71,7 +74,12 @@ def check(name: str) -> None:
         and plan.dispatch[idx.op_id[op.name]] is not None
         and plan[fusekit.Slot(op.name, "in", 0)].state is not fusekit.QuantState.FP32
     ]
-    opt = optimized(export_qdq(g, plan)).graph
+    model = export_qdq(g, plan)
+    report = kernel_report(model)
+    not_int8 = {op: report[op].reason for op in quantized if not report[op].int8}
+    assert not_int8 == {}, f"{name}: quantized but run in float by onnxruntime: {not_int8}"
+    assert report.stray_qdq == (), f"{name}: stray Q/DQ: {report.stray_qdq[:5]}"
+    opt = optimized(model).graph
     types = Counter(n.op_type for n in opt.node)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in opt.node:

@@ -103,9 +103,9 @@ class TestActivations:
 
     def test_relu_output_is_uint8_with_zero_point_0(self) -> None:
         _, _, model, _ = exported(conv_relu_model())
-        zp, dtype = q_zero_points(model, next(
-            n.output[0] for n in model.graph.node if n.op_type == "Relu"
-        ))
+        zp, dtype = q_zero_points(
+            model, next(n.output[0] for n in model.graph.node if n.op_type == "Relu")
+        )
         assert (zp, dtype) == (0, np.dtype(np.uint8))
 
     def test_conv_relu_runs_as_qlinearconv(self) -> None:
@@ -405,3 +405,94 @@ class TestComputingInput:
     def test_unknown_styles_still_refused(self) -> None:
         with pytest.raises(InvalidPlatform):
             self.platform().evolve(placement="computing-output")
+
+
+def _stray_free(model: onnx.ModelProto) -> None:
+    from fusekit.kernels import kernel_report
+
+    report = kernel_report(model)
+    assert report.stray_qdq == (), report.stray_qdq
+    assert all(e.int8 for e in report.ops if e.op_type != "ConvTranspose"), report.table()
+
+
+def _dq_outputs(model: onnx.ModelProto) -> set[str]:
+    return {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+
+
+def _node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.name == name)
+
+
+class TestNoRoundTripIntoFloat:
+    """No quantization point that onnxruntime executes in float next to a float op."""
+
+    def test_float_sum_reads_the_float_tensor(self) -> None:
+        """Sum (no int8 kernel) -> standalone Relu -> {Conv, Sum}: the second Sum reads the
+        Relu's float output, not a Q -> DQ round trip (resnet50's opset-9 residuals)."""
+        nodes = [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
+            helper.make_node("Sum", ["c1", "x"], ["s1"], "sum1"),
+            helper.make_node("Relu", ["s1"], ["r1"], "relu1"),
+            helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], "conv2", pads=[1, 1, 1, 1]),
+            helper.make_node("Sum", ["c2", "r1"], ["y"], "sum2"),
+        ]
+        inits = {
+            "w1": _w((3, 3, 3, 3), seed=1),
+            "b1": _w((3,), 0.1, seed=2),
+            "w2": _w((3, 3, 3, 3), seed=3),
+            "b2": _w((3,), 0.1, seed=4),
+        }
+        model_bytes = _model(nodes, inits, [("x", [1, 3, 8, 8])], [("y", [1, 3, 8, 8])])
+        _, plan, model, _ = exported(model_bytes)
+        assert plan[fusekit.Slot("relu1", "out", 0)].state is fusekit.QuantState.ACTIVATED
+        relu = _node(model, "relu1")
+        sum2 = _node(model, "sum2")
+        assert sum2.input[1] == relu.output[0]  # the float value, no DQ in between
+        assert _node(model, "conv2").input[0] in _dq_outputs(model)
+        _stray_free(model)
+
+    def test_conv_transpose_gets_no_dequantized_input(self) -> None:
+        """An op whose only reader is a float ConvTranspose stays float: with a DQ on its
+        input onnxruntime quantizes the ConvTranspose weights itself and runs it in float."""
+        nodes = [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
+            helper.make_node("LeakyRelu", ["c1"], ["l1"], "leaky1", alpha=0.1),
+            helper.make_node("ConvTranspose", ["l1", "wt", "bt"], ["u1"], "up1", strides=[2, 2]),
+            helper.make_node("Conv", ["u1", "w2", "b2"], ["y"], "conv2"),
+        ]
+        inits = {
+            "w1": _w((4, 3, 3, 3), seed=1),
+            "b1": _w((4,), 0.1, seed=2),
+            "wt": _w((4, 4, 2, 2), seed=3),
+            "bt": _w((4,), 0.1, seed=4),
+            "w2": _w((2, 4, 1, 1), seed=5),
+            "b2": _w((2,), 0.1, seed=6),
+        }
+        model_bytes = _model(nodes, inits, [("x", [1, 3, 8, 8])], [("y", [1, 2, 16, 16])])
+        g, plan, model, _ = exported(model_bytes)
+        assert plan.dispatch[g.index.op_id["leaky1"]] is None
+        up = _node(model, "up1")
+        assert up.input[1:] == ["wt", "bt"]
+        assert up.input[0] not in _dq_outputs(model)
+        assert optimized_ops(model)["QLinearConv"] == 2
+        _stray_free(model)
+
+    def test_data_mover_between_float_ops_carries_no_point(self) -> None:
+        """Tanh (float) -> Transpose -> standalone Relu -> Conv: the Transpose sits outside
+        every int8 region (silero's LSTM -> Squeeze -> Relu), so no Q on the Tanh output."""
+        nodes = [
+            helper.make_node("Tanh", ["x"], ["t1"], "tanh1"),
+            helper.make_node("Transpose", ["t1"], ["p1"], "perm1", perm=[0, 1, 3, 2]),
+            helper.make_node("Relu", ["p1"], ["r1"], "relu1"),
+            helper.make_node("Conv", ["r1", "w1", "b1"], ["y"], "conv1"),
+        ]
+        inits = {"w1": _w((2, 3, 1, 1), seed=1), "b1": _w((2,), 0.1, seed=2)}
+        model_bytes = _model(nodes, inits, [("x", [1, 3, 8, 8])], [("y", [1, 2, 8, 8])])
+        _, plan, model, _ = exported(model_bytes)
+        FP32 = fusekit.QuantState.FP32
+        assert plan[fusekit.Slot("perm1", "in", 0)].state is FP32
+        assert plan[fusekit.Slot("perm1", "out", 0)].state is FP32
+        assert not any(
+            n.op_type == "QuantizeLinear" and n.input[0] == "t1" for n in model.graph.node
+        )
+        _stray_free(model)

@@ -809,6 +809,11 @@ class _Builder:
         shared: dict[Any, str] = {}
         out_nodes: list[onnx.NodeProto] = []
         folded_nodes: dict[int, onnx.NodeProto] = {}  # computing op id -> its node
+        # tensor id -> the float output of a producer that runs in float although its output
+        # is quantized (node-unit rule sets: a standalone Relu after a float Sum): its float
+        # readers take that tensor, not the DequantizeLinear output (see _entry_producer)
+        entry_float: dict[int, str] = {}
+        configs = self.plan.configs
         for pos, name in enumerate(graph.order):
             oid = idx.op_id[name]
             node = src_nodes[pos]
@@ -821,6 +826,10 @@ class _Builder:
                     continue  # the folded weight and bias are in place already
                 key = pl.params.get(sid) or pl.before.get(sid)
                 if key is None:
+                    tid = idx.slot_tensor[sid]
+                    cfg = configs[sid]
+                    if tid in entry_float and (cfg is None or cfg.state is QuantState.FP32):
+                        node.input[k] = entry_float[tid]
                     continue
                 tid = idx.slot_tensor[sid]
                 t = idx.tensor_names[tid]
@@ -841,6 +850,7 @@ class _Builder:
                     shared[share] = got = dst
                 node.input[k] = got
             post: list[onnx.NodeProto] = []
+            entry = self._entry_producer(oid)
             for k, sid in enumerate(idx.output_sids(oid)):
                 tid = idx.slot_tensor[sid]
                 key = pl.after.get(tid) if tid >= 0 and idx.producer[tid] == sid else None
@@ -849,6 +859,8 @@ class _Builder:
                 t = idx.tensor_names[tid]
                 float_name = self.tensors.fresh(f"{t}_float")
                 node.output[k] = float_name
+                if entry:
+                    entry_float[tid] = float_name
                 post.extend(self.qdq(float_name, key, t, rank(t)))
                 self.pairs += 1
             bn = self.folded_bn.get(oid)
@@ -907,6 +919,38 @@ class _Builder:
             (*subgraph_notes(self.graph), *self.notes),
             opset,
         )
+
+    def _entry_producer(self, oid: int) -> bool:
+        """Does op ``oid`` run in float although its output is quantized (node units only)?
+
+        With a ``"node-unit"`` rule set, an op whose every non-constant input is read in float
+        (a standalone Relu after a float Sum, whose FP32 input the activation pass set) runs
+        in float; its QuantizeLinear only enters the int8 domain for the int8 ops that read
+        it. A float reader of the same tensor must take the float value: reading the
+        DequantizeLinear output would be a Q -> DQ round trip executed in float (onnxruntime
+        has no int8 Sum), rounding for nothing. An op that reads a quantized input (a Conv, a
+        fused Relu) is an int8 node unit: its output must feed QuantizeLinear nodes only, so
+        its float readers keep the DequantizeLinear (a legitimate exit from int8).
+        """
+        from .platforms import get_platform
+
+        name = self.plan.dispatch[oid]
+        if not name:
+            return False
+        try:
+            if get_platform(name).placement != "node-unit":
+                return False
+        except Exception:
+            return False
+        idx, configs, constants = self.idx, self.plan.configs, self.pl.constants
+        for sid in idx.input_sids(oid):
+            tid = idx.slot_tensor[sid]
+            if tid < 0 or tid in constants:
+                continue
+            cfg = configs[sid]
+            if cfg is not None and cfg.state is not QuantState.FP32:
+                return False
+        return True
 
     def _param_share_key(self, tid: int, key: _Key) -> tuple[Any, ...]:
         """Parameters quantized to the same integers with the same scales share one DQ."""

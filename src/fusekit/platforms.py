@@ -1321,7 +1321,8 @@ def all_dispatch(
     Shape -> Gather -> Concat -> Reshape.shape, whose values must never be rounded); or when it
     is not connected, through other such ops, to a computing op (Conv, Gemm, MatMul...).
     With a ``"node-unit"`` placement, the tail after the last computing op is left FP32 too
-    unless ``quantize_tail`` is set.
+    unless ``quantize_tail`` is set, and so is every op that reaches a computing op only
+    through float ops (see :func:`_drop_tail`).
     """
     # Reads the graph's plain-list arrays and plain dicts of the rule set: on a 100k-op graph
     # the PMap lookups of the straightforward version cost more than the dispatch itself.
@@ -1412,38 +1413,57 @@ def all_dispatch(
                         keep[dst] = True
                         stack.append(dst)
     if platform.placement == "node-unit" and not quantize_tail:
-        _drop_tail(ar, computing, keep)
+        _drop_tail(ar, computing, platform.epilogue_types | platform.activation_types, keep)
     return {oid: name if keep[oid] else "FP32" for oid in ar.order}
 
 
-def _drop_tail(ar: Any, computing: frozenset[str], keep: list[bool]) -> None:
-    """Leave float every op from which no computing op is reachable (the tail).
+def _drop_tail(
+    ar: Any, computing: frozenset[str], fusable: frozenset[str], keep: list[bool]
+) -> None:
+    """Leave float every op from which no quantized computing op is reachable through
+    quantized ops (the tail, and the ops that feed only float ops).
 
     After the last Conv/Gemm/MatMul of a path no int8 kernel reads the values any more, so a
     quantization point there only rounds what the user gets: on YOLOv8 the final Concat shared
     one scale between box pixels and class scores, and every score rounded to 0. The computing
     op's own output keeps its point (onnxruntime's QLinearConv needs its QuantizeLinear).
+    The same holds in front of an op the rule set leaves float: a LeakyRelu whose only reader
+    is a ConvTranspose would hand it a DequantizeLinear output, and onnxruntime then quantizes
+    the ConvTranspose's float weights itself and still runs it in float.
+    An epilogue or activation (``fusable``) right after a kept computing op stays: it belongs
+    to that op's int8 kernel (a BatchNormalization folded into the Conv, a Relu dropped by the
+    zero point) and the value leaves int8 after it.
     """
     op_types, base, n_in, n_out = ar.op_types, ar.slot_base, ar.n_in, ar.n_out
-    st, cons, slot_op = ar.slot_tensor, ar.consumers, ar.slot_op
-    feeds = [False] * len(op_types)  # a computing op is reachable downstream
+    st, cons, slot_op, prod = ar.slot_tensor, ar.consumers, ar.slot_op, ar.producer
+    attached = [False] * len(op_types)  # fused onto a kept computing op (forward order)
+    for oid in ar.order:
+        if not keep[oid] or op_types[oid] not in fusable or n_in[oid] == 0:
+            continue
+        tid = st[base[oid]]
+        if tid >= 0 and prod[tid] >= 0:
+            src = slot_op[prod[tid]]
+            attached[oid] = keep[src] and (op_types[src] in computing or attached[src])
+    feeds = [False] * len(op_types)  # a kept computing op is reachable through kept ops
+    reaches = [False] * len(op_types)  # a computing op is reachable at all (not the tail)
     for oid in reversed(ar.order):
         b = base[oid] + n_in[oid]
-        hit = False
+        hit = far = False
         for sid in range(b, b + n_out[oid]):
             tid = st[sid]
             if tid < 0:
                 continue
             for c in cons[tid]:
                 co = slot_op[c]
-                if feeds[co] or op_types[co] in computing:
+                comp = op_types[co] in computing
+                far = far or reaches[co] or comp
+                # only through quantized ops: a float op in between (ConvTranspose, LSTM,
+                # Sum) reads float values whatever follows it
+                if keep[co] and (feeds[co] or comp):
                     hit = True
-                    break
-            if hit:
-                break
-        feeds[oid] = hit
+        feeds[oid], reaches[oid] = hit, far
         if keep[oid] and not hit and op_types[oid] not in computing:
-            keep[oid] = False
+            keep[oid] = attached[oid] and far
 
 
 def _non_float(graph: Graph) -> list[bool]:

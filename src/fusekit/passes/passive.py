@@ -16,7 +16,8 @@ comma fuses ``'Dropout' 'Slice'`` into one name, so Slice and Dropout are never 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 import numpy as np
@@ -78,9 +79,26 @@ class PassiveFusion:
         # node-unit rule sets (onnxruntime) keep a point after the passive op: the backend
         # runs the op on integers only when it sees DequantizeLinear -> op -> QuantizeLinear
         node_unit = p.placement == "node-unit"
+        outside = _outside_int8(ar, todo, dispatch, cfgs) if node_unit else set()
         for o in todo:
             ids = (o,)
             if ar.n_in[o] == 0:
+                continue
+            if o in outside:
+                for sid in range(ar.slot_base[o], ar.slot_base[o] + ar.n_in[o] + ar.n_out[o]):
+                    cfg = cfgs[sid]
+                    if cfg is not None and cfg.state is not fp32:
+                        rec.config(
+                            "passive",
+                            ids,
+                            sid,
+                            cfg.with_state(fp32),
+                            "{} {} only moves data between float values (its producer and "
+                            "its readers run in float): a Q/DQ there would be a round trip "
+                            "executed in float",
+                            types[o],
+                            names[o],
+                        )
                 continue
             s_in = ar.slot_base[o]
             tid = ar.slot_tensor[s_in]
@@ -149,6 +167,53 @@ class PassiveFusion:
                     names[o],
                 )
         return rec.result(plan)
+
+
+def _outside_int8(ar: Any, todo: Iterable[int], dispatch: Any, cfgs: Any) -> set[int]:
+    """Node units: the passive ops that sit outside every int8 region.
+
+    onnxruntime moves integers through a data mover only between a DequantizeLinear and a
+    QuantizeLinear. When the mover's producer runs in float (an LSTM, a graph input) and every
+    reader takes a float value (a float op, a standalone Relu whose input is FP32, a graph
+    output), a point on it is a Q -> DQ round trip executed in float. Such movers chain (a
+    Squeeze then an Unsqueeze), so this is the largest set closed under the rule: start from
+    every candidate and drop those with an int8 neighbour until nothing changes.
+    """
+    fp32 = QuantState.FP32
+    base, n_in, n_out, st = ar.slot_base, ar.n_in, ar.n_out, ar.slot_tensor
+    prod, cons, slot_op, is_out = ar.producer, ar.consumers, ar.slot_op, ar.is_output
+    cand = {o for o in todo if dispatch[o] is not None and n_in[o] > 0}
+    changed = True
+    while changed:
+        changed = False
+        for o in sorted(cand):
+            tid = st[base[o]]
+            ok = tid >= 0
+            if ok and prod[tid] >= 0:
+                ps = prod[tid]
+                src = slot_op[ps]
+                ok = (
+                    src in cand
+                    or dispatch[src] is None
+                    or cfgs[ps] is None
+                    or (cfgs[ps].state is fp32)
+                )
+            for sid in range(base[o] + n_in[o], base[o] + n_in[o] + n_out[o]):
+                t = st[sid]
+                if not ok or t < 0:
+                    continue
+                for c in cons[t]:
+                    co = slot_op[c]
+                    if co in cand or dispatch[co] is None:
+                        continue
+                    if cfgs[c] is not None and cfgs[c].state is not fp32:
+                        ok = False
+                        break
+                ok = ok and not is_out[t]
+            if not ok:
+                cand.discard(o)
+                changed = True
+    return cand
 
 
 def passive_fusion(graph: Graph, plan: QuantPlan, options: PassiveFusion) -> FusionResult:
