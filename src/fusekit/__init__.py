@@ -9,6 +9,7 @@ The public API, re-exported here:
   :func:`load_platform`, :func:`init_plan`;
 * patterns and passes: :class:`Pattern`, :func:`match`, :func:`fuse`,
   :func:`default_pipeline`, :func:`explain`, the pass classes;
+* quantized models in: :func:`load_quantized`, :func:`import_quantized`;
 * errors: :class:`FusekitError` and its subclasses.
 """
 
@@ -33,6 +34,7 @@ from .errors import (
     UnknownPlatform,
     UnknownSlot,
     UnsupportedModel,
+    UnsupportedQuantization,
 )
 from .graph import (
     Attributes,
@@ -77,6 +79,7 @@ from .platforms import (
     platforms,
     register_platform,
 )
+from .qimport import QuantizedImport, import_quantized, load_quantized
 from .quant import (
     LinkKind,
     NotARoot,
@@ -136,6 +139,7 @@ __all__ = [
     "QuantProperty",
     "QuantRule",
     "QuantState",
+    "QuantizedImport",
     "RoundingPolicy",
     "SharingCycle",
     "Simplify",
@@ -149,6 +153,7 @@ __all__ = [
     "UnknownPlatform",
     "UnknownSlot",
     "UnsupportedModel",
+    "UnsupportedQuantization",
     "Visibility",
     "__version__",
     "check_invariants",
@@ -158,10 +163,12 @@ __all__ = [
     "find",
     "fuse",
     "get_platform",
+    "import_quantized",
     "init_plan",
     "load",
     "load_plan",
     "load_platform",
+    "load_quantized",
     "match",
     "plan_from_json",
     "plan_to_json",

@@ -34,6 +34,7 @@ __all__ = [
     "UnknownPlatform",
     "UnknownSlot",
     "UnsupportedModel",
+    "UnsupportedQuantization",
 ]
 
 
@@ -77,6 +78,11 @@ class InvalidModel(FusekitError, ValueError):
 
 class UnsupportedModel(InvalidModel):
     """A valid model fusekit cannot quantize correctly (float16 tensors): refused, not guessed."""
+
+
+class UnsupportedQuantization(UnsupportedModel):
+    """A quantized model whose quantization fusekit cannot read (QOperator nodes, block-wise
+    Q/DQ, computed scales): refused by :func:`fusekit.load_quantized`, naming what it is."""
 
 
 class ModelNotFound(InvalidModel, FileNotFoundError):
