@@ -404,6 +404,8 @@ def import_quantized(
             and len({q_params[q].key for q in level1}) == 1
         )
         outs1 = [d for q in level1 for d in dq_outputs(q)]
+        if after and all(_reader_side_name(d, src) for d in outs1):
+            after = False  # fusekit's own export named it a pair in front of the readers
         canonical = src
         if after:
             graph_outs = [d for d in outs1 if d in out_set]
@@ -496,6 +498,20 @@ def load_quantized(
     """
     got = import_quantized(source)
     return got.graph, got.plan
+
+
+def _reader_side_name(dq_output: str, src: str) -> bool:
+    """True for the name fusekit's exporter gives a pair in front of a tensor's readers.
+
+    A pair every reader goes through means the same whether it sits after the producer or in
+    front of the readers; fusekit's exporter writes ``X -> Q -> DQ -> X_dequantized`` for the
+    second and ``X_float -> Q -> DQ -> X`` for the first, so its own exports come back as the
+    plan they came from. Other tools' pairs are read as points after the producer.
+    """
+    base = f"{src}_dequantized"
+    return dq_output == base or (
+        dq_output.startswith(base + "_") and dq_output[len(base) + 1 :].isdigit()
+    )
 
 
 def _plain(graph: Graph, label: str) -> QuantizedImport:
