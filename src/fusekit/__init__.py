@@ -9,11 +9,12 @@ The public API, re-exported here:
   :func:`load_platform`, :func:`init_plan`;
 * patterns and passes: :class:`Pattern`, :func:`match`, :func:`fuse`,
   :func:`default_pipeline`, :func:`explain`, the pass classes;
-* quantized models in: :func:`load_quantized`, :func:`import_quantized`;
+* quantized models in: :func:`load_quantized`, :func:`import_quantized`, :func:`audit`;
 * errors: :class:`FusekitError` and its subclasses.
 """
 
 from ._version import __version__
+from .audit import AuditResult, Finding, audit
 from .errors import (
     AlreadyQuantized,
     DanglingInput,
@@ -100,6 +101,7 @@ __all__ = [
     "Alignment",
     "AlreadyQuantized",
     "Attributes",
+    "AuditResult",
     "BiasRule",
     "CompositeActivationFusion",
     "DanglingInput",
@@ -107,6 +109,7 @@ __all__ = [
     "DuplicateProducer",
     "Edge",
     "ExportError",
+    "Finding",
     "FusekitError",
     "FusionResult",
     "Graph",
@@ -156,6 +159,7 @@ __all__ = [
     "UnsupportedQuantization",
     "Visibility",
     "__version__",
+    "audit",
     "check_invariants",
     "default_pipeline",
     "diff",

@@ -10,6 +10,8 @@ Verbs:
   onnxruntime runs as int8 kernels, and why the others stay float;
 * ``compare MODEL``: fused vs unfused (vs no alignment), and groups that tie ranges apart;
 * ``check MODEL --platform NAME [--plan PLAN.json]``: the plan laws;
+* ``audit QDQ.onnx --platform NAME``: a quantized model's Q/DQ placement against the
+  platform's rules, finding by finding (exit 1 when one is an error);
 * ``info [MODEL]``: a summary of a model.
 
 Every verb accepts ``--json`` (one JSON document on stdout) and ``--quiet``. Exit codes: 0 ok,
@@ -988,6 +990,33 @@ def _data_opts(p: argparse.ArgumentParser, calib: bool = True, kernel_report: bo
     )
 
 
+# --------------------------------------------------------------------------------------------
+# audit / fix (quantized models in)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    """``audit QDQ.onnx --platform P``: the model's Q/DQ placement against the platform's."""
+    from .audit import audit
+    from .qimport import import_quantized
+
+    out = _Output(args)
+    got = import_quantized(args.model)
+    result = audit(
+        got.graph, got.plan, args.platform, dangling=got.dangling, dispatch=args.dispatch
+    )
+    if out.json:
+        doc = result.to_json()
+        doc["model"] = str(args.model)
+        out.doc(_clean(doc))
+    else:
+        out.line(f"audit of {args.model} against {result.platform}:")
+        for f in result.findings:
+            out.line("  " + f.line())
+        counts = ", ".join(f"{result.count(s)} {s}" for s in ("error", "warning", "info"))
+        out.line(f"{len(result.findings)} finding(s): {counts}")
+    return 1 if result.has_errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(
@@ -1082,6 +1111,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(ck)
     ck.set_defaults(func=_cmd_check)
+
+    au = sub.add_parser(
+        "audit", help="a quantized model's Q/DQ placement against a platform's fusion rules"
+    )
+    au.add_argument("model", help="the QDQ ONNX model")
+    _platform_opts(au, required=True)
+    _common(au)
+    au.set_defaults(func=_cmd_audit)
 
     info = sub.add_parser("info", help="summarize a model (ops, op types, inputs, outputs)")
     info.add_argument("model", nargs="?", help="ONNX file (default: the bundled example)")

@@ -202,6 +202,12 @@ class AlreadyQuantized(FusekitError, ValueError):
         super().__init__(
             f"{prefix}already quantized: {', '.join(parts)}; fusekit quantizes float models, "
             "give it the float model this one was made from"
+            + (
+                " (or check this model's placement: 'fusekit audit MODEL --platform P', "
+                "re-place it: 'fusekit fix MODEL --platform P -o OUT.onnx')"
+                if qdq
+                else ""
+            )
         )
 
 
