@@ -59,7 +59,7 @@ def test_unfused_model_reports_fused_activations_with_the_rule() -> None:
 
 def _model(nodes: list[onnx.NodeProto], inits: list[TensorProto], shape: list[int]) -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "c", "h", "w"])
     g = helper.make_graph(nodes, "g", [x], [y], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     buf = io.BytesIO()
@@ -253,3 +253,111 @@ def test_cli_refusal_of_quantized_model_points_to_audit(
     assert main(["fuse", str(q), "--no-calibrate"]) == 2
     err = capsys.readouterr().err
     assert "already quantized" in err and "fusekit audit" in err
+
+
+# --------------------------------------------------------------------------------------------
+# fix
+
+
+def test_fix_keeps_model_scales_and_resolves_findings() -> None:
+    """fix re-places an unfused model by the platform's plan: every point of that plan takes
+    the model's own scale (nothing is missing), the Q/DQ between Conv and its activation go,
+    and the audit of the fixed model is clean."""
+    from fusekit.export import count_qdq
+    from fusekit.fix import fix_plan
+
+    src = _export("yolov5s_silu", "trt_int8", fused=False)
+    got = import_quantized(src)
+    result = fix_plan(got.graph, got.plan, "trt_int8")
+    counts = result.counts()
+    assert counts.get("missing", 0) == 0 and counts["removed"] > 0 and counts["kept"] > 0
+    fixed = export_qdq(got.graph, result.plan)
+    assert count_qdq(fixed)["QuantizeLinear"] < count_qdq(src)["QuantizeLinear"]
+    again = import_quantized(fixed)
+    assert audit(again.graph, again.plan, "trt_int8").findings == ()
+    # a kept point has exactly the model's scale
+    kept = next(c for c in result.changes if c.action == "kept" and c.slot.side == "out")
+    assert np.array_equal(
+        result.plan.scale_of(kept.slot), got.plan.scale_of(got.plan.root(kept.slot))
+    )
+
+
+def test_fix_keeps_integer_weights_when_the_scheme_is_unchanged() -> None:
+    """Per-channel int8 weights under a per-channel rule keep their exact integers."""
+    from fusekit.fix import fix_plan
+
+    src = _conv_model()
+    got = import_quantized(src)
+    result = fix_plan(got.graph, got.plan, "trt_int8")
+    fixed = export_qdq(got.graph, result.plan)
+    w_src = next(
+        numpy_helper.to_array(t)
+        for t in onnx.load_from_string(src).graph.initializer
+        if t.name == "w_q"
+    )
+    w_fixed = [
+        numpy_helper.to_array(t)
+        for t in fixed.graph.initializer
+        if t.data_type == TensorProto.INT8 and t.dims == list(w_src.shape)
+    ]
+    assert len(w_fixed) == 1 and np.array_equal(w_fixed[0], w_src)
+
+
+def test_fix_converts_uint8_and_keeps_the_clamp() -> None:
+    """uint8 activations (zero point 0) become symmetric int8 covering the same range; the
+    Relu the clamping Q stood for is restored (restore_relu), so the float graph keeps it."""
+    from fusekit.fix import fix_plan
+
+    got = import_quantized(_conv_model(act_zp=0, act_type=np.uint8), restore_relu=True)
+    assert [op.op_type for op in got.graph].count("Relu") == 1  # after the Conv
+    result = fix_plan(got.graph, got.plan, "trt_int8")
+    conv_out = next(c for c in result.changes if c.tensor == "cd")
+    assert conv_out.action == "converted"
+    # a [0, 255 * 0.05] range becomes +-12.75 symmetric
+    assert np.isclose(float(result.plan.scale_of(conv_out.slot)), 2 * 255 * 0.05 / 255)
+    plain = import_quantized(_conv_model(act_zp=0, act_type=np.uint8))
+    assert "Relu" not in [op.op_type for op in plain.graph]
+
+
+def test_fix_names_missing_points_without_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A point the platform needs but the model lacks: without --calib the CLI names it and
+    exits 2 and writes nothing; with --calib it is measured and the output written."""
+    inits = [_c("w_q", np.ones((4, 4, 1, 1)), np.int8), _c("w_s", np.full(4, 0.01))]
+    nodes = [  # the Conv input has no Q/DQ: the platform's point on x is missing
+        helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], "dq_w", axis=0),
+        helper.make_node("Conv", ["x", "w"], ["y"], "conv"),
+    ]
+    src = tmp_path / "m.onnx"
+    src.write_bytes(_model(nodes, inits, [1, 4, 4, 4]))
+    out = tmp_path / "fixed.onnx"
+    assert main(["fix", str(src), "--platform", "trt_int8", "-o", str(out)]) == 2
+    assert "x" in capsys.readouterr().err and not out.exists()
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).normal(size=(2, 1, 4, 4, 4)).astype(np.float32))
+    code = main(
+        ["fix", str(src), "--platform", "trt_int8", "-o", str(out), "--calib", str(calib), "--json"]
+    )
+    assert code == 0 and out.exists()
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["counts"]["calibrated"] >= 1 and doc["qdq_after"]["QuantizeLinear"] >= 1
+    assert main(["fix", str(src), "--platform", "trt_int8", "-o", str(src)]) == 2  # overwrite
+
+
+def test_cli_fix_reports_sqnr_against_the_float_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--float evaluates the original and the fixed model against the float one."""
+    g = fusekit.load(corpus_bytes("unet_small_leaky"))
+    plan = calibrate(g, fusekit.init_plan(g, "trt_int8"), random_data(g, 2))
+    src = tmp_path / "q.onnx"
+    src.write_bytes(export_qdq(g, plan).SerializeToString())
+    flt = tmp_path / "f.onnx"
+    flt.write_bytes(corpus_bytes("unet_small_leaky"))
+    out = tmp_path / "fixed.onnx"
+    args = ["fix", str(src), "--platform", "trt_int8", "-o", str(out), "--float", str(flt)]
+    assert main([*args, "--json", "--samples", "2"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert isinstance(doc["sqnr_before"], float) and isinstance(doc["sqnr_after"], float)
+    assert doc["counts"]["removed"] > 0

@@ -293,12 +293,22 @@ class _Point:
 
 def import_quantized(
     source: str | os.PathLike[str] | bytes | ModelProto,
+    *,
+    restore_relu: bool = False,
 ) -> QuantizedImport:
     """Read a QDQ model as its float graph, the plan its Q/DQ encode, and what was left aside.
 
     See the module docstring for how Q/DQ map to slots. Raises
     :class:`~fusekit.errors.UnsupportedQuantization` (QOperator nodes, block-wise, chains
     deeper than two pairs, computed scales) and whatever :func:`fusekit.load` raises.
+
+    ``restore_relu``: a pair after a producer whose zero point is the lowest integer (uint8
+    with zero point 0) clamps negative values, and quantizers drop the ``Relu`` it replaces
+    (``quantize_static`` does). With this option the graph gets that ``Relu`` back (named
+    ``<tensor>_Relu``), the point sitting on its output: the float graph is then the network
+    the model was quantized from, and a re-placement in a symmetric scheme keeps the clamp.
+    Outputs are unchanged (a Relu before such a Q changes nothing). Off by default, so that
+    the import of a model is exactly what it holds; ``fusekit audit`` and ``fix`` turn it on.
     """
     m, label, base_dir = _read(source)
     if not m.HasField("graph"):
@@ -376,6 +386,7 @@ def import_quantized(
     # 3. per float value: the pairs after its producer or in front of some readers
     rename: dict[str, str] = {}
     points: list[_Point] = []
+    relus: list[str] = []
     by_src: dict[str, list[int]] = {}
     for i in q_params:
         src = nodes[i].input[0]
@@ -440,6 +451,9 @@ def import_quantized(
             pn = nodes[prod]
             p0 = _Point(q_params[level1[0]], "after", canonical)
             p0.producer = (_first_output(pn), list(pn.output).index(src))
+            if restore_relu and _clamps(p0.params) and pn.op_type not in _NON_NEGATIVE:
+                relus.append(canonical)
+                p0.producer = (_RELU + canonical, 0)
             for q in level1:
                 p0.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
             points.append(p0)
@@ -483,20 +497,23 @@ def import_quantized(
         points.append(pt)
 
     # 5. the float model
-    float_model = _float_model(m, nodes, removed, rename, new_inits)
+    pre: dict[str, str] = {}
+    float_model = _float_model(m, nodes, removed, rename, new_inits, relus, pre)
     graph = load(float_model)
-    plan, scale_names = _plan(graph, points, rd, rename)
+    plan, scale_names = _plan(graph, points, rd, rename, pre)
     return QuantizedImport(graph, plan, tuple(dangling), scale_names, label)
 
 
 def load_quantized(
     source: str | os.PathLike[str] | bytes | ModelProto,
+    *,
+    restore_relu: bool = False,
 ) -> tuple[Graph, QuantPlan]:
     """``(graph, plan)`` of a QDQ model: the float network and the placement it encodes.
 
     See :func:`import_quantized` (which also lists the Q/DQ it could not pair).
     """
-    got = import_quantized(source)
+    got = import_quantized(source, restore_relu=restore_relu)
     return got.graph, got.plan
 
 
@@ -512,6 +529,21 @@ def _reader_side_name(dq_output: str, src: str) -> bool:
     return dq_output == base or (
         dq_output.startswith(base + "_") and dq_output[len(base) + 1 :].isdigit()
     )
+
+
+#: Op types whose output is never negative: a clamping Q after them replaced no Relu.
+_NON_NEGATIVE = frozenset(
+    {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt", "Softplus", "Shape", "Size"}
+)
+
+
+_RELU = "\x00relu:"
+
+
+def _clamps(p: _Params) -> bool:
+    """True when the Q's zero point is its lowest integer: negative values clamp to 0."""
+    lo = _INT_TYPES[p.dtype][2]
+    return bool(np.all(p.zero == lo))
 
 
 def _plain(graph: Graph, label: str) -> QuantizedImport:
@@ -554,8 +586,21 @@ def _float_model(
     removed: set[int],
     rename: dict[str, str],
     new_inits: Iterable[TensorProto],
+    relus: Iterable[str] = (),
+    pre_names: dict[str, str] | None = None,
 ) -> ModelProto:
     out = ModelProto()
+    relu_at = set(relus)
+    taken = {t for n in nodes for t in (*n.input, *n.output)} | {n.name for n in nodes}
+    taken |= {t.name for t in m.graph.initializer} | {vi.name for vi in m.graph.input}
+
+    def fresh(base: str) -> str:
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
     out.CopyFrom(m)
     g = out.graph
     kept = []
@@ -571,6 +616,13 @@ def _float_model(
             if t in rename:
                 c.output[k] = rename[t]
         kept.append(c)
+        for k, t in enumerate(c.output):
+            if t in relu_at:  # the Relu the quantizer folded into a clamping Q
+                pre = fresh(f"{t}_before_relu")
+                c.output[k] = pre
+                if pre_names is not None:
+                    pre_names[t] = pre
+                kept.append(helper.make_node("Relu", [pre], [t], fresh(f"{t}_Relu")))
     read: set[str] = {o.name for o in g.output}
     for n in kept:
         read.update(n.input)
@@ -624,7 +676,11 @@ def _captured(a: onnx.AttributeProto) -> set[str]:
 
 
 def _plan(
-    graph: Graph, points: list[_Point], rd: _Reader, rename: dict[str, str]
+    graph: Graph,
+    points: list[_Point],
+    rd: _Reader,
+    rename: dict[str, str],
+    pre: dict[str, str],
 ) -> tuple[QuantPlan, tuple[tuple[Slot, str], ...]]:
     """The plan of ``points`` on the imported graph (links: overlap per point, follow per
     shared scale initializer)."""
@@ -634,7 +690,12 @@ def _plan(
     roots: list[tuple[int, _Point]] = []
 
     def op_of(first_output: str) -> str:
-        s = graph.producer(rename.get(first_output, first_output))
+        if first_output.startswith(_RELU):  # the Relu restored in front of a clamping Q
+            name = first_output[len(_RELU) :]
+        else:  # the node that wrote it (it writes the pre-Relu value when one was restored)
+            name = rename.get(first_output, first_output)
+            name = pre.get(name, name)
+        s = graph.producer(name)
         if s is None:
             raise UnsupportedQuantization(
                 f"cannot find the op writing {first_output!r} in the imported graph", rd.label
