@@ -305,18 +305,18 @@ def test_fix_keeps_integer_weights_when_the_scheme_is_unchanged() -> None:
 
 def test_fix_converts_uint8_and_keeps_the_clamp() -> None:
     """uint8 activations (zero point 0) become symmetric int8 covering the same range; the
-    Relu the clamping Q stood for is restored (restore_relu), so the float graph keeps it."""
+    clamp the Q stood for is restored as a Clip (restore_clamps), so the float graph keeps it."""
     from fusekit.fix import fix_plan
 
-    got = import_quantized(_conv_model(act_zp=0, act_type=np.uint8), restore_relu=True)
-    assert [op.op_type for op in got.graph].count("Relu") == 1  # after the Conv
+    got = import_quantized(_conv_model(act_zp=0, act_type=np.uint8), restore_clamps=True)
+    assert [op.op_type for op in got.graph].count("Clip") == 1  # after the Conv
     result = fix_plan(got.graph, got.plan, "trt_int8")
     conv_out = next(c for c in result.changes if c.tensor == "cd")
     assert conv_out.action == "converted"
     # a [0, 255 * 0.05] range becomes +-12.75 symmetric
     assert np.isclose(float(result.plan.scale_of(conv_out.slot)), 2 * 255 * 0.05 / 255)
     plain = import_quantized(_conv_model(act_zp=0, act_type=np.uint8))
-    assert "Relu" not in [op.op_type for op in plain.graph]
+    assert "Clip" not in [op.op_type for op in plain.graph]
 
 
 def test_fix_names_missing_points_without_data(

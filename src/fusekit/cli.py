@@ -1002,7 +1002,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from .qimport import import_quantized
 
     out = _Output(args)
-    got = import_quantized(args.model, restore_relu=True)
+    got = import_quantized(args.model, restore_clamps=True)
     result = audit(
         got.graph, got.plan, args.platform, dangling=got.dangling, dispatch=args.dispatch
     )
@@ -1034,7 +1034,7 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     )
     if args.float_model:
         load(args.float_model)  # validates the file before any work
-    got = import_quantized(args.model, restore_relu=True)
+    got = import_quantized(args.model, restore_clamps=True)
     data: Any = None
     if args.calib:
         from .calibrate import load_data

@@ -124,7 +124,9 @@ def fix_plan(
     for sid, r in enumerate(roots):
         if r >= 0:
             members.setdefault(r, []).append(sid)
-    consts = {idx.tensor_id[n] for n in graph.initializers if n in idx.tensor_id}
+    from .export import _constant_tensors
+
+    consts = _constant_tensors(graph)  # initializers and Constant outputs: weights
 
     def model_root(sid: int) -> int | None:
         got = have.reads.get(sid)
@@ -161,23 +163,27 @@ def fix_plan(
         followers = [
             s for s in group if s != r and links[s] >= 0 and links[s] & 1 == LinkKind.FOLLOW
         ]
-        if followers:  # an aligned group: the range covering every member's
-            lo, hi, seen = 0.0, 0.0, 0
-            for s in group:
-                mr = model_root(s)
-                if mr is None:
-                    continue
-                mc = plan.configs[mr]
+        # the aligned members (FOLLOW links) and the root; overlapped members (a fused or
+        # passive op's slots) take the root's scale, whatever the model gave them
+        aligned = [r, *followers] if followers else []
+        sources = {m for m in map(model_root, aligned) if m is not None}
+        if len(sources) > 1:  # an aligned group the model quantizes apart: cover every range
+            lo, hi = 0.0, 0.0
+            for m in sorted(sources):
+                mc = plan.configs[m]
                 a, b = _range(mc, mc.scale, mc.offset)
-                lo, hi, seen = min(lo, a), max(hi, b), seen + 1
-            if seen:
-                sc, off = minmax_to_scale_offset(lo, hi, cfg)
-                _set(e, r, cfg, sc, off)
-                changes.append(
-                    PointChange("merged", t, slot, f"{seen} member range(s) [{lo:.6g}, {hi:.6g}]")
+                lo, hi = min(lo, a), max(hi, b)
+            sc, off = minmax_to_scale_offset(lo, hi, cfg)
+            _set(e, r, cfg, sc, off)
+            changes.append(
+                PointChange(
+                    "merged", t, slot, f"{len(sources)} model scales, range [{lo:.6g}, {hi:.6g}]"
                 )
-                continue
+            )
+            continue
         mr = model_root(r)
+        if mr is None and sources:
+            mr = next(iter(sources))  # an aligned group the model quantizes with one scale
         if mr is None:
             changes.append(PointChange("missing", t, slot, "the model does not quantize it"))
             continue
@@ -261,7 +267,13 @@ def _weight(
             _set(e, sid, cfg, mc.scale, mc.offset)
             changes.append(PointChange("kept", t, slot, "integer weights unchanged"))
             return
-    w = np.asarray(graph.initializers[t].array(), np.float32)
+    from .export import _const_value
+
+    value = _const_value(graph, t)
+    if value is None:  # a constant fusekit cannot read: leave it to calibration
+        changes.append(PointChange("missing", t, slot, "a constant fusekit cannot read"))
+        return
+    w = np.asarray(value, np.float32)
     if cfg.policy.per_channel and cfg.channel_axis is not None and w.ndim:
         ax = cfg.channel_axis % w.ndim
         flat = np.moveaxis(w, ax, 0).reshape(w.shape[ax], -1)

@@ -294,7 +294,7 @@ class _Point:
 def import_quantized(
     source: str | os.PathLike[str] | bytes | ModelProto,
     *,
-    restore_relu: bool = False,
+    restore_clamps: bool = False,
 ) -> QuantizedImport:
     """Read a QDQ model as its float graph, the plan its Q/DQ encode, and what was left aside.
 
@@ -302,12 +302,14 @@ def import_quantized(
     :class:`~fusekit.errors.UnsupportedQuantization` (QOperator nodes, block-wise, chains
     deeper than two pairs, computed scales) and whatever :func:`fusekit.load` raises.
 
-    ``restore_relu``: a pair after a producer whose zero point is the lowest integer (uint8
-    with zero point 0) clamps negative values, and quantizers drop the ``Relu`` it replaces
-    (``quantize_static`` does). With this option the graph gets that ``Relu`` back (named
-    ``<tensor>_Relu``), the point sitting on its output: the float graph is then the network
-    the model was quantized from, and a re-placement in a symmetric scheme keeps the clamp.
-    Outputs are unchanged (a Relu before such a Q changes nothing). Off by default, so that
+    ``restore_clamps``: a per-tensor pair after a producer whose zero point is the lowest
+    integer (uint8 with zero point 0) clamps negative values, and quantizers drop the ``Relu``
+    or ``Clip(0, 6)`` it replaces (``quantize_static`` does). With this option the graph gets
+    that clamp back as ``Clip(0, top of the Q's range)`` (named ``<tensor>_Clip``), the point
+    sitting on its output: the float graph then computes what the model computes (without it,
+    a HardSwish whose Clip was folded runs unbounded and can overflow), and a re-placement in a
+    symmetric scheme keeps the clamp. Outputs are unchanged (the Q clamps to the same range).
+    Off by default, so that
     the import of a model is exactly what it holds; ``fusekit audit`` and ``fix`` turn it on.
     """
     m, label, base_dir = _read(source)
@@ -386,7 +388,7 @@ def import_quantized(
     # 3. per float value: the pairs after its producer or in front of some readers
     rename: dict[str, str] = {}
     points: list[_Point] = []
-    relus: list[str] = []
+    relus: list[tuple[str, float]] = []
     by_src: dict[str, list[int]] = {}
     for i in q_params:
         src = nodes[i].input[0]
@@ -451,8 +453,8 @@ def import_quantized(
             pn = nodes[prod]
             p0 = _Point(q_params[level1[0]], "after", canonical)
             p0.producer = (_first_output(pn), list(pn.output).index(src))
-            if restore_relu and _clamps(p0.params) and pn.op_type not in _NON_NEGATIVE:
-                relus.append(canonical)
+            if restore_clamps and _clamps(p0.params) and pn.op_type not in _NON_NEGATIVE:
+                relus.append((canonical, _top(p0.params)))
                 p0.producer = (_RELU + canonical, 0)
             for q in level1:
                 p0.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
@@ -507,13 +509,13 @@ def import_quantized(
 def load_quantized(
     source: str | os.PathLike[str] | bytes | ModelProto,
     *,
-    restore_relu: bool = False,
+    restore_clamps: bool = False,
 ) -> tuple[Graph, QuantPlan]:
     """``(graph, plan)`` of a QDQ model: the float network and the placement it encodes.
 
     See :func:`import_quantized` (which also lists the Q/DQ it could not pair).
     """
-    got = import_quantized(source, restore_relu=restore_relu)
+    got = import_quantized(source, restore_clamps=restore_clamps)
     return got.graph, got.plan
 
 
@@ -531,7 +533,7 @@ def _reader_side_name(dq_output: str, src: str) -> bool:
     )
 
 
-#: Op types whose output is never negative: a clamping Q after them replaced no Relu.
+#: Op types whose output is never negative: a clamping Q after them replaced no Relu/Clip.
 _NON_NEGATIVE = frozenset(
     {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt", "Softplus", "Shape", "Size"}
 )
@@ -541,9 +543,16 @@ _RELU = "\x00relu:"
 
 
 def _clamps(p: _Params) -> bool:
-    """True when the Q's zero point is its lowest integer: negative values clamp to 0."""
+    """True for a per-tensor Q whose zero point is its lowest integer: negatives clamp to 0."""
     lo = _INT_TYPES[p.dtype][2]
-    return bool(np.all(p.zero == lo))
+    return p.scale.size == 1 and bool(np.all(p.zero == lo))
+
+
+def _top(p: _Params) -> float:
+    """The largest value the Q represents: ``scale * (qmax - zero_point)`` in float32."""
+    hi = _INT_TYPES[p.dtype][3]
+    z = int(np.asarray(p.zero).reshape(-1)[0])
+    return float(np.float32(np.asarray(p.scale).reshape(-1)[0]) * np.float32(hi - z))
 
 
 def _plain(graph: Graph, label: str) -> QuantizedImport:
@@ -586,11 +595,13 @@ def _float_model(
     removed: set[int],
     rename: dict[str, str],
     new_inits: Iterable[TensorProto],
-    relus: Iterable[str] = (),
+    relus: Iterable[tuple[str, float]] = (),
     pre_names: dict[str, str] | None = None,
 ) -> ModelProto:
     out = ModelProto()
-    relu_at = set(relus)
+    relu_at = dict(relus)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 21)
+    clip_inits: list[TensorProto] = []
     taken = {t for n in nodes for t in (*n.input, *n.output)} | {n.name for n in nodes}
     taken |= {t.name for t in m.graph.initializer} | {vi.name for vi in m.graph.input}
 
@@ -617,13 +628,23 @@ def _float_model(
                 c.output[k] = rename[t]
         kept.append(c)
         for k, t in enumerate(c.output):
-            if t in relu_at:  # the Relu the quantizer folded into a clamping Q
-                pre = fresh(f"{t}_before_relu")
+            if t in relu_at:  # the Relu/Clip the quantizer folded into a clamping Q
+                pre = fresh(f"{t}_before_clip")
                 c.output[k] = pre
                 if pre_names is not None:
                     pre_names[t] = pre
-                kept.append(helper.make_node("Relu", [pre], [t], fresh(f"{t}_Relu")))
-    read: set[str] = {o.name for o in g.output}
+                top = relu_at[t]
+                if opset >= 11:
+                    lo, hi = fresh(f"{t}_clip_min"), fresh(f"{t}_clip_max")
+                    clip_inits.append(numpy_helper.from_array(np.array(0, np.float32), lo))
+                    clip_inits.append(numpy_helper.from_array(np.array(top, np.float32), hi))
+                    clip = helper.make_node("Clip", [pre, lo, hi], [t], fresh(f"{t}_Clip"))
+                else:
+                    clip = helper.make_node(
+                        "Clip", [pre], [t], fresh(f"{t}_Clip"), min=0.0, max=float(top)
+                    )
+                kept.append(clip)
+    read: set[str] = {o.name for o in g.output} | {t.name for t in clip_inits}
     for n in kept:
         read.update(n.input)
         for a in n.attribute:  # sub-graph captures
@@ -642,6 +663,7 @@ def _float_model(
     del g.initializer[:]
     g.initializer.extend(inits)
     g.initializer.extend(new_inits)
+    g.initializer.extend(clip_inits)
     if dropped:
         ins = [vi for vi in g.input if vi.name not in dropped]
         del g.input[:]
@@ -690,9 +712,9 @@ def _plan(
     roots: list[tuple[int, _Point]] = []
 
     def op_of(first_output: str) -> str:
-        if first_output.startswith(_RELU):  # the Relu restored in front of a clamping Q
+        if first_output.startswith(_RELU):  # the Clip restored in front of a clamping Q
             name = first_output[len(_RELU) :]
-        else:  # the node that wrote it (it writes the pre-Relu value when one was restored)
+        else:  # the node that wrote it (it writes the pre-Clip value when one was restored)
             name = rename.get(first_output, first_output)
             name = pre.get(name, name)
         s = graph.producer(name)
