@@ -17,7 +17,7 @@ from fusekit.calibrate import calibrate, random_data
 from fusekit.export import count_qdq, export_qdq
 from fusekit.qimport import import_quantized, placement
 
-from .conftest import corpus_bytes
+from .conftest import corpus_bytes, corpus_models
 
 quantization = pytest.importorskip("onnxruntime.quantization")
 
@@ -263,3 +263,38 @@ def test_input_proto_is_not_modified(tmp_path: Path) -> None:
     before = q.SerializeToString()
     fusekit.load_quantized(q)
     assert q.SerializeToString() == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", ["trt_int8", "ort_int8"])
+@pytest.mark.parametrize("model", corpus_models())
+def test_every_corpus_model_export_imports_back(model: str, platform: str) -> None:
+    """The sweep: fusekit's export of every corpus model for each platform imports back to
+    the same placement (a stand-in calibration gives the scales: no onnxruntime run), and to
+    the same graph when the model is opset 13 or newer (export raises older ones to 13), up to
+    Constant weights coming back as initializers."""
+    from fusekit.testing import StandInCalibration
+
+    g = fusekit.load(corpus_bytes(model))
+    pipe = fusekit.default_pipeline(platform, calibration=StandInCalibration())
+    plan = pipe.run(g, fusekit.init_plan(g, platform)).plan
+    m = export_qdq(g, plan)
+    got = import_quantized(m)
+    assert got.dangling == ()
+    assert placement(got.plan) == placement(plan)
+    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    original = onnx.load_from_string(corpus_bytes(model))
+    src_opset = next(o.version for o in original.opset_import if o.domain in ("", "ai.onnx"))
+    if src_opset >= 13:
+        assert opset == src_opset
+        # Constant ops holding a weight come back as initializers (the export drops them)
+        folded = {op.name for op in g if op.op_type == "Constant" and op.name not in got.graph.ops}
+        assert set(got.graph.ops) == set(g.ops) - folded
+        for name, op in got.graph.ops.items():
+            assert (op.op_type, op.inputs, op.outputs) == (
+                g.ops[name].op_type,
+                g.ops[name].inputs,
+                g.ops[name].outputs,
+            ), name
+        consts = {g.ops[n].outputs[0] for n in folded}
+        assert set(got.graph.initializers) == set(g.initializers) | consts

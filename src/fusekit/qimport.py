@@ -483,13 +483,17 @@ def import_quantized(
             qv = rd.value(src, n)
             value = _dequantize(qv, p, max(qv.ndim, 1)).reshape(qv.shape)
             stripped = src[: -len("_quantized")] if src.endswith("_quantized") else ""
-            if n.output[0] in out_set or not stripped or stripped in used_names:
-                fname = n.output[0]
+            if stripped and _requantizes_to(rd, stripped, n, qv, p):
+                fname = stripped  # the float original is still there (read as it is too)
+                made[key] = fname
             else:
-                fname = stripped
-                used_names.add(fname)
-            made[key] = fname
-            new_inits.append(numpy_helper.from_array(value, fname))
+                if n.output[0] in out_set or not stripped or stripped in used_names:
+                    fname = n.output[0]
+                else:
+                    fname = stripped
+                    used_names.add(fname)
+                made[key] = fname
+                new_inits.append(numpy_helper.from_array(value, fname))
         if n.output[0] != fname:
             rename[n.output[0]] = fname
         pt = _Point(p, "param", fname)
@@ -553,6 +557,28 @@ def _top(p: _Params) -> float:
     hi = _INT_TYPES[p.dtype][3]
     z = int(np.asarray(p.zero).reshape(-1)[0])
     return float(np.float32(np.asarray(p.scale).reshape(-1)[0]) * np.float32(hi - z))
+
+
+def _requantizes_to(
+    rd: _Reader, name: str, node: onnx.NodeProto, q: np.ndarray[Any, Any], p: _Params
+) -> bool:
+    """True when float initializer ``name`` quantizes to exactly ``q`` with ``p``.
+
+    fusekit's export keeps a weight's float initializer when another reader takes it
+    unquantized; the quantized reader then reads that very weight, not a dequantized copy.
+    """
+    t = rd.inits.get(name)
+    if t is None or t.data_type != TensorProto.FLOAT or tuple(t.dims) != q.shape:
+        return False
+    v = np.asarray(rd.value(name, node), np.float32)
+    s, z = p.scale.astype(np.float32), p.zero.astype(np.float64)
+    if p.axis is not None:
+        shape = [1] * max(v.ndim, 1)
+        shape[p.axis % len(shape)] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    lo, hi = _INT_TYPES[p.dtype][2:]
+    back = np.clip(np.round((v / s).astype(np.float64)) + z, lo, hi)
+    return bool(np.array_equal(back, np.asarray(q, np.float64)))
 
 
 def _plain(graph: Graph, label: str) -> QuantizedImport:
