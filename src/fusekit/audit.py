@@ -189,7 +189,7 @@ def audit(
     want_plan = res.plan
     have = _Where(plan, require_scales=True)
     want = _Where(want_plan, require_scales=False)
-    made_by = _decisions_by_slot(res)
+    made_by: dict[Slot, Decision] = {}  # materialized on the first finding that needs it
     idx = graph.index
     st = idx.slot_tensor
     names = idx.tensor_names
@@ -198,6 +198,9 @@ def audit(
     want_roots = want_plan.root_ids()
 
     def decision_of(slot: Slot) -> Decision | None:
+        # the decision log costs more than the audit: build it only when a finding needs it
+        if not made_by:
+            made_by.update(_decisions_by_slot(res))
         return made_by.get(slot)
 
     # 1. points the model has where the platform has none: fused, passive, or float ops
@@ -205,7 +208,7 @@ def audit(
         t = names[tid]
         prod = graph.producer(t)
         readers = graph.consumers(t)
-        d = decision_of(prod) if prod is not None else None
+        d = decision_of(prod) if prod is not None else None  # (a finding follows)
         ops = tuple(s.op for s in ([prod] if prod is not None else []) + list(readers))
         slots = tuple(([prod] if prod is not None else []) + list(readers))
         soi = [
@@ -349,7 +352,7 @@ def audit(
             if all(_same(scales[0], s) for s in scales[1:]):
                 continue
             slots_ = tuple(idx.slot_key(s) for s in members)
-            d = next((made_by[s] for s in slots_ if s in made_by), None)
+            d = next((x for x in map(decision_of, slots_) if x is not None), None)
             findings.append(
                 Finding(
                     "unaligned_inputs",

@@ -140,6 +140,7 @@ class _Reader:
         }
         self.opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 21)
         self._values: dict[str, np.ndarray[Any, Any]] = {}
+        self._params: dict[int, _Params] = {}  # id(node) -> params; the nodes outlive this
         self.types: dict[str, int] = {t.name: t.data_type for t in g.initializer}
         for vi in (*g.input, *g.value_info, *g.output):
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
@@ -177,7 +178,13 @@ class _Reader:
         return arr
 
     def params(self, n: onnx.NodeProto) -> _Params:
-        """The parameters of a QuantizeLinear/DequantizeLinear node."""
+        """The parameters of a QuantizeLinear/DequantizeLinear node (read once per node)."""
+        got = self._params.get(id(n))
+        if got is None:
+            got = self._params[id(n)] = self._read_params(n)
+        return got
+
+    def _read_params(self, n: onnx.NodeProto) -> _Params:
         attrs_ = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         label = f"node {n.name or n.op_type!r} ({n.op_type})"
         if int(attrs_.get("block_size", 0) or 0) > 0:
@@ -397,8 +404,13 @@ def import_quantized(
         t: [(j, k) for j, k in rs if j not in removed] for t, rs in readers.items()
     }
 
+    dq_memo: dict[int, list[str]] = {}
+
     def dq_outputs(q: int) -> list[str]:
-        return [nodes[j].output[0] for j, _ in readers[nodes[q].output[0]]]
+        got = dq_memo.get(q)
+        if got is None:
+            got = dq_memo[q] = [nodes[j].output[0] for j, _ in readers[nodes[q].output[0]]]
+        return got
 
     def readers_of(q: int) -> list[tuple[int, int]]:
         return [rj for d in dq_outputs(q) for rj in direct_readers.get(d, [])]
@@ -759,13 +771,23 @@ def _plan(
             return len(tt.shape)
         return None
 
+    memo: dict[tuple[int, int | None, QuantState], TensorQuantConfig] = {}
+
+    def config(p: _Params, rank: int | None, state: QuantState) -> TensorQuantConfig:
+        # one config object per (parameters, rank, state): most slots share their point's
+        key = (id(p), rank, state)
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = _config(p, rank, state)
+        return got
+
     for pt in points:
         rank = rank_of(pt.tensor)
         first: int | None = None
         if pt.kind == "after":
             assert pt.producer is not None
             first = idx.slot_id(Slot(op_of(pt.producer[0]), "out", pt.producer[1]))
-            configs[first] = _config(pt.params, rank, QuantState.ACTIVATED)
+            configs[first] = config(pt.params, rank, QuantState.ACTIVATED)
         for out0, k in pt.readers:
             sid = idx.slot_id(Slot(op_of(out0), "in", k))
             if first is None:
@@ -775,9 +797,9 @@ def _plan(
                     if pt.kind == "param" and pt.params.dtype == TensorProto.INT32
                     else QuantState.ACTIVATED
                 )
-                configs[sid] = _config(pt.params, rank, state)
+                configs[sid] = config(pt.params, rank, state)
             else:
-                configs[sid] = _config(pt.params, rank, QuantState.ACTIVATED)
+                configs[sid] = config(pt.params, rank, QuantState.ACTIVATED)
                 overlaps.append((sid, first))
         if first is not None:
             roots.append((first, pt))
