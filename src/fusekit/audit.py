@@ -452,6 +452,11 @@ def _weights(
         return
     scale = cfg.scale
     per_channel = scale is not None and scale.size > 1
+    shape = want_plan.graph.initializers.get(t)
+    dims = shape.dims if shape is not None else ()
+    axis = want_cfg.channel_axis
+    if axis is not None and dims and len(dims) > axis % len(dims) and dims[axis % len(dims)] == 1:
+        return  # one channel: per-tensor is per-channel
     if not per_channel:
         findings.append(
             Finding(
