@@ -361,3 +361,21 @@ def test_cli_fix_reports_sqnr_against_the_float_model(
     doc = json.loads(capsys.readouterr().out)
     assert isinstance(doc["sqnr_before"], float) and isinstance(doc["sqnr_after"], float)
     assert doc["counts"]["removed"] > 0
+
+
+def test_one_channel_weight_per_tensor_is_not_a_finding() -> None:
+    """A Conv with one output channel: its per-tensor weight scale is its per-channel one."""
+    inits = [
+        _c("w_q", np.ones((1, 4, 1, 1)), np.int8),
+        _c("w_s", 0.01),
+        _c("sx", 0.05),
+        _c("zx", 0, np.int8),
+    ]
+    nodes = [
+        *_qdq("x", "xd", "sx", "zx", "x"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], "dq_w"),
+        helper.make_node("Conv", ["xd", "w"], ["c"], "conv"),
+        *_qdq("c", "y", "sx", "zx", "c"),
+    ]
+    got = import_quantized(_model(nodes, inits, [1, 4, 4, 4]))
+    assert "weight_per_tensor" not in audit(got.graph, got.plan, "trt_int8").by_kind()
