@@ -379,3 +379,24 @@ def test_one_channel_weight_per_tensor_is_not_a_finding() -> None:
     ]
     got = import_quantized(_model(nodes, inits, [1, 4, 4, 4]))
     assert "weight_per_tensor" not in audit(got.graph, got.plan, "trt_int8").by_kind()
+
+
+def test_kernel_findings_from_onnxruntime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--kernels adds onnxruntime's verdict: a Conv whose input has no Q/DQ runs in float."""
+    from fusekit.audit import kernel_findings
+    from fusekit.kernels import kernel_report
+
+    inits = [_c("w_q", np.ones((4, 4, 1, 1)), np.int8), _c("w_s", np.full(4, 0.01))]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], "dq_w", axis=0),
+        helper.make_node("Conv", ["x", "w"], ["y"], "conv"),
+    ]
+    src = tmp_path / "m.onnx"
+    src.write_bytes(_model(nodes, inits, [1, 4, 4, 4]))
+    found = kernel_findings(kernel_report(str(src)))
+    assert any(f.kind == "float_kernel" and f.ops == ("conv",) for f in found)
+    assert main(["audit", str(src), "--platform", "ort_int8", "--kernels", "--json"]) == 1
+    kinds = {f["kind"] for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert {"float_kernel", "float_input"} <= kinds

@@ -24,7 +24,12 @@ kind                       severity  what
 ``qdq_on_shape``           error     Q/DQ on a shape or index input
 ``extra_qdq``              warning   Q/DQ on a value the platform leaves float
 ``dangling_qdq``           warning   a Q without DQ or a DQ without Q (info: unread DQ)
+``float_kernel``           error     onnxruntime runs a Conv/MatMul/Gemm in float (opt-in)
+``stray_qdq``              warning   a Q/DQ onnxruntime executes in float (opt-in)
 =========================  ========  ======================================================
+
+The last two are onnxruntime's own verdict on the model file (:func:`kernel_findings`, from
+:func:`fusekit.kernels.kernel_report`; ``fusekit audit --kernels``), whatever the platform.
 
 Severity: ``error`` when the backend cannot run that part in int8 or the simulation lies
 about what runs, ``warning`` for an avoidable requantization, ``info`` for a difference with no
@@ -45,7 +50,7 @@ from .passes._core import Decision, PipelineResult
 from .platforms import Platform, get_platform, init_plan
 from .quant import QuantPlan, QuantState
 
-__all__ = ["SEVERITIES", "AuditResult", "Finding", "audit"]
+__all__ = ["SEVERITIES", "AuditResult", "Finding", "audit", "kernel_findings"]
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -548,3 +553,41 @@ def _bias(
             fix=f"requantize {t} with scale input x weight",
         )
     )
+
+
+def kernel_findings(report: Any) -> tuple[Finding, ...]:
+    """Findings from onnxruntime's verdict on the model (a :class:`fusekit.kernels.KernelReport`).
+
+    A computing op onnxruntime's CPU provider runs in float is an error (the int8 accuracy the
+    model claims is not what runs there), with the report's reason; a Q/DQ it executes in
+    float around float kernels is a warning (it costs time and buys nothing).
+    """
+    out: list[Finding] = []
+    for e in report.ops:
+        if e.int8:
+            continue
+        out.append(
+            Finding(
+                "float_kernel",
+                "error",
+                f"onnxruntime runs {e.op_type} {e.op} as {e.kernel or 'nothing'} (float): "
+                f"{e.reason}",
+                (e.op,),
+                rule=f"onnxruntime {report.ort_version} CPU provider, {report.level} optimizations",
+                fix="quantize its inputs and output as the int8 kernel needs (see the reason)",
+            )
+        )
+    for q in report.stray_qdq:
+        out.append(
+            Finding(
+                "stray_qdq",
+                "warning",
+                f"{q.op_type} {q.node} on {q.tensor} is executed in float next to "
+                f"{', '.join(q.next_to) or 'float ops'}",
+                (q.node,),
+                (q.tensor,),
+                rule=f"onnxruntime {report.ort_version} CPU provider",
+                fix=f"remove the Q/DQ on {q.tensor}",
+            )
+        )
+    return tuple(out)

@@ -998,7 +998,7 @@ def _data_opts(p: argparse.ArgumentParser, calib: bool = True, kernel_report: bo
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     """``audit QDQ.onnx --platform P``: the model's Q/DQ placement against the platform's."""
-    from .audit import audit
+    from .audit import AuditResult, audit
     from .qimport import import_quantized
 
     out = _Output(args)
@@ -1006,6 +1006,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     result = audit(
         got.graph, got.plan, args.platform, dangling=got.dangling, dispatch=args.dispatch
     )
+    if args.kernels:  # onnxruntime's own verdict on the file, added to the findings
+        from .audit import kernel_findings
+        from .kernels import kernel_report
+
+        extra = kernel_findings(kernel_report(args.model))
+        result = AuditResult(result.platform, (*result.findings, *extra), result.expected)
     if out.json:
         doc = result.to_json()
         doc["model"] = str(args.model)
@@ -1198,6 +1204,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     au.add_argument("model", help="the QDQ ONNX model")
     _platform_opts(au, required=True)
+    au.add_argument(
+        "--kernels",
+        action="store_true",
+        help="add onnxruntime's verdict: computing ops it runs in float, Q/DQ it runs in float",
+    )
     _common(au)
     au.set_defaults(func=_cmd_audit)
 
