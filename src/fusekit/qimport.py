@@ -44,6 +44,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
+from ._util import gc_paused
 from .errors import UnsupportedQuantization
 from .graph import Graph, Slot
 from .guards import QUANTIZATION_OP_TYPES
@@ -319,6 +320,13 @@ def import_quantized(
     Off by default, so that
     the import of a model is exactly what it holds; ``fusekit audit`` and ``fix`` turn it on.
     """
+    with gc_paused():  # millions of small objects, no cycles (see fusekit._util.gc_paused)
+        return _import(source, restore_clamps)
+
+
+def _import(
+    source: str | os.PathLike[str] | bytes | ModelProto, restore_clamps: bool
+) -> QuantizedImport:
     m, label, base_dir = _read(source)
     if not m.HasField("graph"):
         return _plain(load(m), label)
