@@ -13,7 +13,8 @@ worker process, so that peak RSS is per size and one size's garbage does not slo
   lists and dicts, per stage, after checking that it gives every slot the same state and root
   as fusekit (sizes up to 100k);
 * ``export_qdq`` of a plan calibrated by a cheap stand-in (every root calibration must cover
-  gets scale 1), when ``fusekit.export.export_qdq`` exists;
+  gets scale 1), when ``fusekit.export.export_qdq`` exists; then ``import_quantized`` of that
+  export and ``audit`` of the import (issue 11: within 2x ``pipeline``);
 * memory: peak RSS of the worker, and tracemalloc's count of the bytes held by every plan
   version of one pipeline run (init_plan's and each pass's) against the bytes held by the last
   version alone, both after the graph and its index exist (they are shared by every version
@@ -326,7 +327,16 @@ def worker(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 model, w, c = _timed(lambda: export_qdq(g, calibrated))
                 st.add("export_qdq", w, c)
             out["export_nodes"] = len(model.graph.node)
-            del model, calibrated
+            # issue 11: a quantized model in: import its QDQ export, audit it
+            from fusekit.audit import audit
+            from fusekit.qimport import import_quantized
+
+            for _ in range(max(1, min(repeat, 3))):
+                got, w, c = _timed(lambda: import_quantized(model))
+                st.add("import_quantized", w, c)
+                _, w, c = _timed(lambda got=got: audit(got.graph, got.plan, args.platform))
+                st.add("audit", w, c)
+            del model, calibrated, got
             gc.collect()
 
     out["stages"] = st.summary()
@@ -348,6 +358,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         per: dict[str, Any] = {}
         if "onnx_load" in s:
             per["load_vs_onnx"] = {k: s["load"][k] / s["onnx_load"][k] for k in ("wall", "cpu")}
+        if "import_quantized" in s and "audit" in s:  # issue 11: import + audit vs pipeline
+            per["import_audit_vs_pipeline"] = {
+                k: (s["import_quantized"][k] + s["audit"][k]) / s["pipeline"][k]
+                for k in ("wall", "cpu")
+            }
         if "floor" in r:
             f = r["floor"]
             for stage in ("pipeline", *FLOOR_STAGES):

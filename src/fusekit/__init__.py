@@ -9,10 +9,12 @@ The public API, re-exported here:
   :func:`load_platform`, :func:`init_plan`;
 * patterns and passes: :class:`Pattern`, :func:`match`, :func:`fuse`,
   :func:`default_pipeline`, :func:`explain`, the pass classes;
+* quantized models in: :func:`load_quantized`, :func:`import_quantized`, :func:`audit`;
 * errors: :class:`FusekitError` and its subclasses.
 """
 
 from ._version import __version__
+from .audit import AuditResult, Finding, audit
 from .errors import (
     AlreadyQuantized,
     DanglingInput,
@@ -33,6 +35,7 @@ from .errors import (
     UnknownPlatform,
     UnknownSlot,
     UnsupportedModel,
+    UnsupportedQuantization,
 )
 from .graph import (
     Attributes,
@@ -77,6 +80,7 @@ from .platforms import (
     platforms,
     register_platform,
 )
+from .qimport import QuantizedImport, import_quantized, load_quantized
 from .quant import (
     LinkKind,
     NotARoot,
@@ -97,6 +101,7 @@ __all__ = [
     "Alignment",
     "AlreadyQuantized",
     "Attributes",
+    "AuditResult",
     "BiasRule",
     "CompositeActivationFusion",
     "DanglingInput",
@@ -104,6 +109,7 @@ __all__ = [
     "DuplicateProducer",
     "Edge",
     "ExportError",
+    "Finding",
     "FusekitError",
     "FusionResult",
     "Graph",
@@ -136,6 +142,7 @@ __all__ = [
     "QuantProperty",
     "QuantRule",
     "QuantState",
+    "QuantizedImport",
     "RoundingPolicy",
     "SharingCycle",
     "Simplify",
@@ -149,8 +156,10 @@ __all__ = [
     "UnknownPlatform",
     "UnknownSlot",
     "UnsupportedModel",
+    "UnsupportedQuantization",
     "Visibility",
     "__version__",
+    "audit",
     "check_invariants",
     "default_pipeline",
     "diff",
@@ -158,10 +167,12 @@ __all__ = [
     "find",
     "fuse",
     "get_platform",
+    "import_quantized",
     "init_plan",
     "load",
     "load_plan",
     "load_platform",
+    "load_quantized",
     "match",
     "plan_from_json",
     "plan_to_json",

@@ -10,6 +10,10 @@ Verbs:
   onnxruntime runs as int8 kernels, and why the others stay float;
 * ``compare MODEL``: fused vs unfused (vs no alignment), and groups that tie ranges apart;
 * ``check MODEL --platform NAME [--plan PLAN.json]``: the plan laws;
+* ``audit QDQ.onnx --platform NAME``: a quantized model's Q/DQ placement against the
+  platform's rules, finding by finding (exit 1 when one is an error);
+* ``fix QDQ.onnx --platform NAME -o OUT.onnx [--calib DATA] [--float FLOAT.onnx]``: the
+  platform's placement with the model's own scales, summarized point by point;
 * ``info [MODEL]``: a summary of a model.
 
 Every verb accepts ``--json`` (one JSON document on stdout) and ``--quiet``. Exit codes: 0 ok,
@@ -1008,6 +1012,118 @@ def _data_opts(p: argparse.ArgumentParser, calib: bool = True, kernel_report: bo
     )
 
 
+# --------------------------------------------------------------------------------------------
+# audit / fix (quantized models in)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    """``audit QDQ.onnx --platform P``: the model's Q/DQ placement against the platform's."""
+    from .audit import AuditResult, audit
+    from .qimport import import_quantized
+
+    out = _Output(args)
+    got = import_quantized(args.model, restore_clamps=True)
+    result = audit(
+        got.graph, got.plan, args.platform, dangling=got.dangling, dispatch=args.dispatch
+    )
+    if args.kernels:  # onnxruntime's own verdict on the file, added to the findings
+        from .audit import kernel_findings
+        from .kernels import kernel_report
+
+        extra = kernel_findings(kernel_report(args.model))
+        result = AuditResult(result.platform, (*result.findings, *extra), result.expected)
+    if out.json:
+        doc = result.to_json()
+        doc["model"] = str(args.model)
+        out.doc(_clean(doc))
+    else:
+        out.line(f"audit of {args.model} against {result.platform}:")
+        for f in result.findings:
+            out.line("  " + f.line())
+        counts = ", ".join(f"{result.count(s)} {s}" for s in ("error", "warning", "info"))
+        out.line(f"{len(result.findings)} finding(s): {counts}")
+    return 1 if result.has_errors else 0
+
+
+def _cmd_fix(args: argparse.Namespace) -> int:
+    """``fix QDQ.onnx --platform P -o OUT.onnx``: re-place Q/DQ by the platform's plan."""
+    from .export import build_qdq, count_qdq
+    from .fix import fix_plan
+    from .onnx_io import write_bytes_atomic
+    from .qimport import import_quantized
+
+    out = _Output(args)
+    target = Path(args.output)
+    _check_outputs(
+        {"model": args.model, "--calib": args.calib, "--float": args.float_model},
+        {"qdq": target},
+    )
+    if args.float_model:
+        load(args.float_model)  # validates the file before any work
+    got = import_quantized(args.model, restore_clamps=True)
+    data: Any = None
+    if args.calib:
+        from .calibrate import load_data
+
+        data = load_data(args.calib, got.graph, limit=args.samples)
+    result = fix_plan(got.graph, got.plan, args.platform, data=data, dispatch=args.dispatch)
+    built = build_qdq(got.graph, result.plan)
+    original = _read_model(args.model)
+    before = count_qdq(original)
+    after = count_qdq(built.model)
+    doc: dict[str, Any] = {
+        "model": str(args.model),
+        "platform": args.platform,
+        "output": str(target),
+        "qdq_before": before,
+        "qdq_after": after,
+        "counts": result.counts(),
+        "changes": [
+            {
+                "action": c.action,
+                "tensor": c.tensor,
+                "slot": str(c.slot) if c.slot else None,
+                "detail": c.detail,
+            }
+            for c in result.changes
+        ],
+    }
+    if args.float_model:
+        from .calibrate import random_data
+        from .evaluate import evaluate
+
+        fg = load(args.float_model)
+        eval_data = data if data is not None else random_data(fg, args.samples or 8, seed=args.seed)
+        ev_before = evaluate(fg, original, eval_data)
+        ev_after = evaluate(fg, built.model, eval_data)
+        doc["sqnr_before"] = ev_before.min_sqnr
+        doc["sqnr_after"] = ev_after.min_sqnr
+    write_bytes_atomic(target, built.model.SerializeToString())
+    if out.json:
+        out.doc(_clean(doc))
+        return 0
+    out.line(f"fixed {args.model} for {args.platform} -> {target}")
+    for c in result.changes:
+        out.line("  " + c.line())
+    out.line(
+        f"Q/DQ: {before.get('QuantizeLinear', 0)} Q + {before.get('DequantizeLinear', 0)} DQ -> "
+        f"{after.get('QuantizeLinear', 0)} Q + {after.get('DequantizeLinear', 0)} DQ; "
+        + ", ".join(f"{n} {a}" for a, n in result.counts().items())
+    )
+    if args.float_model:
+        out.line(
+            f"min SQNR vs the float model: {doc['sqnr_before']:.2f} dB before, "
+            f"{doc['sqnr_after']:.2f} dB after"
+        )
+    return 0
+
+
+def _read_model(path: str) -> Any:
+    from .onnx_io import _read
+
+    return _read(path)[0]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(
@@ -1105,6 +1221,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(ck)
     ck.set_defaults(func=_cmd_check)
+
+    au = sub.add_parser(
+        "audit", help="a quantized model's Q/DQ placement against a platform's fusion rules"
+    )
+    au.add_argument("model", help="the QDQ ONNX model")
+    _platform_opts(au, required=True)
+    au.add_argument(
+        "--kernels",
+        action="store_true",
+        help="add onnxruntime's verdict: computing ops it runs in float, Q/DQ it runs in float",
+    )
+    _common(au)
+    au.set_defaults(func=_cmd_audit)
+
+    fx = sub.add_parser(
+        "fix", help="re-place a quantized model's Q/DQ by a platform's plan, keeping its scales"
+    )
+    fx.add_argument("model", help="the QDQ ONNX model")
+    _platform_opts(fx, required=True)
+    fx.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="the fixed model")
+    fx.add_argument(
+        "--calib", metavar="DATA", help="calibration data for the points the model lacks"
+    )
+    fx.add_argument(
+        "--float",
+        dest="float_model",
+        metavar="FLOAT.onnx",
+        help="the float model: report the SQNR of the original and the fixed model against it",
+    )
+    fx.add_argument("--samples", type=_positive_int, default=None, help="samples to use")
+    fx.add_argument("--seed", type=_seed, default=0, help="seed of generated inputs (default 0)")
+    _common(fx)
+    fx.set_defaults(func=_cmd_fix)
 
     info = sub.add_parser("info", help="summarize a model (ops, op types, inputs, outputs)")
     info.add_argument("model", nargs="?", help="ONNX file (default: the bundled example)")

@@ -34,6 +34,7 @@ __all__ = [
     "UnknownPlatform",
     "UnknownSlot",
     "UnsupportedModel",
+    "UnsupportedQuantization",
 ]
 
 
@@ -77,6 +78,11 @@ class InvalidModel(FusekitError, ValueError):
 
 class UnsupportedModel(InvalidModel):
     """A valid model fusekit cannot quantize correctly (float16 tensors): refused, not guessed."""
+
+
+class UnsupportedQuantization(UnsupportedModel):
+    """A quantized model whose quantization fusekit cannot read (QOperator nodes, block-wise
+    Q/DQ, computed scales): refused by :func:`fusekit.load_quantized`, naming what it is."""
 
 
 class ModelNotFound(InvalidModel, FileNotFoundError):
@@ -196,6 +202,12 @@ class AlreadyQuantized(FusekitError, ValueError):
         super().__init__(
             f"{prefix}already quantized: {', '.join(parts)}; fusekit quantizes float models, "
             "give it the float model this one was made from"
+            + (
+                " (or check this model's placement: 'fusekit audit MODEL --platform P', "
+                "re-place it: 'fusekit fix MODEL --platform P -o OUT.onnx')"
+                if qdq
+                else ""
+            )
         )
 
 

@@ -1,0 +1,593 @@
+"""Audit a quantized model's Q/DQ placement against a platform's fusion rules, slot by slot.
+
+:func:`audit` takes the float graph and the plan of an imported model
+(:func:`fusekit.load_quantized`), runs the platform's default pipeline on the same graph and
+compares where the model quantizes with where the platform would, tensor by tensor and slot by
+slot. Each difference is a :class:`Finding` with a kind, a severity, the ops/tensors/slots, the
+platform rule behind it (the decision-log entry of the pipeline, as ``explain`` shows it) and
+the fix. The kinds are explained with examples in ``docs/audit.md``:
+
+=========================  ========  ======================================================
+kind                       severity  what
+=========================  ========  ======================================================
+``fused_activation_qdq``   warning   Q/DQ between a computing op and the activation it fuses
+``passive_scale_change``   warning   a passive op's output scale differs from its input's
+``passive_requantize``     info      a passive op's output requantized with the same scale
+``unaligned_inputs``       warning   inputs of an aligned op (Concat, Add, ...) differ
+``float_input``            error     a computing op input without Q/DQ: the op runs float
+``bias_not_int32``         error     a bias the platform quantizes is float or not int32
+``bias_scale``             error     an int32 bias scale is not input scale x weight scale
+``weight_per_tensor``      warning   per-tensor weights where the platform is per-channel
+``weight_axis``            error     per-channel weights on another axis than the channels
+``unsupported_scheme``     error     asymmetric/uint8/zero point or bit width the backend
+                                     cannot run (info where the backend runs it anyway)
+``qdq_on_shape``           error     Q/DQ on a shape or index input
+``extra_qdq``              warning   Q/DQ on a value the platform leaves float
+``dangling_qdq``           warning   a Q without DQ or a DQ without Q (info: unread DQ)
+``float_kernel``           error     onnxruntime runs a Conv/MatMul/Gemm in float (opt-in)
+``stray_qdq``              warning   a Q/DQ onnxruntime executes in float (opt-in)
+=========================  ========  ======================================================
+
+The last two are onnxruntime's own verdict on the model file (:func:`kernel_findings`, from
+:func:`fusekit.kernels.kernel_report`; ``fusekit audit --kernels``), whatever the platform.
+
+Severity: ``error`` when the backend cannot run that part in int8 or the simulation lies
+about what runs, ``warning`` for an avoidable requantization, ``info`` for a difference with no
+cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+
+from .graph import Graph, Slot, rule_type
+from .passes import default_pipeline
+from .passes._core import Decision, PipelineResult
+from .platforms import Platform, get_platform, init_plan
+from .quant import QuantPlan, QuantState
+
+__all__ = ["SEVERITIES", "AuditResult", "Finding", "audit", "kernel_findings"]
+
+SEVERITIES = ("error", "warning", "info")
+
+#: Backends that run only symmetric signed 8-bit Q/DQ (TensorRT's explicit quantization).
+_SYMMETRIC_ONLY = frozenset({"TRT_INT8"})
+_FUSING_PASSES = frozenset({"activation_fusion", "composite_activation_fusion", "epilogue_fusion"})
+
+
+@attrs.frozen
+class Finding:
+    """One difference between the model's placement and the platform's plan."""
+
+    kind: str
+    severity: str
+    message: str
+    ops: tuple[str, ...] = ()
+    tensors: tuple[str, ...] = ()
+    slots: tuple[Slot, ...] = ()
+    rule: str = ""
+    decision: str = ""
+    fix: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "kind": self.kind,
+            "severity": self.severity,
+            "message": self.message,
+            "ops": list(self.ops),
+            "tensors": list(self.tensors),
+            "slots": [str(s) for s in self.slots],
+            "rule": self.rule,
+            "decision": self.decision,
+            "fix": self.fix,
+        }
+
+    def line(self) -> str:
+        """One human line: ``severity kind: message (fix)``."""
+        fix = f" -> {self.fix}" if self.fix else ""
+        return f"{self.severity:7s} {self.kind}: {self.message}{fix}"
+
+
+@attrs.frozen
+class AuditResult:
+    """The findings of :func:`audit`, in graph order, and the platform's pipeline result."""
+
+    platform: str
+    findings: tuple[Finding, ...]
+    expected: PipelineResult = attrs.field(repr=False)
+
+    def count(self, severity: str | None = None) -> int:
+        """How many findings (of ``severity``)."""
+        return sum(1 for f in self.findings if severity is None or f.severity == severity)
+
+    def by_kind(self) -> dict[str, int]:
+        """``{kind: count}``, sorted by kind."""
+        out: dict[str, int] = {}
+        for f in self.findings:
+            out[f.kind] = out.get(f.kind, 0) + 1
+        return dict(sorted(out.items()))
+
+    @property
+    def has_errors(self) -> bool:
+        """True when a finding is an error (the CLI exits 1)."""
+        return any(f.severity == "error" for f in self.findings)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "platform": self.platform,
+            "counts": {s: self.count(s) for s in SEVERITIES},
+            "by_kind": self.by_kind(),
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+class _Where:
+    """Where a plan quantizes: per input slot the root it reads, per tensor its after-root."""
+
+    def __init__(self, plan: QuantPlan, require_scales: bool):
+        from .export import _Placement  # the exporter's own placement decision
+
+        pl = _Placement(plan, require_scales=require_scales, constant_params=True)
+        self.plan = plan
+        self.after = {tid: k.root for tid, k in pl.after.items()}
+        self.reads: dict[int, int] = {}
+        idx = plan.graph.index
+        st = idx.slot_tensor
+        for sid, k in (*pl.before.items(), *pl.params.items()):
+            self.reads[sid] = k.root
+        for tid, root in self.after.items():
+            for sid in _consumer_sids(plan.graph, tid):
+                self.reads.setdefault(sid, root)
+        self.quantized_tensors = set(self.after) | {st[s] for s in self.reads}
+
+    def scale(self, root: int) -> np.ndarray[Any, Any] | None:
+        cfg = self.plan.configs[root]
+        return None if cfg is None else cfg.scale
+
+
+def _consumer_sids(graph: Graph, tid: int) -> list[int]:
+    idx = graph.index
+    name = idx.tensor_names[tid]
+    return [idx.slot_id(s) for s in graph.consumers(name)]
+
+
+def _same(a: np.ndarray[Any, Any] | None, b: np.ndarray[Any, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    a32, b32 = np.asarray(a, np.float32).reshape(-1), np.asarray(b, np.float32).reshape(-1)
+    return a32.shape == b32.shape and bool(np.array_equal(a32, b32))
+
+
+def _decisions_by_slot(res: PipelineResult) -> dict[Slot, Decision]:
+    out: dict[Slot, Decision] = {}
+    for d in res.decisions:
+        if d.is_refusal:
+            continue
+        for ch in d.changes:
+            out.setdefault(ch.slot, d)
+    return out
+
+
+def audit(
+    graph: Graph,
+    plan: QuantPlan,
+    platform: Platform | str,
+    *,
+    dangling: Iterable[Any] = (),
+    dispatch: str = "all",
+) -> AuditResult:
+    """Compare ``plan`` (a model's placement, e.g. from :func:`fusekit.load_quantized`) with
+    what ``platform``'s default pipeline plans for ``graph``; see the module docstring.
+
+    ``dangling`` takes :attr:`fusekit.qimport.QuantizedImport.dangling` to report unpaired
+    Q/DQ as well; ``dispatch`` goes to :func:`fusekit.init_plan`. The plan must hold scales
+    (an imported plan does).
+    """
+    p = get_platform(platform)
+    res = default_pipeline(p).run(graph, init_plan(graph, p, dispatch))
+    want_plan = res.plan
+    have = _Where(plan, require_scales=True)
+    want = _Where(want_plan, require_scales=False)
+    made_by: dict[Slot, Decision] = {}  # materialized on the first finding that needs it
+    idx = graph.index
+    st = idx.slot_tensor
+    names = idx.tensor_names
+    findings: list[Finding] = []
+    symmetric_only = p.ppq_target in _SYMMETRIC_ONLY
+    want_roots = want_plan.root_ids()
+
+    def decision_of(slot: Slot) -> Decision | None:
+        # the decision log costs more than the audit: build it only when a finding needs it
+        if not made_by:
+            made_by.update(_decisions_by_slot(res))
+        return made_by.get(slot)
+
+    # 1. points the model has where the platform has none: fused, passive, or float ops
+    for tid in sorted(have.quantized_tensors - want.quantized_tensors):
+        t = names[tid]
+        prod = graph.producer(t)
+        readers = graph.consumers(t)
+        d = decision_of(prod) if prod is not None else None  # (a finding follows)
+        ops = tuple(s.op for s in ([prod] if prod is not None else []) + list(readers))
+        slots = tuple(([prod] if prod is not None else []) + list(readers))
+        soi = [
+            s
+            for s in readers
+            if p.socket(rule_type(graph.op(s.op))).input(s.index) == "SOI"
+            and (sid := idx.slot_id(s)) in have.reads
+        ]
+        if soi:
+            findings.append(
+                Finding(
+                    "qdq_on_shape",
+                    "error",
+                    f"{t} is quantized but {soi[0].op} reads it as shape/index data",
+                    tuple(s.op for s in soi),
+                    (t,),
+                    tuple(soi),
+                    rule=f"{p.name} sockets: {rule_type(graph.op(soi[0].op))} input "
+                    f"{soi[0].index} is SOI",
+                    fix=f"remove the Q/DQ on {t}",
+                )
+            )
+            continue
+        if d is not None and d.pass_name in _FUSING_PASSES:
+            findings.append(
+                Finding(
+                    "fused_activation_qdq",
+                    "warning",
+                    f"Q/DQ on {t} between {d.ops[0]} and "
+                    f"{', '.join(d.ops[1:])}, which {p.name} fuses into it ({d.rule}): an "
+                    "extra requantization and a lost fusion",
+                    d.ops,
+                    (t,),
+                    slots,
+                    rule=d.rule,
+                    decision=str(d),
+                    fix=f"remove the Q/DQ pair on {t}; quantize the activation's output only",
+                )
+            )
+            continue
+        if d is not None and d.pass_name == "passive_fusion" and prod is not None:
+            op = graph.op(prod.op)
+            in_root = have.reads.get(idx.slot_id(Slot(prod.op, "in", 0)))
+            out_root = have.after.get(tid)
+            if out_root is None:
+                out_root = next(
+                    (have.reads[r] for r in map(idx.slot_id, readers) if r in have.reads), None
+                )
+            same = (
+                in_root is not None
+                and out_root is not None
+                and _same(have.scale(in_root), have.scale(out_root))
+            )
+            if same:
+                findings.append(
+                    Finding(
+                        "passive_requantize",
+                        "info",
+                        f"{op.op_type} {op.name} output {t} is requantized with its input's "
+                        "scale: the backend passes it through, the Q/DQ costs nothing",
+                        (op.name,),
+                        (t,),
+                        slots,
+                        rule=d.rule,
+                        decision=str(d),
+                        fix=f"the Q/DQ on {t} can go",
+                    )
+                )
+            else:
+                findings.append(
+                    Finding(
+                        "passive_scale_change",
+                        "warning",
+                        f"{op.op_type} {op.name} output {t} has another scale than its input"
+                        + ("" if in_root is not None else " (its input is float)")
+                        + f": {p.name} keeps a passive op's input scale, the backend "
+                        "requantizes or leaves the int8 path",
+                        (op.name,),
+                        (t,),
+                        slots,
+                        rule=d.rule,
+                        decision=str(d),
+                        fix=f"give {t} the scale of {op.inputs[0]} (or drop its Q/DQ)",
+                    )
+                )
+            continue
+        findings.append(
+            Finding(
+                "extra_qdq",
+                "warning",
+                f"Q/DQ on {t}, which {p.name} leaves float" + (f" ({d})" if d is not None else ""),
+                ops,
+                (t,),
+                slots,
+                rule=d.rule if d is not None else "not quantized by the platform",
+                decision=str(d) if d is not None else "",
+                fix=f"remove the Q/DQ on {t}",
+            )
+        )
+
+    # 2. slot by slot on the ops the platform quantizes
+    for name in graph.order:
+        op = graph.op(name)
+        t_rule = rule_type(op)
+        oid = idx.op_id[name]
+        if want_plan.dispatch[oid] is None:
+            continue
+        in_sids = list(idx.input_sids(oid))
+        # computing op inputs the platform quantizes but the model reads float
+        if t_rule in p.computing_types:
+            for k, sid in enumerate(in_sids):
+                if st[sid] < 0 or sid not in want.reads or sid in have.reads:
+                    continue
+                if k == 2 and t_rule in p.bias_types:
+                    continue  # the bias rules below
+                what = "weight" if k == 1 else "activation"
+                findings.append(
+                    Finding(
+                        "float_input",
+                        "error",
+                        f"{op.op_type} {name} input {k} ({what} {names[st[sid]]}) has no Q/DQ: "
+                        "the op runs in float",
+                        (name,),
+                        (names[st[sid]],),
+                        (Slot(name, "in", k),),
+                        rule=f"{p.name} quantizes {op.op_type} input {k}",
+                        fix=f"quantize {names[st[sid]]} in front of {name}",
+                    )
+                )
+        # aligned inputs: the platform gives them one scale, the model several
+        groups: dict[int, list[int]] = {}
+        for sid in in_sids:
+            w = want_plan.configs[sid]
+            if w is None or w.state == QuantState.OVERLAPPED or sid not in have.reads:
+                continue  # overlapped: fused away, not aligned
+            groups.setdefault(want_roots[sid], []).append(sid)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            scales = [have.scale(have.reads[s]) for s in members]
+            if all(_same(scales[0], s) for s in scales[1:]):
+                continue
+            slots_ = tuple(idx.slot_key(s) for s in members)
+            d = next((x for x in map(decision_of, slots_) if x is not None), None)
+            findings.append(
+                Finding(
+                    "unaligned_inputs",
+                    "warning",
+                    f"{op.op_type} {name} inputs {[s.index for s in slots_]} have different "
+                    f"scales; {p.name} aligns them to one",
+                    (name,),
+                    tuple(names[st[s]] for s in members),
+                    slots_,
+                    rule=d.rule if d is not None else "alignment",
+                    decision=str(d) if d is not None else "",
+                    fix="quantize these inputs with one scale (the range covering all of them)",
+                )
+            )
+        # weights and biases
+        if t_rule in p.weights and len(in_sids) > 1:
+            _weights(findings, op, in_sids[1], have, want_plan, p)
+        if t_rule in p.bias_types and len(in_sids) > 2 and st[in_sids[2]] >= 0:
+            _bias(findings, op, in_sids, have, want_plan, p)
+
+    # 3. schemes the backend cannot run
+    want_act = p.activation
+    for root in sorted({*have.reads.values(), *have.after.values()}):
+        cfg = plan.configs[root]
+        if cfg is None or cfg.num_bits >= 32:
+            continue
+        slot = idx.slot_key(root)
+        t = names[st[root]]
+        problems = []
+        if cfg.num_bits != want_act.num_bits:
+            problems.append(f"{cfg.num_bits}-bit (the platform runs {want_act.num_bits}-bit)")
+        if want_act.policy.symmetric and cfg.quant_min >= 0:
+            problems.append("unsigned (uint8)")
+        if want_act.policy.symmetric and cfg.offset is not None and np.any(cfg.offset != 0):
+            problems.append("non-zero zero point")
+        if not problems:
+            continue
+        bits_bad = cfg.num_bits != want_act.num_bits
+        sev = "error" if symmetric_only or bits_bad else "info"
+        findings.append(
+            Finding(
+                "unsupported_scheme",
+                sev,
+                f"{t} is quantized {', '.join(problems)}"
+                + (
+                    f": {p.name} runs symmetric signed Q/DQ only"
+                    if sev == "error"
+                    else f": {p.name}'s rule is symmetric signed, the backend runs it anyway"
+                ),
+                (slot.op,),
+                (t,),
+                (slot,),
+                rule=f"{p.name} activation rule {want_act.policy} {want_act.num_bits}-bit",
+                fix="requantize symmetric int8 (zero point 0)",
+            )
+        )
+
+    # 4. Q/DQ the import could not pair
+    for dg in dangling:
+        unread = dg.kind == "dq_unread"
+        findings.append(
+            Finding(
+                "dangling_qdq",
+                "info" if unread else "warning",
+                {
+                    "q_without_dq": f"QuantizeLinear {dg.node} on {dg.tensor} has no "
+                    "DequantizeLinear after it: integer data leaves the Q/DQ scheme",
+                    "dq_without_q": f"DequantizeLinear {dg.node} reads {dg.tensor}, which no "
+                    "QuantizeLinear or integer initializer gives",
+                    "dq_unread": f"DequantizeLinear {dg.node} of {dg.tensor} feeds nothing",
+                }.get(dg.kind, f"{dg.kind} {dg.node}"),
+                (dg.node,),
+                (dg.tensor,),
+                fix="remove it" if unread else "pair it or remove it",
+            )
+        )
+    return AuditResult(p.name, tuple(findings), res)
+
+
+def _weights(
+    findings: list[Finding],
+    op: Any,
+    sid: int,
+    have: _Where,
+    want_plan: QuantPlan,
+    p: Platform,
+) -> None:
+    idx = want_plan.graph.index
+    root = have.reads.get(sid)
+    want_cfg = want_plan.configs[sid]
+    if root is None or want_cfg is None or want_cfg.state == QuantState.FP32:
+        return
+    cfg = have.plan.configs[root]
+    slot = idx.slot_key(sid)
+    t = idx.tensor_names[idx.slot_tensor[sid]]
+    if not want_cfg.policy.per_channel:
+        return
+    scale = cfg.scale
+    per_channel = scale is not None and scale.size > 1
+    shape = want_plan.graph.initializers.get(t)
+    dims = shape.dims if shape is not None else ()
+    axis = want_cfg.channel_axis
+    if axis is not None and dims and len(dims) > axis % len(dims) and dims[axis % len(dims)] == 1:
+        return  # one channel: per-tensor is per-channel
+    if not per_channel:
+        findings.append(
+            Finding(
+                "weight_per_tensor",
+                "warning",
+                f"{op.op_type} {op.name} weight {t} is quantized per tensor; {p.name} "
+                f"quantizes it per channel (axis {want_cfg.channel_axis}): accuracy is lost",
+                (op.name,),
+                (t,),
+                (slot,),
+                rule=f"{p.name} weight rule {want_cfg.policy}",
+                fix=f"quantize {t} per channel along axis {want_cfg.channel_axis}",
+            )
+        )
+    elif cfg.channel_axis != want_cfg.channel_axis:
+        findings.append(
+            Finding(
+                "weight_axis",
+                "error",
+                f"{op.op_type} {op.name} weight {t} is quantized per channel along axis "
+                f"{cfg.channel_axis}, not the output channels (axis {want_cfg.channel_axis})",
+                (op.name,),
+                (t,),
+                (slot,),
+                rule=f"{p.name} weight rule {want_cfg.policy}",
+                fix=f"quantize {t} along axis {want_cfg.channel_axis}",
+            )
+        )
+
+
+def _bias(
+    findings: list[Finding],
+    op: Any,
+    in_sids: Sequence[int],
+    have: _Where,
+    want_plan: QuantPlan,
+    p: Platform,
+) -> None:
+    idx = want_plan.graph.index
+    sid = in_sids[2]
+    want_cfg = want_plan.configs[sid]
+    t = idx.tensor_names[idx.slot_tensor[sid]]
+    slot = idx.slot_key(sid)
+    root = have.reads.get(sid)
+    if want_cfg is None or want_cfg.state == QuantState.FP32:
+        return
+    cfg = have.plan.configs[root] if root is not None else None
+    if cfg is None or cfg.num_bits != 32:
+        findings.append(
+            Finding(
+                "bias_not_int32",
+                "error",
+                f"{op.op_type} {op.name} bias {t} is "
+                + ("float" if cfg is None else f"{cfg.num_bits}-bit")
+                + f"; {p.name} runs an int32 bias with scale input x weight",
+                (op.name,),
+                (t,),
+                (slot,),
+                rule=f"{p.name} bias rule ({want_cfg.state.name}, 32-bit)",
+                fix=f"store {t} as int32 with scale = input scale x weight scale",
+            )
+        )
+        return
+    x_root = have.reads.get(in_sids[0])
+    w_root = have.reads.get(in_sids[1])
+    if x_root is None or w_root is None:
+        return
+    sx, sw = have.scale(x_root), have.scale(w_root)
+    if sx is None or sw is None or cfg.scale is None:
+        return
+    expect = np.asarray(sx, np.float32).reshape(-1) * np.asarray(sw, np.float32).reshape(-1)
+    got = np.asarray(cfg.scale, np.float32).reshape(-1)
+    if got.size == 1 and expect.size > 1:
+        got = np.broadcast_to(got, expect.shape)
+    if expect.size == 1 and got.size > 1:
+        expect = np.broadcast_to(expect, got.shape)
+    if got.shape == expect.shape and np.allclose(got, expect, rtol=1e-5, atol=0):
+        return
+    findings.append(
+        Finding(
+            "bias_scale",
+            "error",
+            f"{op.op_type} {op.name} bias {t} scale is not input scale x weight scale: the "
+            "integer kernel adds it at another scale than the simulation",
+            (op.name,),
+            (t,),
+            (slot,),
+            rule=f"{p.name} bias rule: scale = input scale x weight scale",
+            fix=f"requantize {t} with scale input x weight",
+        )
+    )
+
+
+def kernel_findings(report: Any) -> tuple[Finding, ...]:
+    """Findings from onnxruntime's verdict on the model (a :class:`fusekit.kernels.KernelReport`).
+
+    A computing op onnxruntime's CPU provider runs in float is an error (the int8 accuracy the
+    model claims is not what runs there), with the report's reason; a Q/DQ it executes in
+    float around float kernels is a warning (it costs time and buys nothing).
+    """
+    out: list[Finding] = []
+    for e in report.ops:
+        if e.int8:
+            continue
+        out.append(
+            Finding(
+                "float_kernel",
+                "error",
+                f"onnxruntime runs {e.op_type} {e.op} as {e.kernel or 'nothing'} (float): "
+                f"{e.reason}",
+                (e.op,),
+                rule=f"onnxruntime {report.ort_version} CPU provider, {report.level} optimizations",
+                fix="quantize its inputs and output as the int8 kernel needs (see the reason)",
+            )
+        )
+    for q in report.stray_qdq:
+        out.append(
+            Finding(
+                "stray_qdq",
+                "warning",
+                f"{q.op_type} {q.node} on {q.tensor} is executed in float next to "
+                f"{', '.join(q.next_to) or 'float ops'}",
+                (q.node,),
+                (q.tensor,),
+                rule=f"onnxruntime {report.ort_version} CPU provider",
+                fix=f"remove the Q/DQ on {q.tensor}",
+            )
+        )
+    return tuple(out)

@@ -1,0 +1,905 @@
+"""Quantized models in: read a QDQ model as the float graph plus the plan it encodes.
+
+:func:`load_quantized` turns a model that already holds QuantizeLinear/DequantizeLinear (from
+onnxruntime's ``quantize_static``, a QAT export, another tool or fusekit itself) into the
+``(Graph, QuantPlan)`` pair fusekit works on, so the model's placement can be audited against a
+platform's rules (:mod:`fusekit.audit`) and re-placed. The graph is the float network (Q/DQ
+removed, integer weights dequantized exactly as DequantizeLinear computes them); the plan holds
+every quantization point with its scale, zero point, bit width, signedness and axis.
+
+How the model's Q/DQ become plan slots (what :func:`fusekit.export.export_qdq` reads back):
+
+* a ``Q -> DQ`` pair that every reader of an op's output goes through is a point on the
+  producer's output slot (ACTIVATED); the readers' input slots are OVERLAPPED by it;
+* a pair only some readers go through (or on a graph input, or on a float initializer) is a
+  point on those readers' input slots: the first ACTIVATED, the others OVERLAPPED by it;
+* a second pair behind the first (a requantization for one reader) is that reader's own point;
+* a DequantizeLinear of an integer initializer (int8/uint8/int16/uint16/int32 biases) is a point
+  on the reading slot; the graph gets the dequantized float32 initializer;
+* points whose Q/DQ read the same scale and zero-point initializers are one sharing group
+  (FOLLOW links to the first point of the group).
+
+Exported again, an unchanged imported plan gives a model whose outputs equal the input's in
+onnxruntime with its optimizations off (16-bit points excepted: fusekit's exporter writes 8-bit
+and int32 only, and says which slots it left float). What cannot be represented is refused
+with :class:`~fusekit.errors.UnsupportedQuantization` naming it: QOperator nodes (QLinearConv,
+QGemm, ConvInteger, ...) by type, block-wise Q/DQ, a Q/DQ chain more than two pairs deep, a
+scale that is not a constant.
+
+Q/DQ the importer cannot pair (a QuantizeLinear read by something else than a
+DequantizeLinear, a DequantizeLinear of a computed integer tensor) stay in the graph as ordinary
+ops and are listed in :attr:`QuantizedImport.dangling`; a DequantizeLinear nobody reads is
+dropped and listed too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import numpy as np
+import onnx
+from onnx import ModelProto, TensorProto, helper, numpy_helper
+
+from ._util import gc_paused
+from .errors import UnsupportedQuantization
+from .graph import Graph, Slot
+from .guards import QUANTIZATION_OP_TYPES
+from .onnx_io import _read, load
+from .quant import QuantPlan, QuantPolicy, QuantProperty, QuantState, TensorQuantConfig
+
+__all__ = [
+    "IMPORTED_PLATFORM",
+    "Dangling",
+    "Placement",
+    "QuantizedImport",
+    "import_quantized",
+    "load_quantized",
+    "placement",
+]
+
+#: The dispatch name of the ops an imported plan quantizes (no rule set made the decisions).
+IMPORTED_PLATFORM = "imported"
+
+_QDQ_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
+_INT_TYPES: dict[int, tuple[str, int, int, int]] = {
+    TensorProto.INT8: ("int8", 8, -128, 127),
+    TensorProto.UINT8: ("uint8", 8, 0, 255),
+    TensorProto.INT16: ("int16", 16, -(2**15), 2**15 - 1),
+    TensorProto.UINT16: ("uint16", 16, 0, 2**16 - 1),
+    TensorProto.INT32: ("int32", 32, -(2**31), 2**31 - 1),
+    TensorProto.INT4: ("int4", 4, -8, 7),
+    TensorProto.UINT4: ("uint4", 4, 0, 15),
+}
+
+
+@attrs.frozen
+class Dangling:
+    """A Q/DQ node the importer could not pair: ``kind`` is ``"q_without_dq"``,
+    ``"dq_without_q"`` (both kept in the graph as ordinary ops) or ``"dq_unread"`` (dropped)."""
+
+    kind: str
+    node: str
+    tensor: str
+
+
+@attrs.frozen
+class QuantizedImport:
+    """What :func:`import_quantized` read: the float graph, the plan, and what it left aside.
+
+    ``scale_names`` maps each root slot of the plan to the scale initializer its Q/DQ read
+    (how sharing groups were found); ``source`` names the model.
+    """
+
+    graph: Graph
+    plan: QuantPlan
+    dangling: tuple[Dangling, ...] = ()
+    scale_names: tuple[tuple[Slot, str], ...] = ()
+    source: str = ""
+
+
+def _is(n: onnx.NodeProto, op_type: str) -> bool:
+    return n.op_type == op_type and n.domain in _QDQ_DOMAINS
+
+
+@attrs.frozen
+class _Params:
+    """One Q/DQ node's parameters, by value (``key``) and by initializer name (``names``)."""
+
+    dtype: int
+    scale: np.ndarray[Any, Any] = attrs.field(eq=False)
+    zero: np.ndarray[Any, Any] = attrs.field(eq=False)
+    axis: int | None
+    names: tuple[str, str]
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (
+            self.dtype,
+            self.scale.astype(np.float32).tobytes(),
+            self.scale.shape,
+            self.zero.astype(np.int64).tobytes(),
+            self.axis,
+        )
+
+
+class _Reader:
+    """Constant values and Q/DQ parameters of one model."""
+
+    def __init__(self, m: ModelProto, label: str, base_dir: str | None):
+        self.label = label
+        self.base_dir = base_dir
+        g = m.graph
+        self.inits = {t.name: t for t in g.initializer}
+        self.constants: dict[str, onnx.NodeProto] = {
+            n.output[0]: n
+            for n in g.node
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.output) == 1
+        }
+        self.opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 21)
+        self._values: dict[str, np.ndarray[Any, Any]] = {}
+        self._params: dict[int, _Params] = {}  # id(node) -> params; the nodes outlive this
+        self.types: dict[str, int] = {t.name: t.data_type for t in g.initializer}
+        for vi in (*g.input, *g.value_info, *g.output):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                self.types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+        self.ranks: dict[str, int] = {}
+        for vi in (*g.input, *g.value_info, *g.output):
+            tt = vi.type.tensor_type
+            if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+                self.ranks[vi.name] = len(tt.shape.dim)
+        for t in g.initializer:
+            self.ranks[t.name] = len(t.dims)
+
+    def is_const(self, name: str) -> bool:
+        return name in self.inits or name in self.constants
+
+    def value(self, name: str, node: onnx.NodeProto) -> np.ndarray[Any, Any]:
+        got = self._values.get(name)
+        if got is not None:
+            return got
+        t = self.inits.get(name)
+        if t is None and name in self.constants:
+            c = self.constants[name]
+            a = next((a for a in c.attribute if a.name == "value"), None)
+            if a is not None:
+                t = a.t
+        if t is None:
+            raise UnsupportedQuantization(
+                f"node {node.name or node.op_type!r} ({node.op_type}) reads {name!r}, which is "
+                "computed, not a constant: only constant scales, zero points and quantized "
+                "weights can be imported",
+                self.label,
+            )
+        arr = np.asarray(numpy_helper.to_array(t, self.base_dir or ""))
+        self._values[name] = arr
+        return arr
+
+    def params(self, n: onnx.NodeProto) -> _Params:
+        """The parameters of a QuantizeLinear/DequantizeLinear node (read once per node)."""
+        got = self._params.get(id(n))
+        if got is None:
+            got = self._params[id(n)] = self._read_params(n)
+        return got
+
+    def _read_params(self, n: onnx.NodeProto) -> _Params:
+        attrs_ = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        label = f"node {n.name or n.op_type!r} ({n.op_type})"
+        if int(attrs_.get("block_size", 0) or 0) > 0:
+            raise UnsupportedQuantization(
+                f"{label} is block-wise (block_size={attrs_['block_size']}): fusekit plans "
+                "per-tensor and per-axis quantization only",
+                self.label,
+            )
+        if len(n.input) < 2 or not n.input[1]:
+            raise UnsupportedQuantization(f"{label} has no scale input", self.label)
+        scale = np.asarray(self.value(n.input[1], n), dtype=np.float32)
+        if len(n.input) > 2 and n.input[2]:
+            zp_arr = self.value(n.input[2], n)
+            dtype = self.inits[n.input[2]].data_type if n.input[2] in self.inits else None
+            if dtype is None:
+                dtype = onnx.helper.np_dtype_to_tensor_dtype(zp_arr.dtype)
+            zero = np.asarray(zp_arr).astype(np.int64)
+            zname = n.input[2]
+        else:
+            if n.op_type == "DequantizeLinear" and self.is_const(n.input[0]):
+                dtype = self._const_type(n.input[0], n)
+            else:
+                dtype = int(attrs_.get("output_dtype", 0) or 0) or TensorProto.UINT8
+            zero = np.zeros(scale.shape, np.int64)
+            zname = ""
+        if dtype not in _INT_TYPES:
+            raise UnsupportedQuantization(
+                f"{label} quantizes to {TensorProto.DataType.Name(dtype).lower()}: fusekit "
+                "imports int8, uint8, int16, uint16, int4, uint4 (and int32 biases)",
+                self.label,
+            )
+        axis: int | None = None
+        if scale.size > 1 or (scale.ndim == 1 and self.opset >= 13 and scale.size > 1):
+            axis = int(attrs_.get("axis", 1))
+        return _Params(dtype, scale, zero, axis, (n.input[1], zname))
+
+    def _const_type(self, name: str, node: onnx.NodeProto) -> int:
+        t = self.inits.get(name)
+        if t is not None:
+            return int(t.data_type)
+        return int(onnx.helper.np_dtype_to_tensor_dtype(self.value(name, node).dtype))
+
+
+def _refuse_qoperator(m: ModelProto, label: str) -> None:
+    found = Counter(
+        n.op_type
+        for n in m.graph.node
+        if n.domain in _QDQ_DOMAINS
+        and (n.op_type in QUANTIZATION_OP_TYPES or n.op_type.startswith("QLinear"))
+        and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+    )
+    if found:
+        kinds = ", ".join(f"{t} x{c}" for t, c in sorted(found.items()))
+        raise UnsupportedQuantization(
+            f"QOperator-format model: fusekit cannot read these op types: {kinds}; "
+            "export it in QDQ format (onnxruntime: quantize_static(..., "
+            "quant_format=QuantFormat.QDQ)) and import that",
+            label,
+        )
+
+
+def _dequantize(q: np.ndarray[Any, Any], p: _Params, rank: int) -> np.ndarray[Any, Any]:
+    """``(q - zero_point) * scale`` in float32, as DequantizeLinear computes it."""
+    s, z = p.scale.astype(np.float32), p.zero.astype(np.int64)
+    if p.axis is not None:
+        shape = [1] * rank
+        shape[p.axis % rank] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    diff = np.asarray(q, dtype=np.int64) - z
+    return np.asarray(diff.astype(np.float32) * s, dtype=np.float32)
+
+
+def _config(p: _Params, rank: int | None, state: QuantState) -> TensorQuantConfig:
+    _name, bits, lo, hi = _INT_TYPES[p.dtype]
+    signed = lo < 0
+    sym = signed and not np.any(p.zero)
+    axis = p.axis
+    if axis is not None and axis < 0 and rank is not None:
+        axis += rank
+    policy = QuantPolicy.of(
+        QuantProperty.LINEAR,
+        QuantProperty.PER_CHANNEL if axis is not None else QuantProperty.PER_TENSOR,
+        QuantProperty.SYMMETRICAL if sym else QuantProperty.ASYMMETRICAL,
+    )
+    scale = p.scale.astype(np.float32).reshape(-1 if axis is not None else ())
+    zero = p.zero.astype(np.float32).reshape(-1 if axis is not None else ())
+    if axis is None:
+        scale = scale.reshape(()) if scale.size == 1 else scale
+        zero = zero.reshape(()) if zero.size == 1 else zero
+    return TensorQuantConfig(
+        policy=policy,
+        num_bits=bits,
+        quant_min=lo,
+        quant_max=hi,
+        channel_axis=axis,
+        observer="imported",
+        scale=scale,
+        offset=zero,
+        state=state,
+    )
+
+
+@attrs.define
+class _Point:
+    """One quantization point found in the model, before the graph exists."""
+
+    params: _Params
+    kind: str  # "after" | "before" | "param"
+    tensor: str  # the float tensor's name in the imported graph
+    readers: list[tuple[str, int]] = attrs.field(factory=list)  # (first output, input index)
+    producer: tuple[str, int] | None = None  # (first output of producer, output index)
+
+
+def import_quantized(
+    source: str | os.PathLike[str] | bytes | ModelProto,
+    *,
+    restore_clamps: bool = False,
+) -> QuantizedImport:
+    """Read a QDQ model as its float graph, the plan its Q/DQ encode, and what was left aside.
+
+    See the module docstring for how Q/DQ map to slots. Raises
+    :class:`~fusekit.errors.UnsupportedQuantization` (QOperator nodes, block-wise, chains
+    deeper than two pairs, computed scales) and whatever :func:`fusekit.load` raises.
+
+    ``restore_clamps``: a per-tensor pair after a producer whose zero point is the lowest
+    integer (uint8 with zero point 0) clamps negative values, and quantizers drop the ``Relu``
+    or ``Clip(0, 6)`` it replaces (``quantize_static`` does). With this option the graph gets
+    that clamp back as ``Clip(0, top of the Q's range)`` (named ``<tensor>_Clip``), the point
+    sitting on its output: the float graph then computes what the model computes (without it,
+    a HardSwish whose Clip was folded runs unbounded and can overflow), and a re-placement in a
+    symmetric scheme keeps the clamp. Outputs are unchanged (the Q clamps to the same range).
+    Off by default, so that
+    the import of a model is exactly what it holds; ``fusekit audit`` and ``fix`` turn it on.
+    """
+    with gc_paused():  # millions of small objects, no cycles (see fusekit._util.gc_paused)
+        return _import(source, restore_clamps)
+
+
+def _import(
+    source: str | os.PathLike[str] | bytes | ModelProto, restore_clamps: bool
+) -> QuantizedImport:
+    m, label, base_dir = _read(source)
+    if not m.HasField("graph"):
+        return _plain(load(m), label)
+    _refuse_qoperator(m, label)
+    g = m.graph
+    rd = _Reader(m, label, base_dir)
+    nodes = list(g.node)
+    readers: dict[str, list[tuple[int, int]]] = {}
+    for i, n in enumerate(nodes):
+        for k, t in enumerate(n.input):
+            if t:
+                readers.setdefault(t, []).append((i, k))
+    outputs = [o.name for o in g.output]
+    out_set = set(outputs)
+    producer = {t: i for i, n in enumerate(nodes) for t in n.output if t}
+
+    removed: set[int] = set()
+    dangling: list[Dangling] = []
+    alias: dict[str, tuple[str, int, int]] = {}  # DQ output -> (Q input, Q node, level)
+    q_params: dict[int, _Params] = {}
+    param_dq: dict[int, _Params] = {}
+
+    def nm(i: int) -> str:
+        return nodes[i].name or f"{nodes[i].op_type}#{i}"
+
+    # 1. DequantizeLinear of integer constants: quantized weights and biases
+    for i, n in enumerate(nodes):
+        if _is(n, "DequantizeLinear") and n.input and rd.is_const(n.input[0]):
+            param_dq[i] = rd.params(n)
+            removed.add(i)
+    # 2. Q nodes read only by DQ nodes with the same parameters: pairs (in node order, so a
+    #    pair behind a pair sees its source already resolved when the file is sorted)
+    order = _topo(nodes, producer)
+    for i in order:
+        n = nodes[i]
+        if not _is(n, "QuantizeLinear"):
+            continue
+        out = n.output[0]
+        rs = readers.get(out, [])
+        if out in out_set or not rs or not all(_is(nodes[j], "DequantizeLinear") for j, _ in rs):
+            dangling.append(Dangling("q_without_dq", nm(i), n.input[0]))
+            continue
+        p = rd.params(n)
+        for j, _ in rs:
+            if rd.params(nodes[j]).key != p.key:
+                raise UnsupportedQuantization(
+                    f"{nm(j)} dequantizes {out!r} with other parameters than {nm(i)} "
+                    "quantized it with: not a Q/DQ pair fusekit can represent",
+                    label,
+                )
+        src = n.input[0]
+        level = 1
+        if src in alias:
+            src, _, lv = alias[src]
+            level = lv + 1
+        if level > 2:
+            raise UnsupportedQuantization(
+                f"{nm(i)} requantizes a value already quantized twice: fusekit represents "
+                "at most a pair after the producer and one per reader",
+                label,
+            )
+        q_params[i] = p
+        removed.add(i)
+        for j, _ in rs:
+            removed.add(j)
+            dq_out = nodes[j].output[0]
+            alias[dq_out] = (src, i, level)
+            if not readers.get(dq_out) and dq_out not in out_set:
+                dangling.append(Dangling("dq_unread", nm(j), src))
+    for i, n in enumerate(nodes):
+        if _is(n, "DequantizeLinear") and i not in removed:
+            dangling.append(Dangling("dq_without_q", nm(i), n.input[0] if n.input else ""))
+
+    # 3. per float value: the pairs after its producer or in front of some readers
+    rename: dict[str, str] = {}
+    points: list[_Point] = []
+    relus: list[tuple[str, float]] = []
+    by_src: dict[str, list[int]] = {}
+    for i in q_params:
+        src = nodes[i].input[0]
+        by_src.setdefault(alias[src][0] if src in alias else src, []).append(i)
+    direct_readers: dict[str, list[tuple[int, int]]] = {
+        t: [(j, k) for j, k in rs if j not in removed] for t, rs in readers.items()
+    }
+
+    dq_memo: dict[int, list[str]] = {}
+
+    def dq_outputs(q: int) -> list[str]:
+        got = dq_memo.get(q)
+        if got is None:
+            got = dq_memo[q] = [nodes[j].output[0] for j, _ in readers[nodes[q].output[0]]]
+        return got
+
+    def readers_of(q: int) -> list[tuple[int, int]]:
+        return [rj for d in dq_outputs(q) for rj in direct_readers.get(d, [])]
+
+    for src, qs in by_src.items():
+        level1 = [q for q in qs if nodes[q].input[0] == src]
+        level2 = [q for q in qs if q not in level1]
+        prod = producer.get(src)
+        after = (
+            bool(level1)
+            and prod is not None
+            and prod not in removed
+            and not rd.is_const(src)
+            and not direct_readers.get(src)
+            and src not in out_set
+            and len({q_params[q].key for q in level1}) == 1
+        )
+        outs1 = [d for q in level1 for d in dq_outputs(q)]
+        if after and all(_reader_side_name(d, src) for d in outs1):
+            after = False  # fusekit's own export named it a pair in front of the readers
+        canonical = src
+        if after:
+            graph_outs = [d for d in outs1 if d in out_set]
+            if len(set(graph_outs)) > 1:
+                raise UnsupportedQuantization(
+                    f"graph outputs {sorted(set(graph_outs))} are one quantized value: not "
+                    "representable as one float tensor",
+                    label,
+                )
+            if graph_outs:
+                canonical = graph_outs[0]
+            elif len(outs1) == 1:
+                canonical = outs1[0]
+        else:
+            bad = [d for q in qs for d in dq_outputs(q) if d in out_set]
+            if bad or level2:
+                raise UnsupportedQuantization(
+                    f"tensor {src!r} is read both as it is and through Q/DQ "
+                    f"{'by graph output ' + repr(bad[0]) if bad else 'twice in a row'}: not "
+                    "a placement fusekit can represent",
+                    label,
+                )
+        if canonical != src:
+            rename[src] = canonical
+        for q in qs:
+            for d in dq_outputs(q):
+                if d != canonical:
+                    rename[d] = canonical
+        assert prod is not None or not after
+        if after:
+            assert prod is not None
+            pn = nodes[prod]
+            p0 = _Point(q_params[level1[0]], "after", canonical)
+            p0.producer = (_first_output(pn), list(pn.output).index(src))
+            if restore_clamps and _clamps(p0.params) and pn.op_type not in _NON_NEGATIVE:
+                relus.append((canonical, _top(p0.params)))
+                p0.producer = (_RELU + canonical, 0)
+            for q in level1:
+                p0.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
+            points.append(p0)
+            for q in level2:
+                pt = _Point(q_params[q], "before", canonical)
+                pt.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
+                points.append(pt)
+        else:
+            for q in level1:
+                pt = _Point(q_params[q], "before", canonical)
+                pt.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
+                points.append(pt)
+
+    # 4. quantized constants: one float initializer per (integer initializer, parameters)
+    new_inits: list[TensorProto] = []
+    used_names = {t for n in nodes for t in (*n.input, *n.output)} | set(rd.inits) | out_set
+    used_names |= {vi.name for vi in g.input}
+    made: dict[tuple[Any, ...], str] = {}
+    for i, p in param_dq.items():
+        n = nodes[i]
+        src = n.input[0]
+        key = (src, p.key)
+        fname = made.get(key)
+        if fname is None:
+            qv = rd.value(src, n)
+            value = _dequantize(qv, p, max(qv.ndim, 1)).reshape(qv.shape)
+            stripped = src[: -len("_quantized")] if src.endswith("_quantized") else ""
+            if stripped and _requantizes_to(rd, stripped, n, qv, p):
+                fname = stripped  # the float original is still there (read as it is too)
+                made[key] = fname
+            else:
+                if n.output[0] in out_set or not stripped or stripped in used_names:
+                    fname = n.output[0]
+                else:
+                    fname = stripped
+                    used_names.add(fname)
+                made[key] = fname
+                new_inits.append(numpy_helper.from_array(value, fname))
+        if n.output[0] != fname:
+            rename[n.output[0]] = fname
+        pt = _Point(p, "param", fname)
+        pt.readers.extend(
+            (_first_output(nodes[j]), k) for j, k in direct_readers.get(n.output[0], [])
+        )
+        points.append(pt)
+
+    # 5. the float model
+    pre: dict[str, str] = {}
+    float_model = _float_model(m, nodes, removed, rename, new_inits, relus, pre)
+    graph = load(float_model)
+    plan, scale_names = _plan(graph, points, rd, rename, pre)
+    return QuantizedImport(graph, plan, tuple(dangling), scale_names, label)
+
+
+def load_quantized(
+    source: str | os.PathLike[str] | bytes | ModelProto,
+    *,
+    restore_clamps: bool = False,
+) -> tuple[Graph, QuantPlan]:
+    """``(graph, plan)`` of a QDQ model: the float network and the placement it encodes.
+
+    See :func:`import_quantized` (which also lists the Q/DQ it could not pair).
+    """
+    got = import_quantized(source, restore_clamps=restore_clamps)
+    return got.graph, got.plan
+
+
+def _reader_side_name(dq_output: str, src: str) -> bool:
+    """True for the name fusekit's exporter gives a pair in front of a tensor's readers.
+
+    A pair every reader goes through means the same whether it sits after the producer or in
+    front of the readers; fusekit's exporter writes ``X -> Q -> DQ -> X_dequantized`` for the
+    second and ``X_float -> Q -> DQ -> X`` for the first, so its own exports come back as the
+    plan they came from. Other tools' pairs are read as points after the producer.
+    """
+    base = f"{src}_dequantized"
+    return dq_output == base or (
+        dq_output.startswith(base + "_") and dq_output[len(base) + 1 :].isdigit()
+    )
+
+
+#: Op types whose output is never negative: a clamping Q after them replaced no Relu/Clip.
+_NON_NEGATIVE = frozenset(
+    {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt", "Softplus", "Shape", "Size"}
+)
+
+
+_RELU = "\x00relu:"
+
+
+def _clamps(p: _Params) -> bool:
+    """True for a per-tensor Q whose zero point is its lowest integer: negatives clamp to 0."""
+    lo = _INT_TYPES[p.dtype][2]
+    return p.scale.size == 1 and bool(np.all(p.zero == lo))
+
+
+def _top(p: _Params) -> float:
+    """The largest value the Q represents: ``scale * (qmax - zero_point)`` in float32."""
+    hi = _INT_TYPES[p.dtype][3]
+    z = int(np.asarray(p.zero).reshape(-1)[0])
+    return float(np.float32(np.asarray(p.scale).reshape(-1)[0]) * np.float32(hi - z))
+
+
+def _requantizes_to(
+    rd: _Reader, name: str, node: onnx.NodeProto, q: np.ndarray[Any, Any], p: _Params
+) -> bool:
+    """True when float initializer ``name`` quantizes to exactly ``q`` with ``p``.
+
+    fusekit's export keeps a weight's float initializer when another reader takes it
+    unquantized; the quantized reader then reads that very weight, not a dequantized copy.
+    """
+    t = rd.inits.get(name)
+    if t is None or t.data_type != TensorProto.FLOAT or tuple(t.dims) != q.shape:
+        return False
+    v = np.asarray(rd.value(name, node), np.float32)
+    s, z = p.scale.astype(np.float32), p.zero.astype(np.float64)
+    if p.axis is not None:
+        shape = [1] * max(v.ndim, 1)
+        shape[p.axis % len(shape)] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    lo, hi = _INT_TYPES[p.dtype][2:]
+    back = np.clip(np.round((v / s).astype(np.float64)) + z, lo, hi)
+    return bool(np.array_equal(back, np.asarray(q, np.float64)))
+
+
+def _plain(graph: Graph, label: str) -> QuantizedImport:
+    return QuantizedImport(graph, QuantPlan.empty(graph), source=label)
+
+
+def _first_output(n: onnx.NodeProto) -> str:
+    return n.output[0] if n.output else ""
+
+
+def _topo(nodes: list[onnx.NodeProto], producer: dict[str, int]) -> list[int]:
+    """Node indices in a topological order (file order when it already is one)."""
+    state = [0] * len(nodes)
+    out: list[int] = []
+    for start in range(len(nodes)):
+        if state[start]:
+            continue
+        stack = [(start, 0)]
+        while stack:
+            i, k = stack.pop()
+            ins = nodes[i].input
+            if k == 0:
+                if state[i]:
+                    continue
+                state[i] = 1
+            if k < len(ins):
+                stack.append((i, k + 1))
+                j = producer.get(ins[k])
+                if j is not None and not state[j]:
+                    stack.append((j, 0))
+                continue
+            state[i] = 2
+            out.append(i)
+    return out
+
+
+def _float_model(
+    m: ModelProto,
+    nodes: list[onnx.NodeProto],
+    removed: set[int],
+    rename: dict[str, str],
+    new_inits: Iterable[TensorProto],
+    relus: Iterable[tuple[str, float]] = (),
+    pre_names: dict[str, str] | None = None,
+) -> ModelProto:
+    out = ModelProto()
+    relu_at = dict(relus)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 21)
+    clip_inits: list[TensorProto] = []
+    taken = {t for n in nodes for t in (*n.input, *n.output)} | {n.name for n in nodes}
+    taken |= {t.name for t in m.graph.initializer} | {vi.name for vi in m.graph.input}
+
+    def fresh(base: str) -> str:
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    out.CopyFrom(m)
+    g = out.graph
+    kept = []
+    for i, n in enumerate(nodes):
+        if i in removed:
+            continue
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        for k, t in enumerate(c.input):
+            if t in rename:
+                c.input[k] = rename[t]
+        for k, t in enumerate(c.output):
+            if t in rename:
+                c.output[k] = rename[t]
+        kept.append(c)
+        for k, t in enumerate(c.output):
+            if t in relu_at:  # the Relu/Clip the quantizer folded into a clamping Q
+                pre = fresh(f"{t}_before_clip")
+                c.output[k] = pre
+                if pre_names is not None:
+                    pre_names[t] = pre
+                top = relu_at[t]
+                if opset >= 11:
+                    lo, hi = fresh(f"{t}_clip_min"), fresh(f"{t}_clip_max")
+                    clip_inits.append(numpy_helper.from_array(np.array(0, np.float32), lo))
+                    clip_inits.append(numpy_helper.from_array(np.array(top, np.float32), hi))
+                    clip = helper.make_node("Clip", [pre, lo, hi], [t], fresh(f"{t}_Clip"))
+                else:
+                    clip = helper.make_node(
+                        "Clip", [pre], [t], fresh(f"{t}_Clip"), min=0.0, max=float(top)
+                    )
+                kept.append(clip)
+    read: set[str] = {o.name for o in g.output} | {t.name for t in clip_inits}
+    for n in kept:
+        read.update(n.input)
+        for a in n.attribute:  # sub-graph captures
+            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                read.update(_captured(a))
+    # Constant nodes that only fed Q/DQ parameters go with them
+    kept = [
+        n
+        for n in kept
+        if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output[0] not in read)
+    ]
+    del g.node[:]
+    g.node.extend(kept)
+    inits = [t for t in g.initializer if t.name in read]
+    dropped = {t.name for t in g.initializer} - read
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    g.initializer.extend(new_inits)
+    g.initializer.extend(clip_inits)
+    if dropped:
+        ins = [vi for vi in g.input if vi.name not in dropped]
+        del g.input[:]
+        g.input.extend(ins)
+    for o in g.output:
+        if o.name in rename:
+            o.name = rename[o.name]
+    live = read | {t for n in kept for t in n.output}
+    seen: set[str] = set()
+    vis = []
+    for vi in g.value_info:
+        name = rename.get(vi.name, vi.name)
+        if name in live and name not in seen and name not in {o.name for o in g.output}:
+            seen.add(name)
+            vi.name = name
+            vis.append(vi)
+    del g.value_info[:]
+    g.value_info.extend(vis)
+    return out
+
+
+def _captured(a: onnx.AttributeProto) -> set[str]:
+    names: set[str] = set()
+    graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+    for sg in graphs:
+        for n in sg.node:
+            names.update(n.input)
+            for b in n.attribute:
+                if b.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                    names.update(_captured(b))
+    return names
+
+
+def _plan(
+    graph: Graph,
+    points: list[_Point],
+    rd: _Reader,
+    rename: dict[str, str],
+    pre: dict[str, str],
+) -> tuple[QuantPlan, tuple[tuple[Slot, str], ...]]:
+    """The plan of ``points`` on the imported graph (links: overlap per point, follow per
+    shared scale initializer)."""
+    idx = graph.index
+    configs: dict[int, TensorQuantConfig] = {}
+    overlaps: list[tuple[int, int]] = []
+    roots: list[tuple[int, _Point]] = []
+
+    def op_of(first_output: str) -> str:
+        if first_output.startswith(_RELU):  # the Clip restored in front of a clamping Q
+            name = first_output[len(_RELU) :]
+        else:  # the node that wrote it (it writes the pre-Clip value when one was restored)
+            name = rename.get(first_output, first_output)
+            name = pre.get(name, name)
+        s = graph.producer(name)
+        if s is None:
+            raise UnsupportedQuantization(
+                f"cannot find the op writing {first_output!r} in the imported graph", rd.label
+            )
+        return s.op
+
+    def rank_of(t: str) -> int | None:
+        init = graph.initializers.get(t)
+        if init is not None:
+            return len(init.dims)
+        tt = graph.value_types.get(t)
+        if tt is not None and tt.shape is not None:
+            return len(tt.shape)
+        return None
+
+    memo: dict[tuple[int, int | None, QuantState], TensorQuantConfig] = {}
+
+    def config(p: _Params, rank: int | None, state: QuantState) -> TensorQuantConfig:
+        # one config object per (parameters, rank, state): most slots share their point's
+        key = (id(p), rank, state)
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = _config(p, rank, state)
+        return got
+
+    for pt in points:
+        rank = rank_of(pt.tensor)
+        first: int | None = None
+        if pt.kind == "after":
+            assert pt.producer is not None
+            first = idx.slot_id(Slot(op_of(pt.producer[0]), "out", pt.producer[1]))
+            configs[first] = config(pt.params, rank, QuantState.ACTIVATED)
+        for out0, k in pt.readers:
+            sid = idx.slot_id(Slot(op_of(out0), "in", k))
+            if first is None:
+                first = sid
+                state = (
+                    QuantState.PASSIVE
+                    if pt.kind == "param" and pt.params.dtype == TensorProto.INT32
+                    else QuantState.ACTIVATED
+                )
+                configs[sid] = config(pt.params, rank, state)
+            else:
+                configs[sid] = config(pt.params, rank, QuantState.ACTIVATED)
+                overlaps.append((sid, first))
+        if first is not None:
+            roots.append((first, pt))
+    # ops with a quantized slot get configs for all their slots (FP32 where the model has none)
+    fp32 = TensorQuantConfig(
+        policy=QuantPolicy.of("PER_TENSOR", "LINEAR", "SYMMETRICAL"), state=QuantState.FP32
+    )
+    ops: dict[str, tuple[str, list[TensorQuantConfig], list[TensorQuantConfig]]] = {}
+    for sid in sorted(configs):
+        s = idx.slot_key(sid)
+        if s.op in ops:
+            continue
+        oid = idx.op_id[s.op]
+        ins = [configs.get(x, fp32) for x in idx.input_sids(oid)]
+        outs = [configs.get(x, fp32) for x in idx.output_sids(oid)]
+        ops[s.op] = (IMPORTED_PLATFORM, ins, outs)
+    plan = QuantPlan.from_configs(graph, ops)
+    e = plan.evolver()
+    for a, b in overlaps:
+        e.overlap_sid(a, b)
+    by_name: dict[tuple[Any, ...], int] = {}
+    names: list[tuple[Slot, str]] = []
+    for sid, pt in sorted(roots, key=lambda r: r[0]):
+        key = (pt.params.names, pt.params.key)
+        names.append((idx.slot_key(sid), pt.params.names[0]))
+        master = by_name.get(key)
+        if master is None:
+            by_name[key] = sid
+        elif e.root(sid) != e.root(master):
+            e.follow_sid(sid, master)
+    return e.persistent(), tuple(names)
+
+
+# --------------------------------------------------------------------------------------------
+# the placement a plan exports: what the round-trip law compares
+
+
+PointKey = tuple[str, str, int]
+
+
+@attrs.frozen
+class Placement:
+    """Where a plan puts Q/DQ when exported, with the values, and which points share a scale.
+
+    ``points`` maps ``("after", tensor, 0)`` (a pair right after the tensor's producer),
+    ``("in", op, k)`` (a pair, or a parameter's DequantizeLinear, in front of input ``k``) to
+    ``(integer type, scale, zero point, axis)`` (scale and zero point as tuples of floats);
+    ``groups`` holds the sets of at least two points that read one scale. A reader's pair the
+    exporter merges into the producer's (equal values) is not a point of its own. Two plans
+    with equal placements export models with the same Q/DQ, up to names.
+    """
+
+    points: Any  # dict[PointKey, tuple[str, tuple[float, ...], tuple[float, ...], int | None]]
+    groups: frozenset[frozenset[PointKey]]
+
+
+def placement(plan: QuantPlan) -> Placement:
+    """The :class:`Placement` of ``plan`` (the scales must be set, as for export)."""
+    from .export import _Placement  # the exporter's own decision, so the two cannot drift
+
+    pl = _Placement(plan, require_scales=True, constant_params=True)
+    idx = plan.graph.index
+    configs = plan.configs
+
+    def value(root: int, dtype: str) -> tuple[str, tuple[float, ...], tuple[float, ...], Any]:
+        cfg = configs[root]
+        scale = tuple(float(x) for x in np.asarray(cfg.scale, np.float32).reshape(-1))
+        zero = tuple(
+            0.0 if dtype == "int32" else float(x)
+            for x in np.round(np.asarray(cfg.offset, np.float64)).reshape(-1)
+        )
+        axis = cfg.channel_axis if (len(scale) > 1 or cfg.policy.per_channel) else None
+        if len(scale) == 1:
+            axis = None
+        return dtype, scale, zero, axis
+
+    points: dict[PointKey, Any] = {}
+    members: dict[int, list[PointKey]] = {}
+    for tid, key in pl.after.items():
+        pk: PointKey = ("after", idx.tensor_names[tid], 0)
+        points[pk] = value(key.root, key.dtype)
+        members.setdefault(key.root, []).append(pk)
+    for d in (pl.before, pl.params):
+        for sid, key in d.items():
+            s = idx.slot_key(sid)
+            v = value(key.root, key.dtype)
+            tid = idx.slot_tensor[sid]
+            a = pl.after.get(tid)
+            if d is pl.before and a is not None and value(a.root, a.dtype) == v:
+                continue  # the exporter reuses the producer's pair
+            pk = ("in", s.op, s.index)
+            points[pk] = v
+            members.setdefault(key.root, []).append(pk)
+    groups = frozenset(frozenset(m) for m in members.values() if len(m) > 1)
+    return Placement(points, groups)

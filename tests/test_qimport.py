@@ -1,0 +1,300 @@
+"""fusekit.load_quantized: QDQ models in, as the float graph plus the plan their Q/DQ encode."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import fusekit
+from fusekit.calibrate import calibrate, random_data
+from fusekit.export import count_qdq, export_qdq
+from fusekit.qimport import import_quantized, placement
+
+from .conftest import corpus_bytes, corpus_models
+
+quantization = pytest.importorskip("onnxruntime.quantization")
+
+
+def _session(model: onnx.ModelProto | str) -> ort.InferenceSession:
+    """Reference kernels: every graph optimization off, so Q/DQ run as written (bit-exact)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    src = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def _feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        shape = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
+        out[vi.name] = rng.normal(size=shape).astype(np.float32)
+    return out
+
+
+def _assert_same_outputs(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    feeds = _feeds(a)
+    oa, ob = _session(a).run(None, feeds), _session(b).run(None, feeds)
+    assert len(oa) == len(ob)
+    for x, y in zip(oa, ob):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(x, y), float(np.max(np.abs(x - y)))
+
+
+class _Reader(quantization.CalibrationDataReader):  # type: ignore[misc,name-defined]
+    """Two random samples, the calibration data of quantize_static."""
+
+    def __init__(self, model: onnx.ModelProto, n: int = 2):
+        self.items = iter(_feeds(model, seed) for seed in range(n))
+
+    def get_next(self) -> dict[str, np.ndarray[Any, Any]] | None:
+        return next(self.items, None)
+
+
+def _quantize_static(tmp_path: Path, name: str, **kw: Any) -> onnx.ModelProto:
+    """onnxruntime's quantize_static applied to corpus model ``name``, in the test."""
+    src = tmp_path / f"{name}.onnx"
+    src.write_bytes(corpus_bytes(name))
+    dst = tmp_path / f"{name}.q.onnx"
+    model = onnx.load(str(src))
+    quantization.quantize_static(str(src), str(dst), _Reader(model), **kw)
+    return onnx.load(str(dst))
+
+
+QS = {
+    "qdq_per_tensor_quint8": {
+        "quant_format": "QDQ",
+        "per_channel": False,
+        "activation_type": "QUInt8",
+    },
+    "qdq_per_channel_qint8": {
+        "quant_format": "QDQ",
+        "per_channel": True,
+        "activation_type": "QInt8",
+    },
+}
+
+
+def _qs_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
+    q = quantization
+    return {
+        "quant_format": getattr(q.QuantFormat, spec["quant_format"]),
+        "per_channel": spec["per_channel"],
+        "activation_type": getattr(q.QuantType, spec["activation_type"]),
+        "weight_type": q.QuantType.QInt8,
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(QS))
+@pytest.mark.parametrize("model", ["resnet18", "unet_small_leaky"])
+def test_quantize_static_models_round_trip_bit_exact(tmp_path: Path, kind: str, model: str) -> None:
+    """quantize_static's QDQ output imports, and the unchanged plan exports to a model with
+    the same outputs bit for bit (reference kernels) and the same number of Q/DQ."""
+    q = _quantize_static(tmp_path, model, **_qs_kwargs(QS[kind]))
+    graph, plan = fusekit.load_quantized(q)
+    assert not fusekit.quantization_ops(graph)  # the float network: no Q/DQ left
+    assert len(plan) > 0
+    out = export_qdq(graph, plan)
+    _assert_same_outputs(q, out)
+    before = {t: c for t, c in count_qdq(q).items() if c}
+    assert count_qdq(out) == count_qdq(q), before
+
+
+def test_per_channel_weights_and_zero_points_are_read(tmp_path: Path) -> None:
+    """Per-axis weights keep their axis; uint8 activations keep their zero points; int32
+    biases are 32-bit points with their own scale."""
+    q = _quantize_static(
+        tmp_path,
+        "resnet18",
+        **_qs_kwargs({"quant_format": "QDQ", "per_channel": True, "activation_type": "QUInt8"}),
+    )
+    graph, plan = fusekit.load_quantized(q)
+    conv = next(op for op in graph if op.op_type == "Conv")
+    w = plan[fusekit.Slot(conv.name, "in", 1)]
+    assert w.policy.per_channel and w.channel_axis == 0 and w.num_bits == 8
+    assert w.scale is not None and w.scale.size == graph.initializers[conv.inputs[1]].dims[0]
+    b = plan[fusekit.Slot(conv.name, "in", 2)]
+    assert b.num_bits == 32
+    x = plan.root(fusekit.Slot(conv.name, "in", 0))
+    cfg = plan[x]
+    assert cfg.quant_min == 0 and cfg.quant_max == 255  # QUInt8
+    offsets = [plan.offset_of(s) for s in plan if plan[s].quant_min == 0 and plan[s].is_active]
+    assert any(o is not None and np.any(o != 0) for o in offsets)  # non-zero zero points
+
+
+def test_weights_are_dequantized_exactly(tmp_path: Path) -> None:
+    """The float weight is (q - zero_point) * scale in float32, as DequantizeLinear gives it."""
+    q = _quantize_static(tmp_path, "resnet18", **_qs_kwargs(QS["qdq_per_channel_qint8"]))
+    graph, _ = fusekit.load_quantized(q)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    dq = next(
+        n for n in q.graph.node if n.op_type == "DequantizeLinear" and inits[n.input[0]].ndim == 4
+    )
+    qv, s, z = (inits[t] for t in dq.input)
+    expect = (qv.astype(np.int64) - z.reshape(-1, 1, 1, 1)).astype(np.float32) * s.reshape(
+        -1, 1, 1, 1
+    )
+    name = dq.input[0][: -len("_quantized")]
+    assert np.array_equal(graph.initializers[name].array(), expect)
+
+
+def test_qoperator_model_is_refused_naming_each_op_type(tmp_path: Path) -> None:
+    """QOperator format (QLinearConv, QGemm, ...) is refused with every op type named."""
+    q = _quantize_static(
+        tmp_path,
+        "resnet18",
+        **_qs_kwargs(
+            {"quant_format": "QOperator", "per_channel": False, "activation_type": "QUInt8"}
+        ),
+    )
+    with pytest.raises(fusekit.UnsupportedQuantization) as e:
+        fusekit.load_quantized(q)
+    for t in ("QLinearConv", "QLinearAdd", "QGemm", "QLinearGlobalAveragePool"):
+        assert t in str(e.value)
+    assert isinstance(e.value, fusekit.InvalidModel)
+
+
+@pytest.mark.parametrize("platform", ["trt_int8", "ort_int8"])
+@pytest.mark.parametrize("quantized_weights", [True, False])
+@pytest.mark.parametrize("model", ["resnet18", "unet_small_leaky", "mobilenet_v3_small"])
+def test_fusekit_export_imports_back(platform: str, quantized_weights: bool, model: str) -> None:
+    """Importing fusekit's own export gives the same graph structure and the same placement
+    (points, scales, zero points, axes, sharing groups); with float weights under Q/DQ the
+    initializers are the very same values (int32 biases excepted: they are dequantized).
+    Models of opset 13 or newer: export raises older ones to 13, so the graph changes."""
+    g = fusekit.load(corpus_bytes(model))
+    plan = fusekit.default_pipeline(platform).run(g, fusekit.init_plan(g, platform)).plan
+    plan = calibrate(g, plan, random_data(g, 2))
+    m = export_qdq(g, plan, quantized_weights=quantized_weights)
+    got = import_quantized(m)
+    assert got.dangling == ()
+    assert got.graph.fingerprint() == g.fingerprint()
+    assert placement(got.plan) == placement(plan)
+    if not quantized_weights:  # biases are int32 either way: compare the others
+        biases = {g.tensor_of(s) for s in plan if plan[s].num_bits == 32}
+        for name, init in g.initializers.items():
+            if name in biases:
+                continue
+            assert np.array_equal(got.graph.initializers[name].array(), init.array()), name
+    _assert_same_outputs(m, export_qdq(got.graph, got.plan))
+
+
+def _qdq_model(nodes: list[onnx.NodeProto], inits: list[TensorProto], opset: int = 13) -> bytes:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph(nodes, "g", [x], [y], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    buf = io.BytesIO()
+    onnx.save(m, buf)
+    return buf.getvalue()
+
+
+def _scale(name: str, v: float = 0.1) -> TensorProto:
+    return numpy_helper.from_array(np.array(v, np.float32), name)
+
+
+def test_block_wise_qdq_is_refused() -> None:
+    """A block-wise DequantizeLinear (opset 21 block_size) is refused, naming the node."""
+    w = numpy_helper.from_array(np.ones((4, 4), np.int8), "w_q")
+    s = numpy_helper.from_array(np.full((4, 2), 0.1, np.float32), "w_s")
+    dq = helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], "dq_w", axis=1, block_size=2)
+    mm = helper.make_node("MatMul", ["x", "w"], ["y"], "mm")
+    with pytest.raises(fusekit.UnsupportedQuantization, match=r"dq_w.*block-wise"):
+        fusekit.load_quantized(_qdq_model([dq, mm], [w, s], opset=21))
+
+
+def test_opset_10_qdq_without_zero_point_is_uint8() -> None:
+    """Opset 10 Q/DQ without a zero point are uint8 with zero point 0, per tensor."""
+    q = helper.make_node("QuantizeLinear", ["x", "s"], ["xq"], "q")
+    dq = helper.make_node("DequantizeLinear", ["xq", "s"], ["xd"], "dq")
+    r = helper.make_node("Relu", ["xd"], ["y"], "r")
+    src = _qdq_model([q, dq, r], [_scale("s", 0.05)], opset=10)
+    graph, plan = fusekit.load_quantized(src)
+    assert [op.op_type for op in graph] == ["Relu"]
+    cfg = plan[fusekit.Slot("r", "in", 0)]
+    assert (cfg.quant_min, cfg.quant_max, cfg.num_bits) == (0, 255, 8)
+    assert float(cfg.scale) == np.float32(0.05) and float(cfg.offset) == 0
+    _assert_same_outputs(onnx.load_from_string(src), export_qdq(graph, plan))
+
+
+def test_shared_scale_initializer_makes_one_group() -> None:
+    """Two pairs reading the same scale and zero-point initializers are one sharing group."""
+    zp = numpy_helper.from_array(np.array(0, np.int8), "z")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], "r1"),
+        helper.make_node("QuantizeLinear", ["a", "s", "z"], ["aq"], "qa"),
+        helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["ad"], "dqa"),
+        helper.make_node("Sigmoid", ["ad"], ["b"], "sg"),
+        helper.make_node("QuantizeLinear", ["b", "s", "z"], ["bq"], "qb"),
+        helper.make_node("DequantizeLinear", ["bq", "s", "z"], ["y"], "dqb"),
+    ]
+    graph, plan = fusekit.load_quantized(_qdq_model(nodes, [_scale("s"), zp]))
+    r1, sg = fusekit.Slot("r1", "out", 0), fusekit.Slot("sg", "out", 0)
+    assert plan.root(r1) == plan.root(sg)
+    assert graph.outputs == ("y",)
+
+
+def test_dangling_q_is_kept_and_listed() -> None:
+    """A QuantizeLinear read by a non-DQ op stays in the graph and is listed as dangling."""
+    zp = numpy_helper.from_array(np.array(0, np.int8), "z")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], "q"),
+        helper.make_node("Cast", ["xq"], ["y"], "c", to=TensorProto.FLOAT),
+    ]
+    got = import_quantized(_qdq_model(nodes, [_scale("s"), zp]))
+    assert [d.kind for d in got.dangling] == ["q_without_dq"]
+    assert [op.op_type for op in got.graph] == ["QuantizeLinear", "Cast"]
+
+
+def test_input_proto_is_not_modified(tmp_path: Path) -> None:
+    """Importing a ModelProto leaves the caller's proto untouched."""
+    q = _quantize_static(tmp_path, "resnet18", **_qs_kwargs(QS["qdq_per_tensor_quint8"]))
+    before = q.SerializeToString()
+    fusekit.load_quantized(q)
+    assert q.SerializeToString() == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", ["trt_int8", "ort_int8"])
+@pytest.mark.parametrize("model", corpus_models())
+def test_every_corpus_model_export_imports_back(model: str, platform: str) -> None:
+    """The sweep: fusekit's export of every corpus model for each platform imports back to
+    the same placement (a stand-in calibration gives the scales: no onnxruntime run), and to
+    the same graph when the model is opset 13 or newer (export raises older ones to 13), up to
+    Constant weights coming back as initializers."""
+    from fusekit.testing import StandInCalibration
+
+    g = fusekit.load(corpus_bytes(model))
+    pipe = fusekit.default_pipeline(platform, calibration=StandInCalibration())
+    plan = pipe.run(g, fusekit.init_plan(g, platform)).plan
+    m = export_qdq(g, plan)
+    got = import_quantized(m)
+    assert got.dangling == ()
+    assert placement(got.plan) == placement(plan)
+    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    original = onnx.load_from_string(corpus_bytes(model))
+    src_opset = next(o.version for o in original.opset_import if o.domain in ("", "ai.onnx"))
+    if src_opset >= 13:
+        assert opset == src_opset
+        # Constant ops holding a weight come back as initializers (the export drops them)
+        folded = {op.name for op in g if op.op_type == "Constant" and op.name not in got.graph.ops}
+        assert set(got.graph.ops) == set(g.ops) - folded
+        for name, op in got.graph.ops.items():
+            assert (op.op_type, op.inputs, op.outputs) == (
+                g.ops[name].op_type,
+                g.ops[name].inputs,
+                g.ops[name].outputs,
+            ), name
+        consts = {g.ops[n].outputs[0] for n in folded}
+        assert set(got.graph.initializers) == set(g.initializers) | consts
