@@ -894,7 +894,8 @@ def _platform_opts(p: argparse.ArgumentParser, required: bool = False) -> None:
         "--platform",
         default=None if required else "trt_int8",
         required=required,
-        help="rule set (see 'fusekit platforms'; default trt_int8)",
+        help="rule set: a name (see 'fusekit platforms'; default trt_int8) or a rule file "
+        "(.json or .toml, see docs/platforms.md)",
     )
     p.add_argument(
         "--dispatch",
@@ -1035,7 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=_cmd_explain)
 
     pl = sub.add_parser("platforms", help="list the rule sets, or show one")
-    pl.add_argument("name", nargs="?", help="a platform name")
+    pl.add_argument("name", nargs="?", help="a platform name or a rule file (.json/.toml)")
     _common(pl)
     pl.set_defaults(func=_cmd_platforms)
 
@@ -1133,6 +1134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     try:
         with _sigterm_raises():
+            _load_rule_files(args)
             code = int(args.func(args))
             sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
             return code
@@ -1177,6 +1179,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             "output of the same command with --debug"
         )
         return 3
+
+
+def _is_rule_file(value: str) -> bool:
+    """A ``--platform`` value naming a file (``.json``/``.toml``, or a path) instead of a name."""
+    return Path(value).suffix.lower() in (".json", ".toml") or os.sep in value
+
+
+def _load_rule_files(args: argparse.Namespace) -> None:
+    """``--platform rules.json|toml`` (and ``platforms rules.toml``): a rule set from a file.
+
+    The file is read with :func:`fusekit.load_platform` and registered for this run under its
+    own ``name``, which every verb then uses as if it were built in (outputs are named after
+    it). A file that reuses a built-in name with different rules is refused: its outputs would
+    carry the built-in's name.
+    """
+    import importlib
+
+    from .platforms import Platform, load_platform, register_platform
+
+    # the module's own rule-set values (``fusekit.platforms`` the attribute is the function)
+    module = importlib.import_module(".platforms", __package__)
+    builtin = {v.name: v for v in vars(module).values() if isinstance(v, Platform)}
+    for attr in ("platform", "name"):
+        value = getattr(args, attr, None)
+        if not isinstance(value, str) or not _is_rule_file(value):
+            continue
+        if attr == "name" and args.func is not _cmd_platforms:
+            continue
+        p = load_platform(value)
+        if p.name in builtin and builtin[p.name] != p:
+            raise CliError(
+                f"{value}: the rule set is named {p.name!r}, like a built-in platform, but "
+                "its rules differ; give it a name of its own (its outputs carry the name)"
+            )
+        register_platform(p, replace=True)
+        setattr(args, attr, p.name)
 
 
 def _error(text: str) -> None:
