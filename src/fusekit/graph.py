@@ -1556,6 +1556,28 @@ class Graph:
             raise DuplicateProducer(f"initializer {init.name!r}: the name is already used")
         return self._derive(lambda i: i, initializers=self.initializers.set(init.name, init))
 
+    def with_initializer_values(self, values: Mapping[str, np.ndarray[Any, Any]]) -> Graph:
+        """A graph whose initializers named in ``values`` hold new arrays (weights rescaled).
+
+        Names, shapes and element types stay: the structure, and so the index, is shared, and
+        a plan of this graph fits the new one. No change returns the very same graph.
+        """
+        if not values:
+            return self
+        inits = self.initializers.evolver()
+        for name, arr in values.items():
+            old = self.initializers.get(name)
+            if old is None:
+                raise InvalidGraph(f"no initializer named {name!r}")
+            a = np.asarray(arr)
+            if tuple(a.shape) != old.dims or onnx_elem_type(a.dtype) != old.elem_type:
+                raise InvalidGraph(
+                    f"initializer {name!r}: a new value must keep dims {old.dims} and element "
+                    f"type {old.elem_type} (got {tuple(a.shape)}, {a.dtype})"
+                )
+            inits[name] = Initializer.from_array(name, a)
+        return self._derive(lambda i: i, initializers=inits.persistent())
+
     def remove_initializer(self, name: str) -> Graph:
         """A graph without initializer ``name`` (which must be unused)."""
         if name not in self.initializers:
