@@ -97,13 +97,23 @@ def test_a_bimodal_tensor_keeps_both_modes(observer: type[_Histogram]) -> None:
     assert r.hi <= x.max() + 1e-9 and r.lo >= x.min() - 1e-9
 
 
-def test_mse_keeps_two_far_modes() -> None:
-    """No mass near zero: MSE keeps both modes whole. (TensorRT's entropy method does not: its
-    normalized KL cannot see mass moved from a clipped mode into the last bin; see
-    docs/accuracy.md.)"""
+@pytest.mark.parametrize("observer", [_Entropy, _Mse])
+def test_no_mass_near_zero_keeps_both_modes(observer: type[_Histogram]) -> None:
+    """Two far modes, nothing near zero (a sigmoid or softmax output is like that)."""
     x = _two_far_modes()
-    r = _fed(_Mse, x).result()
+    r = _fed(observer, x).result()
     assert r.hi >= 10.5 and r.lo <= -10.5
+
+
+def test_unguarded_entropy_collapses_a_tensor_without_mass_near_zero() -> None:
+    """TensorRT's search as published (no clipping bound) folds a whole mode into the last bin:
+    the reason for ``max_clipped`` (fusekit's default clips at most 0.1% of the values)."""
+    x = RNG.uniform(0.2, 0.8, 200_000)  # a sigmoid output
+    h = _fed(_Entropy, x)
+    assert isinstance(h, _Entropy)
+    counts, width = h.folded()
+    assert entropy_threshold(counts, width, max_clipped=1.0) < 0.3
+    assert entropy_threshold(counts, width) > 0.79
 
 
 def test_mse_threshold_is_near_the_true_optimum() -> None:

@@ -875,8 +875,15 @@ ENTROPY_LEVELS = 128
 MSE_LEVELS = 127
 
 
+#: The largest share of values the entropy calibrator may clip (see :func:`entropy_threshold`).
+ENTROPY_MAX_CLIPPED = 1e-3
+
+
 def entropy_threshold(
-    counts: np.ndarray[Any, Any], width: float, levels: int = ENTROPY_LEVELS
+    counts: np.ndarray[Any, Any],
+    width: float,
+    levels: int = ENTROPY_LEVELS,
+    max_clipped: float = ENTROPY_MAX_CLIPPED,
 ) -> float:
     """The ``|x|`` threshold whose ``levels``-level quantization loses the least information.
 
@@ -885,6 +892,12 @@ def entropy_threshold(
     the clipped mass added to its last bin; Q merges the first ``i`` bins into ``levels``
     groups and spreads each group's mass evenly over its non-empty bins. The threshold with
     the smallest KL(P || Q) wins. Returns the upper edge of the chosen bin.
+
+    One guard TensorRT lacks: a threshold may clip at most ``max_clipped`` of the values.
+    On a tensor with no mass near zero (a sigmoid output in [0.2, 0.8], a softmax over two
+    classes) the normalized divergence cannot see a whole mode folded into the last bin and
+    picks a threshold just above the lowest value: the tensor collapses to one level. Measured
+    on the shared accuracy data, unguarded entropy lost 10-20 dB on four of six models.
     """
     c = np.asarray(counts, dtype=np.float64)
     n = c.size
@@ -895,8 +908,11 @@ def entropy_threshold(
     if last <= levels:  # everything fits in ``levels`` bins: no clipping can help
         return last * width
     total_tail = np.concatenate([np.cumsum(c[::-1])[::-1], [0.0]])
+    allowed = max_clipped * total_tail[0]
     best_i, best_kl = last, math.inf
     for i in range(levels, min(n, last) + 1):
+        if total_tail[i] > allowed:
+            continue
         p = c[:i].copy()
         p[i - 1] += total_tail[i]
         group = (np.arange(i) * levels) // i
