@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -234,3 +235,32 @@ def test_to_model_of_an_edited_graph_round_trips(tmp_path: Any) -> None:
     back = onnx.load(path)
     got = {t.name: onnx.numpy_helper.to_array(t) for t in back.graph.initializer}
     np.testing.assert_array_equal(got["w1"], res.graph.initializers["w1"].array())
+
+
+def test_cli_fuse_equalize_and_bias_correction(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fusekit.cli import main
+
+    m = tmp_path / "m.onnx"
+    m.write_bytes(_unbalanced_pair())
+    x = np.random.default_rng(2).standard_normal((12, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", calib__x=x[:8], eval__x=x[8:])
+    base = ["fuse", str(m), "--platform", "ort_int8", "--calib", str(tmp_path / "d.npz")]
+    docs = {}
+    for name, extra in (("plain", []), ("tools", ["--equalize", "--bias-correction"])):
+        out = tmp_path / f"{name}.onnx"
+        code = main([*base, *extra, "-o", str(out), "--json"])
+        text, err = capsys.readouterr()
+        assert code == 0, err
+        docs[name] = json.loads(text)
+    tools = docs["tools"]
+    assert tools["equalization"]["pairs"] == 1
+    assert tools["equalization"]["largest_imbalance_after"] == pytest.approx(1.0, rel=1e-4)
+    assert tools["bias_correction"]["corrected"] == 2
+    assert "equalization" not in docs["plain"]
+    sq = {k: d["evaluation"]["outputs"][0]["sqnr_db"] for k, d in docs.items()}
+    assert sq["tools"] > sq["plain"] + 20, sq
+    code = main([*base, "--no-calibrate", "--bias-correction"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "--bias-correction needs calibration" in err

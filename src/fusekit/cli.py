@@ -388,9 +388,25 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     inputs = {"model": path, "--calib": args.calib, "--eval": args.eval}
     _check_inputs_exist({"--calib": args.calib, "--eval": args.eval})
     _check_outputs(inputs, files, args.out_dir)
+    if args.no_calibrate and args.bias_correction:
+        raise CliError("--bias-correction needs calibration (the weight scales)")
     graph = load(path)
     require_float_model(graph, path)
     _check_shape_names(args, graph)
+    float_graph = graph  # what the QDQ model is evaluated against
+    tools: dict[str, Any] = {}
+    if args.equalize:
+        from .equalize import equalize
+
+        eq = equalize(graph)
+        graph = eq.graph
+        tools["equalization"] = {
+            "pairs": len(eq.pairs),
+            "iterations": eq.iterations,
+            "largest_imbalance_before": max((p.imbalance_before for p in eq.pairs), default=1.0),
+            "largest_imbalance_after": max((p.imbalance_after for p in eq.pairs), default=1.0),
+            "refused": [{"op": op, "reason": why} for op, why in eq.refused],
+        }
     plan0 = init_plan(graph, platform, dispatch=args.dispatch)
     calib = None if args.no_calibrate else _calib_data(args, graph, example)
     cal = (
@@ -406,6 +422,17 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     with _running_on(calib.label if calib is not None else "-"):
         result = default_pipeline(platform, calibration=cal).run(graph, plan0)
     plan = result.plan
+    if args.bias_correction and calib is not None:
+        from .equalize import bias_correction
+
+        with _running_on(calib.label):
+            bc = bias_correction(graph, plan, calib, progress=_progress(args))
+        graph = bc.graph
+        tools["bias_correction"] = {
+            "corrected": len(bc.corrected),
+            "largest_shift": max(bc.corrected.values(), default=0.0),
+            "refused": [{"op": op, "reason": why} for op, why in bc.refused],
+        }
 
     passes = []
     before = quant_points(plan0)
@@ -435,6 +462,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         "passes": passes,
         "groups": n_groups,
         "largest_group": {"slots": largest, "root": largest_root},
+        **tools,
     }
     evaluation = None
     qdq = None
@@ -457,7 +485,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         ev_data = _eval_data(args, graph, example, calib)
         with _running_on(ev_data.label):
             evaluation = evaluate(
-                graph, qdq.model, ev_data, kernels=args.kernels, progress=_progress(args)
+                float_graph, qdq.model, ev_data, kernels=args.kernels, progress=_progress(args)
             )
         doc["evaluation"] = evaluation.to_dict()
         doc["evaluation"]["generated"] = bool(getattr(ev_data, "generated", False))
@@ -564,6 +592,19 @@ def _print_fuse(out: _Output, doc: dict[str, Any], evaluation: Any) -> None:
         f"  sharing groups: {doc['groups']}"
         + (f", largest {lg['slots']} slots (root {lg['root']})" if lg["slots"] else "")
     )
+    eq = doc.get("equalization")
+    if eq:
+        out.line(
+            f"  equalization: {eq['pairs']} Conv pairs balanced in {eq['iterations']} rounds "
+            f"(largest channel range ratio {eq['largest_imbalance_before']:.3g} -> "
+            f"{eq['largest_imbalance_after']:.3g}), {len(eq['refused'])} refused"
+        )
+    bc = doc.get("bias_correction")
+    if bc:
+        out.line(
+            f"  bias correction: {bc['corrected']} biases corrected (largest shift "
+            f"{bc['largest_shift']:.3g}), {len(bc['refused'])} ops refused"
+        )
     cal = doc.get("calibration")
     if cal:
         tag = "  ** RANDOM DATA: scales say little about real inputs; pass --calib **"
@@ -1013,6 +1054,18 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--ranges", metavar="OUT.json", help="write TensorRT dynamic ranges")
     fuse.add_argument("--report", metavar="OUT.html", help="write the HTML report")
     fuse.add_argument("--out-dir", metavar="DIR", help="write all four, with default names")
+    fuse.add_argument(
+        "--equalize",
+        action="store_true",
+        help="cross-layer equalization first: balance the channel ranges of Conv -> "
+        "[BatchNormalization] -> [Relu] -> Conv pairs (the float model computes the same)",
+    )
+    fuse.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="after calibration, fold each quantized Conv/Gemm's expected output shift from "
+        "weight quantization into its bias",
+    )
     fuse.add_argument(
         "--no-calibrate",
         action="store_true",
