@@ -388,6 +388,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     inputs = {"model": path, "--calib": args.calib, "--eval": args.eval}
     _check_inputs_exist({"--calib": args.calib, "--eval": args.eval})
     _check_outputs(inputs, files, args.out_dir)
+    if args.max_float_groups < 0:
+        raise CliError(f"--max-float-groups must be 0 or more, got {args.max_float_groups}")
     if args.no_calibrate and args.bias_correction:
         raise CliError("--bias-correction needs calibration (the weight scales)")
     graph = load(path)
@@ -422,6 +424,25 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     with _running_on(calib.label if calib is not None else "-"):
         result = default_pipeline(platform, calibration=cal).run(graph, plan0)
     plan = result.plan
+    if args.max_float_groups and calib is not None:
+        from .sensitivity import greedy_fallback, sensitivity
+
+        with _running_on(calib.label):
+            ranking = sensitivity(
+                graph,
+                plan,
+                calib,
+                decisions=result.decisions,
+                float_graph=float_graph,
+                kernels=args.kernels,
+                progress=_progress(args),
+            )
+        plan, chosen = greedy_fallback(plan, ranking, args.max_float_groups)
+        tools["float_groups"] = {
+            "ranked_on": calib.label,
+            "base_sqnr_db": ranking.base_sqnr_db,
+            "groups": [g.to_dict() for g in chosen],
+        }
     if args.bias_correction and calib is not None:
         from .equalize import bias_correction
 
@@ -599,6 +620,10 @@ def _print_fuse(out: _Output, doc: dict[str, Any], evaluation: Any) -> None:
             f"(largest channel range ratio {eq['largest_imbalance_before']:.3g} -> "
             f"{eq['largest_imbalance_after']:.3g}), {len(eq['refused'])} refused"
         )
+    fg = doc.get("float_groups")
+    if fg:
+        gains = ", ".join(f"{g['root']} {g['gain_db']:+.2f} dB" for g in fg["groups"]) or "none"
+        out.line(f"  left float (ranked on the calibration data): {gains}")
     bc = doc.get("bias_correction")
     if bc:
         out.line(
@@ -840,9 +865,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         )
     fused = cmp["fused"].evaluation
     code = 1 if args.min_sqnr is not None and not fused.passes(args.min_sqnr) else 0
+    sens = None
+    if args.sensitivity:
+        from .sensitivity import sensitivity
+
+        with _running_on(evald.label):
+            sens = sensitivity(
+                graph,
+                cmp["fused"].plan,
+                evald,
+                decisions=cmp.fused_decisions,
+                kernels=args.kernels,
+                progress=_progress(args),
+            )
     if out.json:
         d = cmp.to_dict()
         d.update(model=path, calibration=calib.label, evaluation_data=evald.label)
+        if sens is not None:
+            d["sensitivity"] = sens.to_dict()
         if args.min_sqnr is not None:
             d.update(min_sqnr=args.min_sqnr, passed=code == 0)
         out.doc(_clean(d))
@@ -865,6 +905,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         members = ", ".join(f"{t} {a:.3g}" for t, a in g.members[:4])
         more = f", +{len(g.members) - 4}" if len(g.members) > 4 else ""
         out.line(f"  {mark} {g.ratio:8.1f}x  root {g.root}: {members}{more}")
+    if sens is not None:
+        out.line(
+            f"sensitivity: fused lowest SQNR {sens.base_sqnr_db:.2f} dB; recovered with one "
+            f"group left float ({sens.sessions} sessions, {sens.samples} samples):"
+        )
+        for gs in sens.groups[: args.top]:
+            rules = ", ".join(gs.rules) or "its own quantizer"
+            out.line(
+                f"  {gs.gain_db:+7.2f} dB  root {gs.root} ({gs.pairs} Q/DQ pair(s)): "
+                f"{', '.join(gs.tensors[:3])}{', ...' if len(gs.tensors) > 3 else ''} [{rules}]"
+            )
     if code:
         out.note(f"fused lowest SQNR {fused.min_sqnr:.2f} dB is below --min-sqnr {args.min_sqnr}")
     return code
@@ -1067,6 +1118,14 @@ def build_parser() -> argparse.ArgumentParser:
         "weight quantization into its bias",
     )
     fuse.add_argument(
+        "--max-float-groups",
+        type=int,
+        default=0,
+        metavar="N",
+        help="leave float the N sharing groups whose float-ness recovers the most SQNR on the "
+        "calibration data (ranked one group at a time, as 'compare --sensitivity')",
+    )
+    fuse.add_argument(
         "--no-calibrate",
         action="store_true",
         help="plan and fuse only (no calibration, export or evaluation)",
@@ -1126,6 +1185,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="flag groups whose members' ranges differ by X times or more (default 16)",
     )
     cmp.add_argument("--top", type=int, default=10, help="groups to list (default 10)")
+    cmp.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="rank the fused plan's groups by the SQNR recovered when only that group is left "
+        "float (one export and onnxruntime session per group)",
+    )
     _latency_opts(cmp)
     _common(cmp)
     cmp.set_defaults(func=_cmd_compare)
