@@ -159,21 +159,48 @@ def test_nothing_to_equalize_returns_the_same_graph() -> None:
     assert res.graph is g and res.pairs == ()
 
 
-def _biased_conv() -> tuple[bytes, np.ndarray[Any, Any]]:
-    """A 1x1 conv whose weights all round the same way: quantization shifts every output."""
+def _biased_conv(tail: str = "bias") -> tuple[bytes, np.ndarray[Any, Any]]:
+    """A 1x1 conv whose weights all round the same way: quantization shifts every output.
+
+    ``tail`` says where the bias lives: the Conv's own ``bias``, a ``bn`` after a bias-less
+    Conv, or ``muladd`` (a BatchNorm folded into Mul and Add, as converters write it).
+    """
     step = 1.0 / 127
     w = np.full((4, 16, 1, 1), 0.0, np.float32)
     for o in range(4):
         w[o, 0] = 1.0  # the channel's max: step = 1/127 per channel
         # every other weight rounds down by 0.45 step
         w[o, 1:, 0, 0] = ((np.arange(15) % 7 + 1) + 0.45) * step
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], "conv")]
-    inits = {"w": w, "b": np.zeros(4, np.float32)}
+    inits: dict[str, np.ndarray[Any, Any]] = {"w": w}
+    if tail == "bias":
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], "conv")]
+        inits["b"] = np.zeros(4, np.float32)
+    elif tail == "bn":
+        nodes = [
+            helper.make_node("Conv", ["x", "w"], ["c"], "conv"),
+            helper.make_node("BatchNormalization", ["c", "g", "be", "b", "v"], ["y"], "bn"),
+        ]
+        inits.update(
+            g=np.full(4, 2.0, np.float32),
+            be=np.full(4, 0.5, np.float32),
+            b=np.zeros(4, np.float32),
+            v=np.ones(4, np.float32),
+        )
+    else:
+        nodes = [
+            helper.make_node("Conv", ["x", "w"], ["c"], "conv"),
+            helper.make_node("Mul", ["c", "a"], ["m"], "mul"),
+            helper.make_node("Add", ["m", "b"], ["y"], "add"),
+        ]
+        inits.update(a=np.full((1, 4, 1, 1), 2.0, np.float32), b=np.zeros((1, 4, 1, 1), np.float32))
     return _model(nodes, inits, [("x", [1, 16, 8, 8])], [("y", [1, 4, 8, 8])]), w
 
 
-def test_bias_correction_removes_a_biased_weight_error() -> None:
-    model, w = _biased_conv()
+@pytest.mark.parametrize(
+    ("tail", "sign", "gain"), [("bias", -1, 1), ("bn", 1, 1), ("muladd", -1, 2)]
+)
+def test_bias_correction_removes_a_biased_weight_error(tail: str, sign: int, gain: float) -> None:
+    model, w = _biased_conv(tail)
     g = fusekit.load(model)
     rng = np.random.default_rng(9)
     feeds = [{"x": (3.0 + rng.standard_normal((1, 16, 8, 8))).astype(np.float32)} for _ in range(8)]
@@ -188,8 +215,8 @@ def test_bias_correction_removes_a_biased_weight_error() -> None:
     mean_x = float(np.mean([f["x"] for f in feeds]))
     want = (wq - w).reshape(4, -1).sum(axis=1) * mean_x
     assert np.all(want < -0.1)  # all four channels shift the same way
-    new_b = np.asarray(res.graph.initializers["b"].array())
-    np.testing.assert_allclose(new_b, -want, rtol=0.02)
+    new_b = np.asarray(res.graph.initializers["b"].array()).reshape(-1)
+    np.testing.assert_allclose(new_b, sign * gain * want, rtol=0.02)
     check_plan_graph(plan, res.graph)
 
     def mean_error(graph: fusekit.Graph) -> float:
@@ -222,7 +249,7 @@ def test_bias_correction_refuses_what_it_cannot_correct() -> None:
     res = bias_correction(g, plan, feeds)
     assert res.graph is g and not res.corrected
     assert dict(res.refused) == {
-        "nobias": "no bias input (adding one would change the graph)",
+        "nobias": "no bias input and no per-channel BatchNormalization/Add after it",
         "mm": "MatMul has no bias input to correct",
     }
 

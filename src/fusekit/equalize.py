@@ -305,6 +305,66 @@ def _weight_error(plan: QuantPlan, op: Op, w: np.ndarray[Any, Any]) -> np.ndarra
     return np.asarray(deq - w.astype(np.float64))
 
 
+#: Where a shift is folded: (initializer, sign, multiplier per channel); the initializer's new
+#: value is ``value + sign * multiplier * shift``.
+_Carrier = tuple[str, float, Any]
+
+
+def _carrier(graph: Graph, op: Op, w: np.ndarray[Any, Any]) -> _Carrier | str:
+    """Where ``op``'s output shift can be removed, or why it cannot (a refusal reason).
+
+    The op's own bias first; else (a Conv without bias, as PaddlePaddle exports them) the
+    per-channel constant of what follows: a BatchNormalization's mean (``+ shift``), an
+    Add's constant (``- shift``), or a Mul by a constant then an Add (``- mul * shift``, the
+    BatchNorm that converters fold into Mul/Add).
+    """
+    channels = w.shape[0] if op.op_type == "Conv" else None
+    if len(op.inputs) > 2 and op.inputs[2]:
+        if _const(graph, op.inputs[2], op.name) is None:
+            return "its bias is not a float initializer of its own"
+        if op.op_type == "Gemm":
+            beta = float(op.attributes.get("beta", 1.0))
+            if beta == 0:
+                return "Gemm with beta 0"
+            return op.inputs[2], -1.0 / beta, 1.0
+        return op.inputs[2], -1.0, 1.0
+    if channels is None:
+        return "no bias input (adding one would change the graph)"
+    rank = w.ndim
+    mult: Any = 1.0
+    t = op.outputs[0]
+    for _ in range(2):
+        cons = graph.consumers(t)
+        if len(cons) != 1 or t in graph.outputs:
+            break
+        nxt = graph.op(cons[0].op)
+        if nxt.op_type == "BatchNormalization" and cons[0].index == 0 and mult == 1.0:
+            if _const(graph, nxt.inputs[3], nxt.name) is not None:
+                return nxt.inputs[3], 1.0, 1.0
+            break
+        if nxt.op_type not in ("Add", "Mul") or len(nxt.inputs) != 2:
+            break
+        other = nxt.inputs[1 - cons[0].index]
+        c = _const(graph, other, nxt.name)
+        if c is None or not _per_channel(c, channels, rank):
+            break
+        if nxt.op_type == "Add":
+            return other, -1.0, mult
+        if mult != 1.0:
+            break
+        mult = np.broadcast_to(c.reshape(-1), (channels,)).astype(np.float64)
+        t = nxt.outputs[0]
+    return "no bias input and no per-channel BatchNormalization/Add after it"
+
+
+def _per_channel(c: np.ndarray[Any, Any], channels: int, rank: int) -> bool:
+    """True if ``c`` broadcasts along the channel axis (1) of a rank-``rank`` tensor only."""
+    if c.ndim > rank:
+        return False
+    shape = (1,) * (rank - c.ndim) + tuple(c.shape)
+    return shape[0] == 1 and shape[1] in (1, channels) and all(d == 1 for d in shape[2:])
+
+
 def _shift(op: Op, dw: np.ndarray[Any, Any], mean_x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """Expected output shift per output channel of ``op`` for weight error ``dw``."""
     if op.op_type == "Conv":
@@ -349,7 +409,7 @@ def bias_correction(
 
     check_plan_graph(plan, graph, "bias_correction")
     refused: list[tuple[str, str]] = []
-    targets: list[tuple[Op, np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
+    targets: list[tuple[Op, np.ndarray[Any, Any], _Carrier]] = []
     for op in graph:
         if op.op_type not in ("Conv", "Gemm", "MatMul") or not plan.is_quantized(op.name):
             continue
@@ -359,19 +419,19 @@ def bias_correction(
         if op.op_type == "Gemm" and int(op.attributes.get("transA", 0)):
             refused.append((op.name, "Gemm with transA: not handled"))
             continue
-        if len(op.inputs) < 3 or not op.inputs[2]:
-            refused.append((op.name, "no bias input (adding one would change the graph)"))
+        w = _const(graph, op.inputs[1], op.name) if len(op.inputs) > 1 else None
+        if w is None:
+            refused.append((op.name, "its weight is not a float initializer of its own"))
             continue
-        w = _const(graph, op.inputs[1], op.name)
-        bias = _const(graph, op.inputs[2], op.name)
-        if w is None or bias is None:
-            refused.append((op.name, "weight or bias is not a float initializer of its own"))
+        carrier = _carrier(graph, op, w)
+        if isinstance(carrier, str):
+            refused.append((op.name, carrier))
             continue
         dw = _weight_error(plan, op, w)
         if dw is None:
             refused.append((op.name, "its weight is not quantized with a scale"))
             continue
-        targets.append((op, dw, bias))
+        targets.append((op, dw, carrier))
     if not targets:
         return BiasCorrectionResult(graph, plan, {}, tuple(refused), 0)
     fetch_names = sorted({op.inputs[0] for op, _, _ in targets})
@@ -403,7 +463,7 @@ def bias_correction(
         raise InvalidData(f"{ds.label}: no samples for bias correction")
     new: dict[str, np.ndarray[Any, Any]] = {}
     corrected: dict[str, float] = {}
-    for op, dw, bias in targets:
+    for op, dw, (name, sign, mult) in targets:
         t = op.inputs[0]
         mean_x = sums[t] / max(counts[t], 1)
         try:
@@ -411,16 +471,12 @@ def bias_correction(
         except ValueError:
             refused.append((op.name, "input channels do not match the weight"))
             continue
-        if op.op_type == "Gemm":
-            beta = float(op.attributes.get("beta", 1.0))
-            if beta == 0 or bias.size != shift.size:
-                refused.append((op.name, "its bias does not broadcast per output channel"))
-                continue
-            shift = shift / beta
-        elif bias.size != shift.size:
-            refused.append((op.name, "bias size differs from the output channels"))
+        value = np.asarray(graph.initializers[name].array(), dtype=np.float64)
+        if value.size != shift.size:
+            refused.append((op.name, f"{name!r} does not hold one value per output channel"))
             continue
-        new[op.inputs[2]] = (bias.astype(np.float64) - shift.reshape(bias.shape)).astype(np.float32)
+        delta = (sign * mult * shift).reshape(value.shape)
+        new[name] = (value + delta).astype(np.float32)
         corrected[op.name] = float(np.max(np.abs(shift)))
     return BiasCorrectionResult(
         graph.with_initializer_values(new), plan, corrected, tuple(refused), n
