@@ -60,17 +60,22 @@ def run_variant(model: Path, data: Path, platform: str, variant: str) -> dict[st
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("acc_dir")
-    ap.add_argument("--platforms", default="ort_int8,trt_int8")
+    ap.add_argument("--platforms", default="ort_int8,trt_int8", help="names or rule files")
     ap.add_argument("--variants", default="minmax,percentile,entropy,mse")
     ap.add_argument("--models", default=None, help="comma-separated data names (default all)")
     args = ap.parse_args(argv)
+    platforms = []
+    for name in args.platforms.split(","):
+        if name.endswith((".json", ".toml")):  # a rule file: registered under its own name
+            name = fusekit.load_platform(name, register=True).name
+        platforms.append(name)
     base = Path(args.acc_dir)
     manifest = json.loads((base / "data" / "manifest.json").read_text())["models"]
     names = args.models.split(",") if args.models else list(manifest)
     for name in names:
         model = base / manifest[name]["model"]
         data = base / "data" / f"{name}.npz"
-        for platform in args.platforms.split(","):
+        for platform in platforms:
             for variant in args.variants.split(","):
                 t = time.process_time()
                 try:
