@@ -291,3 +291,33 @@ def test_cli_fuse_equalize_and_bias_correction(
     code = main([*base, "--no-calibrate", "--bias-correction"])
     _, err = capsys.readouterr()
     assert code == 2 and "--bias-correction needs calibration" in err
+
+
+def test_weights_in_constant_ops_are_edited_too() -> None:
+    """PaddlePaddle exports weights as Constant nodes, not initializers: both tools see them."""
+    m = onnx.load_from_string(_unbalanced_pair())
+    consts = []
+    for init in list(m.graph.initializer):
+        consts.append(
+            helper.make_node("Constant", [], [init.name], f"const_{init.name}", value=init)
+        )
+    del m.graph.initializer[:]
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(consts + nodes)
+    g = fusekit.load(m.SerializeToString())
+    assert not g.initializers
+    res = equalize(g)
+    assert len(res.pairs) == 1 and res.pairs[0].imbalance_after == pytest.approx(1.0, rel=1e-5)
+    feeds = samples(3)
+    for a, b in zip(_run(g, feeds), _run(res.graph, feeds)):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-4 * float(np.abs(a[0]).max()))
+    plan = (
+        fusekit.default_pipeline("ort_int8", calibration=Calibration(feeds))
+        .run(res.graph, fusekit.init_plan(res.graph, "ort_int8"))
+        .plan
+    )
+    bc = bias_correction(res.graph, plan, feeds)
+    assert set(bc.corrected) == {"conv1", "conv2"}
+    b1 = bc.graph.op("const_b1").attributes["value"]
+    assert not np.array_equal(b1, res.graph.op("const_b1").attributes["value"])

@@ -75,14 +75,27 @@ class EqualizeResult:
     iterations: int
 
 
+def _value(graph: Graph, name: str) -> np.ndarray[Any, Any] | None:
+    """The float32 value of constant ``name`` (an initializer or a ``Constant`` op's value)."""
+    if not name:
+        return None
+    init = graph.initializers.get(name)
+    if init is not None:
+        return np.asarray(init.array()) if init.elem_type == 1 else None
+    p = graph.producer(name)
+    if p is None:
+        return None
+    op = graph.op(p.op)
+    v = op.attributes.get("value") if op.op_type == "Constant" else None
+    return v if isinstance(v, np.ndarray) and v.dtype == np.float32 else None
+
+
 def _const(graph: Graph, name: str, reader: str) -> np.ndarray[Any, Any] | None:
-    """The float32 value of initializer ``name`` if only ``reader`` reads it, else None."""
-    init = graph.initializers.get(name) if name else None
-    if init is None or init.elem_type != 1:
+    """The float32 value of constant ``name`` if only ``reader`` reads it, else None."""
+    v = _value(graph, name)
+    if v is None or {s.op for s in graph.consumers(name)} != {reader}:
         return None
-    if {s.op for s in graph.consumers(name)} != {reader}:
-        return None
-    return np.asarray(init.array(), dtype=np.float32)
+    return v
 
 
 def _is_depthwise(op: Op, w: np.ndarray[Any, Any]) -> bool:
@@ -108,7 +121,7 @@ def equalization_pairs(
         if w1 is None or w1.ndim < 3:
             continue
         if len(op.inputs) > 2 and op.inputs[2] and _const(graph, op.inputs[2], op.name) is None:
-            refused.append((op.name, "its bias is not a float initializer of its own"))
+            refused.append((op.name, "its bias is not a float constant of its own"))
             continue
         via: list[str] = []
         t = op.outputs[0]
@@ -143,7 +156,7 @@ def equalization_pairs(
             if nxt.op_type == "Conv" and len(nxt.inputs) > 1:
                 w2 = _const(graph, nxt.inputs[1], nxt.name)
                 if w2 is None:
-                    why = f"the weight of {nxt.name} is not a float initializer of its own"
+                    why = f"the weight of {nxt.name} is not a float constant of its own"
                 elif (
                     w2.ndim != w1.ndim
                     or w2.shape[1] * int(nxt.attributes.get("group", 1)) != (w1.shape[0])
@@ -159,8 +172,8 @@ def equalization_pairs(
 
     def depthwise_first(p: EqualizationPair) -> int:
         a, b = graph.op(p.first), graph.op(p.second)
-        wa = graph.initializers[a.inputs[1]].array()
-        wb = graph.initializers[b.inputs[1]].array()
+        wa, wb = _value(graph, a.inputs[1]), _value(graph, b.inputs[1])
+        assert wa is not None and wb is not None
         return 0 if _is_depthwise(a, wa) or _is_depthwise(b, wb) else 1
 
     pairs.sort(key=depthwise_first)
@@ -215,7 +228,9 @@ def equalize(
 
     def value(name: str) -> np.ndarray[Any, Any]:
         if name not in cur:
-            cur[name] = np.asarray(graph.initializers[name].array(), dtype=np.float32)
+            v = _value(graph, name)
+            assert v is not None  # equalization_pairs checked every value it touches
+            cur[name] = np.asarray(v, dtype=np.float32)
         return cur[name]
 
     def ranges(p: EqualizationPair) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -263,7 +278,7 @@ def equalize(
         attrs.evolve(p, imbalance_before=before[p], imbalance_after=_imbalance(*ranges(p)))
         for p in pairs
     )
-    return EqualizeResult(graph.with_initializer_values(cur), done, tuple(refused), rounds)
+    return EqualizeResult(graph.with_constant_values(cur), done, tuple(refused), rounds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,7 +336,7 @@ def _carrier(graph: Graph, op: Op, w: np.ndarray[Any, Any]) -> _Carrier | str:
     channels = w.shape[0] if op.op_type == "Conv" else None
     if len(op.inputs) > 2 and op.inputs[2]:
         if _const(graph, op.inputs[2], op.name) is None:
-            return "its bias is not a float initializer of its own"
+            return "its bias is not a float constant of its own"
         if op.op_type == "Gemm":
             beta = float(op.attributes.get("beta", 1.0))
             if beta == 0:
@@ -421,7 +436,7 @@ def bias_correction(
             continue
         w = _const(graph, op.inputs[1], op.name) if len(op.inputs) > 1 else None
         if w is None:
-            refused.append((op.name, "its weight is not a float initializer of its own"))
+            refused.append((op.name, "its weight is not a float constant of its own"))
             continue
         carrier = _carrier(graph, op, w)
         if isinstance(carrier, str):
@@ -471,13 +486,11 @@ def bias_correction(
         except ValueError:
             refused.append((op.name, "input channels do not match the weight"))
             continue
-        value = np.asarray(graph.initializers[name].array(), dtype=np.float64)
+        value = np.asarray(_value(graph, name), dtype=np.float64)
         if value.size != shift.size:
             refused.append((op.name, f"{name!r} does not hold one value per output channel"))
             continue
         delta = (sign * mult * shift).reshape(value.shape)
         new[name] = (value + delta).astype(np.float32)
         corrected[op.name] = float(np.max(np.abs(shift)))
-    return BiasCorrectionResult(
-        graph.with_initializer_values(new), plan, corrected, tuple(refused), n
-    )
+    return BiasCorrectionResult(graph.with_constant_values(new), plan, corrected, tuple(refused), n)
