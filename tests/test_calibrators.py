@@ -107,7 +107,7 @@ def test_no_mass_near_zero_keeps_both_modes(observer: type[_Histogram]) -> None:
 
 def test_unguarded_entropy_collapses_a_tensor_without_mass_near_zero() -> None:
     """TensorRT's search as published (no clipping bound) folds a whole mode into the last bin:
-    the reason for ``max_clipped`` (fusekit's default clips at most 0.1% of the values)."""
+    the reason for ``max_clipped`` (fusekit's default clips at most 1e-5 of the values)."""
     x = RNG.uniform(0.2, 0.8, 200_000)  # a sigmoid output
     h = _fed(_Entropy, x)
     assert isinstance(h, _Entropy)
