@@ -280,6 +280,7 @@ def test_cli_fuse_equalize_and_bias_correction(
         code = main([*base, *extra, "-o", str(out), "--json"])
         text, err = capsys.readouterr()
         assert code == 0, err
+        assert ("quantizes weights per channel" in err) == (name == "tools")
         docs[name] = json.loads(text)
     tools = docs["tools"]
     assert tools["equalization"]["pairs"] == 1
