@@ -235,3 +235,23 @@ def test_cli_observer(observer: str, tmp_path: Path, capsys: pytest.CaptureFixtu
     out, err = capsys.readouterr()
     assert code == 0, err
     assert json.loads(out)["calibration"]["observer"] == observer
+
+
+@pytest.mark.parametrize("observer", ["entropy", "mse", "percentile"])
+def test_per_channel_statistics_use_the_observer_on_each_channel(observer: str) -> None:
+    """A per-channel activation slot gets one histogram per channel, streamed like the rest."""
+    g = fusekit.load(conv_relu_model())
+    feeds = samples(6)
+    for f in feeds:  # an outlier in channel 0 of the input only
+        f["x"][0, 0, 0, 0] = 40.0
+    got = collect_ranges(g, {"x": [(observer, 1), ("minmax", 1)]}, feeds)
+    r, mm = got[("x", observer, 1)], got[("x", "minmax", 1)]
+    assert r.observer == observer and np.shape(r.hi) == (3,)
+    assert float(mm.hi[0]) == 40.0 and float(np.max(r.hi[1:])) < 10.0  # channels apart...
+    stacked = np.concatenate([f["x"] for f in feeds])
+    for c in range(3):  # ...and each channel is what that observer gives on the channel alone
+        h = _fed({"entropy": _Entropy, "mse": _Mse, "percentile": _Histogram}[observer])
+        for f in feeds:
+            h.update(f["x"][:, c].ravel())
+        assert float(r.hi[c]) == pytest.approx(h.result().hi)
+        assert float(r.max[c]) == pytest.approx(float(stacked[:, c].max()))

@@ -983,6 +983,51 @@ class _Mse(_AbsHistogram):
         return mse_threshold(counts, width)
 
 
+class _ChannelHistograms:
+    """One streaming histogram observer per channel of ``axis`` (per-channel activations)."""
+
+    __slots__ = ("axis", "bins", "factory", "hists", "n", "percentile")
+
+    def __init__(self, factory: type[_Histogram], axis: int, percentile: float, bins: int):
+        self.factory = factory
+        self.axis = axis
+        self.percentile = percentile
+        self.bins = bins
+        self.hists: list[_Histogram] | None = None
+        self.n = 0
+
+    def update(self, x: np.ndarray[Any, Any]) -> bool:
+        self.n += 1
+        axis = self.axis if self.axis >= 0 else x.ndim + self.axis
+        if not 0 <= axis < x.ndim:
+            raise InvalidData(f"channel axis {self.axis} does not exist in a rank-{x.ndim} tensor")
+        m = np.moveaxis(np.asarray(x), axis, 0).reshape(x.shape[axis], -1)
+        if self.hists is None:
+            self.hists = [self.factory(self.percentile, self.bins) for _ in range(m.shape[0])]
+        elif len(self.hists) != m.shape[0]:
+            raise InvalidData(
+                f"the number of channels changed between samples ({len(self.hists)} -> "
+                f"{m.shape[0]})"
+            )
+        bad = False
+        for h, row in zip(self.hists, m):
+            bad = h.update(row) or bad
+        return bad
+
+    @property
+    def empty(self) -> bool:
+        return self.hists is not None and any(h.empty for h in self.hists)
+
+    def result(self) -> TensorRange:
+        parts = [h.result() for h in self.hists or []]
+        name = parts[0].observer if parts else "minmax"
+
+        def col(field: str) -> np.ndarray[Any, Any]:
+            return np.asarray([float(getattr(r, field)) for r in parts], dtype=np.float64)
+
+        return TensorRange(col("lo"), col("hi"), col("min"), col("max"), self.n, name)
+
+
 #: Histogram observers by name (minmax is not a histogram; per-channel ranges are min-max).
 _HISTOGRAMS: dict[str, type[_Histogram]] = {
     "percentile": _Histogram,
@@ -1067,7 +1112,9 @@ def collect_ranges(
             key = (t, obs, axis)
             if key in wanted:
                 continue
-            if axis is not None:
+            if axis is not None and obs in _HISTOGRAMS:
+                wanted[key] = _ChannelHistograms(_HISTOGRAMS[obs], axis, percentile, bins)
+            elif axis is not None:
                 wanted[key] = _ChannelMinMax(axis)
             elif obs in _HISTOGRAMS:
                 wanted[key] = _HISTOGRAMS[obs](percentile, bins)
@@ -1491,10 +1538,14 @@ def _range_key(graph: Graph, tg: Target, tensor: str) -> tuple[str, str, int | N
 
 
 def _observation(graph: Graph, tg: Target, tensor: str) -> tuple[str, int | None]:
-    """How ``tensor`` is observed for ``tg``: constants and per-channel ranges are min-max."""
-    if tensor in graph.initializers or tg.axis is not None:
+    """How ``tensor`` is observed for ``tg``: constants are min-max (per channel or not).
+
+    A per-channel activation uses the target's observer on each channel (one streaming
+    histogram per channel for percentile, entropy and MSE).
+    """
+    if tensor in graph.initializers:
         return "minmax", tg.axis
-    return tg.observer, None
+    return tg.observer, tg.axis
 
 
 def _quantized_initializers(
