@@ -322,3 +322,28 @@ def test_weights_in_constant_ops_are_edited_too() -> None:
     assert set(bc.corrected) == {"conv1", "conv2"}
     b1 = bc.graph.op("const_b1").attributes["value"]
     assert not np.array_equal(b1, res.graph.op("const_b1").attributes["value"])
+
+
+def test_bias_correction_refuses_two_muls_instead_of_failing() -> None:
+    """Conv -> Mul -> Mul: no Add to carry the shift (0.1 of this code raised on the array test)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], "conv"),
+        helper.make_node("Mul", ["c", "a"], ["m"], "mul1"),
+        helper.make_node("Mul", ["m", "a2"], ["y"], "mul2"),
+    ]
+    inits = {
+        "w": RNG.standard_normal((4, 3, 1, 1)).astype(np.float32),
+        "a": np.full((1, 4, 1, 1), 2.0, np.float32),
+        "a2": np.full((1, 4, 1, 1), 3.0, np.float32),
+    }
+    g = fusekit.load(_model(nodes, inits, [("x", [1, 3, 4, 4])], [("y", [1, 4, 4, 4])]))
+    feeds = samples(2, (1, 3, 4, 4))
+    plan = (
+        fusekit.default_pipeline("ort_int8", calibration=Calibration(feeds))
+        .run(g, fusekit.init_plan(g, "ort_int8"))
+        .plan
+    )
+    res = bias_correction(g, plan, feeds)
+    assert res.graph is g and dict(res.refused) == {
+        "conv": "no bias input and no per-channel BatchNormalization/Add after it"
+    }

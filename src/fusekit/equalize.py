@@ -141,6 +141,7 @@ def equalization_pairs(
                 break
             if (
                 nxt.op_type == "BatchNormalization"
+                and len(nxt.inputs) >= 5
                 and through_batchnorm
                 and not kinds
                 and len([o for o in nxt.outputs if o]) == 1
@@ -353,7 +354,12 @@ def _carrier(graph: Graph, op: Op, w: np.ndarray[Any, Any]) -> _Carrier | str:
         if len(cons) != 1 or t in graph.outputs:
             break
         nxt = graph.op(cons[0].op)
-        if nxt.op_type == "BatchNormalization" and cons[0].index == 0 and mult == 1.0:
+        if (
+            nxt.op_type == "BatchNormalization"
+            and cons[0].index == 0
+            and len(nxt.inputs) >= 5
+            and isinstance(mult, float)
+        ):
             if _const(graph, nxt.inputs[3], nxt.name) is not None:
                 return nxt.inputs[3], 1.0, 1.0
             break
@@ -365,7 +371,7 @@ def _carrier(graph: Graph, op: Op, w: np.ndarray[Any, Any]) -> _Carrier | str:
             break
         if nxt.op_type == "Add":
             return other, -1.0, mult
-        if mult != 1.0:
+        if not isinstance(mult, float):  # a second Mul: not handled
             break
         mult = np.broadcast_to(c.reshape(-1), (channels,)).astype(np.float64)
         t = nxt.outputs[0]
