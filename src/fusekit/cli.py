@@ -392,9 +392,32 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     inputs = {"model": path, "--calib": args.calib, "--eval": args.eval}
     _check_inputs_exist({"--calib": args.calib, "--eval": args.eval})
     _check_outputs(inputs, files, args.out_dir)
+    if args.max_float_groups < 0:
+        raise CliError(f"--max-float-groups must be 0 or more, got {args.max_float_groups}")
+    if args.no_calibrate and args.bias_correction:
+        raise CliError("--bias-correction needs calibration (the weight scales)")
     graph = load(path)
     require_float_model(graph, path)
     _check_shape_names(args, graph)
+    float_graph = graph  # what the QDQ model is evaluated against
+    tools: dict[str, Any] = {}
+    if args.equalize:
+        from .equalize import equalize
+
+        eq = equalize(graph)
+        graph = eq.graph
+        if eq.pairs and all(r.policy.per_channel for r in platform.weights.values()):
+            out.note(
+                f"{platform.name} quantizes weights per channel: equalization mostly moves range "
+                "into the activations there (measure it: docs/accuracy.md)"
+            )
+        tools["equalization"] = {
+            "pairs": len(eq.pairs),
+            "iterations": eq.iterations,
+            "largest_imbalance_before": max((p.imbalance_before for p in eq.pairs), default=1.0),
+            "largest_imbalance_after": max((p.imbalance_after for p in eq.pairs), default=1.0),
+            "refused": [{"op": op, "reason": why} for op, why in eq.refused],
+        }
     plan0 = init_plan(graph, platform, dispatch=args.dispatch)
     calib = None if args.no_calibrate else _calib_data(args, graph, example)
     cal = (
@@ -410,6 +433,36 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     with _running_on(calib.label if calib is not None else "-"):
         result = default_pipeline(platform, calibration=cal).run(graph, plan0)
     plan = result.plan
+    if args.max_float_groups and calib is not None:
+        from .sensitivity import greedy_fallback, sensitivity
+
+        with _running_on(calib.label):
+            ranking = sensitivity(
+                graph,
+                plan,
+                calib,
+                decisions=result.decisions,
+                float_graph=float_graph,
+                kernels=args.kernels,
+                progress=_progress(args),
+            )
+        plan, chosen = greedy_fallback(plan, ranking, args.max_float_groups)
+        tools["float_groups"] = {
+            "ranked_on": calib.label,
+            "base_sqnr_db": ranking.base_sqnr_db,
+            "groups": [g.to_dict() for g in chosen],
+        }
+    if args.bias_correction and calib is not None:
+        from .equalize import bias_correction
+
+        with _running_on(calib.label):
+            bc = bias_correction(graph, plan, calib, progress=_progress(args))
+        graph = bc.graph
+        tools["bias_correction"] = {
+            "corrected": len(bc.corrected),
+            "largest_shift": max(bc.corrected.values(), default=0.0),
+            "refused": [{"op": op, "reason": why} for op, why in bc.refused],
+        }
 
     passes = []
     before = quant_points(plan0)
@@ -439,6 +492,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         "passes": passes,
         "groups": n_groups,
         "largest_group": {"slots": largest, "root": largest_root},
+        **tools,
     }
     evaluation = None
     qdq = None
@@ -461,7 +515,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         ev_data = _eval_data(args, graph, example, calib)
         with _running_on(ev_data.label):
             evaluation = evaluate(
-                graph, qdq.model, ev_data, kernels=args.kernels, progress=_progress(args)
+                float_graph, qdq.model, ev_data, kernels=args.kernels, progress=_progress(args)
             )
         doc["evaluation"] = evaluation.to_dict()
         doc["evaluation"]["generated"] = bool(getattr(ev_data, "generated", False))
@@ -568,6 +622,23 @@ def _print_fuse(out: _Output, doc: dict[str, Any], evaluation: Any) -> None:
         f"  sharing groups: {doc['groups']}"
         + (f", largest {lg['slots']} slots (root {lg['root']})" if lg["slots"] else "")
     )
+    eq = doc.get("equalization")
+    if eq:
+        out.line(
+            f"  equalization: {eq['pairs']} Conv pairs balanced in {eq['iterations']} rounds "
+            f"(largest channel range ratio {eq['largest_imbalance_before']:.3g} -> "
+            f"{eq['largest_imbalance_after']:.3g}), {len(eq['refused'])} refused"
+        )
+    fg = doc.get("float_groups")
+    if fg:
+        gains = ", ".join(f"{g['root']} {g['gain_db']:+.2f} dB" for g in fg["groups"]) or "none"
+        out.line(f"  left float (ranked on the calibration data): {gains}")
+    bc = doc.get("bias_correction")
+    if bc:
+        out.line(
+            f"  bias correction: {bc['corrected']} biases corrected (largest shift "
+            f"{bc['largest_shift']:.3g}), {len(bc['refused'])} ops refused"
+        )
     cal = doc.get("calibration")
     if cal:
         tag = "  ** RANDOM DATA: scales say little about real inputs; pass --calib **"
@@ -823,9 +894,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         )
     fused = cmp["fused"].evaluation
     code = 1 if args.min_sqnr is not None and not fused.passes(args.min_sqnr) else 0
+    sens = None
+    if args.sensitivity:
+        from .sensitivity import sensitivity
+
+        with _running_on(evald.label):
+            sens = sensitivity(
+                graph,
+                cmp["fused"].plan,
+                evald,
+                decisions=cmp.fused_decisions,
+                kernels=args.kernels,
+                progress=_progress(args),
+            )
     if out.json:
         d = cmp.to_dict()
         d.update(model=path, calibration=calib.label, evaluation_data=evald.label)
+        if sens is not None:
+            d["sensitivity"] = sens.to_dict()
         if args.min_sqnr is not None:
             d.update(min_sqnr=args.min_sqnr, passed=code == 0)
         out.doc(_clean(d))
@@ -848,6 +934,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         members = ", ".join(f"{t} {a:.3g}" for t, a in g.members[:4])
         more = f", +{len(g.members) - 4}" if len(g.members) > 4 else ""
         out.line(f"  {mark} {g.ratio:8.1f}x  root {g.root}: {members}{more}")
+    if sens is not None:
+        out.line(
+            f"sensitivity: fused lowest SQNR {sens.base_sqnr_db:.2f} dB; recovered with one "
+            f"group left float ({sens.sessions} sessions, {sens.samples} samples):"
+        )
+        for gs in sens.groups[: args.top]:
+            rules = ", ".join(gs.rules) or "its own quantizer"
+            out.line(
+                f"  {gs.gain_db:+7.2f} dB  root {gs.root} ({gs.pairs} Q/DQ pair(s)): "
+                f"{', '.join(gs.tensors[:3])}{', ...' if len(gs.tensors) > 3 else ''} [{rules}]"
+            )
     if code:
         out.note(f"fused lowest SQNR {fused.min_sqnr:.2f} dB is below --min-sqnr {args.min_sqnr}")
     return code
@@ -918,7 +1015,8 @@ def _platform_opts(p: argparse.ArgumentParser, required: bool = False) -> None:
         "--platform",
         default=None if required else "trt_int8",
         required=required,
-        help="rule set (see 'fusekit platforms'; default trt_int8)",
+        help="rule set: a name (see 'fusekit platforms'; default trt_int8) or a rule file "
+        "(.json or .toml, see docs/platforms.md)",
     )
     p.add_argument(
         "--dispatch",
@@ -967,9 +1065,11 @@ def _data_opts(p: argparse.ArgumentParser, calib: bool = True, kernel_report: bo
         )
         p.add_argument(
             "--observer",
-            choices=("minmax", "percentile"),
+            choices=("minmax", "percentile", "entropy", "mse"),
             default=None,
-            help="activation observer (default: the platform's)",
+            help="activation observer: min-max, 0.9999 percentile, entropy (TensorRT's KL "
+            "threshold) or mse (least squared quantization error); default: the platform's "
+            "rule for each op type",
         )
     p.add_argument(
         "--samples", type=_positive_int, default=None, help="number of samples (random: 8)"
@@ -1147,6 +1247,26 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--report", metavar="OUT.html", help="write the HTML report")
     fuse.add_argument("--out-dir", metavar="DIR", help="write all four, with default names")
     fuse.add_argument(
+        "--equalize",
+        action="store_true",
+        help="cross-layer equalization first: balance the channel ranges of Conv -> "
+        "[BatchNormalization] -> [Relu] -> Conv pairs (the float model computes the same)",
+    )
+    fuse.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="after calibration, fold each quantized Conv/Gemm's expected output shift from "
+        "weight quantization into its bias",
+    )
+    fuse.add_argument(
+        "--max-float-groups",
+        type=int,
+        default=0,
+        metavar="N",
+        help="leave float the N sharing groups whose float-ness recovers the most SQNR on the "
+        "calibration data (ranked one group at a time, as 'compare --sensitivity')",
+    )
+    fuse.add_argument(
         "--no-calibrate",
         action="store_true",
         help="plan and fuse only (no calibration, export or evaluation)",
@@ -1169,7 +1289,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=_cmd_explain)
 
     pl = sub.add_parser("platforms", help="list the rule sets, or show one")
-    pl.add_argument("name", nargs="?", help="a platform name")
+    pl.add_argument("name", nargs="?", help="a platform name or a rule file (.json/.toml)")
     pl.add_argument(
         "--diff", metavar="OTHER", help="what rule set OTHER does differently from NAME"
     )
@@ -1209,6 +1329,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="flag groups whose members' ranges differ by X times or more (default 16)",
     )
     cmp.add_argument("--top", type=int, default=10, help="groups to list (default 10)")
+    cmp.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="rank the fused plan's groups by the SQNR recovered when only that group is left "
+        "float (one export and onnxruntime session per group)",
+    )
     _latency_opts(cmp)
     _common(cmp)
     cmp.set_defaults(func=_cmd_compare)
@@ -1303,6 +1429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     try:
         with _sigterm_raises():
+            _load_rule_files(args)
             code = int(args.func(args))
             sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
             return code
@@ -1347,6 +1474,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             "output of the same command with --debug"
         )
         return 3
+
+
+def _is_rule_file(value: str) -> bool:
+    """A ``--platform`` value naming a file (``.json``/``.toml``, or a path) instead of a name."""
+    return Path(value).suffix.lower() in (".json", ".toml") or os.sep in value
+
+
+def _load_rule_files(args: argparse.Namespace) -> None:
+    """``--platform rules.json|toml`` (and ``platforms rules.toml``): a rule set from a file.
+
+    The file is read with :func:`fusekit.load_platform` and registered for this run under its
+    own ``name``, which every verb then uses as if it were built in (outputs are named after
+    it). A file that reuses a built-in name with different rules is refused: its outputs would
+    carry the built-in's name.
+    """
+    from .platforms import get_platform, load_platform, platforms, register_platform
+
+    builtin = {n: get_platform(n) for n in platforms()}  # nothing else is registered yet
+    for attr in ("platform", "name", "diff"):
+        value = getattr(args, attr, None)
+        if not isinstance(value, str) or not _is_rule_file(value):
+            continue
+        if attr in ("name", "diff") and args.func is not _cmd_platforms:
+            continue
+        p = load_platform(value)
+        if p.name in builtin and builtin[p.name] != p:
+            raise CliError(
+                f"{value}: the rule set is named {p.name!r}, like a built-in platform, but "
+                "its rules differ; give it a name of its own (its outputs carry the name)"
+            )
+        register_platform(p, replace=True)
+        setattr(args, attr, p.name)
 
 
 def _error(text: str) -> None:

@@ -519,6 +519,8 @@ class Comparison:
     variants: tuple[Variant, ...]
     groups: tuple[GroupSpread, ...]
     threshold: float
+    #: the fused pipeline's decision log (what made each group; see fusekit.sensitivity)
+    fused_decisions: tuple[Any, ...] = attrs.field(default=(), repr=False, eq=False)
 
     def __iter__(self) -> Iterator[Variant]:
         return iter(self.variants)
@@ -654,7 +656,7 @@ def compare(
         for (t, _, _), rng in extra.items():
             ranges[t] = rng.amax
     groups = group_spreads(fused.plan, ranges, spread_threshold)
-    return Comparison(p.name, tuple(variants), groups, spread_threshold)
+    return Comparison(p.name, tuple(variants), groups, spread_threshold, fused_res.decisions)
 
 
 def _group_tensors(plan: QuantPlan) -> set[str]:

@@ -1556,6 +1556,43 @@ class Graph:
             raise DuplicateProducer(f"initializer {init.name!r}: the name is already used")
         return self._derive(lambda i: i, initializers=self.initializers.set(init.name, init))
 
+    def with_constant_values(self, values: Mapping[str, np.ndarray[Any, Any]]) -> Graph:
+        """A graph whose constant tensors named in ``values`` hold new arrays (weights rescaled).
+
+        A name is an initializer or the output of a ``Constant`` op (its ``value``). Names,
+        shapes and element types stay: the structure, and so the index, is shared, and a plan
+        of this graph fits the new one. No change returns the very same graph.
+        """
+        if not values:
+            return self
+        inits = self.initializers.evolver()
+        ops = self.ops.evolver()
+        for name, arr in values.items():
+            a = np.asarray(arr)
+            old = self.initializers.get(name)
+            if old is not None:
+                dims, elem = old.dims, old.elem_type
+            else:
+                p = self.producer(name)
+                op = self.op(p.op) if p is not None else None
+                v = op.attributes.get("value") if op is not None else None
+                if op is None or op.op_type != "Constant" or not isinstance(v, np.ndarray):
+                    raise InvalidGraph(f"{name!r} is neither an initializer nor a Constant value")
+                dims, elem = tuple(v.shape), onnx_elem_type(v.dtype)
+            if tuple(a.shape) != dims or onnx_elem_type(a.dtype) != elem:
+                raise InvalidGraph(
+                    f"constant {name!r}: a new value must keep dims {dims} and element type "
+                    f"{elem} (got {tuple(a.shape)}, {a.dtype})"
+                )
+            if old is not None:
+                inits[name] = Initializer.from_array(name, a)
+            else:
+                frozen = np.array(a, copy=True)
+                frozen.setflags(write=False)
+                assert op is not None
+                ops[op.name] = attrs.evolve(op, attributes=op.attributes.set("value", frozen))
+        return self._derive(lambda i: i, initializers=inits.persistent(), ops=ops.persistent())
+
     def remove_initializer(self, name: str) -> Graph:
         """A graph without initializer ``name`` (which must be unused)."""
         if name not in self.initializers:

@@ -20,10 +20,17 @@ import numpy as np
 from .._util import without_gc
 from ..graph import Graph
 from ..platforms import Platform, get_platform
-from ..quant import QuantPlan, QuantState, Visibility
+from ..quant import QuantPlan, QuantPolicy, QuantProperty, QuantState, Visibility
 from ._core import FusionResult, PassContext
 
 __all__ = ["PassiveParameters", "passive_parameters"]
+
+
+def _per_tensor(policy: QuantPolicy) -> QuantPolicy:
+    """``policy`` with PER_TENSOR in place of PER_CHANNEL."""
+    flags = policy.flags & ~int(QuantProperty.PER_CHANNEL)
+    return QuantPolicy(flags | int(QuantProperty.PER_TENSOR))
+
 
 _PROPER = (QuantState.PASSIVE, QuantState.ACTIVATED, QuantState.BAKED, QuantState.OVERLAPPED)
 
@@ -88,6 +95,12 @@ class PassiveParameters:
         scale = (np.asarray(ws, dtype=np.float64) * float(np.max(xs))).astype(np.float32)
         if not bcfg.policy.per_channel:
             scale = np.asarray(float(np.max(scale)), dtype=np.float32)
+        elif scale.size == 1:
+            # a per-tensor weight (a rule set's variant) under a per-channel bias rule: the
+            # accumulator has one scale, so the bias is per tensor too. A per-channel config
+            # with one scale left the bias float at export (channel count mismatch).
+            bcfg = attrs.evolve(bcfg, policy=_per_tensor(bcfg.policy), channel_axis=None)
+            scale = scale.reshape(())
         new = bcfg.with_scale(scale, np.zeros_like(scale)).with_state(QuantState.PASSIVE)
         rec.config("bias", (o,), b, new, "bias of {} = input scale x weight scale", ctx.name(o))
 
