@@ -55,8 +55,10 @@ def test_the_planted_group_ranks_first_with_the_rule_that_made_it() -> None:
     s = sensitivity(g, res.plan, ev, decisions=res.decisions)
     assert s.sessions == len(activation_groups(res.plan)) + 1 and s.samples == 4
     top = s.groups[0]
-    assert "cat" in top.tensors and "small" in top.tensors
-    assert any("concat" in r or "align" in r for r in top.rules), top.rules
+    # ort_int8 runs Concat as a node unit (QLinearConcat): its output has a scale of its own,
+    # set by the 1000x branch, and the small branch's values fall below one step there
+    assert "cat" in top.tensors, top
+    assert top.rules == ("simplify",), top.rules  # the rule that made the group, from the log
     assert s.base_sqnr_db < 5.0 and top.gain_db > 20.0, (s.base_sqnr_db, top)
     assert all(g.gain_db < top.gain_db for g in s.groups[1:])
     assert top.pairs >= 1  # leaving it float costs int8 coverage, and says how much
