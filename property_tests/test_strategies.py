@@ -401,4 +401,7 @@ def test_cases_draw_join_cases() -> None:
         and c[1].name.startswith("passive_")  # type: ignore[index]
         for c in sample
     )
+    # observed 0.35 (105/300); 0.23 before the join graphs got their Conv after the join:
+    # Hypothesis favours 0 for the leading integers(0, 2), so the fraction moves with the
+    # stream around the nominal one in three
     assert joins / len(sample) >= 0.25
