@@ -310,12 +310,30 @@ def _quantized_inputs(plan: fusekit.QuantPlan, op: Op) -> list[int]:
     ]
 
 
+def _computing_after(g: Graph, op: Op) -> bool:
+    """Is a Conv reachable from ``op``'s outputs? (If not, a "node-unit" rule set leaves
+    ``op`` in its float tail.)"""
+    todo, seen = list(op.outputs), set()
+    while todo:
+        t = todo.pop()
+        for c in g.consumers(t):
+            nxt = g.ops[c.op]
+            if nxt.op_type in COMPUTING:
+                return True
+            if nxt.name not in seen:
+                seen.add(nxt.name)
+                todo += nxt.outputs
+    return False
+
+
 def _join_features(case: tuple[Graph, fusekit.Platform, fusekit.QuantPlan]) -> set[str]:
     """Features of the join of a :func:`join_cases` case (the last multi-input op: the ones
     before it are the Concats that bring a Split's halves back to full size)."""
     g, p, plan = case
     op = [op for op in g if op.op_type in JOIN_TYPES and len(op.inputs) >= 2][-1]
     f: set[str] = set()
+    if p.placement == "node-unit" and not _computing_after(g, op):
+        f.add("join in a node-unit float tail")
     q = _quantized_inputs(plan, op)
     if op.op_type == "Where":
         if {1, 2} <= set(q):
@@ -379,6 +397,7 @@ JOIN_REACH: dict[str, float] = {
     "passive join, first input from passive": 0.04,  # (0.083)
     "passive fusion applies to a join with 2+ quantized inputs": 0.125,  # (0.255)
     "Split after a fused passive join": 0.04,  # (0.083)
+    "join in a node-unit float tail": 0.02,  # (0.043)
 }
 
 
