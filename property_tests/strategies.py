@@ -290,10 +290,12 @@ class _Join:
 
     def base(self, x: str, made: list[str]) -> str:
         """What a source's Conv reads: the graph input, or (one time in three) an earlier
-        computed source tensor, so sources also chain. Never a constant: an op reading only
-        constants folds into a constant, which the passes treat as one (a constant first
-        input is its own source kind)."""
-        computed = [t for t in made if t in self.types]
+        computed source tensor other than the first input, so sources also chain. Never a
+        constant: an op reading only constants folds into a constant, which the passes treat
+        as one (a constant first input is its own source kind). Never the first input: a
+        second reader would turn it into a "shared producer" whatever kind was drawn for it,
+        and the first input's kind is what the passive law is about."""
+        computed = [t for t in made[1:] if t in self.types]
         if computed and self.draw(st.integers(0, 2)) == 2:
             return self.draw(st.sampled_from(computed))
         return x
@@ -349,7 +351,8 @@ def join_graphs(draw: st.DrawFn, join_types: Sequence[str] = JOIN_TYPES) -> Grap
     ``Where(cond, a, b)``. Each data input comes from a drawn :data:`SOURCE_KINDS` source (the
     first one uniformly), sometimes the same tensor twice; the join's output is a graph output
     or feeds a Relu, a Conv, a MaxPool or (one time in three) a 2-way Split, the passive op
-    with several outputs.
+    with several outputs; three times in four a Conv follows, so the join is not in a float
+    tail.
     """
     b = _Join(draw)
     x = "x0"
@@ -404,6 +407,18 @@ def join_graphs(draw: st.DrawFn, join_types: Sequence[str] = JOIN_TYPES) -> Grap
             )
             z = b.op(after, [y], shape, attributes)
         outputs = [z, y] if draw(st.integers(0, 4)) == 4 else [z]
+    if after != "Conv" and draw(st.integers(0, 3)) != 3:
+        # Three times in four a Conv reads the first tensor after the join, so the join is
+        # not in the float tail of a "node-unit" rule set (ort_int8 leaves the ops from which
+        # no computing op is reachable FP32) and is connected to a computing op even when its
+        # inputs are only graph inputs and constants (the "all" dispatch quantizes only such
+        # regions): without it half of the joins had no quantized input at all. The fourth
+        # time the join stays at the end of the graph, so the laws meet float tails too.
+        end = outputs[0]
+        c = b.types[end].shape[1]
+        w = b.const(b.rng.normal(0.0, 0.5, size=(4, c, 1, 1)))
+        end_shape = (1, 4, *b.types[end].shape[2:])
+        outputs[0] = b.op("Conv", [end, w], end_shape, {"kernel_shape": (1, 1)})
     consumed = {i for op in b.ops for i in op.inputs}
     outputs += [o for o in b.extra_outputs if o not in outputs]
     outputs += [o for o in made if o not in consumed and o not in outputs and o in b.types]

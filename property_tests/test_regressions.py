@@ -263,6 +263,15 @@ def test_bad_rule_file_fields_raise_invalid_platform(field: str, value: Any) -> 
         platform_from_dict(json.loads(json.dumps(doc)), source="rules.json")
 
 
+def test_an_op_type_with_a_lone_surrogate_raises_invalid_platform() -> None:
+    """Loader fuzzing (ci profile): a quantized type "\\ud800lobalAveragePool" (one character
+    of the JSON text changed) reached ``onnx.defs.has``, whose C++ binding raised TypeError."""
+    doc = platform_to_dict(fusekit.get_platform("trt_int8"))
+    doc["quant_types"] = [*doc["quant_types"], "\ud800lobalAveragePool"]
+    with pytest.raises(InvalidPlatform, match="unknown op type"):
+        platform_from_dict(json.loads(json.dumps(doc)), source="rules.json")
+
+
 # --------------------------------------------------------------------------------------------
 # Plan files (loader fuzzing, nightly profile)
 

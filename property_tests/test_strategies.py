@@ -310,12 +310,30 @@ def _quantized_inputs(plan: fusekit.QuantPlan, op: Op) -> list[int]:
     ]
 
 
+def _computing_after(g: Graph, op: Op) -> bool:
+    """Is a Conv reachable from ``op``'s outputs? (If not, a "node-unit" rule set leaves
+    ``op`` in its float tail.)"""
+    todo, seen = list(op.outputs), set()
+    while todo:
+        t = todo.pop()
+        for c in g.consumers(t):
+            nxt = g.ops[c.op]
+            if nxt.op_type in COMPUTING:
+                return True
+            if nxt.name not in seen:
+                seen.add(nxt.name)
+                todo += nxt.outputs
+    return False
+
+
 def _join_features(case: tuple[Graph, fusekit.Platform, fusekit.QuantPlan]) -> set[str]:
     """Features of the join of a :func:`join_cases` case (the last multi-input op: the ones
     before it are the Concats that bring a Split's halves back to full size)."""
     g, p, plan = case
     op = [op for op in g if op.op_type in JOIN_TYPES and len(op.inputs) >= 2][-1]
     f: set[str] = set()
+    if p.placement == "node-unit" and not _computing_after(g, op):
+        f.add("join in a node-unit float tail")
     q = _quantized_inputs(plan, op)
     if op.op_type == "Where":
         if {1, 2} <= set(q):
@@ -358,25 +376,28 @@ def join_reach() -> dict[str, float]:
 
 
 #: Minimum fraction of join cases showing each feature: about half the observed fraction
-#: (in brackets), never under the 2% issue 16 asks for.
+#: (in brackets), never under the 2% issue 16 asks for. Measured after the join graphs got a
+#: Conv after the join three times in four (ort_int8's float tail) and stopped chaining
+#: sources onto the first input.
 JOIN_REACH: dict[str, float] = {
-    "passive Concat with 2+ quantized inputs": 0.05,  # (0.113)
-    "passive Add with 2+ quantized inputs": 0.035,  # (0.075)
-    "passive Sum with 2+ quantized inputs": 0.06,  # (0.125)
-    "passive Max with 2+ quantized inputs": 0.035,  # (0.070)
-    "passive Mul with 2+ quantized inputs": 0.045,  # (0.092)
-    "passive Pad with 2+ quantized inputs": 0.03,  # (0.068)
-    "passive Pad with a quantized pad value": 0.03,  # (0.068)
-    "Where with two quantized data inputs": 0.02,  # (0.037)
-    "passive join reading one tensor twice": 0.045,  # (0.095)
-    "passive join, first input from fused activation": 0.06,  # (0.125)
-    "passive join, first input from shared producer": 0.08,  # (0.165)
-    "passive join, first input from graph input": 0.045,  # (0.090)
-    "passive join, first input from constant": 0.035,  # (0.075)
-    "passive join, first input from computing": 0.02,  # (0.035)
-    "passive join, first input from passive": 0.025,  # (0.052)
-    "passive fusion applies to a join with 2+ quantized inputs": 0.15,  # (0.323)
-    "Split after a fused passive join": 0.05,  # (0.105)
+    "passive Concat with 2+ quantized inputs": 0.055,  # (0.115)
+    "passive Add with 2+ quantized inputs": 0.025,  # (0.052)
+    "passive Sum with 2+ quantized inputs": 0.055,  # (0.113)
+    "passive Max with 2+ quantized inputs": 0.05,  # (0.105)
+    "passive Mul with 2+ quantized inputs": 0.025,  # (0.055)
+    "passive Pad with 2+ quantized inputs": 0.03,  # (0.062)
+    "passive Pad with a quantized pad value": 0.03,  # (0.062)
+    "Where with two quantized data inputs": 0.055,  # (0.117)
+    "passive join reading one tensor twice": 0.05,  # (0.102)
+    "passive join, first input from fused activation": 0.045,  # (0.090)
+    "passive join, first input from shared producer": 0.035,  # (0.072)
+    "passive join, first input from graph input": 0.025,  # (0.050)
+    "passive join, first input from constant": 0.04,  # (0.080)
+    "passive join, first input from computing": 0.06,  # (0.128)
+    "passive join, first input from passive": 0.04,  # (0.083)
+    "passive fusion applies to a join with 2+ quantized inputs": 0.125,  # (0.255)
+    "Split after a fused passive join": 0.04,  # (0.083)
+    "join in a node-unit float tail": 0.02,  # (0.043)
 }
 
 
@@ -399,4 +420,7 @@ def test_cases_draw_join_cases() -> None:
         and c[1].name.startswith("passive_")  # type: ignore[index]
         for c in sample
     )
+    # observed 0.35 (105/300); 0.23 before the join graphs got their Conv after the join:
+    # Hypothesis favours 0 for the leading integers(0, 2), so the fraction moves with the
+    # stream around the nominal one in three
     assert joins / len(sample) >= 0.25
