@@ -759,6 +759,9 @@ def _captured(a: onnx.AttributeProto) -> set[str]:
     return names
 
 
+_BN = "BatchNormalization"
+
+
 def _plan(
     graph: Graph,
     points: list[_Point],
@@ -813,7 +816,12 @@ def _plan(
             first = idx.slot_id(Slot(op_of(pt.producer[0]), "out", pt.producer[1]))
             configs[first] = config(pt.params, rank, QuantState.ACTIVATED)
         for out0, k in pt.readers:
-            sid = idx.slot_id(Slot(op_of(out0), "in", k))
+            reader = op_of(out0)
+            if pt.kind == "after" and k == 0 and graph.ops[reader].op_type == _BN:
+                # it reads the pair's output as every consumer does; an OVERLAPPED input would
+                # tell the exporter the BatchNormalization is fused into its producer (folded)
+                continue
+            sid = idx.slot_id(Slot(reader, "in", k))
             if first is None:
                 first = sid
                 state = (
