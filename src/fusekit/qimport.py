@@ -413,6 +413,7 @@ def _import(
     }
 
     dq_memo: dict[int, list[str]] = {}
+    kept_float: set[str] = set()  # values with a point after the producer
 
     def dq_outputs(q: int) -> list[str]:
         got = dq_memo.get(q)
@@ -432,11 +433,15 @@ def _import(
             and prod is not None
             and prod not in removed
             and not rd.is_const(src)
-            and not direct_readers.get(src)
             and src not in out_set
             and len({q_params[q].key for q in level1}) == 1
         )
         outs1 = [d for q in level1 for d in dq_outputs(q)]
+        if after and direct_readers.get(src):
+            # read both as it is and through the pair: a point after the producer only when
+            # fusekit's exporter wrote it so (``X_float -> Q -> DQ -> X``, the float readers
+            # of a standalone op's output reading ``X_float``); those readers stay float
+            after = len(outs1) == 1 and _producer_side_name(src, outs1[0])
         if after and all(_reader_side_name(d, src) for d in outs1):
             after = False  # fusekit's own export named it a pair in front of the readers
         canonical = src
@@ -479,6 +484,7 @@ def _import(
             for q in level1:
                 p0.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
             points.append(p0)
+            kept_float.add(src)
             for q in level2:
                 pt = _Point(q_params[q], "before", canonical)
                 pt.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
@@ -488,6 +494,9 @@ def _import(
                 pt = _Point(q_params[q], "before", canonical)
                 pt.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
                 points.append(pt)
+
+    # a pair after its producer that only float readers bypass is a point, not unread
+    dangling = [d for d in dangling if d.kind != "dq_unread" or d.tensor not in kept_float]
 
     # 4. quantized constants: one float initializer per (integer initializer, parameters)
     new_inits: list[TensorProto] = []
@@ -541,6 +550,13 @@ def load_quantized(
     """
     got = import_quantized(source, restore_clamps=restore_clamps)
     return got.graph, got.plan
+
+
+def _producer_side_name(src: str, dq_output: str) -> bool:
+    """True when ``src`` is the name fusekit's exporter gives a producer's renamed output
+    (``X_float``, or ``X_float_N`` when that was taken) for the pair after it writing ``X``."""
+    base = f"{dq_output}_float"
+    return src == base or (src.startswith(base + "_") and src[len(base) + 1 :].isdigit())
 
 
 def _reader_side_name(dq_output: str, src: str) -> bool:
@@ -743,6 +759,9 @@ def _captured(a: onnx.AttributeProto) -> set[str]:
     return names
 
 
+_BN = "BatchNormalization"
+
+
 def _plan(
     graph: Graph,
     points: list[_Point],
@@ -797,7 +816,12 @@ def _plan(
             first = idx.slot_id(Slot(op_of(pt.producer[0]), "out", pt.producer[1]))
             configs[first] = config(pt.params, rank, QuantState.ACTIVATED)
         for out0, k in pt.readers:
-            sid = idx.slot_id(Slot(op_of(out0), "in", k))
+            reader = op_of(out0)
+            if pt.kind == "after" and k == 0 and graph.ops[reader].op_type == _BN:
+                # it reads the pair's output as every consumer does; an OVERLAPPED input would
+                # tell the exporter the BatchNormalization is fused into its producer (folded)
+                continue
+            sid = idx.slot_id(Slot(reader, "in", k))
             if first is None:
                 first = sid
                 state = (
