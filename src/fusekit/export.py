@@ -1027,6 +1027,16 @@ def _batchnorm_folds(
             continue
         cop = idx.slot_op[prod]
         conv = graph.op(idx.op_names[cop])
+        # the plan overlaps a BatchNormalization's input with the tensor it reads whenever they
+        # share a scale; folding also needs the computing op's output to reach nothing but it
+        # (another reader would see the folded values)
+        readers = {idx.slot_op[c] for c in idx.consumers[tid]}
+        if readers != {bn} or idx.tensor_names[tid] in graph.outputs:
+            notes.append(
+                f"{op.name}: not folded: the output of {conv.name} is read by other ops or is "
+                "a graph output"
+            )
+            continue
         why = _fold(graph, conv, op)
         if isinstance(why, str):
             notes.append(f"{op.name}: fused into {conv.name} by the plan but not folded: {why}")
