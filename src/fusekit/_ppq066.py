@@ -49,7 +49,7 @@ FAR = RoundingPolicy.ROUND_HALF_FAR_FROM_ZERO
 
 # ----- op lists (PPQ 0.6.6 ``quant_operation_types``) ---------------------------------------
 
-_DSP_QUANT = frozenset(
+_DSP_QUANT: frozenset[str] = frozenset(
     [
         "Conv",
         "ConvTranspose",

@@ -19,13 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from ._ppq066 import _DSP_QUANT
 from .platforms import (
     _COMMON_QUANT,
     _FK_ALIGNMENT,
     _FK_WEIGHTS,
     _SINGLE_ACTS,
+    ASYM_PT,
     FUSEKIT_PASSIVE,
     FUSEKIT_SOCKETS,
+    SYM_PC,
+    SYM_PT,
     BiasRule,
     Platform,
     QuantRule,
@@ -43,9 +47,6 @@ __all__ = [
 ]
 
 P = QuantProperty
-SYM_PT = QuantPolicy.of(P.PER_TENSOR, P.LINEAR, P.SYMMETRICAL)
-SYM_PC = QuantPolicy.of(P.PER_CHANNEL, P.LINEAR, P.SYMMETRICAL)
-ASYM_PT = QuantPolicy.of(P.PER_TENSOR, P.LINEAR, P.ASYMMETRICAL)
 #: TensorRT's FP8: symmetric, no zero point, any float scale (no power-of-two restriction)
 FP8_PT = QuantPolicy.of(P.PER_TENSOR, P.FLOATING, P.SYMMETRICAL)
 FP8_PC = QuantPolicy.of(P.PER_CHANNEL, P.FLOATING, P.SYMMETRICAL)
@@ -151,38 +152,7 @@ RKNN_INT8 = _vendor(
 # ----- SNPE / QNN (Qualcomm Hexagon DSP / HTP) --------------------------------------------------
 
 # PPQ's DSP list without its Caffe names ('Interp', 'Scale'), plus fusekit's passive ops.
-_SNPE_QUANT = (
-    frozenset(
-        [
-            "Conv",
-            "ConvTranspose",
-            "Gemm",
-            "Relu",
-            "PRelu",
-            "Clip",
-            "Pad",
-            "Resize",
-            "MaxPool",
-            "AveragePool",
-            "GlobalMaxPool",
-            "GlobalAveragePool",
-            "Softmax",
-            "Mul",
-            "Add",
-            "Max",
-            "Sub",
-            "Div",
-            "Reshape",
-            "LeakyRelu",
-            "Concat",
-            "Sigmoid",
-            "Slice",
-            "ReduceMean",
-            "Flatten",
-        ]
-    )
-    | FUSEKIT_PASSIVE
-)
+_SNPE_QUANT = (_DSP_QUANT - {"Interp", "Scale"}) | FUSEKIT_PASSIVE
 _U8 = QuantRule(ASYM_PT, 8, 0, 255, HALF_EVEN, "minmax")
 
 SNPE_INT8 = _vendor(
