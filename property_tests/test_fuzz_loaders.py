@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import fusekit
 from fusekit import FusekitError, Graph, laws
 from fusekit.plan_io import load_plan, plan_from_json, plan_to_dict
-from fusekit.platforms import load_platform, platform_from_dict, platform_to_dict
+from fusekit.rulefile import load_platform, platform_from_dict, platform_to_dict
 
 from .conftest import examples
 from .strategies import COMPAT, CORRECTED, cases, mutated_json

@@ -25,7 +25,7 @@ from fusekit import (
 )
 from fusekit import testing as ft
 from fusekit.passes import Alignment, PassiveParameters, default_pipeline, fuse
-from fusekit.platforms import platform_from_dict, platform_to_dict
+from fusekit.rulefile import platform_from_dict, platform_to_dict
 
 from .test_reference import disagreement, reference_of, reference_platform
 

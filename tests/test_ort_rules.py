@@ -23,7 +23,7 @@ from fusekit.calibrate import Calibration
 from fusekit.errors import InvalidPlatform
 from fusekit.evaluate import evaluate
 from fusekit.export import build_qdq, export_qdq
-from fusekit.platforms import platform_from_dict, platform_to_dict
+from fusekit.rulefile import platform_from_dict, platform_to_dict
 
 from .test_calibrate import _model, _w, concat_model, conv_relu_model, samples
 

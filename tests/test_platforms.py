@@ -12,13 +12,8 @@ import pytest
 
 import fusekit
 from fusekit import InvalidPlatform, QuantState, Slot, UnknownPlatform
-from fusekit.platforms import (
-    PPQ066_TRT_INT8,
-    TRT_INT8,
-    platform_from_dict,
-    platform_to_dict,
-    unknown_op_types,
-)
+from fusekit.platforms import PPQ066_TRT_INT8, TRT_INT8
+from fusekit.rulefile import platform_from_dict, platform_to_dict, unknown_op_types
 
 from .graphs import G
 
@@ -173,3 +168,16 @@ class TestInitPlan:
         p = fusekit.init_plan(g, "trt_int8")
         assert not p.is_quantized("cat")  # feeds only the Reshape's shape socket
         assert p.is_quantized("rs")
+
+
+def test_names_moved_out_of_platforms_stay_reachable_there() -> None:
+    """0.1 code imported init_plan and the rule-file functions from fusekit.platforms."""
+    import fusekit.dispatch
+    import fusekit.rulefile
+
+    module = importlib.import_module("fusekit.platforms")
+    assert module.init_plan is fusekit.dispatch.init_plan
+    assert module.load_platform is fusekit.rulefile.load_platform
+    assert module.platform_to_dict is fusekit.rulefile.platform_to_dict
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = module.no_such_name

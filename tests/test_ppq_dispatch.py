@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import fusekit
+from fusekit.dispatch import _Walker, ppq_conservative_dispatch
 from fusekit.graph import Graph, Initializer, Op
-from fusekit.platforms import _Walker, ppq_conservative_dispatch
 
 from .conftest import CORPUS
 from .test_perf_smoke import BOUND, generate, work

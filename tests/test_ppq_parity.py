@@ -20,8 +20,9 @@ import pytest
 
 import fusekit
 from fusekit import QuantPlan, QuantState, Slot
+from fusekit.dispatch import init_plan
 from fusekit.passes import Alignment, PassiveParameters, Simplify, fuse
-from fusekit.platforms import get_platform, init_plan
+from fusekit.platforms import get_platform
 
 from .conftest import CORPUS
 

@@ -41,9 +41,9 @@ from fusekit.passes import (
     fuse,
 )
 from fusekit.plan_io import plan_from_dict, plan_to_dict
-from fusekit.platforms import unknown_op_types
 from fusekit.quant import check_plan_graph, diff, minmax_to_scale_offset
 from fusekit.report import render_report
+from fusekit.rulefile import unknown_op_types
 
 from .graphs import G
 from .test_calibrate import _model, _w, conv_relu_model, samples

@@ -16,7 +16,7 @@ from fusekit.calibrate import Calibration
 from fusekit.cli import main
 from fusekit.export import build_qdq
 from fusekit.laws import check
-from fusekit.platforms import platform_from_dict
+from fusekit.rulefile import platform_from_dict
 
 from .test_calibrate import conv_relu_model, samples
 

@@ -15,6 +15,7 @@ The public API, re-exported here:
 
 from ._version import __version__
 from .audit import AuditResult, Finding, audit
+from .dispatch import init_plan
 from .errors import (
     AlreadyQuantized,
     DanglingInput,
@@ -75,8 +76,6 @@ from .platforms import (
     QuantRule,
     SocketRule,
     get_platform,
-    init_plan,
-    load_platform,
     platforms,
     register_platform,
 )
@@ -95,6 +94,7 @@ from .quant import (
     Visibility,
     diff,
 )
+from .rulefile import load_platform
 
 __all__ = [
     "ActivationFusion",

@@ -3,7 +3,7 @@
 With twenty-odd rule sets registered (fusekit's corrected ones and PPQ 0.6.6's reproductions),
 a user migrating from PPQ needs to see at a glance which backend family a set targets, its
 quantization policies and what it fuses, and, before switching, exactly which rules change.
-Both are derived from :func:`fusekit.platforms.platform_to_dict`, so every field of a
+Both are derived from :func:`fusekit.rulefile.platform_to_dict`, so every field of a
 :class:`~fusekit.platforms.Platform` takes part in the comparison and nothing here can drift
 from the rule data.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .platforms import Platform, QuantRule, platform_to_dict
+from .platforms import Platform, QuantRule
+from .rulefile import platform_to_dict
 
 __all__ = ["family", "platform_diff", "platform_summary", "rule_text"]
 

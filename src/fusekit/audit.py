@@ -44,10 +44,11 @@ from typing import Any
 import attrs
 import numpy as np
 
+from .dispatch import init_plan
 from .graph import Graph, Slot, rule_type
 from .passes import default_pipeline
 from .passes._core import Decision, PipelineResult
-from .platforms import Platform, get_platform, init_plan
+from .platforms import Platform, get_platform
 from .quant import QuantPlan, QuantState
 
 __all__ = ["SEVERITIES", "AuditResult", "Finding", "audit", "kernel_findings"]

@@ -377,11 +377,12 @@ def _group_facts(plan: Any) -> tuple[int, int, str | None]:
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
     from .calibrate import Calibration
+    from .dispatch import init_plan
     from .evaluate import evaluate
     from .export import build_qdq, dynamic_ranges, quant_points
     from .passes import default_pipeline
     from .plan_io import plan_to_json
-    from .platforms import get_platform, init_plan
+    from .platforms import get_platform
 
     out = _Output(args)
     path, example = _model_arg(args)
@@ -677,8 +678,8 @@ def _print_fuse(out: _Output, doc: dict[str, Any], evaluation: Any) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from .dispatch import init_plan
     from .passes import default_pipeline, explain
-    from .platforms import init_plan
 
     out = _Output(args)
     graph = load(args.model)
@@ -739,7 +740,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_platforms(args: argparse.Namespace) -> int:
     from ._platform_info import family, platform_diff, platform_summary
     from .errors import InvalidPlatform
-    from .platforms import get_platform, platform_to_dict, platforms
+    from .platforms import get_platform, platforms
+    from .rulefile import platform_to_dict
 
     out = _Output(args)
     if args.diff:
@@ -951,8 +953,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from .dispatch import init_plan
     from .passes import default_pipeline
-    from .platforms import init_plan
 
     try:
         from .laws import check
@@ -1489,7 +1491,8 @@ def _load_rule_files(args: argparse.Namespace) -> None:
     it). A file that reuses a built-in name with different rules is refused: its outputs would
     carry the built-in's name.
     """
-    from .platforms import get_platform, load_platform, platforms, register_platform
+    from .platforms import get_platform, platforms, register_platform
+    from .rulefile import load_platform
 
     builtin = {n: get_platform(n) for n in platforms()}  # nothing else is registered yet
     for attr in ("platform", "name", "diff"):

@@ -419,13 +419,13 @@ def bias_correction(
     mean). MatMul has no bias input and is refused, as are ops without a bias (adding one
     would change the graph's structure). Returns the new graph; ``plan`` still fits it.
     """
-    from .calibrate import (
-        _augmented_session,
-        _model_label,
-        _progress,
-        _run,
+    from .runtime import (
         as_dataset,
+        augmented_session,
         input_specs,
+        model_label,
+        progress_bar,
+        run,
     )
 
     check_plan_graph(plan, graph, "bias_correction")
@@ -458,16 +458,16 @@ def bias_correction(
     fetch_names = sorted({op.inputs[0] for op, _, _ in targets})
     inputs = {s.name for s in input_specs(graph)}
     fetch = [t for t in fetch_names if t not in inputs]
-    sess = _augmented_session(graph, fetch) if fetch else None
+    sess = augmented_session(graph, fetch) if fetch else None
     ds = as_dataset(data, graph, split="calib")
     sums: dict[str, np.ndarray[Any, Any]] = {}
     counts: dict[str, int] = {}
     axis_of = {op.inputs[0]: (1 if op.op_type == "Conv" else -1) for op, _, _ in targets}
-    bar = _progress(progress, "bias correction", ds.length)
+    bar = progress_bar(progress, "bias correction", ds.length)
     n = 0
     try:
         for feed in ds:
-            got = dict(zip(fetch, _run(sess, fetch, feed, _model_label(graph), n) if sess else []))
+            got = dict(zip(fetch, run(sess, fetch, feed, model_label(graph), n) if sess else []))
             for t in fetch_names:
                 v = got[t] if t in got else feed.get(t)
                 if v is None:

@@ -26,26 +26,24 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .calibrate import (
-    Calibration,
-    CalibrationResult,
-    InvalidData,
-    _first_line,
-    _model_label,
-    _ort,
-    _progress,
-    _run,
-    as_dataset,
-    collect_ranges,
-    model_bytes,
-    session,
-)
-from .errors import ModelRunError
+from .calibrate import Calibration, CalibrationResult, collect_ranges
+from .dispatch import init_plan
+from .errors import InvalidData, ModelRunError
 from .graph import Graph, Slot
 from .onnx_io import ModelExtras, load, to_model
 from .passes import PassiveParameters, Pipeline, PipelineResult, default_pipeline
-from .platforms import FUSEKIT_PASSIVE, Platform, get_platform, init_plan
+from .platforms import FUSEKIT_PASSIVE, Platform, get_platform
 from .quant import QuantPlan, QuantState, Visibility
+from .runtime import (
+    as_dataset,
+    first_line,
+    import_onnxruntime,
+    model_bytes,
+    model_label,
+    progress_bar,
+    run,
+    session,
+)
 
 __all__ = [
     "KERNELS",
@@ -237,7 +235,7 @@ def evaluate(
     graph = _graph_of(float_graph)
     base = graph.extras.base_dir if isinstance(graph.extras, ModelExtras) else None
     level = "none" if kernels == "reference" else "all"
-    label = _model_label(graph)
+    label = model_label(graph)
     ref_sess = session(model_bytes(to_model(graph), base), label, optimize=level)
     q_data, q_label = _qdq_bytes(qdq_model)
     q_sess = session(q_data, q_label, optimize=level)
@@ -250,12 +248,12 @@ def evaluate(
         )
     ds = as_dataset(data, graph, split="eval")
     accs = {o: _Acc() for o in outputs}
-    bar = _progress(progress, "evaluating", ds.length)
+    bar = progress_bar(progress, "evaluating", ds.length)
     n = 0
     try:
         for feed in ds:
-            ref = _run(ref_sess, outputs, feed, label, n)
-            got = _run(q_sess, outputs, feed, q_label, n)
+            ref = run(ref_sess, outputs, feed, label, n)
+            got = run(q_sess, outputs, feed, q_label, n)
             for o, r, q in zip(outputs, ref, got):
                 if np.shape(r) != np.shape(q):
                     raise InvalidData(
@@ -347,7 +345,7 @@ class Latency:
 
 
 def _timed_session(data: bytes, label: str, threads: int) -> Any:
-    ort = _ort()
+    ort = import_onnxruntime()
     so = ort.SessionOptions()
     so.log_severity_level = 4  # FATAL only: fusekit reports ORT errors itself
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -357,7 +355,7 @@ def _timed_session(data: bytes, label: str, threads: int) -> Any:
     try:
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types
-        raise ModelRunError(f"{label}: onnxruntime cannot load the model: {_first_line(e)}") from e
+        raise ModelRunError(f"{label}: onnxruntime cannot load the model: {first_line(e)}") from e
 
 
 def measure_latency(
@@ -393,12 +391,12 @@ def measure_latency(
     sessions = ((f_sess, f_label), (q_sess, q_label))
     for _ in range(warmup):
         for sess, label in sessions:
-            _run(sess, None, feed, label, 0)
+            run(sess, None, feed, label, 0)
     times: tuple[list[float], list[float]] = ([], [])
     for k in range(runs):
         for (sess, label), acc in zip(sessions, times):
             t0 = time.perf_counter()
-            _run(sess, None, feed, label, k)
+            run(sess, None, feed, label, k)
             acc.append(time.perf_counter() - t0)
     kr = kernel_report(q_data, threads=threads)
     return Latency(
@@ -408,7 +406,7 @@ def measure_latency(
         warmup,
         threads,
         cpu_name(),
-        str(_ort().__version__),
+        str(import_onnxruntime().__version__),
         len(kr.int8_ops),
         len(kr.ops),
     )

@@ -28,10 +28,11 @@ import attrs
 import numpy as np
 
 from .audit import _Where
+from .dispatch import init_plan
 from .errors import NotCalibrated
 from .graph import Graph, Slot
 from .passes import PassiveParameters, default_pipeline
-from .platforms import Platform, get_platform, init_plan
+from .platforms import Platform, get_platform
 from .quant import LinkKind, QuantPlan, QuantState, TensorQuantConfig, minmax_to_scale_offset
 
 __all__ = ["FixResult", "PointChange", "fix_plan"]

@@ -1,6 +1,6 @@
 """Checks that a model is something fusekit can quantize, for the CLI and library callers.
 
-The library functions (:func:`~fusekit.platforms.init_plan`, the passes, ``Pipeline.run``)
+The library functions (:func:`~fusekit.dispatch.init_plan`, the passes, ``Pipeline.run``)
 accept any graph, quantized or not: they are pure functions over a graph value, and a test or
 a tool may well want to plan an already-quantized graph on purpose. The command line calls
 :func:`require_float_model` before any work, because a user who passes a QDQ model to

@@ -41,9 +41,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .calibrate import _first_line, _ort, model_bytes
 from .errors import InvalidData, ModelRunError
 from .onnx_io import _read
+from .runtime import first_line, import_onnxruntime, model_bytes
 
 __all__ = [
     "COMPUTING_OPS",
@@ -627,7 +627,7 @@ def _stray(ix: _Index) -> list[StrayQDQ]:
 
 
 def _optimize(data: bytes, label: str, level: str, threads: int) -> onnx.ModelProto:
-    ort = _ort()
+    ort = import_onnxruntime()
     so = ort.SessionOptions()
     so.log_severity_level = 4  # FATAL only: fusekit reports ORT errors itself
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
@@ -640,13 +640,13 @@ def _optimize(data: bytes, label: str, level: str, threads: int) -> onnx.ModelPr
             ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise ModelRunError(
-                f"{label}: onnxruntime cannot load the model: {_first_line(e)}"
+                f"{label}: onnxruntime cannot load the model: {first_line(e)}"
             ) from e
         try:
             return onnx.load(path)
         except Exception as e:  # pragma: no cover - ORT wrote something onnx cannot read
             raise ModelRunError(
-                f"{label}: cannot read onnxruntime's optimized model: {_first_line(e)}"
+                f"{label}: cannot read onnxruntime's optimized model: {first_line(e)}"
             ) from e
 
 
@@ -704,7 +704,7 @@ def _analyze(m: onnx.ModelProto, opt: onnx.ModelProto, label: str, level: str) -
         tuple(ops),
         tuple(others),
         tuple(_stray(oix.ix)),
-        str(_ort().__version__),
+        str(import_onnxruntime().__version__),
         _counts([n.op_type for n in opt.graph.node]),
     )
 

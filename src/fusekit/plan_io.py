@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 from pyrsistent import pvector
 
+from .dispatch import refuse_other_floats
 from .errors import InvalidPlan, PlanGraphMismatch, UnknownSlot
 from .graph import Graph, Slot
 from .onnx_io import write_bytes_atomic
-from .platforms import refuse_other_floats
 from .quant import (
     NO_LINK,
     LinkKind,

@@ -148,10 +148,10 @@ def sensitivity(
     groups with the most quantized tensors (None: all). ``kernels`` as in
     :func:`fusekit.evaluate.evaluate`.
     """
-    from .calibrate import _progress, _run, as_dataset, model_bytes, session
     from .evaluate import _Acc
     from .export import build_qdq
     from .onnx_io import ModelExtras, to_model
+    from .runtime import as_dataset, model_bytes, progress_bar, run, session
 
     check_plan_graph(plan, graph, "sensitivity")
     if kernels not in ("reference", "int8"):
@@ -165,7 +165,7 @@ def sensitivity(
         raise InvalidData(f"{ds.label}: no evaluation samples")
     outputs = list(ref_graph.outputs)
     ref_sess = session(model_bytes(to_model(ref_graph), base_dir), "float model", optimize=level)
-    refs = [_run(ref_sess, outputs, f, "float model", k) for k, f in enumerate(feeds)]
+    refs = [run(ref_sess, outputs, f, "float model", k) for k, f in enumerate(feeds)]
     del ref_sess
 
     def measure(p: QuantPlan, label: str) -> tuple[float, int]:
@@ -173,7 +173,7 @@ def sensitivity(
         sess = session(qdq.model.SerializeToString(), label, optimize=level)
         accs = [_Acc() for _ in outputs]
         for k, f in enumerate(feeds):
-            for acc, r, q in zip(accs, refs[k], _run(sess, outputs, f, label, k)):
+            for acc, r, q in zip(accs, refs[k], run(sess, outputs, f, label, k)):
                 acc.add(r, q)
         worst = min(a.metrics(o).sqnr_db for a, o in zip(accs, outputs))
         return worst, qdq.activation_pairs
@@ -182,7 +182,7 @@ def sensitivity(
     groups = activation_groups(plan)
     if max_groups is not None:
         groups = sorted(groups, key=lambda g: (-len(g[2]), str(g[0])))[:max_groups]
-    bar = _progress(progress, "sensitivity", len(groups))
+    bar = progress_bar(progress, "sensitivity", len(groups))
     out: list[GroupSensitivity] = []
     try:
         for root, group, tensors in groups:

@@ -58,12 +58,13 @@ from typing import Any
 import attrs
 import numpy as np
 
+from .dispatch import init_plan
 from .errors import SharingCycle
 from .graph import Graph, Initializer, Op, Slot, TensorType, check_invariants
 from .laws import check as check_laws
 from .passes import FusionResult, PipelineResult, replay
 from .passes._core import PassContext
-from .platforms import QUIRKS, BiasRule, Platform, QuantRule, get_platform, init_plan
+from .platforms import QUIRKS, BiasRule, Platform, QuantRule, get_platform
 from .quant import (
     LinkKind,
     NotARoot,
