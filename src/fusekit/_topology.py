@@ -13,7 +13,7 @@ Nothing here is ever mutated after :meth:`Topology.build` returns.
 Facts derived from the graph (element types, the non-float flags, the epilogue ops attached to
 a computing op, PPQ's shared-empty view) are cached per graph value by
 :meth:`fusekit.graph.Graph.derived`, keyed by the function that computes them and its
-arguments, in one private dict of the topology; nothing else writes into it.
+arguments, in the topology's one cache (:meth:`Topology.cached`).
 
 0.1 kept two copies: a persistent ``GraphIndex`` that graph edits patched in O(log n), and
 plain-list ``GraphArrays`` copied from it per graph value. No module of ``src`` edits a graph
@@ -334,29 +334,20 @@ class Topology:
 
     # -- derived facts --------------------------------------------------------------------
 
-    def derived(self, fn: Callable[..., T], *args: Hashable) -> T:
-        """``fn(*args)``, computed once per topology and remembered under ``(fn, *args)``.
+    def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, once per topology, remembered under ``key``.
 
-        The one cache of facts derived from a graph value (:meth:`fusekit.graph.Graph.derived`
-        passes the graph as the first argument and keys by identity of the topology, which is
-        per graph value). Keyed by the function object, so two modules cannot collide on a
-        string and a fact has the type its function returns.
+        The one cache of facts derived from a graph value: :meth:`fusekit.graph.Graph.derived`
+        keys it by the function computing a fact and that function's arguments (so two modules
+        cannot collide on a name, and a fact has the type its function returns); the topology
+        keys its own facts (``preds``, ``ops_of_types``) by strings no function equals. A
+        topology is per graph value, and a :meth:`variant` starts with an empty cache.
         """
-        key = (fn, *args)
         d = self._derived
         try:
             return d[key]  # type: ignore[no-any-return]
         except KeyError:
-            pass
-        value = d[key] = fn(*args)
-        return value
-
-    def _cached(self, key: Hashable, fn: Callable[[], T]) -> T:
-        d = self._derived
-        try:
-            return d[key]  # type: ignore[no-any-return]
-        except KeyError:
-            value = d[key] = fn()
+            value = d[key] = compute()
             return value
 
     def ops_of_types(self, types: frozenset[str]) -> tuple[int, ...]:
@@ -366,7 +357,7 @@ class Topology:
         (scanning 100k ops to find the 20k Adds and Concats cost a pass as much as its work).
         Linear (a mark per op, then one C-level sweep), and remembered per type set.
         """
-        return self._cached(("ops_of_types", types), lambda: self._ops_of_types(types))
+        return self.cached(("ops_of_types", types), lambda: self._ops_of_types(types))
 
     def _ops_of_types(self, types: frozenset[str]) -> tuple[int, ...]:
         lists = [self.by_type[t] for t in types if t in self.by_type]
@@ -386,7 +377,7 @@ class Topology:
         The op-level adjacency (PPQ's dispatcher walks it, the report lays it out); built on
         first use.
         """
-        return self._cached("preds", self._preds)
+        return self.cached("preds", self._preds)
 
     def _preds(self) -> list[list[int]]:
         st, prod, slot_op, base, n_in = (
@@ -410,7 +401,7 @@ class Topology:
     def succs(self) -> list[list[int]]:
         """Op id -> the op ids reading its outputs, one entry per consuming slot (outputs in
         order, each output's readers in slot order)."""
-        return self._cached("succs", self._succs)
+        return self.cached("succs", self._succs)
 
     def _succs(self) -> list[list[int]]:
         st, cons, slot_op, base, n_in, n_out = (

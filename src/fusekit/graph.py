@@ -581,13 +581,7 @@ class Graph:
         function and its arguments, so two modules cannot collide on a name, and typed by what
         ``fn`` returns. ``fn`` must be a pure function of the graph and its arguments.
         """
-        cache = self.index._derived
-        key = (fn, *args)
-        try:
-            return cache[key]  # type: ignore[no-any-return]
-        except KeyError:
-            value = cache[key] = fn(self, *args)
-            return value
+        return self.index.cached((fn, *args), lambda: fn(self, *args))
 
     def fingerprint(self) -> str:
         """A short, stable digest of the graph's structure (computed once per graph value).
