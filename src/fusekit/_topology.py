@@ -15,12 +15,15 @@ a computing op, PPQ's shared-empty view) are cached per graph value by
 :meth:`fusekit.graph.Graph.derived`, keyed by the function that computes them and its
 arguments, in the topology's one cache (:meth:`Topology.cached`).
 
-0.1 kept two copies: a persistent ``GraphIndex`` that graph edits patched in O(log n), and
-plain-list ``GraphArrays`` copied from it per graph value. No module of ``src`` edits a graph
-structurally (the one edit fusekit makes, :meth:`~fusekit.graph.Graph.with_constant_values`,
-keeps the structure and shares the topology); measured at 100k ops the copy cost more than the
-patching saved anyone, so an edit now builds the topology of its result afresh when it is
-first read.
+0.1 kept two copies: a persistent ``GraphIndex`` that graph edits patched, and plain-list
+``GraphArrays`` copied from it per graph value. No module of ``src`` edits a graph structurally
+(the one edit fusekit makes, :meth:`~fusekit.graph.Graph.with_constant_values`, keeps the
+structure and shares the lists), so the patching served only the public edit API. Measured on
+the 100k-op bench model (CPU time): the two copies took 0.48 s and 63 MB per graph, the one
+topology 0.37 s and 51 MB, a cost every loaded model paid; a chain of 20 ``add_op`` edits, each
+read, took 67 ms per edit patched (already linear: the order and positions are rebuilt) and
+506 ms per edit rebuilt. The patching went: an edit's result builds its topology when first
+read.
 """
 
 from __future__ import annotations
