@@ -15,10 +15,35 @@ from typing import ParamSpec, TypeVar
 
 from .errors import InvalidModel
 
-__all__ = ["gc_paused", "without_gc", "write_bytes_atomic", "write_files_atomic"]
+__all__ = [
+    "gc_paused",
+    "promote_to_old_generation",
+    "without_gc",
+    "write_bytes_atomic",
+    "write_files_atomic",
+]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+def promote_to_old_generation() -> None:
+    """Move every object the garbage collector tracks into its oldest generation, in O(1).
+
+    Called at the end of a bulk build while the collector is paused (``gc_paused``). A 100k-op
+    graph is ~700k tracked objects; without this, the first allocation after the collector is
+    re-enabled runs a young-generation collection that walks every one of them (a third of the
+    load time), and the next middle-generation collection walks them again. ``freeze()``
+    followed by ``unfreeze()`` moves them to the oldest generation without walking them, which
+    is where long-lived data ends up anyway; the next full collection still examines them, so
+    nothing leaks. The only effect on other objects is that young garbage cycles of the process
+    are collected at the next full collection instead of the next young one. Skipped when the
+    application froze objects itself (``gc.freeze()`` before ``fork``), as ``unfreeze`` would
+    thaw those too.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+        gc.unfreeze()
 
 
 @contextmanager
@@ -44,9 +69,8 @@ def gc_paused(*, promote: bool = False) -> Iterator[None]:
         yield
     finally:
         if was_enabled:
-            if promote and gc.get_freeze_count() == 0:
-                gc.freeze()
-                gc.unfreeze()
+            if promote:
+                promote_to_old_generation()
             gc.enable()
 
 

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, ModelProto, TensorProto, helper, numpy_helper
 from pyrsistent import pmap, pvector
 
-from ._util import gc_paused, write_bytes_atomic, write_files_atomic
+from ._util import gc_paused, promote_to_old_generation, write_bytes_atomic, write_files_atomic
 from .errors import InvalidGraph, InvalidModel, ModelNotFound
 from .graph import (
     Graph,
@@ -42,7 +42,6 @@ from .graph import (
     TensorType,
     make_lazy_initializer,
     make_loaded_op,
-    promote_to_old_generation,
     topological_order,
 )
 
