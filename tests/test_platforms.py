@@ -202,3 +202,24 @@ def test_named_quirks_alone_switch_ppq_dtype_and_gemm_axis() -> None:
         p = trt.evolve(quirks={quirk})
         plan = fusekit.init_plan(ints, p, dispatch={"mul": p, "shape": p})  # dispatch forced
         assert (plan[Slot("mul", "out", 0)].state != QuantState.FP32) is quantized, quirk
+
+
+def test_generator_activations_cover_every_shipped_rule_set() -> None:
+    """fusekit.testing's generator emits every single-op activation a shipped rule set fuses
+    (an ONNX operator up to opset 21, the generator's opset): a rule set gaining one the
+    generator does not build would go untested by the property suite."""
+    import onnx.defs
+
+    from fusekit.testing import ACTIVATION_TYPES
+
+    shipped = set()
+    for name in fusekit.platforms():
+        shipped |= fusekit.get_platform(name).activation_types
+    at21 = set()
+    for t in shipped:
+        try:
+            onnx.defs.get_schema(t, 21, "")
+        except onnx.defs.SchemaError:
+            continue
+        at21.add(t)
+    assert at21 <= set(ACTIVATION_TYPES), sorted(at21 - set(ACTIVATION_TYPES))
