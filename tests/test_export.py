@@ -23,11 +23,10 @@ from fusekit.export import (
     export_qdq,
     quant_points,
     quantize_values,
-    save_plan,
     save_qdq,
     save_ranges,
 )
-from fusekit.plan_io import load_plan
+from fusekit.plan_io import load_plan, save_plan
 
 from .test_calibrate import _model, _w, branch_add_model, conv_relu_model, samples
 

@@ -659,7 +659,7 @@ def test_promote_to_old_generation_moves_young_objects() -> None:
     """Fresh objects leave the young generation at once (so no collection walks them now)."""
     import gc
 
-    from fusekit.graph import promote_to_old_generation
+    from fusekit._util import promote_to_old_generation
 
     was = gc.isenabled()
     gc.disable()

@@ -181,3 +181,45 @@ def test_names_moved_out_of_platforms_stay_reachable_there() -> None:
     assert module.platform_to_dict is fusekit.rulefile.platform_to_dict
     with pytest.raises(AttributeError, match="no_such_name"):
         _ = module.no_such_name
+
+
+def test_named_quirks_alone_switch_ppq_dtype_and_gemm_axis() -> None:
+    """dispatch asks for a named quirk, not "has any quirk": a corrected rule set with one
+    unrelated quirk keeps fusekit's dtype and Gemm-axis rules; each quirk alone switches its
+    own behaviour."""
+    g = G().op("Flatten", "f", ["x"])
+    g.const("wg", np.ones((100, 8)) * 0.1)
+    graph = g.op("Gemm", "gm", ["f", "wg"], transB=0).build(["gm"])
+    ncnn = fusekit.get_platform("ncnn_int8")
+    other = ncnn.evolve(name="ncnn_other_quirk", quirks={"graph_output_fusion"})
+    assert fusekit.init_plan(graph, other)[Slot("gm", "in", 1)].channel_axis == 1
+    axis0 = ncnn.evolve(name="ncnn_axis0", quirks={"gemm_weight_axis_0"})
+    assert fusekit.init_plan(graph, axis0)[Slot("gm", "in", 1)].channel_axis == 0
+
+    ints = G().op("Shape", "shape", ["x"]).op("Mul", "mul", ["shape", "shape"]).build(["mul"])
+    trt = fusekit.get_platform("trt_int8").evolve(name="trt_mul", quant_types={"Mul"})
+    for quirk, quantized in (("graph_output_fusion", False), ("any_dtype", True)):
+        p = trt.evolve(quirks={quirk})
+        plan = fusekit.init_plan(ints, p, dispatch={"mul": p, "shape": p})  # dispatch forced
+        assert (plan[Slot("mul", "out", 0)].state != QuantState.FP32) is quantized, quirk
+
+
+def test_generator_activations_cover_every_shipped_rule_set() -> None:
+    """fusekit.testing's generator emits every single-op activation a shipped rule set fuses
+    (an ONNX operator up to opset 21, the generator's opset): a rule set gaining one the
+    generator does not build would go untested by the property suite."""
+    import onnx.defs
+
+    from fusekit.testing import ACTIVATION_TYPES
+
+    shipped = set()
+    for name in fusekit.platforms():
+        shipped |= fusekit.get_platform(name).activation_types
+    at21 = set()
+    for t in shipped:
+        try:
+            onnx.defs.get_schema(t, 21, "")
+        except onnx.defs.SchemaError:
+            continue
+        at21.add(t)
+    assert at21 <= set(ACTIVATION_TYPES), sorted(at21 - set(ACTIVATION_TYPES))

@@ -25,7 +25,7 @@ reader of stdout went away (``fusekit platforms | head -1``).
 Before any work the CLI checks what it can: every input exists, no output is an input or
 another output, every output folder exists (or, for ``--out-dir``, can be created) and the
 model is not already quantized. The output files are written as one set at the end (see
-:func:`fusekit.onnx_io.write_files_atomic`): a failure leaves none of them.
+:func:`fusekit._util.write_files_atomic`): a failure leaves none of them.
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._util import write_files_atomic
 from ._version import __version__
 from .errors import FusekitError, ModelRunError, UnknownOp
 from .examples import example_model_path
 from .graph import Graph, Slot
 from .guards import require_float_model
-from .onnx_io import ModelExtras, load, model_files, write_files_atomic
+from .onnx_io import ModelExtras, load, model_files
 
 __all__ = ["build_parser", "main", "summarize"]
 
@@ -1149,9 +1150,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def _cmd_fix(args: argparse.Namespace) -> int:
     """``fix QDQ.onnx --platform P -o OUT.onnx``: re-place Q/DQ by the platform's plan."""
+    from ._util import write_bytes_atomic
     from .export import build_qdq, count_qdq
     from .fix import fix_plan
-    from .onnx_io import write_bytes_atomic
     from .qimport import import_quantized
 
     out = _Output(args)

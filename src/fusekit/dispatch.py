@@ -509,7 +509,7 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
     templates: dict[tuple[str, int, int], tuple[list[TensorQuantConfig], bool]] = {}
     # fusekit's rule sets never quantize a slot on integer/bool data; PPQ's quantize what the
     # quantizer's rules say, whatever the data type
-    not_float = _non_float(graph) if not p.quirks else None
+    not_float = None if p.has_quirk("any_dtype") else _non_float(graph)
     ops, op_names = graph.ops, ar.op_names
     always = p.weight_always
     if p.has_quirk("weight_parameter_only"):
@@ -553,7 +553,7 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
                 else:  # the axis is relative to the weight's rank
                     init = inits.get(names[tid])
                     rank = len(init.dims) if init is not None else 2
-                if t == "Gemm" and not p.quirks and wr.policy.per_channel:
+                if t == "Gemm" and wr.policy.per_channel and not p.has_quirk("gemm_weight_axis_0"):
                     # output channels are the rows of B only when transB=1 (PPQ: always axis 0)
                     trans_b = ops[op_names[oid]].attributes.get("transB", 0)
                     rank = -1 if trans_b else -2

@@ -49,7 +49,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ._util import gc_paused
+from ._util import gc_paused, write_bytes_atomic, write_files_atomic
+from .dtypes import FLOAT, UNKNOWN, tensor_elem_types
 from .errors import ExportError, NotCalibrated
 from .graph import Graph, subgraph_notes
 from .onnx_io import (
@@ -57,8 +58,6 @@ from .onnx_io import (
     embed_external_data,
     model_files,
     to_model,
-    write_bytes_atomic,
-    write_files_atomic,
 )
 from .quant import (
     QuantPlan,
@@ -82,7 +81,6 @@ __all__ = [
     "export_qdq",
     "quant_points",
     "quantize_values",
-    "save_plan",
     "save_qdq",
     "save_ranges",
 ]
@@ -734,50 +732,23 @@ class _Builder:
 
     # -- assembly -----------------------------------------------------------------------------
 
-    def _drop_non_float(self, model: onnx.ModelProto) -> None:
+    def _drop_non_float(self) -> None:
         """Leave tensors that are not float32 unquantized (QuantizeLinear takes float32).
 
-        A plan can quantize an integer tensor when the model does not declare intermediate
-        types (an int64 mask through Unsqueeze, a sample rate through Mul). Types come from the
-        model's declarations, initializers and Constant values, and where those are silent from
-        onnx shape inference, run once.
+        A plan can quantize an integer tensor when the rule set quantizes whatever the data
+        type (PPQ's rule sets, quirk ``any_dtype``) or an explicit dispatch says so: an int64
+        mask through Unsqueeze, a sample rate through Mul. The types are the ones
+        :func:`fusekit.dtypes.tensor_elem_types` infers for dispatch, so the exporter and the
+        planner cannot disagree about what is float.
         """
-        graph, idx, pl = self.graph, self.idx, self.pl
+        idx, pl = self.idx, self.pl
         names = idx.tensor_names
         wanted = set(pl.after) | {idx.slot_tensor[s] for s in (*pl.before, *pl.params)}
         if not wanted:
             return
-        elem: dict[int, int] = {}
-        unknown: list[int] = []
-        for tid in wanted:
-            t = names[tid]
-            tt = graph.value_types.get(t)
-            init = graph.initializers.get(t)
-            if tt is not None and tt.elem_type:
-                elem[tid] = tt.elem_type
-            elif init is not None:
-                elem[tid] = init.elem_type
-            else:
-                const = _const_value(graph, t) if tid in pl.constants else None
-                if const is not None and const.dtype == np.float32:
-                    elem[tid] = TensorProto.FLOAT
-                else:
-                    unknown.append(tid)
-        if unknown:
-            try:
-                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-            except Exception:  # inference is best effort: unknown types stay "float"
-                inferred = None
-            if inferred is not None:
-                found = {
-                    vi.name: vi.type.tensor_type.elem_type
-                    for vi in (*inferred.graph.value_info, *inferred.graph.output)
-                    if vi.type.HasField("tensor_type")
-                }
-                for tid in unknown:
-                    if found.get(names[tid]):
-                        elem[tid] = found[names[tid]]
-        bad = {tid for tid, e in elem.items() if e != TensorProto.FLOAT}
+        types = tensor_elem_types(self.graph)
+        elem = {tid: types[tid] for tid in wanted if types[tid] not in (UNKNOWN, FLOAT)}
+        bad = set(elem)
         if not bad:
             return
         for tid in sorted(bad):
@@ -792,7 +763,7 @@ class _Builder:
     def build(self) -> QDQExport:
         graph, idx, pl = self.graph, self.idx, self.pl
         model = to_model(graph)
-        self._drop_non_float(model)
+        self._drop_non_float()
         og = model.graph
         src_nodes = list(og.node)
         types = graph.value_types
@@ -1433,13 +1404,6 @@ def count_qdq(model: onnx.ModelProto) -> dict[str, int]:
 
 # --------------------------------------------------------------------------------------------
 # JSON
-
-
-def save_plan(plan: QuantPlan, path: str | os.PathLike[str]) -> None:
-    """Write the plan as JSON (:mod:`fusekit.plan_io` schema), atomically."""
-    from .plan_io import save_plan as _save
-
-    _save(plan, Path(path))
 
 
 def dynamic_ranges(plan: QuantPlan) -> dict[str, float]:

@@ -19,7 +19,6 @@ core ever importing ``onnx``.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import heapq
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -30,7 +29,7 @@ import numpy as np
 from pyrsistent import PMap, PVector, pmap, pvector
 
 from ._topology import Slot, Topology, rule_type
-from ._util import gc_paused
+from ._util import gc_paused, promote_to_old_generation
 from .errors import (
     DanglingInput,
     DuplicateProducer,
@@ -61,25 +60,6 @@ __all__ = [
 
 # --------------------------------------------------------------------------------------------
 # Bulk construction helpers
-
-
-def promote_to_old_generation() -> None:
-    """Move every object the garbage collector tracks into its oldest generation, in O(1).
-
-    Called at the end of a bulk build while the collector is paused (``gc_paused``). A 100k-op
-    graph is ~700k tracked objects; without this, the first allocation after the collector is
-    re-enabled runs a young-generation collection that walks every one of them (a third of the
-    load time), and the next middle-generation collection walks them again. ``freeze()``
-    followed by ``unfreeze()`` moves them to the oldest generation without walking them, which
-    is where long-lived data ends up anyway; the next full collection still examines them, so
-    nothing leaks. The only effect on other objects is that young garbage cycles of the process
-    are collected at the next full collection instead of the next young one. Skipped when the
-    application froze objects itself (``gc.freeze()`` before ``fork``), as ``unfreeze`` would
-    thaw those too.
-    """
-    if gc.get_freeze_count() == 0:
-        gc.freeze()
-        gc.unfreeze()
 
 
 # --------------------------------------------------------------------------------------------

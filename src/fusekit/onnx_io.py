@@ -16,10 +16,8 @@ protobuf fields (upb parses lazily, so every field access allocates) and buildin
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
-import tempfile
 import zlib
 from collections.abc import Callable, Mapping
 from itertools import chain
@@ -34,7 +32,7 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, ModelProto, TensorProto, helper, numpy_helper
 from pyrsistent import pmap, pvector
 
-from ._util import gc_paused
+from ._util import gc_paused, promote_to_old_generation, write_bytes_atomic, write_files_atomic
 from .errors import InvalidGraph, InvalidModel, ModelNotFound
 from .graph import (
     Graph,
@@ -44,7 +42,6 @@ from .graph import (
     TensorType,
     make_lazy_initializer,
     make_loaded_op,
-    promote_to_old_generation,
     topological_order,
 )
 
@@ -952,81 +949,3 @@ def model_files(
             str(target),
         )
     return {target: m.SerializeToString(), target.with_name(location): b"".join(chunks)}
-
-
-def write_files_atomic(files: Mapping[Path, bytes]) -> None:
-    """Write a set of files all or nothing.
-
-    Every file is first written to a hidden temporary name in its own folder; only when all
-    are written are they renamed into place. A failure (or Ctrl-C / SIGTERM, which the CLI
-    turns into an exception) before the renames leaves none of them and no temporary file. The
-    renames are not one transaction: if one fails, the files of the set renamed before it are
-    removed (a file they replaced is gone by then; a rename within a folder does not fail for
-    want of space, so this is the unlikely case).
-    """
-    temps: list[tuple[str, Path]] = []
-    renamed: list[Path] = []
-    try:
-        for target, data in files.items():
-            target = Path(target)
-            _check_target(target)
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or Path(".")
-            )
-            temps.append((tmp, target))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_current_umask())
-        while temps:
-            tmp, target = temps[0]
-            os.replace(tmp, target)
-            temps.pop(0)
-            renamed.append(target)
-    except BaseException:
-        for tmp, _ in temps:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if temps:  # the set is incomplete: the files already renamed are not left behind
-            for target in renamed:
-                with contextlib.suppress(OSError):
-                    os.unlink(target)
-        raise
-
-
-def _check_target(target: Path) -> None:
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise InvalidModel(f"cannot write: directory {directory} does not exist", str(target))
-    if target.is_dir():
-        raise InvalidModel("cannot write: the target is a directory", str(target))
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_bytes_atomic(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` via a temp file and rename (no partial file on failure)."""
-    target = Path(target)
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise InvalidModel(f"cannot write: directory {directory} does not exist", str(target))
-    if target.is_dir():
-        raise InvalidModel("cannot write: the target is a directory", str(target))
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the permissions a plain open() would
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

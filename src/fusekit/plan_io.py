@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 from pyrsistent import pvector
 
+from ._util import write_bytes_atomic
 from .dispatch import refuse_other_floats
 from .errors import InvalidPlan, PlanGraphMismatch, UnknownSlot
 from .graph import Graph, Slot
-from .onnx_io import write_bytes_atomic
 from .quant import (
     NO_LINK,
     LinkKind,

@@ -91,6 +91,10 @@ QUIRKS: Mapping[str, str] = {
     "op with an empty output name (Dropout -> [d, '']) become linked",
     "weight_parameter_only": "a weight computed from constants (Reshape(w) -> Conv, Transpose(w) "
     "-> Gemm) is not a parameter: the weight rule skips it (PPQ does not fold constants)",
+    "any_dtype": "slots are quantized whatever their data type: an integer or bool tensor gets a "
+    "config like a float one (fusekit's rule sets leave non-float slots unquantized)",
+    "gemm_weight_axis_0": "a per-channel Gemm weight is quantized along axis 0 whatever transB "
+    "says (its output channels are the columns of B when transB=0)",
 }
 
 #: Named preconditions of :attr:`Platform.weight_conditions`.

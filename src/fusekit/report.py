@@ -40,11 +40,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._util import gc_paused
+from ._util import gc_paused, write_bytes_atomic
 from ._version import __version__
 from .errors import ReportError
 from .graph import Graph, subgraph_notes
-from .onnx_io import write_bytes_atomic
 from .passes import Decision, FusionResult, PipelineResult
 from .quant import QuantPlan, QuantState, check_plan_graph
 
