@@ -20,7 +20,7 @@ from fusekit.platforms import get_platform, platforms
 from .strategies import graphs
 from .test_strategies import _sample
 
-SAMPLE = 150
+SAMPLE = 400
 KINDS = ("swish", "mish", "hardswish", "gelu")
 
 

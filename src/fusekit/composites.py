@@ -51,47 +51,40 @@ RTOL = 1e-3
 class Operands:
     """What the checks read about the ops of a match: operand tensors, constants, attributes.
 
-    Built once per pass run over the graph's arrays. Constant values are read once per tensor
-    (a model shares one ``sqrt(2)`` initializer between all its GELUs), so checking tens of
-    thousands of matches costs a dictionary lookup each.
+    Built once per pass run over the graph's arrays (bound to attributes: a check runs for
+    each of tens of thousands of matches). Constant values are read once per tensor (a model
+    shares one ``sqrt(2)`` initializer between all its GELUs), so checking a constant costs a
+    dictionary lookup.
     """
 
-    __slots__ = ("_values", "ar", "graph")
+    __slots__ = ("_consts", "ar", "base", "graph", "n_in", "names", "prod", "slot_op", "st")
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.ar = graph.arrays()
-        self._values: dict[int, np.ndarray[Any, Any] | None] = {}
+        self.ar = ar = graph.arrays()
+        self.st, self.base, self.n_in = ar.slot_tensor, ar.slot_base, ar.n_in
+        self.prod, self.slot_op, self.names = ar.producer, ar.slot_op, ar.op_names
+        # tensor id -> (single value or None, number of values, rank), None if not a literal
+        self._consts: dict[int, tuple[float | None, int, int] | None] = {}
 
     def name(self, o: int) -> str:
         """The name of op ``o``."""
-        return str(self.ar.op_names[o])
-
-    def n_inputs(self, o: int) -> int:
-        """How many input slots op ``o`` has."""
-        return int(self.ar.n_in[o])
+        return str(self.names[o])
 
     def input(self, o: int, k: int) -> int:
         """Tensor id of input ``k`` of op ``o`` (-1 when omitted or absent)."""
-        ar = self.ar
-        if k >= ar.n_in[o]:
+        return self.st[self.base[o] + k] if k < self.n_in[o] else -1
+
+    def output(self, o: int) -> int:
+        """Tensor id of output 0 of op ``o``."""
+        return self.st[self.base[o] + self.n_in[o]]
+
+    def producer(self, tid: int) -> int:
+        """The op producing tensor ``tid`` (-1 for a graph input, initializer or omitted one)."""
+        if tid < 0:
             return -1
-        return int(ar.slot_tensor[ar.slot_base[o] + k])
-
-    def output(self, o: int, k: int = 0) -> int:
-        """Tensor id of output ``k`` of op ``o``."""
-        ar = self.ar
-        return int(ar.slot_tensor[ar.slot_base[o] + ar.n_in[o] + k])
-
-    def port_from(self, o: int, src: int) -> int:
-        """The first input of ``o`` that reads an output of op ``src`` (-1 if none)."""
-        ar = self.ar
-        st, prod, slot_op = ar.slot_tensor, ar.producer, ar.slot_op
-        for k in range(ar.n_in[o]):
-            tid = st[ar.slot_base[o] + k]
-            if tid >= 0 and prod[tid] >= 0 and slot_op[prod[tid]] == src:
-                return k
-        return -1
+        p = self.prod[tid]
+        return self.slot_op[p] if p >= 0 else -1
 
     def value(self, tid: int) -> np.ndarray[Any, Any] | None:
         """The value of a literal constant tensor (an initializer or a ``Constant`` op's).
@@ -101,16 +94,12 @@ class Operands:
         """
         if tid < 0:
             return None
-        if tid in self._values:
-            return self._values[tid]
         out: np.ndarray[Any, Any] | None = None
         ar, graph = self.ar, self.graph
-        name = ar.tensor_names[tid]
         if ar.is_init[tid]:
-            out = np.asarray(graph.initializers[name].array())
+            out = np.asarray(graph.initializers[ar.tensor_names[tid]].array())
         elif ar.producer[tid] >= 0:
-            src = ar.slot_op[ar.producer[tid]]
-            op = graph.ops[ar.op_names[src]]
+            op = graph.ops[self.names[self.producer(tid)]]
             if op.op_type == "Constant" and op.domain in ("", "ai.onnx"):
                 for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
                     v = op.attributes.get(key)
@@ -120,10 +109,19 @@ class Operands:
                         out = np.asarray(v, dtype=np.float64)
                     if out is not None:
                         break
-        if out is not None and out.dtype.kind not in "fiu":
-            out = None
-        self._values[tid] = out
-        return out
+        return out if out is not None and out.dtype.kind in "fiu" else None
+
+    def constant(self, tid: int) -> tuple[float | None, int, int] | None:
+        """(the value if it is a single one, its number of values, its rank) of a literal
+        constant, or None; remembered per tensor."""
+        try:
+            return self._consts[tid]
+        except KeyError:  # once per tensor
+            pass
+        v = self.value(tid)
+        info = None if v is None else (float(v.flat[0]) if v.size == 1 else None, v.size, v.ndim)
+        self._consts[tid] = info
+        return info
 
     def rank(self, tid: int) -> int | None:
         """The declared rank of a tensor, if the graph knows it."""
@@ -132,7 +130,7 @@ class Operands:
 
     def attr(self, o: int, key: str, default: float) -> float:
         """A float attribute of op ``o`` (``default`` when absent or not a number)."""
-        v = self.graph.ops[self.ar.op_names[o]].attributes.get(key, default)
+        v = self.graph.ops[self.names[o]].attributes.get(key, default)
         return float(v) if isinstance(v, (int, float)) else default
 
 
@@ -151,19 +149,20 @@ def _scalar(ops: Operands, o: int, k: int, x_tid: int, what: str) -> tuple[float
     with, would broadcast the result to another shape than the activation's input: no backend
     runs that as the activation.
     """
-    tid = ops.input(o, k)
-    v = ops.value(tid)
-    if v is None:
+    info = ops.constant(ops.input(o, k))
+    if info is None:
         return 0.0, f"the {what} of {ops.name(o)} is not a literal constant"
-    if v.size != 1:
-        return 0.0, f"the {what} of {ops.name(o)} has {v.size} values, not one"
-    r = ops.rank(x_tid) if x_tid >= 0 else None
-    if r is not None and v.ndim > r:
-        return 0.0, (
-            f"the {what} of {ops.name(o)} has rank {v.ndim}, more than its operand's {r}: "
-            "it changes the output's shape"
-        )
-    return float(v.reshape(-1)[0]), None
+    v, size, ndim = info
+    if v is None:
+        return 0.0, f"the {what} of {ops.name(o)} has {size} values, not one"
+    if ndim:  # a 0-d constant never changes the shape
+        r = ops.rank(x_tid) if x_tid >= 0 else None
+        if r is not None and ndim > r:
+            return 0.0, (
+                f"the {what} of {ops.name(o)} has rank {ndim}, more than its operand's {r}: "
+                "it changes the output's shape"
+            )
+    return v, None
 
 
 def _constant_operand(
@@ -174,13 +173,15 @@ def _constant_operand(
     For a Div, the data must be the numerator (``Div(c, 6)``, never ``Div(6, c)``); for Add and
     Mul the order is free.
     """
-    port = ops.port_from(o, src)
-    if ops.n_inputs(o) != 2 or port < 0:
+    st, b = ops.st, ops.base[o]
+    port = -1
+    if ops.n_in[o] == 2:
+        port = 0 if ops.producer(st[b]) == src else 1 if ops.producer(st[b + 1]) == src else -1
+    if port < 0:
         return f"{ops.name(o)} does not combine {ops.name(src)} with one constant"
-    op_type = ops.ar.op_types[o]
-    if op_type == "Div" and port != 0:
+    if port and ops.ar.op_types[o] == "Div":
         return f"{ops.name(o)} divides by {ops.name(src)}; a {rule} divides it by a constant"
-    v, why = _scalar(ops, o, 1 - port, ops.input(o, port), what)
+    v, why = _scalar(ops, o, 1 - port, st[b + port], what)
     if why is not None:
         return why
     if not _close(v, target):
@@ -197,24 +198,27 @@ def _scaled(ops: Operands, o: int, src: int, divisor: float, rule: str, what: st
 
 def _reads_both(ops: Operands, o: int, a: int, b: int, rule: str) -> str | None:
     """``o`` reads exactly the tensors ``a`` and ``b`` (in either order)."""
-    ins = [ops.input(o, k) for k in range(ops.n_inputs(o))]
-    if sorted(ins) != sorted((a, b)):
-        names = ops.ar.tensor_names
-        return (
-            f"{ops.name(o)} multiplies {', '.join(repr(names[t]) for t in ins if t >= 0)}, "
-            f"not {names[a]!r} by {names[b]!r} as a {rule} does"
-        )
-    return None
+    st, first = ops.st, ops.base[o]
+    if ops.n_in[o] == 2:
+        t0, t1 = st[first], st[first + 1]
+        if (t0 == a and t1 == b) or (t0 == b and t1 == a):
+            return None
+    names = ops.ar.tensor_names
+    ins = [st[first + k] for k in range(ops.n_in[o])]
+    return (
+        f"{ops.name(o)} multiplies {', '.join(repr(names[t]) for t in ins if t >= 0)}, "
+        f"not {names[a]!r} by {names[b]!r} as a {rule} does"
+    )
 
 
 def _clip_bounds(ops: Operands, clip: int, x_tid: int, lo: float, hi: float) -> str | None:
     """A Clip with bounds ``lo``/``hi`` (inputs since opset 11, attributes before; a Relu6
     is ``Clip(0, 6)`` by definition)."""
-    if ops.ar.op_types[clip] == "Relu6":  # clip(x, 0, 6) by definition
+    if ops.ar.op_types[clip] == "Relu6":
         return None if (lo, hi) == (0.0, 6.0) else f"{ops.name(clip)} clips to [0, 6]"
     bounds: list[float] = []
     for k, key, default in ((1, "min", -np.inf), (2, "max", np.inf)):
-        if ops.n_inputs(clip) > 1:
+        if ops.n_in[clip] > 1:
             if ops.input(clip, k) < 0:
                 bounds.append(float(default))
                 continue
@@ -232,12 +236,12 @@ def _clip_bounds(ops: Operands, clip: int, x_tid: int, lo: float, hi: float) -> 
     return None
 
 
-def _first(*reasons: Callable[[], str | None]) -> str | None:
-    for r in reasons:
-        why = r()
-        if why is not None:
-            return why
-    return None
+def _port_from(ops: Operands, o: int, src: int) -> int:
+    """The first input of ``o`` that reads an output of op ``src`` (0 if none)."""
+    for k in range(ops.n_in[o]):
+        if ops.producer(ops.input(o, k)) == src:
+            return k
+    return 0
 
 
 # ----- the checks, one per form ------------------------------------------------------------
@@ -247,44 +251,38 @@ def _first(*reasons: Callable[[], str | None]) -> str | None:
 def _check_swish(ops: Operands, ids: tuple[int, ...]) -> str | None:
     """Swish/SiLU: the Mul multiplies the Sigmoid's own input by the Sigmoid."""
     _, sig, mul = ids
-    return _reads_both(ops, mul, ops.input(sig, 0), ops.output(sig), "Swish")
+    return _reads_both(ops, mul, ops.st[ops.base[sig]], ops.output(sig), "Swish")
 
 
 def _check_mish(ops: Operands, ids: tuple[int, ...]) -> str | None:
     """Mish: the Mul multiplies the Softplus's own input by tanh(softplus(x))."""
     _, sp, th, mul = ids
-    return _reads_both(ops, mul, ops.input(sp, 0), ops.output(th), "Mish")
+    return _reads_both(ops, mul, ops.st[ops.base[sp]], ops.output(th), "Mish")
 
 
 def _hardsigmoid_part(ops: Operands, x: int, add: int, clip: int) -> tuple[int, str | None]:
     """``clip(x + 3, 0, 6)``: returns the tensor the Add reads from ``x`` and a reason."""
-    port = ops.port_from(add, x)
-    x_tid = ops.input(add, port)
-    why = _first(
-        lambda: _constant_operand(ops, add, x, 3.0, "HardSwish", "addend"),
-        lambda: _clip_bounds(ops, clip, x_tid, 0.0, 6.0),
-    )
-    return x_tid, why
+    x_tid = ops.input(add, _port_from(ops, add, x))
+    why = _constant_operand(ops, add, x, 3.0, "HardSwish", "addend")
+    return x_tid, why or _clip_bounds(ops, clip, x_tid, 0.0, 6.0)
 
 
 def _check_hardswish_clip_div(ops: Operands, ids: tuple[int, ...]) -> str | None:
     """HardSwish ``x * (clip(x + 3, 0, 6) / 6)``."""
     x, add, clip, div, mul = ids
     x_tid, why = _hardsigmoid_part(ops, x, add, clip)
-    return why or _first(
-        lambda: _scaled(ops, div, clip, 6.0, "HardSwish", "divisor"),
-        lambda: _reads_both(ops, mul, x_tid, ops.output(div), "HardSwish"),
-    )
+    if why is None:
+        why = _scaled(ops, div, clip, 6.0, "HardSwish", "divisor")
+    return why or _reads_both(ops, mul, x_tid, ops.output(div), "HardSwish")
 
 
 def _check_hardswish_mul_div(ops: Operands, ids: tuple[int, ...]) -> str | None:
     """HardSwish ``(x * clip(x + 3, 0, 6)) / 6``."""
     x, add, clip, mul, div = ids
     x_tid, why = _hardsigmoid_part(ops, x, add, clip)
-    return why or _first(
-        lambda: _reads_both(ops, mul, x_tid, ops.output(clip), "HardSwish"),
-        lambda: _scaled(ops, div, mul, 6.0, "HardSwish", "divisor"),
-    )
+    if why is None:
+        why = _reads_both(ops, mul, x_tid, ops.output(clip), "HardSwish")
+    return why or _scaled(ops, div, mul, 6.0, "HardSwish", "divisor")
 
 
 def _check_hardswish_hardsigmoid(ops: Operands, ids: tuple[int, ...]) -> str | None:
@@ -296,7 +294,7 @@ def _check_hardswish_hardsigmoid(ops: Operands, ids: tuple[int, ...]) -> str | N
             f"{ops.name(hsig)} has alpha {_fmt(alpha)}, beta {_fmt(beta)}; a HardSwish's "
             "HardSigmoid has alpha 1/6, beta 0.5"
         )
-    return _reads_both(ops, mul, ops.input(hsig, 0), ops.output(hsig), "HardSwish")
+    return _reads_both(ops, mul, ops.st[ops.base[hsig]], ops.output(hsig), "HardSwish")
 
 
 _SQRT2 = float(np.sqrt(2.0))
@@ -304,32 +302,27 @@ _SQRT2 = float(np.sqrt(2.0))
 
 def _erf_part(ops: Operands, x: int, div: int, add: int, erf: int) -> tuple[int, str | None]:
     """``erf(x / sqrt 2) + 1``: returns the tensor the Div reads from ``x`` and a reason."""
-    x_tid = ops.input(div, max(ops.port_from(div, x), 0))
-    why = _first(
-        lambda: _scaled(ops, div, x, _SQRT2, "GELU", "divisor"),
-        lambda: _constant_operand(ops, add, erf, 1.0, "GELU", "addend"),
-    )
-    return x_tid, why
+    x_tid = ops.input(div, _port_from(ops, div, x))
+    why = _scaled(ops, div, x, _SQRT2, "GELU", "divisor")
+    return x_tid, why or _constant_operand(ops, add, erf, 1.0, "GELU", "addend")
 
 
 def _check_gelu_mul_half(ops: Operands, ids: tuple[int, ...]) -> str | None:
     """GELU ``(x * (erf(x / sqrt 2) + 1)) * 0.5``."""
     x, div, erf, add, mul, half = ids
     x_tid, why = _erf_part(ops, x, div, add, erf)
-    return why or _first(
-        lambda: _reads_both(ops, mul, x_tid, ops.output(add), "GELU"),
-        lambda: _constant_operand(ops, half, mul, 0.5, "GELU", "factor"),
-    )
+    if why is None:
+        why = _reads_both(ops, mul, x_tid, ops.output(add), "GELU")
+    return why or _constant_operand(ops, half, mul, 0.5, "GELU", "factor")
 
 
 def _check_gelu_half_mul(ops: Operands, ids: tuple[int, ...]) -> str | None:
     """GELU ``x * ((erf(x / sqrt 2) + 1) * 0.5)``."""
     x, div, erf, add, half, mul = ids
     x_tid, why = _erf_part(ops, x, div, add, erf)
-    return why or _first(
-        lambda: _constant_operand(ops, half, add, 0.5, "GELU", "factor"),
-        lambda: _reads_both(ops, mul, x_tid, ops.output(half), "GELU"),
-    )
+    if why is None:
+        why = _constant_operand(ops, half, add, 0.5, "GELU", "factor")
+    return why or _reads_both(ops, mul, x_tid, ops.output(half), "GELU")
 
 
 # ----- values ------------------------------------------------------------------------------
