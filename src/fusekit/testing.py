@@ -709,7 +709,8 @@ def rule_sets(
     Removes random subsets of the quantized, computing, activation, passive types, activation
     patterns and alignment groups; may add ops no rule set quantizes as extra activations;
     varies the activation and bias rules. Roles stay disjoint (no op type is both computing and
-    passive). With ``quirks`` a random subset of PPQ 0.6.6's quirks is switched on. The result
+    passive), and every activation and composite pattern kept can fire (its ops stay in
+    ``quant_types``, as :class:`~fusekit.platforms.Platform` requires). With ``quirks`` a random subset of PPQ 0.6.6's quirks is switched on. The result
     is named ``custom_<base>`` and is not registered (passes accept Platform values).
     """
     if base is None:
