@@ -710,8 +710,9 @@ def rule_sets(
     patterns and alignment groups; may add ops no rule set quantizes as extra activations;
     varies the activation and bias rules. Roles stay disjoint (no op type is both computing and
     passive), and every activation and composite pattern kept can fire (its ops stay in
-    ``quant_types``, as :class:`~fusekit.platforms.Platform` requires). With ``quirks`` a random subset of PPQ 0.6.6's quirks is switched on. The result
-    is named ``custom_<base>`` and is not registered (passes accept Platform values).
+    ``quant_types``, as :class:`~fusekit.platforms.Platform` requires). With ``quirks`` a
+    random subset of PPQ 0.6.6's quirks is switched on. The result is named ``custom_<base>``
+    and is not registered (passes accept Platform values).
     """
     if base is None:
         base = draw(st.sampled_from(("trt_int8", "ort_int8", "ppl_cuda_int8")))
