@@ -107,6 +107,7 @@ def test_rule_file_json_and_toml(tmp_path: Path) -> None:
                 "name": "my_npu",
                 "base": "trt_int8",
                 "activation_types": ["Relu", "Clip"],
+                "activation_patterns": [],  # trt_int8's composites need ops not quantized here
                 "non_onnx_types": ["MyFusedOp"],
                 "quant_types": ["Conv", "Relu", "Clip", "MyFusedOp"],
             }
@@ -197,7 +198,8 @@ def test_named_quirks_alone_switch_ppq_dtype_and_gemm_axis() -> None:
     assert fusekit.init_plan(graph, axis0)[Slot("gm", "in", 1)].channel_axis == 0
 
     ints = G().op("Shape", "shape", ["x"]).op("Mul", "mul", ["shape", "shape"]).build(["mul"])
-    trt = fusekit.get_platform("trt_int8").evolve(name="trt_mul", quant_types={"Mul"})
+    trt0 = fusekit.get_platform("trt_int8")
+    trt = trt0.evolve(name="trt_mul", quant_types=trt0.quant_types | {"Mul"})
     for quirk, quantized in (("graph_output_fusion", False), ("any_dtype", True)):
         p = trt.evolve(quirks={quirk})
         plan = fusekit.init_plan(ints, p, dispatch={"mul": p, "shape": p})  # dispatch forced

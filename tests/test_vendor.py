@@ -197,11 +197,11 @@ def test_openvino_weight_axes_and_bias() -> None:
 
 
 def test_openvino_fuses_hardswish_pattern_and_leaky_relu() -> None:
-    """Conv -> HardSigmoid, Mul(c, hsig) (HardSwish as exported by PyTorch) and Conv ->
+    """Conv -> HardSigmoid(alpha=1/6), Mul(c, hsig) (HardSwish as exported by PyTorch) and Conv ->
     LeakyRelu fuse into the Conv (OpenVINO's CPU plugin and NNCF's fused patterns); PPQ's
     OpenVINO set (TensorRT's rules) knows neither, so the Conv output stays quantized."""
-    g = G().conv("c0", "x").unary("HardSigmoid", "s", "c0").binary("Mul", "m", "c0", "s")
-    graph = g.conv("c1", "m").build(["c1"])
+    g = G().conv("c0", "x").op("HardSigmoid", "s", ["c0"], alpha=1.0 / 6.0)
+    graph = g.binary("Mul", "m", "c0", "s").conv("c1", "m").build(["c1"])
     ours = fused(graph, "openvino_int8")
     assert ours[out("c0")].state == OVERLAPPED and ours.root(out("c0")) == out("m")
     assert ppq_fused(graph, "ppq066_openvino_int8")[out("c0")].state == INITIAL

@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 from pyrsistent import PMap, pmap
 
+from .composites import COMPOSITES
 from .errors import InvalidPlatform, UnknownPlatform
 from .quant import (
     QuantPolicy,
@@ -41,6 +42,8 @@ from .quant import (
 )
 
 __all__ = [
+    "ACTIVATION_PATTERNS",
+    "PASSIVE_CONDITIONS",
     "PLACEMENTS",
     "QUIRKS",
     "WEIGHT_CONDITIONS",
@@ -95,6 +98,22 @@ QUIRKS: Mapping[str, str] = {
     "config like a float one (fusekit's rule sets leave non-float slots unquantized)",
     "gemm_weight_axis_0": "a per-channel Gemm weight is quantized along axis 0 whatever transB "
     "says (its output channels are the columns of B when transB=0)",
+    "composite_unchecked": "composite activations fuse on op types and edges alone: their "
+    "constants (HardSwish's 3/0/6/6, GELU's sqrt2/1/0.5) and operands are not checked",
+    "unquantized_activations": "activation_types and activation_patterns may name op types "
+    "quant_types leaves float (PPQ's lists: TensorRT's Swish and SoftPlus, onnxruntime's Mish "
+    "without Softplus/Tanh); those entries never fuse",
+}
+
+#: The composite activations :attr:`Platform.activation_patterns` may name: the keys of the
+#: registry :data:`fusekit.composites.COMPOSITES` (patterns, checks and slots live there).
+ACTIVATION_PATTERNS: Mapping[str, str] = {k: r.description for k, r in COMPOSITES.items()}
+
+#: Named preconditions of :attr:`Platform.passive_conditions` (the checks are
+#: :data:`fusekit.passes.passive.PASSIVE_CONDITIONS`).
+PASSIVE_CONDITIONS: Mapping[str, str] = {
+    "pad_constant_zero": "a Pad in constant mode whose pad value is 0 (a literal; other modes "
+    "and values change the range)",
 }
 
 #: Named preconditions of :attr:`Platform.weight_conditions`.
@@ -180,13 +199,14 @@ class Platform:
     * ``quant_types``: op types the backend quantizes.
     * ``computing_types``: ops an activation can be fused into (PPQ's COMPUTING_OP).
     * ``activation_types``: single-op activations fused after a computing op.
-    * ``activation_patterns``: composite activations fused after a computing op
-      (``"swish"``, ``"mish"``, ``"hardswish"``, ``"gelu"``).
+    * ``activation_patterns``: composite activations fused after a computing op, names of
+      :data:`ACTIVATION_PATTERNS` (``"swish"``, ``"mish"``, ``"hardswish"``, ``"gelu"``).
     * ``epilogue_types``: ops folded into the computing op before them when their other
       operands are constant (BatchNormalization, a bias Add, a scale Mul); activations then fuse
       after the folded op.
     * ``passive_types``: ops whose outputs keep their first input's scale;
-      ``passive_conditions``: op type -> named precondition (``"pad_constant_zero"``).
+      ``passive_conditions``: op type -> named precondition, one of
+      :data:`PASSIVE_CONDITIONS` (``"pad_constant_zero"``).
     * ``sockets``: op type -> which inputs/outputs are never quantized.
     * ``activation``: the rule of ordinary slots; ``weights``: op type -> rule for input 1 when
       it is a constant; ``bias_types``/``bias``: the rule of input 2 of those ops;
@@ -203,6 +223,10 @@ class Platform:
     * ``non_onnx_types``: names used above that are not ONNX operators, declared as such.
     * ``placement``: where the quantization points go, one of :data:`PLACEMENTS`
       (``"fused-output"``, ``"node-unit"`` or ``"computing-input"``).
+
+    Names are checked when the value is built: unknown quirks, placements, composite
+    activations and conditions, and activations that ``quant_types`` does not quantize (unless
+    the ``unquantized_activations`` quirk says so) raise :class:`~fusekit.errors.InvalidPlatform`.
 
     Every name means an operator of ONNX's own domain, except a qualified
     ``"domain::Type"`` (``"com.microsoft::Gelu"``), which matches that domain's op only.
@@ -261,6 +285,51 @@ class Platform:
                 f"platform {self.name!r}: unknown placement {self.placement!r}; "
                 f"use one of {sorted(PLACEMENTS)}"
             )
+        unknown = self.activation_patterns - set(ACTIVATION_PATTERNS)
+        if unknown:
+            raise InvalidPlatform(
+                f"platform {self.name!r}: activation_patterns names unknown composite "
+                f"activations {sorted(unknown)}; known: {sorted(ACTIVATION_PATTERNS)}"
+            )
+        bad = set(self.passive_conditions.values()) - set(PASSIVE_CONDITIONS)
+        if bad:
+            raise InvalidPlatform(
+                f"platform {self.name!r}: passive_conditions names unknown conditions "
+                f"{sorted(bad)}; known: {sorted(PASSIVE_CONDITIONS)}"
+            )
+        if "unquantized_activations" not in self.quirks:
+            self._check_activations_quantized()
+
+    def _check_activations_quantized(self) -> None:
+        """Every fusion rule names ops the rule set quantizes, or it can never fire.
+
+        Fusion links slots of quantized ops only: an activation type missing from
+        ``quant_types`` (or a composite whose every form needs an op type it leaves float) is
+        a rule that silently does nothing, almost always a typo or an op list edited on one
+        side only. PPQ's own lists have such entries; its rule sets say so with the
+        ``unquantized_activations`` quirk.
+        """
+        quant = self.quant_types
+        dead = self.activation_types - quant
+        if dead:
+            raise InvalidPlatform(
+                f"platform {self.name!r}: activation_types names {sorted(dead)}, which "
+                "quant_types does not quantize: a fused activation is a quantized op, so these "
+                "would never fuse; add them to quant_types or remove them from activation_types"
+            )
+        for name in sorted(self.activation_patterns):
+            forms = COMPOSITES[name].forms
+            missing = [[sorted(ts) for ts in f.op_types() if not ts & quant] for f in forms]
+            if all(missing):
+                why = "; ".join(
+                    f"{f.formula} needs " + ", ".join("/".join(ts) for ts in m)
+                    for f, m in zip(forms, missing)
+                )
+                raise InvalidPlatform(
+                    f"platform {self.name!r}: activation_patterns enables {name!r}, which would "
+                    f"never fuse: quant_types leaves an op of every form float ({why}); add "
+                    f"them to quant_types or remove {name!r} from activation_patterns"
+                )
 
     def has_quirk(self, quirk: str) -> bool:
         """True if this rule set reproduces PPQ 0.6.6 behaviour ``quirk``."""

@@ -11,10 +11,11 @@ Strategies (all shrink towards small linear chains and the simplest choices):
   inputs from tensors that already exist. They reach computing ops (Conv, ConvTranspose, Gemm,
   MatMul with constant weights, from initializers or ``Constant`` ops) with one and several
   consumers, every single-op activation, Swish and Mish in both operand orders, HardSwish and GELU
-  decompositions, passive ops including multi-output ``Split``, ``Concat``/``Sum`` with 2-4
-  inputs, ``Mul(x, x)``, graph inputs feeding anything, graph outputs taken from the middle of a
-  pattern, and ops no platform quantizes. Shapes are tracked, so every graph also runs in ONNX
-  Runtime.
+  decompositions and near misses of each (:data:`NEAR_MISSES`: a wrong constant, an operand in
+  the wrong place, an extra reader of an inner tensor), passive ops including multi-output
+  ``Split``, ``Concat``/``Sum`` with 2-4 inputs, ``Mul(x, x)``, graph inputs feeding anything,
+  graph outputs taken from the middle of a pattern, and ops no platform quantizes. Shapes are
+  tracked, so every graph also runs in ONNX Runtime.
 * :func:`rule_sets` -- platforms derived from a registered one by removing or adding op types,
   activation patterns, alignment groups, bias and activation rules (``Platform.evolve``).
 * :func:`dispatches`, :func:`initial_plans` (``init_plan`` with random dispatch, several platforms
@@ -58,6 +59,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from .composites import COMPOSITES
 from .dispatch import init_plan
 from .errors import SharingCycle
 from .graph import Graph, Initializer, Op, Slot, TensorType, check_invariants
@@ -79,6 +81,7 @@ __all__ = [
     "ACTIVATION_TYPES",
     "COMPUTING_TYPES",
     "FOREIGN_TYPES",
+    "NEAR_MISSES",
     "PASSIVE_TYPES",
     "STEP_KINDS",
     "StandInCalibration",
@@ -421,49 +424,104 @@ def _mul(b: _Builder, a: str, c: str, shape: Shape) -> str:
     return b.op("Mul", ins, [shape])[0]
 
 
+#: How a composite activation step is written (:func:`graphs`): the activation itself, or a
+#: near miss a fusion rule must refuse or not match (first: what shrinking moves towards).
+#: ``"constant"``: one constant is not the activation's (HardSwish ``x+5``, GELU ``x/2``);
+#: ``"operand"``: an operand in the wrong place (``Div(6, c)``, ``Div(sqrt2, x)``) or, for
+#: Swish and Mish, the product of another tensor than ``x``; ``"consumer"``: an inner tensor
+#: is also read by an op outside the activation.
+NEAR_MISSES: tuple[str, ...] = ("none", "constant", "operand", "consumer")
+
+
+def _near_miss(b: _Builder) -> str:
+    """Mostly the true activation (two times in three), else one kind of near miss."""
+    if b.draw(st.integers(0, 2)) != 2:
+        return "none"
+    return b.draw(st.sampled_from(NEAR_MISSES[1:]))
+
+
+def _consumer(b: _Builder, miss: str, inner: str, shape: Shape) -> None:
+    """The ``"consumer"`` near miss: a foreign op also reads the inner tensor ``inner``."""
+    if miss == "consumer":
+        b.op("Neg", [inner], [shape])
+
+
+def _other(b: _Builder, x: str, shape: Shape) -> str:
+    """A tensor of ``x``'s shape that is not ``x`` (the ``"operand"`` near miss of a product)."""
+    y = b.pick(lambda s: s == shape)
+    if y is not None and y[0] != x:
+        return y[0]
+    return b.op("Neg", [x], [shape])[0]
+
+
 def _swish(b: _Builder, x: str, shape: Shape) -> str:
     x, shape = _maybe_computing(b, x, shape)
+    miss = _near_miss(b)
     s = b.op("Sigmoid", [x], [shape])[0]
-    return _mul(b, x, s, shape)
+    _consumer(b, miss, s, shape)
+    return _mul(b, _other(b, x, shape) if miss == "operand" else x, s, shape)
 
 
 def _mish(b: _Builder, x: str, shape: Shape) -> str:
     x, shape = _maybe_computing(b, x, shape)
+    miss = _near_miss(b)
     sp = b.op("Softplus", [x], [shape])[0]
     th = b.op("Tanh", [sp], [shape])[0]
-    return _mul(b, x, th, shape)
+    _consumer(b, miss, th if b.draw(st.booleans()) else sp, shape)
+    return _mul(b, _other(b, x, shape) if miss == "operand" else x, th, shape)
 
 
-def _scale_by(b: _Builder, x: str, shape: Shape, divisor: float) -> str:
-    """``x / divisor`` written as a Div or as a Mul by the inverse."""
+def _scale_by(b: _Builder, x: str, shape: Shape, divisor: float, swap: bool = False) -> str:
+    """``x / divisor`` written as a Div or as a Mul by the inverse (``swap``: ``divisor / x``,
+    always a Div)."""
+    if swap:
+        return b.op("Div", [b.const(np.float32(divisor)), x], [shape])[0]
     if b.draw(st.booleans()):
         return b.op("Mul", [x, b.const(np.float32(1.0 / divisor))], [shape])[0]
     return b.op("Div", [x, b.const(np.float32(divisor))], [shape])[0]
 
 
+def _wrong(b: _Builder, miss: str, names: Sequence[str]) -> str | None:
+    """Which constant a ``"constant"`` near miss gets wrong (None otherwise)."""
+    return b.draw(st.sampled_from(tuple(names))) if miss == "constant" else None
+
+
 def _hardswish(b: _Builder, x: str, shape: Shape) -> str:
     x, shape = _maybe_computing(b, x, shape)
+    miss = _near_miss(b)
     variant = b.draw(st.integers(0, 2))
     if variant == 2:
-        h = b.op("HardSigmoid", [x], [shape])[0]
-        return _mul(b, x, h, shape)
-    three = b.const(np.float32(3.0))
+        # HardSwish's HardSigmoid: slope 1/6 (as float32, exact in an ONNX file), offset 0.5
+        alpha = 0.25 if miss == "constant" else float(np.float32(1.0 / 6.0))
+        h = b.op("HardSigmoid", [x], [shape], {"alpha": alpha})[0]
+        _consumer(b, miss, h, shape)
+        return _mul(b, _other(b, x, shape) if miss == "operand" else x, h, shape)
+    wrong = _wrong(b, miss, ("add", "min", "max", "div"))
+    three = b.const(np.float32(5.0 if wrong == "add" else 3.0))
     a = b.op("Add", [three, x] if b.draw(st.booleans()) else [x, three], [shape])[0]
-    c = b.op("Clip", [a, b.const(0.0), b.const(6.0)], [shape])[0]
+    lo, hi = (-1.0 if wrong == "min" else 0.0), (7.0 if wrong == "max" else 6.0)
+    c = b.op("Clip", [a, b.const(lo), b.const(hi)], [shape])[0]
+    _consumer(b, miss, a if b.draw(st.booleans()) else c, shape)
+    div, swap = (8.0 if wrong == "div" else 6.0), miss == "operand"
     if variant == 0:
-        return _mul(b, x, _scale_by(b, c, shape, 6.0), shape)
-    return _scale_by(b, _mul(b, x, c, shape), shape, 6.0)
+        return _mul(b, x, _scale_by(b, c, shape, div, swap), shape)
+    return _scale_by(b, _mul(b, x, c, shape), shape, div, swap)
 
 
 def _gelu(b: _Builder, x: str, shape: Shape) -> str:
     x, shape = _maybe_computing(b, x, shape)
-    d = _scale_by(b, x, shape, float(np.sqrt(np.float32(2.0))))
+    miss = _near_miss(b)
+    wrong = _wrong(b, miss, ("sqrt2", "one", "half"))
+    sqrt2 = 2.0 if wrong == "sqrt2" else float(np.sqrt(np.float32(2.0)))
+    d = _scale_by(b, x, shape, sqrt2, miss == "operand")
     e = b.op("Erf", [d], [shape])[0]
-    a = b.op("Add", [e, b.const(np.float32(1.0))], [shape])[0]
+    a = b.op("Add", [e, b.const(np.float32(2.0 if wrong == "one" else 1.0))], [shape])[0]
+    _consumer(b, miss, e if b.draw(st.booleans()) else a, shape)
+    half = b.const(np.float32(0.25 if wrong == "half" else 0.5))
     if b.draw(st.booleans()):
         m = _mul(b, x, a, shape)
-        return b.op("Mul", [m, b.const(np.float32(0.5))], [shape])[0]
-    h = b.op("Mul", [a, b.const(np.float32(0.5))], [shape])[0]
+        return b.op("Mul", [m, half], [shape])[0]
+    h = b.op("Mul", [a, half], [shape])[0]
     return _mul(b, x, h, shape)
 
 
@@ -651,8 +709,10 @@ def rule_sets(
     Removes random subsets of the quantized, computing, activation, passive types, activation
     patterns and alignment groups; may add ops no rule set quantizes as extra activations;
     varies the activation and bias rules. Roles stay disjoint (no op type is both computing and
-    passive). With ``quirks`` a random subset of PPQ 0.6.6's quirks is switched on. The result
-    is named ``custom_<base>`` and is not registered (passes accept Platform values).
+    passive), and every activation and composite pattern kept can fire (its ops stay in
+    ``quant_types``, as :class:`~fusekit.platforms.Platform` requires). With ``quirks`` a
+    random subset of PPQ 0.6.6's quirks is switched on. The result is named ``custom_<base>``
+    and is not registered (passes accept Platform values).
     """
     if base is None:
         base = draw(st.sampled_from(("trt_int8", "ort_int8", "ppl_cuda_int8")))
@@ -666,12 +726,20 @@ def rule_sets(
 
     extra_acts = draw(st.sets(st.sampled_from(("Abs", "Neg", "Cos")), max_size=2))
     acts = minus(p.activation_types) | extra_acts
+    quant = minus(p.quant_types) | extra_acts
+    computing = minus(p.computing_types)
+    # a fused activation is quantized (Platform checks it): keep the rules that can still fire
+    patterns = frozenset(
+        name
+        for name in minus(p.activation_patterns)
+        if any(all(ts & quant for ts in f.op_types()) for f in COMPOSITES[name].forms)
+    )
     changes: dict[str, Any] = {
         "name": f"custom_{p.name}",
-        "quant_types": minus(p.quant_types) | extra_acts,
-        "computing_types": minus(p.computing_types),
-        "activation_types": acts,
-        "activation_patterns": minus(p.activation_patterns),
+        "quant_types": quant,
+        "computing_types": computing,
+        "activation_types": acts & quant,
+        "activation_patterns": patterns,
         "passive_types": minus(p.passive_types),
         "alignment": {k: p.alignment[k] for k in minus(frozenset(p.alignment))},
     }

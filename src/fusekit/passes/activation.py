@@ -8,11 +8,13 @@ input are overlapped by the activation's output, which becomes the one calibrate
 :class:`CompositeActivationFusion` handles activations written as several ops
 (``platform.activation_patterns``): Swish ``x*sigmoid(x)`` in both operand orders, Mish
 ``x*tanh(softplus(x))``, HardSwish ``x*clip(x+3,0,6)/6`` (and ``x*hardsigmoid(x)``) and GELU
-``x*0.5*(1+erf(x/sqrt2))``; every inner slot is overlapped by the last op's output.
+``x*0.5*(1+erf(x/sqrt2))``; every inner slot is overlapped by the last op's output. Those rules
+are the registered values of :mod:`fusekit.composites`: a match whose constants or operands
+are not the activation's (``x*clip(x+5,-1,7)/8``) is refused with the reason.
 
 PPQ-compatible rule sets (``ppq066_*``) reproduce PPQ 0.6.6: graph outputs do not block the
-match (its bug), a platform mismatch is tolerated when the computing output is FP32, and only
-Swish and Mish exist.
+match (its bug), a platform mismatch is tolerated when the computing output is FP32, only
+Swish and Mish exist, and composite matches are not checked beyond their op types and edges.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import attrs
 
 from .._util import without_gc
+from ..composites import COMPOSITES, CompositeRule, Operands
 from ..graph import Graph
 from ..patterns import Edge, Node, OpSet, Pattern, find_ids
 from ..platforms import Platform, get_platform
@@ -57,127 +60,20 @@ def _single_pattern(anchor: Node, acts: frozenset[str], port: int | None) -> Pat
 
 
 def composite_patterns(platform: Platform, anchor: Node | None = None) -> tuple[Pattern, ...]:
-    """The composite-activation patterns a platform enables, in PPQ's order (Swish, Mish).
+    """The composite-activation patterns a platform enables, in the registry's order.
 
-    ``anchor`` is the node the activation follows (by default: the platform's computing ops).
+    Derived from :data:`fusekit.composites.COMPOSITES` (Swish, Mish, HardSwish, GELU; PPQ's
+    Swish before Mish). These are the shapes only: a match is fused when its rule's check
+    passes too (see :class:`CompositeActivationFusion`). ``anchor`` is the node the activation
+    follows (by default: the platform's computing ops).
     """
     comp = anchor if anchor is not None else Node("op", platform.computing_types)
-    out: list[Pattern] = []
+    return tuple(pattern for rule in _enabled(platform) for pattern in rule.patterns(comp))
+
+
+def _enabled(platform: Platform) -> tuple[CompositeRule, ...]:
     names = platform.activation_patterns
-    if "swish" in names:
-        out.append(
-            Pattern(
-                "swish",
-                (comp, Node("sigmoid", {"Sigmoid"}), Node("mul", {"Mul"})),
-                (Edge("op", "sigmoid"), Edge("sigmoid", "mul"), Edge("op", "mul")),
-            )
-        )
-    if "mish" in names:
-        out.append(
-            Pattern(
-                "mish",
-                (
-                    comp,
-                    Node("softplus", {"Softplus"}),
-                    Node("tanh", {"Tanh"}),
-                    Node("mul", {"Mul"}),
-                ),
-                (
-                    Edge("op", "softplus"),
-                    Edge("softplus", "tanh"),
-                    Edge("tanh", "mul"),
-                    Edge("op", "mul"),
-                ),
-            )
-        )
-    if "hardswish" in names:
-        out.extend(
-            [
-                Pattern(  # x * (clip(x + 3, 0, 6) / 6)
-                    "hardswish",
-                    (
-                        comp,
-                        Node("add", {"Add"}),
-                        Node("clip", {"Clip", "Relu6"}),
-                        Node("div", {"Div", "Mul"}),
-                        Node("mul", {"Mul"}),
-                    ),
-                    (
-                        Edge("op", "add"),
-                        Edge("add", "clip"),
-                        Edge("clip", "div"),
-                        Edge("div", "mul"),
-                        Edge("op", "mul"),
-                    ),
-                ),
-                Pattern(  # (x * clip(x + 3, 0, 6)) / 6
-                    "hardswish",
-                    (
-                        comp,
-                        Node("add", {"Add"}),
-                        Node("clip", {"Clip"}),
-                        Node("mul", {"Mul"}),
-                        Node("div", {"Div", "Mul"}),
-                    ),
-                    (
-                        Edge("op", "add"),
-                        Edge("add", "clip"),
-                        Edge("clip", "mul"),
-                        Edge("op", "mul"),
-                        Edge("mul", "div"),
-                    ),
-                ),
-                Pattern(  # x * hardsigmoid(x)
-                    "hardswish",
-                    (comp, Node("hsig", {"HardSigmoid"}), Node("mul", {"Mul"})),
-                    (Edge("op", "hsig"), Edge("hsig", "mul"), Edge("op", "mul")),
-                ),
-            ]
-        )
-    if "gelu" in names:
-        out.extend(
-            [
-                Pattern(  # (x * (erf(x / sqrt2) + 1)) * 0.5
-                    "gelu",
-                    (
-                        comp,
-                        Node("div", {"Div", "Mul"}),
-                        Node("erf", {"Erf"}),
-                        Node("add", {"Add"}),
-                        Node("mul", {"Mul"}),
-                        Node("half", {"Mul"}),
-                    ),
-                    (
-                        Edge("op", "div"),
-                        Edge("div", "erf"),
-                        Edge("erf", "add"),
-                        Edge("add", "mul"),
-                        Edge("op", "mul"),
-                        Edge("mul", "half"),
-                    ),
-                ),
-                Pattern(  # x * ((erf(x / sqrt2) + 1) * 0.5)
-                    "gelu",
-                    (
-                        comp,
-                        Node("div", {"Div", "Mul"}),
-                        Node("erf", {"Erf"}),
-                        Node("add", {"Add"}),
-                        Node("half", {"Mul"}),
-                        Node("mul", {"Mul"}),
-                    ),
-                    (
-                        Edge("op", "div"),
-                        Edge("div", "erf"),
-                        Edge("erf", "add"),
-                        Edge("add", "half"),
-                        Edge("half", "mul"),
-                        Edge("op", "mul"),
-                    ),
-                ),
-            ]
-        )
-    return tuple(out)
+    return tuple(r for name, r in COMPOSITES.items() if name in names)
 
 
 def _check_common(
@@ -315,7 +211,13 @@ def _standalone_inputs_float(ctx: PassContext) -> None:
 
 @attrs.frozen
 class CompositeActivationFusion:
-    """Fuse composite activations (Swish, Mish, HardSwish, GELU) after a computing op."""
+    """Fuse composite activations (Swish, Mish, HardSwish, GELU) after a computing op.
+
+    The rules are the registered values of :data:`fusekit.composites.COMPOSITES`: a
+    structural match is fused only when its form's check passes (the constants are
+    HardSwish's or GELU's, the operands are the same ``x``); otherwise the check's reason is
+    logged as a refusal. Rule sets with the ``composite_unchecked`` quirk skip the checks.
+    """
 
     platform: str | Platform
 
@@ -323,60 +225,46 @@ class CompositeActivationFusion:
 
     @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
-        """Apply every enabled pattern; returns the new plan and the decision log."""
+        """Apply every enabled rule; returns the new plan and the decision log."""
         p = get_platform(self.platform)
         ctx = PassContext(graph, plan, p, self.name)
         compat = p.has_quirk("graph_output_fusion")
         rec, ar, cfgs, dispatch = ctx.rec, ctx.ar, ctx.ev.configs, ctx.ev.dispatch
         types, names = ar.op_types, ar.op_names
+        operands = None if p.has_quirk("composite_unchecked") else Operands(graph)
         done: set[int] = set()
         why = "{} {} is followed by a {} written as {} ops; it runs as one kernel"
-        for pattern in composite_patterns(p, _anchor(graph, p)):
-            rule = pattern.name
-            for ids, reason in find_ids(graph, pattern, graph_outputs_count=not compat):
-                if done and any(o in done for o in ids[1:]):
-                    continue  # a longer pattern already took these ops
-                plat = dispatch[ids[0]]
-                # the common case (exclusive, all on one platform) without _check_common's call
-                common = reason is None and plat is not None
-                if not (common and all(dispatch[o] == plat for o in ids[1:])) and (
-                    not _check_common(ctx, rule, ids, reason, compat)
-                ):
-                    continue
-                last = ids[-1]
-                root = ctx.out_sid(last, 0)
-                if not compat and cfgs[root].state == FP32:
-                    rec.refuse(rule, ids, "the output of {} is FP32", names[last])
-                    continue
-                args = (types[ids[0]], names[ids[0]], rule, len(ids) - 1)
-                for s in _inner_slots(ctx, ids, compat):
-                    rec.overlap(rule, ids, s, root, why, *args)
-                done.update(ids[1:])
+        anchor = _anchor(graph, p) if p.activation_patterns else None
+        for rule in _enabled(p):
+            assert anchor is not None
+            name = rule.name
+            for form in rule.forms:
+                pattern = form.pattern(name, anchor)
+                for ids, reason in find_ids(graph, pattern, graph_outputs_count=not compat):
+                    if done and any(o in done for o in ids[1:]):
+                        continue  # a longer pattern already took these ops
+                    plat = dispatch[ids[0]]
+                    # the common case (exclusive, all on one platform) without the call
+                    common = reason is None and plat is not None
+                    if not (common and all(dispatch[o] == plat for o in ids[1:])) and (
+                        not _check_common(ctx, name, ids, reason, compat)
+                    ):
+                        continue
+                    if operands is not None:
+                        wrong = form.check(operands, ids)
+                        if wrong is not None:
+                            rec.refuse(name, ids, "not a {} ({}): {}", name, form.formula, wrong)
+                            continue
+                    last = ids[-1]
+                    root = ctx.out_sid(last, 0)
+                    if not compat and cfgs[root].state == FP32:
+                        rec.refuse(name, ids, "the output of {} is FP32", names[last])
+                        continue
+                    args = (types[ids[0]], names[ids[0]], name, len(ids) - 1)
+                    for s in rule.slots(ar, cfgs, ids, compat):
+                        rec.overlap(name, ids, s, root, why, *args)
+                    done.update(ids[1:])
         return rec.result(plan)
-
-
-def _inner_slots(ctx: PassContext, ids: tuple[int, ...], compat: bool) -> list[int]:
-    """Slots switched off inside a fused composite activation, in PPQ's linking order.
-
-    The computing op's output 0, then the first input and output 0 of every inner op, then
-    every input of the last op. fusekit also switches off the other non-FP32 inputs of inner
-    ops (the constants 3, 6, 0.5 of HardSwish and GELU), which a fused kernel never quantizes;
-    PPQ-compatible rule sets link PPQ's slots whatever their state (FP32 ones included).
-    """
-    ar, cfgs = ctx.ar, ctx.ev.configs
-    base, n_in = ar.slot_base, ar.n_in
-    slots = [base[ids[0]] + n_in[ids[0]]]
-    for o in ids[1:-1]:
-        first = base[o]
-        for s in range(first, first + (min(n_in[o], 1) if compat else n_in[o])):
-            if compat or cfgs[s].state != FP32:  # PPQ links these whatever their state
-                slots.append(s)
-        slots.append(first + n_in[o])
-    last = ids[-1]
-    for s in range(base[last], base[last] + n_in[last]):
-        if compat or cfgs[s].state != FP32:
-            slots.append(s)
-    return slots
 
 
 def activation_fusion(graph: Graph, plan: QuantPlan, options: ActivationFusion) -> FusionResult:

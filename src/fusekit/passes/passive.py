@@ -50,7 +50,9 @@ def _pad_constant_zero(graph: Graph, op: Op) -> str | None:
 
 
 #: Named preconditions a rule set can attach to a passive op type. Each returns None when the
-#: op may share its input's scale, or the reason it may not.
+#: op may share its input's scale, or the reason it may not. Its keys are the names
+#: :data:`fusekit.platforms.PASSIVE_CONDITIONS` lets a :class:`~fusekit.platforms.Platform`
+#: use, so every name a rule set gives has a check here.
 PASSIVE_CONDITIONS: dict[str, Callable[[Graph, Op], str | None]] = {
     "pad_constant_zero": _pad_constant_zero,
 }
@@ -131,8 +133,8 @@ class PassiveFusion:
                 continue
             cond = conditions.get(types[o])
             if cond is not None:
-                check = PASSIVE_CONDITIONS.get(cond)
-                why = check(graph, graph.ops[names[o]]) if check is not None else None
+                # Platform validates the name: a missing check is a bug, never "no condition"
+                why = PASSIVE_CONDITIONS[cond](graph, graph.ops[names[o]])
                 if why is not None:
                     rec.refuse("passive", ids, "{}", why)
                     continue
