@@ -21,10 +21,13 @@ How the model's Q/DQ become plan slots (what :func:`fusekit.export.export_qdq` r
 
 Exported again, an unchanged imported plan gives a model whose outputs equal the input's in
 onnxruntime with its optimizations off (16-bit points excepted: fusekit's exporter writes 8-bit
-and int32 only, and says which slots it left float). What cannot be represented is refused
-with :class:`~fusekit.errors.UnsupportedQuantization` naming it: QOperator nodes (QLinearConv,
-QGemm, ConvInteger, ...) by type, block-wise Q/DQ, a Q/DQ chain more than two pairs deep, a
-scale that is not a constant.
+and int32 only, and says which slots it left float). QOperator models (QLinearConv,
+QLinearMatMul, QGemm, QLinearAdd/Mul/Concat/Sigmoid/LeakyRelu/GlobalAveragePool/AveragePool,
+and the ops run on quantized tensors directly, MaxPool, Reshape, ...) are first rewritten to
+the QDQ form they compute (:func:`_qoperator_to_qdq`). What cannot be represented is refused
+with :class:`~fusekit.errors.UnsupportedQuantization` naming it: dynamic quantization
+(DynamicQuantizeLinear, MatMulInteger, ConvInteger) and other QLinear ops by type, block-wise
+Q/DQ, a Q/DQ chain more than two pairs deep, a scale that is not a constant.
 
 Q/DQ the importer cannot pair (a QuantizeLinear read by something else than a
 DequantizeLinear, a DequantizeLinear of a computed integer tensor) stay in the graph as ordinary
@@ -383,6 +386,10 @@ def _import(
         return _plain(load(m), label)
     g = m.graph
     nd = _Nodes.read(g)
+    if _is_qoperator(nd.types):  # QLinearConv, QGemm, ...: the QDQ form it computes
+        m = _qoperator_to_qdq(m, nd, label, base_dir)
+        g = m.graph
+        nd = _Nodes.read(g)
     _refuse_qoperator(nd.types, label)
     rd = _Reader(m, label, base_dir)
     nodes, node_ins, node_outs = nd.protos, nd.ins, nd.outs
@@ -1000,6 +1007,221 @@ def _plan(
         elif e.root(sid) != e.root(master):
             e.follow_sid(sid, master)
     return e.persistent(), tuple(names)
+
+
+# --------------------------------------------------------------------------------------------
+# QOperator format: rewritten to the QDQ form it computes, then imported as any QDQ model
+
+#: QOperator op -> (float op type, positions of (x, scale, zero point) triples of the quantized
+#: inputs, positions of (scale, zero point) of the output or None for a float output). Inputs
+#: not listed pass through (QLinearConv's int32 bias is handled apart).
+_QOP: dict[str, tuple[str, tuple[tuple[int, int, int], ...], tuple[int, int] | None]] = {
+    "QLinearConv": ("Conv", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearMatMul": ("MatMul", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QGemm": ("Gemm", ((0, 1, 2), (3, 4, 5)), (7, 8)),
+    "QLinearAdd": ("Add", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearMul": ("Mul", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearSigmoid": ("Sigmoid", ((0, 1, 2),), (3, 4)),
+    "QLinearLeakyRelu": ("LeakyRelu", ((0, 1, 2),), (3, 4)),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", ((0, 1, 2),), (3, 4)),
+    "QLinearAveragePool": ("AveragePool", ((0, 1, 2),), (3, 4)),
+    "QLinearConcat": ("Concat", (), (0, 1)),  # inputs: triples from position 2
+}
+
+#: Ops onnxruntime's QOperator format runs on quantized tensors directly (the value keeps its
+#: scale): their quantized data input is dequantized, their outputs quantized with its scale.
+_QOP_PASSTHROUGH = frozenset(
+    {
+        "MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Resize", "Split",
+        "Slice", "Gather", "Identity", "Pad", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+    }
+)  # fmt: skip
+
+#: QOperator-family op types the conversion cannot read, with the reason named in the refusal.
+_QOP_REFUSED = {
+    "DynamicQuantizeLinear": "dynamic quantization: scales computed at run time",
+    "MatMulInteger": "integer-output kernel (dynamic quantization): its scale is applied later",
+    "ConvInteger": "integer-output kernel (dynamic quantization): its scale is applied later",
+    "DynamicQuantizeMatMul": "dynamic quantization: scales computed at run time",
+    "MatMulIntegerToFloat": "dynamic quantization: scales computed at run time",
+}
+
+
+class _Getter:
+    """``get(k)``: input ``k`` of a node, ``""`` when omitted."""
+
+    def __init__(self, ins: list[str]):
+        self.ins = ins
+
+    def __call__(self, k: int) -> str:
+        return self.ins[k] if k < len(self.ins) else ""
+
+
+def _is_qoperator(types: list[str]) -> bool:
+    return any(t in _QOP or t in _QOP_REFUSED or t.startswith("QLinear") for t in types)
+
+
+def _qoperator_to_qdq(m: ModelProto, nd: _Nodes, label: str, base_dir: str | None) -> ModelProto:
+    """The QDQ model a QOperator model computes: every QLinear op becomes ``DequantizeLinear``
+    of its quantized inputs, the float op, ``QuantizeLinear`` of its output with the node's
+    own scales and zero points; an int32 bias becomes ``DequantizeLinear`` with scale
+    ``x_scale * w_scale``; ops run on quantized tensors directly (MaxPool, Reshape, ...) get
+    the pair of the value they read. Refuses (naming every op type) what it cannot read.
+    ``m`` is the importer's own copy: it is rebuilt in place.
+    """
+    g = m.graph
+    bad: Counter[str] = Counter()
+    for t, n in zip(nd.types, nd.protos, strict=True):
+        if t in _QOP_REFUSED or (t.startswith("QLinear") and t not in _QOP):
+            bad[t] += 1
+        elif t == "QGemm" or t in ("QLinearGlobalAveragePool", "QLinearAveragePool"):
+            at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            if at.get("channels_last", 0):
+                bad[f"{t}(channels_last=1)"] += 1
+            if t == "QGemm" and (at.get("alpha", 1.0) != 1.0 or at.get("beta", 1.0) != 1.0):
+                bad[f"{t}(alpha/beta != 1)"] += 1
+    if bad:
+        kinds = ", ".join(
+            f"{t} x{c}" + (f" ({_QOP_REFUSED[t]})" if t in _QOP_REFUSED else "")
+            for t, c in sorted(bad.items())
+        )
+        raise UnsupportedQuantization(
+            f"QOperator-format model: fusekit cannot read these op types: {kinds}; export it "
+            "statically quantized (onnxruntime: quantize_static) in QDQ or QOperator format",
+            label,
+        )
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 21)
+    inits = {t.name: t for t in g.initializer}
+    consts = {
+        n.output[0]: n
+        for n in nd.protos
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.output) == 1
+    }
+    taken = {t for ins in nd.ins for t in ins} | {t for outs in nd.outs for t in outs}
+    taken |= set(inits) | {vi.name for vi in g.input} | set(nd.names)
+    new_inits: list[TensorProto] = []
+
+    def fresh(base: str) -> str:
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    def stripped(t: str) -> str:
+        return t[: -len("_quantized")] if t.endswith("_quantized") else t
+
+    def value(name: str, node: str) -> np.ndarray[Any, Any]:
+        t = inits.get(name)
+        if t is None and name in consts:
+            a = next((a for a in consts[name].attribute if a.name == "value"), None)
+            t = a.t if a is not None else None
+        if t is None:
+            raise UnsupportedQuantization(
+                f"node {node!r} reads {name!r} as a scale, which is computed, not a constant",
+                label,
+            )
+        return np.asarray(numpy_helper.to_array(t, base_dir or ""))
+
+    qparams: dict[str, tuple[str, str]] = {}  # quantized tensor -> (scale, zero point)
+    dq_memo: dict[tuple[str, str, str, int | None], str] = {}
+    out_nodes: list[onnx.NodeProto] = []
+
+    def dq(x: str, s: str, z: str, axis: int | None = None) -> str:
+        key = (x, s, z, axis)
+        got = dq_memo.get(key)
+        if got is None:
+            got = dq_memo[key] = fresh(stripped(x) if x.endswith("_quantized") else f"{x}_dq")
+            ins = [x, s, z] if z else [x, s]
+            node = helper.make_node("DequantizeLinear", ins, [got], fresh(f"{got}_DQ"))
+            if axis is not None:
+                node.attribute.append(helper.make_attribute("axis", axis))
+            out_nodes.append(node)
+        return got
+
+    def q_after(float_out: str, y: str, s: str, z: str) -> None:
+        ins = [float_out, s, z] if z else [float_out, s]
+        out_nodes.append(helper.make_node("QuantizeLinear", ins, [y], fresh(f"{y}_Q")))
+        qparams[y] = (s, z)
+
+    def weight_axis(t: str, w: str, s: str, node: onnx.NodeProto) -> int | None:
+        if value(s, node.name).size <= 1:
+            return None
+        if opset < 13:
+            raise UnsupportedQuantization(
+                f"{t} {node.name!r} has per-channel weights below opset 13 (DequantizeLinear "
+                "has no axis there)",
+                label,
+            )
+        if t == "QLinearConv":
+            return 0
+        if t == "QGemm":
+            tb = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            return 0 if tb else 1
+        rank = len(inits[w].dims) if w in inits else 2
+        return rank - 1  # QLinearMatMul: per column of B
+
+    for i, n in enumerate(nd.protos):
+        t = nd.types[i]
+        ins, outs = list(nd.ins[i]), list(nd.outs[i])
+        get = _Getter(ins)
+        if t == "QuantizeLinear" and outs:
+            out_nodes.append(n)
+            qparams[outs[0]] = (get(1), get(2))
+            continue
+        if t in _QOP:
+            ftype, triples, yq = _QOP[t]
+            if t == "QLinearConcat":
+                triples = tuple((k, k + 1, k + 2) for k in range(2, len(ins), 3))
+            float_ins: dict[int, str] = {}
+            for xi, si, zi in triples:
+                axis = weight_axis(t, get(xi), get(si), n) if xi == 3 else None
+                float_ins[xi] = dq(get(xi), get(si), get(zi), axis)
+            if t == "QLinearConcat":
+                f_in = [float_ins[k] for k, _, _ in triples]
+            else:
+                f_in = [float_ins[k] for k, _, _ in triples]
+                bias = get(8) if t == "QLinearConv" else get(6) if t == "QGemm" else ""
+                if bias:  # int32, scale x_scale * w_scale, zero point 0
+                    sx, sw = value(get(1), n.name), value(get(4), n.name)
+                    sb = fresh(f"{stripped(bias)}_scale")
+                    scale = (sx.astype(np.float32) * sw.astype(np.float32)).reshape(-1)
+                    new_inits.append(
+                        numpy_helper.from_array(scale if scale.size > 1 else scale[0], sb)
+                    )
+                    axis = 0 if scale.size > 1 else None
+                    f_in.append(dq(bias, sb, "", axis))
+            kept_at = [a for a in n.attribute if a.name != "channels_last"]
+            y = outs[0]
+            f_out = fresh(f"{stripped(y)}_float") if yq is not None else y
+            fnode = helper.make_node(ftype, f_in, [f_out], n.name)
+            fnode.attribute.extend(kept_at)
+            out_nodes.append(fnode)
+            if yq is not None:
+                q_after(f_out, y, get(yq[0]), get(yq[1]))
+            continue
+        if t in _QOP_PASSTHROUGH and ins and ins[0] in qparams:
+            s, z = qparams[ins[0]]
+            ins[0] = dq(ins[0], s, z)
+            f_outs = [fresh(f"{stripped(o)}_float") if o else "" for o in outs]
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            c.input[:] = ins
+            c.output[:] = f_outs
+            out_nodes.append(c)
+            for fo, o in zip(f_outs, outs, strict=True):
+                if o:
+                    q_after(fo, o, s, z)
+            continue
+        out_nodes.append(n)
+    del g.node[:]
+    g.node.extend(out_nodes)
+    g.initializer.extend(new_inits)
+    # the quantized tensors' declared types no longer hold for the renamed ones: drop them
+    kept_vi = [vi for vi in g.value_info if vi.name not in qparams]
+    del g.value_info[:]
+    g.value_info.extend(kept_vi)
+    return m
 
 
 # --------------------------------------------------------------------------------------------
