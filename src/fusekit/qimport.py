@@ -486,6 +486,50 @@ def _import(
 
     dq_memo: dict[int, list[str]] = {}
     kept_float: set[str] = set()  # values with a point after the producer
+    nonneg_memo: dict[str, bool] = {}
+
+    def nonneg(t: str, depth: int = 0) -> bool:
+        """True when tensor ``t`` is never negative by construction: written by a Relu,
+        Sigmoid, ..., a Clip at zero, the DequantizeLinear of a clamping Q, or a passive op
+        (MaxPool, Reshape, Concat, ...) of such values. A clamping Q after it folded no Relu."""
+        got = nonneg_memo.get(t)
+        if got is not None:
+            return got
+        chain: list[str] = []
+        result = False
+        while True:
+            known = nonneg_memo.get(t)
+            if known is not None:
+                result = known
+                break
+            chain.append(t)
+            j = producer.get(t)
+            if j is None:
+                break
+            op = nd.types[j]
+            if op in _NON_NEGATIVE or _clips_at_zero(rd, nodes[j], op):
+                result = True
+                break
+            ins = node_ins[j]
+            if op == "DequantizeLinear" and ins and ins[0] in producer:
+                qj = producer[ins[0]]
+                if nd.types[qj] == "QuantizeLinear" and _clamps(rd.params(nodes[qj])):
+                    result = True
+                    break
+                t = node_ins[qj][0] if nd.types[qj] == "QuantizeLinear" else ""
+                if not t:
+                    break
+                continue
+            if op == "Concat" and depth < 50:
+                result = bool(ins) and all(nonneg(x, depth + 1) for x in ins)
+                break
+            if op in _NONNEG_PASSIVE and ins and ins[0]:
+                t = ins[0]
+                continue
+            break
+        for c in chain:
+            nonneg_memo[c] = result
+        return result
 
     def dq_outputs(q: int) -> list[str]:
         got = dq_memo.get(q)
@@ -549,7 +593,12 @@ def _import(
             assert prod is not None
             p0 = _Point(q_params[level1[0]], "after", canonical)
             p0.producer = (first_out[prod], node_outs[prod].index(src))
-            if restore_clamps and _clamps(p0.params) and nd.types[prod] not in _NON_NEGATIVE:
+            if (
+                restore_clamps
+                and _clamps(p0.params)
+                and not nonneg(src)
+                and not _all_clamp(rd, nd, [r for q in level1 for r in readers_of(q)])
+            ):
                 relus.append((canonical, _top(p0.params)))
                 p0.producer = (_RELU + canonical, 0)
             for q in level1:
@@ -646,6 +695,41 @@ def _reader_side_name(dq_output: str, src: str) -> bool:
 _NON_NEGATIVE = frozenset(
     {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt", "Softplus", "Shape", "Size"}
 )
+
+
+def _clips_at_zero(rd: _Reader, n: onnx.NodeProto, op_type: str) -> bool:
+    """True for a ``Clip`` whose lower bound is a constant >= 0: its output is never negative,
+    so a clamping Q after it folded nothing (a clamp restored by an earlier import and written
+    out by ``fix``: restoring another would make ``fix`` of a fixed model change it)."""
+    if op_type != "Clip":
+        return False
+    if len(n.input) > 1:
+        lo = n.input[1]
+        if not lo or not rd.is_const(lo):
+            return False
+        return bool(np.all(np.asarray(rd.value(lo, n)) >= 0))
+    at = {a.name: a for a in n.attribute}
+    return "min" in at and at["min"].f >= 0
+
+
+#: Ops whose output is a selection, average or rearrangement of input 0's values: never
+#: negative when that input is not.
+_NONNEG_PASSIVE = frozenset(
+    {
+        "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten",
+        "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather", "Resize", "Identity", "Split",
+        "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "ReduceMax", "ReduceMean",
+    }
+)  # fmt: skip
+
+
+def _all_clamp(rd: _Reader, nd: _Nodes, readers: list[tuple[int, int]]) -> bool:
+    """True when there are readers and every one clamps at zero itself (a Relu, a Clip with a
+    lower bound >= 0): a clamping Q in front of them folded nothing."""
+    return bool(readers) and all(
+        k == 0 and (nd.types[j] == "Relu" or _clips_at_zero(rd, nd.protos[j], nd.types[j]))
+        for j, k in readers
+    )
 
 
 _RELU = "\x00relu:"
