@@ -557,3 +557,23 @@ def test_conv_with_two_readers_one_a_batchnorm_exports() -> None:
     m = export_qdq(g, plan)
     assert [n.name for n in m.graph.node if n.op_type == "BatchNormalization"] == ["bn"]
     assert _export_differences(m, _fixed_point(g, plan)[1]) == []
+
+
+def test_import_with_platform_keeps_node_unit_float_routing() -> None:
+    """ort_int8 exports a standalone op running in float (a Relu after a float Sum) as
+    ``X_float -> Q -> DQ -> X`` with its float readers on ``X_float``; imported with
+    ``platform="ort_int8"`` and exported again, the model is the same node for node (the
+    "imported" dispatch routes those readers through the DequantizeLinear instead)."""
+    g = fusekit.load(corpus_bytes("onnx_light_shufflenet"))
+    plan = fusekit.default_pipeline("ort_int8").run(g, fusekit.init_plan(g, "ort_int8")).plan
+    m = export_qdq(g, calibrate(g, plan, random_data(g, 2)))
+
+    def wiring(model: onnx.ModelProto) -> list[tuple[str, tuple[str, ...]]]:
+        return sorted((n.op_type, tuple(n.input)) for n in model.graph.node)
+
+    got = import_quantized(m, platform="ort_int8")
+    again = export_qdq(got.graph, got.plan)
+    assert wiring(again) == wiring(m)
+    plain = import_quantized(m)
+    assert wiring(export_qdq(plain.graph, plain.plan)) != wiring(m)  # what the option fixes
+    _assert_same_outputs(m, again)

@@ -357,6 +357,7 @@ def import_quantized(
     source: str | os.PathLike[str] | bytes | ModelProto,
     *,
     restore_clamps: bool = False,
+    platform: str | None = None,
 ) -> QuantizedImport:
     """Read a QDQ model as its float graph, the plan its Q/DQ encode, and what was left aside.
 
@@ -373,13 +374,25 @@ def import_quantized(
     symmetric scheme keeps the clamp. Outputs are unchanged (the Q clamps to the same range).
     Off by default, so that
     the import of a model is exactly what it holds; ``fusekit audit`` and ``fix`` turn it on.
+
+    ``platform``: the rule set the model was placed for, when known. The plan's quantized ops
+    are then dispatched to it instead of ``"imported"``, so that ``export_qdq`` of the import
+    applies that platform's export conventions again (``ort_int8``'s node units: the float
+    readers of a standalone op's quantized output read its float value).
     """
+    dispatch = IMPORTED_PLATFORM
+    if platform is not None:
+        from .platforms import get_platform
+
+        dispatch = get_platform(platform).name
     with gc_paused():  # millions of small objects, no cycles (see fusekit._util.gc_paused)
-        return _import(source, restore_clamps)
+        return _import(source, restore_clamps, dispatch)
 
 
 def _import(
-    source: str | os.PathLike[str] | bytes | ModelProto, restore_clamps: bool
+    source: str | os.PathLike[str] | bytes | ModelProto,
+    restore_clamps: bool,
+    dispatch: str = IMPORTED_PLATFORM,
 ) -> QuantizedImport:
     m, label, base_dir = _read(source)
     if not m.HasField("graph"):
@@ -486,6 +499,7 @@ def _import(
 
     dq_memo: dict[int, list[str]] = {}
     kept_float: set[str] = set()  # values with a point after the producer
+    entry_ops: set[str] = set()  # (first outputs of) ops whose float output readers bypass
     nonneg_memo: dict[str, bool] = {}
 
     def nonneg(t: str, depth: int = 0) -> bool:
@@ -558,6 +572,8 @@ def _import(
             # fusekit's exporter wrote it so (``X_float -> Q -> DQ -> X``, the float readers
             # of a standalone op's output reading ``X_float``); those readers stay float
             after = len(outs1) == 1 and _producer_side_name(src, outs1[0])
+            if after and prod is not None:
+                entry_ops.add(first_out[prod])  # a node unit running in float (see _plan)
         if after and all(_reader_side_name(d, src) for d in outs1):
             after = False  # fusekit's own export named it a pair in front of the readers
         canonical = src
@@ -653,7 +669,7 @@ def _import(
     pre: dict[str, str] = {}
     float_model = _float_model(m, nd, removed, rename, new_inits, used_names, relus, pre)
     graph = _load_own(float_model, label, base_dir)
-    plan, scale_names = _plan(graph, points, rd, rename, pre)
+    plan, scale_names = _plan(graph, points, rd, rename, pre, dispatch, entry_ops)
     return QuantizedImport(graph, plan, tuple(dangling), scale_names, label)
 
 
@@ -661,12 +677,13 @@ def load_quantized(
     source: str | os.PathLike[str] | bytes | ModelProto,
     *,
     restore_clamps: bool = False,
+    platform: str | None = None,
 ) -> tuple[Graph, QuantPlan]:
     """``(graph, plan)`` of a QDQ model: the float network and the placement it encodes.
 
     See :func:`import_quantized` (which also lists the Q/DQ it could not pair).
     """
-    got = import_quantized(source, restore_clamps=restore_clamps)
+    got = import_quantized(source, restore_clamps=restore_clamps, platform=platform)
     return got.graph, got.plan
 
 
@@ -989,9 +1006,28 @@ def _plan(
     rd: _Reader,
     rename: dict[str, str],
     pre: dict[str, str],
+    dispatch: str = IMPORTED_PLATFORM,
+    entry_ops: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[QuantPlan, tuple[tuple[Slot, str], ...]]:
     """The plan of ``points`` on the imported graph (links: overlap per point, follow per
-    shared scale initializer)."""
+    shared scale initializer).
+
+    With a ``"node-unit"`` ``dispatch`` platform, the ops of ``entry_ops`` (whose quantized
+    output some float readers bypass: fusekit's export of an op that runs in float) keep
+    their activation inputs FP32, as the plan they were exported from had them, so that the
+    export routes those readers to the float value again.
+    """
+    node_unit = False
+    if dispatch != IMPORTED_PLATFORM:
+        from .platforms import get_platform
+
+        node_unit = get_platform(dispatch).placement == "node-unit"
+    entry_oids = set()
+    if node_unit:
+        for t in entry_ops:
+            tid0 = graph.index.tensor_id.get(rename.get(t, t))
+            if tid0 is not None and graph.index.producer[tid0] >= 0:
+                entry_oids.add(int(graph.index.slot_op[graph.index.producer[tid0]]))
     idx = graph.index
     ar = graph.arrays()  # plain lists: the audit's pipeline builds them anyway
     tid_of = {t: i for i, t in enumerate(ar.tensor_names)}
@@ -1044,6 +1080,8 @@ def _plan(
             configs[first] = config(pt.params, rank, QuantState.ACTIVATED)
         for out0, k in pt.readers:
             reader = op_of(out0)
+            if pt.kind == "after" and reader in entry_oids:
+                continue  # an op running in float: its input stays FP32 (see above)
             if pt.kind == "after" and k == 0 and op_types[reader] == _BN:
                 # it reads the pair's output as every consumer does; an OVERLAPPED input would
                 # tell the exporter the BatchNormalization is fused into its producer (folded)
@@ -1075,7 +1113,7 @@ def _plan(
         done.add(oid)
         ins = [configs.get(x, fp32) for x in idx.input_sids(oid)]
         outs = [configs.get(x, fp32) for x in idx.output_sids(oid)]
-        ops[ar.op_names[oid]] = (IMPORTED_PLATFORM, ins, outs)
+        ops[ar.op_names[oid]] = (dispatch, ins, outs)
     plan = QuantPlan.from_configs(graph, ops)
     e = plan.evolver()
     for a, b in overlaps:
