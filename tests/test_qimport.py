@@ -203,8 +203,8 @@ def test_qoperator_models_import(tmp_path: Path, model: str, per_channel: bool) 
 
 
 def test_qoperator_matmul_and_gemm(tmp_path: Path) -> None:
-    """QLinearMatMul (per-column weights) and QGemm come back as MatMul/Gemm with their
-    points; the export matches the QOperator model."""
+    """QLinearMatMul (per-column weights), QGemm and QLinearSoftmax come back as
+    MatMul/Gemm/Softmax with their points; the export matches the QOperator model."""
     rng = np.random.default_rng(0)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])
@@ -216,7 +216,8 @@ def test_qoperator_matmul_and_gemm(tmp_path: Path) -> None:
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h"], "mm"),
         helper.make_node("Relu", ["h"], ["r"], "relu"),
-        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], "gemm"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["z"], "gemm"),
+        helper.make_node("Softmax", ["z"], ["y"], "softmax", axis=1),
     ]
     g = helper.make_graph(nodes, "g", [x], [y], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
@@ -226,10 +227,11 @@ def test_qoperator_matmul_and_gemm(tmp_path: Path) -> None:
     quantization.quantize_static(str(src), str(dst), _Reader(m, 4), **_qs_kwargs(spec))
     q = onnx.load(str(dst))
     types = {n.op_type for n in q.graph.node}
-    assert {"QLinearMatMul", "QGemm"} <= types, types
+    assert {"QLinearMatMul", "QGemm", "QLinearSoftmax"} <= types, types
     graph, plan = fusekit.load_quantized(q)  # (quantize_static folds the Relu into the Q)
-    assert [op.op_type for op in graph] == ["MatMul", "Gemm"]
-    mm, gemm = graph
+    assert [op.op_type for op in graph] == ["MatMul", "Gemm", "Softmax"]
+    mm, gemm, softmax = graph
+    assert softmax.attributes["axis"] == 1 and "opset" not in softmax.attributes
     w = plan[fusekit.Slot(mm.name, "in", 1)]
     assert w.num_bits == 8 and w.policy.per_channel and w.channel_axis == 1  # per column
     assert plan[fusekit.Slot(gemm.name, "in", 2)].num_bits == 32

@@ -22,9 +22,9 @@ How the model's Q/DQ become plan slots (what :func:`fusekit.export.export_qdq` r
 Exported again, an unchanged imported plan gives a model whose outputs equal the input's in
 onnxruntime with its optimizations off (16-bit points excepted: fusekit's exporter writes 8-bit
 and int32 only, and says which slots it left float). QOperator models (QLinearConv,
-QLinearMatMul, QGemm, QLinearAdd/Mul/Concat/Sigmoid/LeakyRelu/GlobalAveragePool/AveragePool,
-and the ops run on quantized tensors directly, MaxPool, Reshape, ...) are first rewritten to
-the QDQ form they compute (:func:`_qoperator_to_qdq`). What cannot be represented is refused
+QLinearMatMul, QGemm, QLinearAdd/Mul/Concat/Sigmoid/LeakyRelu/Softmax/GlobalAveragePool/
+AveragePool, and the ops run on quantized tensors directly, MaxPool, Reshape, ...) are first
+rewritten to the QDQ form they compute (:func:`_qoperator_to_qdq`). What cannot be represented is refused
 with :class:`~fusekit.errors.UnsupportedQuantization` naming it: dynamic quantization
 (DynamicQuantizeLinear, MatMulInteger, ConvInteger) and other QLinear ops by type, block-wise
 Q/DQ, a Q/DQ chain more than two pairs deep, a scale that is not a constant.
@@ -1148,6 +1148,8 @@ _QOP: dict[str, tuple[str, tuple[tuple[int, int, int], ...], tuple[int, int] | N
     "QLinearGlobalAveragePool": ("GlobalAveragePool", ((0, 1, 2),), (3, 4)),
     "QLinearAveragePool": ("AveragePool", ((0, 1, 2),), (3, 4)),
     "QLinearConcat": ("Concat", (), (0, 1)),  # inputs: triples from position 2
+    # ``opset``: the Softmax semantics it was made from, the model's own opset (dropped)
+    "QLinearSoftmax": ("Softmax", ((0, 1, 2),), (3, 4)),
 }
 
 #: Ops onnxruntime's QOperator format runs on quantized tensors directly (the value keeps its
@@ -1313,7 +1315,7 @@ def _qoperator_to_qdq(m: ModelProto, nd: _Nodes, label: str, base_dir: str | Non
                     )
                     axis = 0 if scale.size > 1 else None
                     f_in.append(dq(bias, sb, "", axis))
-            kept_at = [a for a in n.attribute if a.name != "channels_last"]
+            kept_at = [a for a in n.attribute if a.name not in ("channels_last", "opset")]
             y = outs[0]
             f_out = fresh(f"{stripped(y)}_float") if yq is not None else y
             fnode = helper.make_node(ftype, f_in, [f_out], n.name)
