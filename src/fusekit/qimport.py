@@ -24,8 +24,8 @@ onnxruntime with its optimizations off (16-bit points excepted: fusekit's export
 and int32 only, and says which slots it left float). QOperator models (QLinearConv,
 QLinearMatMul, QGemm, QLinearAdd/Mul/Concat/Sigmoid/LeakyRelu/Softmax/GlobalAveragePool/
 AveragePool, and the ops run on quantized tensors directly, MaxPool, Reshape, ...) are first
-rewritten to the QDQ form they compute (:func:`_qoperator_to_qdq`). What cannot be represented is refused
-with :class:`~fusekit.errors.UnsupportedQuantization` naming it: dynamic quantization
+rewritten to the QDQ form they compute (:func:`_qoperator_to_qdq`). What cannot be represented
+is refused with :class:`~fusekit.errors.UnsupportedQuantization` naming it: dynamic quantization
 (DynamicQuantizeLinear, MatMulInteger, ConvInteger) and other QLinear ops by type, block-wise
 Q/DQ, a Q/DQ chain more than two pairs deep, a scale that is not a constant.
 
