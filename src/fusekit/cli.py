@@ -1125,6 +1125,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from .qimport import import_quantized
 
     out = _Output(args)
+    if args.report:
+        _check_outputs({"model": args.model}, {"report": Path(args.report)})
     got = import_quantized(args.model, restore_clamps=True)
     result = audit(
         got.graph, got.plan, args.platform, dangling=got.dangling, dispatch=args.dispatch
@@ -1135,6 +1137,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
         extra = kernel_findings(kernel_report(args.model))
         result = AuditResult(result.platform, (*result.findings, *extra), result.expected)
+    if args.report:  # the model's placement, findings highlighted, beside the platform's plan
+        from ._util import write_bytes_atomic
+        from .report import render_audit_report
+
+        html_text = render_audit_report(got.graph, got.plan, result)
+        write_bytes_atomic(Path(args.report), html_text.encode("utf-8"))
     if out.json:
         doc = result.to_json()
         doc["model"] = str(args.model)
@@ -1360,6 +1368,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernels",
         action="store_true",
         help="add onnxruntime's verdict: computing ops it runs in float, Q/DQ it runs in float",
+    )
+    au.add_argument(
+        "--report",
+        metavar="R.html",
+        help="write an HTML report: the model's placement with the findings highlighted, "
+        "beside the platform's plan",
     )
     _common(au)
     au.set_defaults(func=_cmd_audit)
