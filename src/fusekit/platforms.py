@@ -199,6 +199,9 @@ class Platform:
     * ``non_onnx_types``: names used above that are not ONNX operators, declared as such.
     * ``placement``: where the quantization points go, one of :data:`PLACEMENTS`
       (``"fused-output"``, ``"node-unit"`` or ``"computing-input"``).
+    * ``alignment_required``: alignment families (keys of ``alignment``) whose one shared
+      scale the backend's kernels need; the others are a preference, which the alignment pass
+      splits when the calibrated ranges are too far apart (see ``docs/platforms.md``).
 
     Every name means an operator of ONNX's own domain, except a qualified
     ``"domain::Type"`` (``"com.microsoft::Gelu"``), which matches that domain's op only.
@@ -235,6 +238,7 @@ class Platform:
     non_onnx_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
     ppq_target: str = ""
     placement: str = "fused-output"
+    alignment_required: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
 
     def __attrs_post_init__(self) -> None:
         unknown = self.quirks - set(QUIRKS)
