@@ -58,6 +58,15 @@ def test_ranges_beyond_the_factor_are_split_with_the_numbers() -> None:
     assert "8x split factor of elementwise" in refusal.reason
 
 
+def test_elementwise_alignment_is_never_split_by_default_and_says_so() -> None:
+    """The measured default: an Add's inputs align whatever their spread (1000x here)."""
+    res = run(add_model(1000.0))
+    assert SPLIT_FACTORS["elementwise"] == 0.0
+    assert res.plan.root(A) == res.plan.root(B)
+    why = [d.reason for d in res.decisions if d.reason.startswith("Add add:")]
+    assert why and all("x apart" in w and "never split" in w for w in why), why
+
+
 def test_a_family_without_its_own_factor_uses_max_spread() -> None:
     split = run(add_model(30.0), spread_by_family={}, max_spread=16.0)
     assert split.plan.root(A) != split.plan.root(B)

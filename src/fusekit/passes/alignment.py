@@ -52,9 +52,13 @@ from ._core import FusionResult, PassContext
 __all__ = ["ALIGN_METHODS", "SPLIT_FACTORS", "Alignment", "alignment"]
 
 #: Per alignment family, the calibrated-range ratio at which a preferred (not required)
-#: alignment is split instead; a family not named uses ``Alignment.max_spread``. 0: never
-#: split. Measured by ``bench/align_sweep.py`` (docs/accuracy.md).
-SPLIT_FACTORS: PMap[str, float] = pmap({})
+#: alignment is split instead; a family not named uses ``Alignment.max_spread`` (16x: a
+#: Concat's members keep their own values, and one scale 16x too wide leaves the smallest 4
+#: bits). Elementwise alignment is never split: an Add's output is quantized at least as
+#: coarsely as its widest input, so the narrow input's rounding stays at the output's own
+#: step, and on the transformer (bert24, trt_int8) every split factor measured cost 1.4 to
+#: 3.8 dB (``bench/align_sweep.py``, docs/accuracy.md).
+SPLIT_FACTORS: PMap[str, float] = pmap({"elementwise": 0.0})
 
 ALIGN_METHODS = ("Align to Large", "Align to Output", "Align to Input", "None")
 _ELEM_OK = ("Align to Large", "Align to Output", "None")
@@ -162,9 +166,14 @@ class Alignment:
                 return "; the backend requires one scale here"
             return "; the backend requires one scale here (ranges {:.1f}x apart: {})".format(*wide)
         limit = self.split_factor(family)
-        if wide is None or limit <= 0:
+        if wide is None:
             return ""
         ratio, members = wide
+        if limit <= 0:
+            return (
+                f"; calibrated ranges {ratio:.1f}x apart ({members}); {family} alignment is "
+                "never split"
+            )
         if ratio < limit:
             return (
                 f"; calibrated ranges {ratio:.1f}x apart ({members}), below the {limit:g}x "
