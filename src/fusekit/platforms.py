@@ -202,6 +202,9 @@ class Platform:
     * ``alignment_required``: alignment families (keys of ``alignment``) whose one shared
       scale the backend's kernels need; the others are a preference, which the alignment pass
       splits when the calibrated ranges are too far apart (see ``docs/platforms.md``).
+    * ``float_matvec``: leave matrix-vector Gemm/MatMul (a classifier after global pooling,
+      M = 1 rows) float, where the backend's int8 kernel does not pay for its noise
+      (:func:`fusekit.dispatch.matvec_ops`; measured in ``docs/accuracy.md``).
 
     Every name means an operator of ONNX's own domain, except a qualified
     ``"domain::Type"`` (``"com.microsoft::Gelu"``), which matches that domain's op only.
@@ -239,6 +242,7 @@ class Platform:
     ppq_target: str = ""
     placement: str = "fused-output"
     alignment_required: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    float_matvec: bool = False
 
     def __attrs_post_init__(self) -> None:
         unknown = self.quirks - set(QUIRKS)

@@ -162,6 +162,10 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
             if unknown:
                 raise InvalidPlatform(f"{where}: unknown alignment group(s) {sorted(unknown)}")
             kw[key] = {k: _names(v, f"{where}[{k!r}]") for k, v in value.items()}
+        elif key == "float_matvec":
+            if not isinstance(value, bool):
+                raise InvalidPlatform(f"{where}: expected true or false")
+            kw[key] = value
         elif key == "alignment_required":
             names = _names(value, where)
             unknown = set(names) - {"elementwise", "concat", "pooling", "resize"}
@@ -248,6 +252,7 @@ def platform_to_dict(p: Platform) -> dict[str, Any]:
         "quirks": sorted(p.quirks),
         "non_onnx_types": sorted(p.non_onnx_types),
         "alignment_required": sorted(p.alignment_required),
+        "float_matvec": p.float_matvec,
     }
 
 
