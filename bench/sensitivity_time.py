@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--settings", default="full-default-threads,screen4")
     ap.add_argument("--refine", type=int, default=8)
     ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--max-groups", type=int, default=None, help="scan only this many groups")
     args = ap.parse_args(argv)
     base = Path(args.acc_dir)
     manifest = json.loads((base / "data" / "manifest.json").read_text())["models"]
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             refine=args.refine,
             threads=threads,
             progress=False,
+            max_groups=args.max_groups,
         )
         cpu, wall = time.process_time() - t, time.perf_counter() - w
         top = [str(x.root) for x in s.groups[: args.top]]

