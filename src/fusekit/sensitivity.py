@@ -9,7 +9,13 @@ onnxruntime session. Each group is explained by the rules that made it (from the
 decision log): which fusion or alignment tied its members to one scale.
 
 :func:`leave_float` is the edit itself and :func:`greedy_fallback` applies it to the ``n``
-most harmful groups (ranked once, by their single-group gain).
+most harmful groups (ranked once, by their single-group gain); :func:`fallback_to_target`
+leaves groups float in ranking order, measuring the whole plan after each, until a target
+SQNR is reached (``fuse --target-sqnr``).
+
+A scan of a large model is thousands of short onnxruntime runs: it screens every group on a
+few samples and scores only the best again on all of them, runs one intra-op thread per
+session, and counts its runs so tests can bound the work without timing it.
 """
 
 from __future__ import annotations
