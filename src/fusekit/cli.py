@@ -992,7 +992,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if sens is not None:
         out.line(
             f"sensitivity: fused lowest SQNR {sens.base_sqnr_db:.2f} dB; recovered with one "
-            f"group left float ({sens.sessions} sessions, {sens.samples} samples):"
+            f"group left float ({sens.sessions} sessions, {sens.runs} runs: every group on "
+            f"{sens.screen_samples} sample(s), the best on all {sens.samples}):"
         )
         for gs in sens.groups[: args.top]:
             rules = ", ".join(gs.rules) or "its own quantizer"
