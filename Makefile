@@ -19,7 +19,7 @@ $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,peers]'
 	touch $@ $(VENV)/.run-installed
 
 ## make run: the main job on the bundled example model (plan, fuse, calibrate, export, evaluate, report)

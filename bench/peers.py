@@ -4,7 +4,9 @@ For every model/data pair of the shared accuracy set (32 calibration, 16 evaluat
 written by ``../shared/accuracy/make_data.py``) it quantizes the float model with
 
 * ``fusekit``: ``ort_int8`` as shipped on this checkout (default pipeline, min-max observers,
-  QDQ export);
+  QDQ export); ``fusekit-trt``: ``trt_int8`` the same way; ``fusekit-unfused`` /
+  ``fusekit-trt-unfused``: calibration and passive parameters only (``fusekit compare``'s
+  unfused variant);
 * ``qs-pc`` / ``qs-pt``: onnxruntime's ``quantize_static`` as its documentation says to use it:
   ``quant_pre_process`` first, QDQ format, uint8 activations, int8 weights, MinMax calibrator on
   the same 32 samples, per-channel and per-tensor weights;
@@ -50,27 +52,49 @@ from fusekit.calibrate import Calibration, load_data
 from fusekit.evaluate import cpu_name, evaluate, measure_latency
 from fusekit.export import build_qdq
 from fusekit.onnx_io import write_bytes_atomic
+from fusekit.passes import PassiveParameters, Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "accuracy.md"
 BEGIN = "<!-- peers:begin (bench/peers.py --write-docs) -->"
 END = "<!-- peers:end -->"
-QUANTIZERS = ("fusekit", "qs-pc", "qs-pt", "nncf")
+QUANTIZERS = (
+    "fusekit",
+    "fusekit-unfused",
+    "fusekit-trt",
+    "fusekit-trt-unfused",
+    "qs-pc",
+    "qs-pt",
+    "nncf",
+)
 
 
 # --------------------------------------------------------------------------------------------
 # quantizers: (float model path, calibration feeds, work dir) -> QDQ model path, note
 
 
-def _fusekit(model: Path, data: Path, work: Path) -> tuple[Path, str]:
-    g = fusekit.load(model)
-    calib = load_data(data, g, split="calib")
-    plan = fusekit.init_plan(g, "ort_int8")
-    pipe = fusekit.default_pipeline("ort_int8", calibration=Calibration(calib, observer="minmax"))
-    res = pipe.run(g, plan)
-    out = work / "fusekit.onnx"
-    onnx.save(build_qdq(g, res.plan).model, str(out))
-    return out, "ort_int8"
+def _fusekit_with(platform: str, fused: bool = True) -> Callable[[Path, Path, Path], Any]:
+    """fusekit's default pipeline on ``platform`` (or, unfused, calibration and passive
+    parameters only, as ``fusekit compare``'s unfused variant)."""
+
+    def run(model: Path, data: Path, work: Path) -> tuple[Path, str]:
+        g = fusekit.load(model)
+        calib = load_data(data, g, split="calib")
+        plan = fusekit.init_plan(g, platform)
+        cal = Calibration(calib, observer="minmax")
+        if fused:
+            pipe = fusekit.default_pipeline(platform, calibration=cal)
+        else:
+            pipe = Pipeline((cal, PassiveParameters(platform)))
+        res = pipe.run(g, plan)
+        out = work / "fusekit.onnx"
+        onnx.save(build_qdq(g, res.plan).model, str(out))
+        return out, platform if fused else f"{platform}, unfused"
+
+    return run
+
+
+_fusekit = _fusekit_with("ort_int8")
 
 
 def _opset13(model: Path, work: Path) -> tuple[Path, str]:
@@ -163,6 +187,9 @@ def _nncf(model: Path, data: Path, work: Path) -> tuple[Path, str]:
 
 RUNNERS: dict[str, Callable[[Path, Path, Path], tuple[Path, str]]] = {
     "fusekit": _fusekit,
+    "fusekit-unfused": _fusekit_with("ort_int8", fused=False),
+    "fusekit-trt": _fusekit_with("trt_int8"),
+    "fusekit-trt-unfused": _fusekit_with("trt_int8", fused=False),
     "qs-pc": _quantize_static(True),
     "qs-pt": _quantize_static(False),
     "nncf": _nncf,
@@ -200,7 +227,7 @@ def measure_one(
     try:
         ev = load_data(data, g, split="eval")
         e = evaluate(g, str(qdq), ev, kernels="reference")
-        lat = measure_latency(g, str(qdq), ev, runs=runs, threads=1)
+        lat = measure_latency(g, str(qdq), ev, runs=runs, threads=1) if runs > 0 else None
     except Exception as ex:
         msg = f"evaluation failed: {type(ex).__name__}: {str(ex).strip().splitlines()[0][:160]}"
         return [{**base, "output": o, "error": msg, "cpu_s": cpu_s} for o in outputs]
@@ -212,11 +239,11 @@ def measure_one(
             "sqnr_db": o.sqnr_db,
             "q_nodes": q_nodes,
             "cpu_s": cpu_s,
-            "float_ms": lat.float_ms,
-            "qdq_ms": lat.qdq_ms,
-            "speedup": lat.speedup,
-            "int8_ops": lat.int8_ops,
-            "computing_ops": lat.computing_ops,
+            "float_ms": lat.float_ms if lat else None,
+            "qdq_ms": lat.qdq_ms if lat else None,
+            "speedup": lat.speedup if lat else None,
+            "int8_ops": lat.int8_ops if lat else None,
+            "computing_ops": lat.computing_ops if lat else None,
             "note": note,
         }
         for o in e.outputs
@@ -249,11 +276,14 @@ def table(rows: list[dict[str, Any]], header: str) -> str:
                 f"| {where} | {r['quantizer']} | - | - | - | - | - | - | - | {r['error']} |"
             )
             continue
-        cov = f"{r['int8_ops']} of {r['computing_ops']}"
+        if r.get("float_ms") is None:  # measured with --runs 0: no latency
+            lat = "- | - | - | -"
+        else:
+            cov = f"{r['int8_ops']} of {r['computing_ops']}"
+            lat = f"{r['float_ms']:.2f} | {r['qdq_ms']:.2f} | {r['speedup']:.2f}x | {cov}"
         lines.append(
             f"| {where} | {r['quantizer']} | {r['sqnr_db']:.2f} | {r['q_nodes']} | "
-            f"{r['cpu_s']:.1f} | {r['float_ms']:.2f} | {r['qdq_ms']:.2f} | "
-            f"{r['speedup']:.2f}x | {cov} | {r['note']} |"
+            f"{r['cpu_s']:.1f} | {lat} | {r['note']} |"
         )
     return "\n".join(lines)
 
@@ -290,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--acc", default=os.environ.get("FUSEKIT_ACCURACY_DIR", "/tmp/acc"))
     ap.add_argument("--models", help="comma-separated data names (default: all)")
     ap.add_argument("--quantizers", default=",".join(QUANTIZERS))
-    ap.add_argument("--runs", type=int, default=20, help="timed runs per latency (default 20)")
+    ap.add_argument(
+        "--runs", type=int, default=20, help="timed runs per latency (default 20; 0: no latency)"
+    )
     ap.add_argument("--json", metavar="OUT", help="also write the rows as JSON")
     ap.add_argument("--write-docs", action="store_true", help="write the table into docs")
     ap.add_argument(

@@ -77,6 +77,7 @@ TARGETS = {
     "scaling_100k_over_10k": 12.0,
     "load_vs_onnx": 2.0,
     "versions_memory_ratio": 1.5,
+    "import_audit_vs_pipeline": 2.0,  # issue 11
 }
 
 
@@ -422,6 +423,13 @@ def targets(results: dict[str, Any], rat: dict[str, Any]) -> dict[str, Any]:
             "target": TARGETS["load_vs_onnx"],
             "met": v["wall"] <= TARGETS["load_vs_onnx"],
         }
+        if "import_audit_vs_pipeline" in per:  # issue 11: a quantized model in
+            v = per["import_audit_vs_pipeline"]
+            out["import_audit_vs_pipeline_100k"] = {
+                **v,
+                "target": TARGETS["import_audit_vs_pipeline"],
+                "met": v["cpu"] <= TARGETS["import_audit_vs_pipeline"],
+            }
         vm = r100.get("version_memory")
         if vm:
             out["versions_memory_100k"] = {
@@ -459,6 +467,14 @@ def targets(results: dict[str, Any], rat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _import_audit_ratio(r: dict[str, Any]) -> str:
+    """(import_quantized + audit) / pipeline, CPU medians (issue 11's target: <= 2)."""
+    s = r["stages"]
+    if "audit" not in s:
+        return "-"
+    return f"{(s['import_quantized']['cpu'] + s['audit']['cpu']) / s['pipeline']['cpu']:.1f}x"
+
+
 def table(results: dict[str, Any], rat: dict[str, Any]) -> str:
     sizes = sorted(results, key=lambda k: results[k]["ops"])
     stages = [
@@ -470,6 +486,8 @@ def table(results: dict[str, Any], rat: dict[str, Any]) -> str:
         *PASS_STAGES,
         "pipeline",
         "export_qdq",
+        "import_quantized",
+        "audit",
     ]
     lines = []
     head = f"{'stage':<28}" + "".join(f"{s:>22}" for s in sizes)
@@ -500,6 +518,7 @@ def table(results: dict[str, Any], rat: dict[str, Any]) -> str:
         ("slots", lambda r: f"{r['slots']}"),
         ("changes / refusals", lambda r: f"{r['changes']}/{r['refusals']}"),
         ("floor agrees", lambda r: str(r.get("floor_agrees", "-"))),
+        ("import+audit / pipeline", _import_audit_ratio),
         ("rerun returns same plan", lambda r: str(r.get("rerun_same_object"))),
         ("peak RSS MiB", lambda r: f"{r['peak_rss_bytes'] / 2**20:.0f}"),
         (

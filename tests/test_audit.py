@@ -400,3 +400,35 @@ def test_kernel_findings_from_onnxruntime(
     assert main(["audit", str(src), "--platform", "ort_int8", "--kernels", "--json"]) == 1
     kinds = {f["kind"] for f in json.loads(capsys.readouterr().out)["findings"]}
     assert {"float_kernel", "float_input"} <= kinds
+
+
+def test_cli_audit_report_highlights_every_finding(tmp_path: Path) -> None:
+    """``fusekit audit --report R.html`` draws the model's placement with every finding's
+    tensors marked (table and drawing) beside the platform's plan, slot by slot."""
+    import re
+
+    src = tmp_path / "unfused.onnx"
+    src.write_bytes(_export("yolov5s_silu", "trt_int8", fused=False).SerializeToString())
+    report = tmp_path / "audit.html"
+    assert main(["audit", str(src), "--platform", "trt_int8", "--report", str(report)]) in (0, 1)
+    text = report.read_text()
+    got = import_quantized(src.read_bytes(), restore_clamps=True)
+    result = audit(got.graph, got.plan, "trt_int8", dangling=got.dangling)
+    assert result.findings
+    marked = set(re.findall(r'<mark class="fk-finding fk-sev-\w+" data-tensor="([^"]*)"', text))
+    drawn = set(re.findall(r'<path class="e [a-z]+ fk-hl"[^>]*><title>([^<]*) \(', text))
+    drawn |= set(  # edges cut by a page break: a stub on each page
+        re.findall(
+            r'<path class="stub fk-hl"[^>]*/><text[^<]*</text><title>(.*?) (?:read|from) ', text
+        )
+    )
+    import html as html_lib
+
+    for f in result.findings:
+        assert f.kind in text
+        for t in f.tensors:
+            assert html_lib.escape(t) in marked, (f.kind, t)
+            if f.kind == "fused_activation_qdq":  # a quantized edge of the drawing
+                assert html_lib.escape(t) in drawn, t
+    assert 'id="beside"' in text and "OVERLAPPED" in text  # the platform fuses what it flags
+    assert main(["audit", str(src), "--platform", "trt_int8", "--report", str(src)]) == 2

@@ -44,6 +44,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from ._util import gc_paused
 from .dispatch import init_plan
 from .graph import Graph, Slot, rule_type
 from .passes import default_pipeline
@@ -142,20 +143,15 @@ class _Where:
         st = idx.slot_tensor
         for sid, k in (*pl.before.items(), *pl.params.items()):
             self.reads[sid] = k.root
+        consumers = plan.graph.arrays().consumers
         for tid, root in self.after.items():
-            for sid in _consumer_sids(plan.graph, tid):
+            for sid in consumers[tid]:
                 self.reads.setdefault(sid, root)
         self.quantized_tensors = set(self.after) | {st[s] for s in self.reads}
 
     def scale(self, root: int) -> np.ndarray[Any, Any] | None:
         cfg = self.plan.configs[root]
         return None if cfg is None else cfg.scale
-
-
-def _consumer_sids(graph: Graph, tid: int) -> list[int]:
-    idx = graph.index
-    name = idx.tensor_names[tid]
-    return [idx.slot_id(s) for s in graph.consumers(name)]
 
 
 def _same(a: np.ndarray[Any, Any] | None, b: np.ndarray[Any, Any] | None) -> bool:
@@ -190,6 +186,13 @@ def audit(
     Q/DQ as well; ``dispatch`` goes to :func:`fusekit.init_plan`. The plan must hold scales
     (an imported plan does).
     """
+    with gc_paused():  # hundreds of thousands of small acyclic objects (see gc_paused)
+        return _audit(graph, plan, platform, dangling, dispatch)
+
+
+def _audit(
+    graph: Graph, plan: QuantPlan, platform: Platform | str, dangling: Iterable[Any], dispatch: str
+) -> AuditResult:
     p = get_platform(platform)
     res = default_pipeline(p).run(graph, init_plan(graph, p, dispatch))
     want_plan = res.plan
@@ -316,13 +319,17 @@ def audit(
         )
 
     # 2. slot by slot on the ops the platform quantizes
-    for name in graph.order:
-        op = graph.op(name)
-        t_rule = rule_type(op)
-        oid = idx.op_id[name]
-        if want_plan.dispatch[oid] is None:
+    ar = graph.arrays()
+    dispatched = want_plan.dispatch.tolist()
+    want_cfgs = want_plan.configs.tolist()
+    for oid in ar.order:
+        if dispatched[oid] is None:
             continue
-        in_sids = list(idx.input_sids(oid))
+        name = ar.op_names[oid]
+        op = graph.op(name)
+        t_rule = ar.op_types[oid]  # the rule type
+        base = ar.slot_base[oid]
+        in_sids = list(range(base, base + ar.n_in[oid]))
         # computing op inputs the platform quantizes but the model reads float
         if t_rule in p.computing_types:
             for k, sid in enumerate(in_sids):
@@ -347,7 +354,7 @@ def audit(
         # aligned inputs: the platform gives them one scale, the model several
         groups: dict[int, list[int]] = {}
         for sid in in_sids:
-            w = want_plan.configs[sid]
+            w = want_cfgs[sid]
             if w is None or w.state == QuantState.OVERLAPPED or sid not in have.reads:
                 continue  # overlapped: fused away, not aligned
             groups.setdefault(want_roots[sid], []).append(sid)

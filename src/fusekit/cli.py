@@ -396,6 +396,10 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     _check_outputs(inputs, files, args.out_dir)
     if args.max_float_groups < 0:
         raise CliError(f"--max-float-groups must be 0 or more, got {args.max_float_groups}")
+    if args.target_sqnr is not None and (args.no_calibrate or args.max_float_groups):
+        raise CliError("--target-sqnr needs calibration and excludes --max-float-groups")
+    if args.target_sqnr is not None and not math.isfinite(args.target_sqnr):
+        raise CliError(f"--target-sqnr must be a finite number of dB, got {args.target_sqnr}")
     if args.no_calibrate and args.bias_correction:
         raise CliError("--bias-correction needs calibration (the weight scales)")
     graph = load(path)
@@ -454,6 +458,34 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             "base_sqnr_db": ranking.base_sqnr_db,
             "groups": [g.to_dict() for g in chosen],
         }
+    target_missed = None
+    if args.target_sqnr is not None and calib is not None:
+        from .sensitivity import fallback_to_target, sensitivity
+
+        ev_target = _eval_data(args, graph, example, calib)
+        with _running_on(ev_target.label):
+            ranking = sensitivity(
+                graph,
+                plan,
+                ev_target,
+                decisions=result.decisions,
+                float_graph=float_graph,
+                kernels=args.kernels,
+                progress=_progress(args),
+            )
+            fb = fallback_to_target(
+                graph,
+                plan,
+                ev_target,
+                args.target_sqnr,
+                ranking,
+                float_graph=float_graph,
+                kernels=args.kernels,
+                progress=_progress(args),
+            )
+        plan = fb.plan
+        tools["target_sqnr"] = {"data": ev_target.label, **fb.to_dict()}
+        target_missed = None if fb.reached else fb
     if args.bias_correction and calib is not None:
         from .equalize import bias_correction
 
@@ -552,11 +584,19 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         doc["passed"] = evaluation.passes(args.min_sqnr)
         if not doc["passed"]:
             code = 1
+    if target_missed is not None:
+        code = 1
     if out.json:
         out.doc(_clean(doc))
     else:
         _print_fuse(out, doc, evaluation)
-        if code:
+        if target_missed is not None:
+            out.note(
+                f"--target-sqnr {args.target_sqnr} not reached: {target_missed.sqnr_db:.2f} dB "
+                f"with every group that helped left float ({len(target_missed.chosen)}); "
+                "the outputs hold that plan"
+            )
+        if code and args.min_sqnr is not None and not doc.get("passed", True):
             out.note(
                 f"lowest output SQNR {evaluation.min_sqnr:.2f} dB is below --min-sqnr "  # type: ignore[union-attr]
                 f"{args.min_sqnr}"
@@ -635,6 +675,19 @@ def _print_fuse(out: _Output, doc: dict[str, Any], evaluation: Any) -> None:
     if fg:
         gains = ", ".join(f"{g['root']} {g['gain_db']:+.2f} dB" for g in fg["groups"]) or "none"
         out.line(f"  left float (ranked on the calibration data): {gains}")
+    ts = doc.get("target_sqnr")
+    if ts:
+        out.line(
+            f"  --target-sqnr {ts['target_db']:g}: {ts['base_sqnr_db']} -> {ts['sqnr_db']} dB "
+            f"({'reached' if ts['reached'] else 'NOT reached'}), {ts['pairs_given_up']} of "
+            f"{ts['base_activation_pairs']} activation Q/DQ pairs given up, on {ts['data']}"
+        )
+        for st in ts["steps"]:
+            mark = "float" if st["kept"] else "kept int8 (no gain)"
+            out.line(
+                f"    {st['root']}: {st['sqnr_db']} dB, {st['pairs_given_up']} pairs given up "
+                f"so far [{', '.join(st['rules']) or 'its own quantizer'}] {mark}"
+            )
     bc = doc.get("bias_correction")
     if bc:
         out.line(
@@ -940,7 +993,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if sens is not None:
         out.line(
             f"sensitivity: fused lowest SQNR {sens.base_sqnr_db:.2f} dB; recovered with one "
-            f"group left float ({sens.sessions} sessions, {sens.samples} samples):"
+            f"group left float ({sens.sessions} sessions, {sens.runs} runs: every group on "
+            f"{sens.screen_samples} sample(s), the best on all {sens.samples}):"
         )
         for gs in sens.groups[: args.top]:
             rules = ", ".join(gs.rules) or "its own quantizer"
@@ -1125,6 +1179,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from .qimport import import_quantized
 
     out = _Output(args)
+    if args.report:
+        _check_outputs({"model": args.model}, {"report": Path(args.report)})
     got = import_quantized(args.model, restore_clamps=True)
     result = audit(
         got.graph, got.plan, args.platform, dangling=got.dangling, dispatch=args.dispatch
@@ -1135,6 +1191,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
         extra = kernel_findings(kernel_report(args.model))
         result = AuditResult(result.platform, (*result.findings, *extra), result.expected)
+    if args.report:  # the model's placement, findings highlighted, beside the platform's plan
+        from ._util import write_bytes_atomic
+        from .report import render_audit_report
+
+        html_text = render_audit_report(got.graph, got.plan, result)
+        write_bytes_atomic(Path(args.report), html_text.encode("utf-8"))
     if out.json:
         doc = result.to_json()
         doc["model"] = str(args.model)
@@ -1270,6 +1332,15 @@ def build_parser() -> argparse.ArgumentParser:
         "calibration data (ranked one group at a time, as 'compare --sensitivity')",
     )
     fuse.add_argument(
+        "--target-sqnr",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="leave the most harmful sharing groups float, greedily, until the lowest output "
+        "SQNR on the evaluation data reaches DB (exit 1 if no choice gets there; the outputs "
+        "then hold every group that helped)",
+    )
+    fuse.add_argument(
         "--no-calibrate",
         action="store_true",
         help="plan and fuse only (no calibration, export or evaluation)",
@@ -1360,6 +1431,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernels",
         action="store_true",
         help="add onnxruntime's verdict: computing ops it runs in float, Q/DQ it runs in float",
+    )
+    au.add_argument(
+        "--report",
+        metavar="R.html",
+        help="write an HTML report: the model's placement with the findings highlighted, "
+        "beside the platform's plan",
     )
     _common(au)
     au.set_defaults(func=_cmd_audit)

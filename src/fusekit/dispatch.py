@@ -18,7 +18,7 @@ from pyrsistent import pvector
 from ._util import without_gc
 from .dtypes import FLOAT_TYPES, tensor_elem_types
 from .errors import InvalidPlatform, UnsupportedModel
-from .graph import Graph, Op
+from .graph import UNKNOWN_TYPE, Graph, Op
 from .platforms import Platform, get_platform
 from .quant import NO_LINK, QuantPlan, QuantState, TensorQuantConfig, Visibility
 
@@ -232,6 +232,78 @@ def ppq_conservative_dispatch(graph: Graph, platform: Platform) -> dict[int, str
     return table
 
 
+_GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"})
+#: ops that keep a pooled vector a vector: data movers, pointwise activations, a 1x1 Conv on
+#: the pooled 1x1 map (itself a matrix-vector product), arithmetic with a constant
+_ROW_MOVERS = frozenset(
+    {
+        "Flatten",
+        "Reshape",
+        "Squeeze",
+        "Identity",
+        "Dropout",
+        "Relu",
+        "Clip",
+        "HardSwish",
+        "HardSigmoid",
+        "Sigmoid",
+        "Tanh",
+        "LeakyRelu",
+        "Conv",
+        "Gemm",
+        "MatMul",
+        "Mul",
+        "Add",
+        "Div",
+        "Sub",
+    }
+)
+_BINARY = frozenset({"Mul", "Add", "Div", "Sub"})
+
+
+def matvec_ops(graph: Graph) -> frozenset[str]:
+    """Gemm/MatMul ops that multiply one row by a matrix (matrix-vector products).
+
+    An op qualifies when its first input has a declared shape whose dimensions before the last
+    are all 1 (M = 1 rows), or comes from a global pooling (GlobalAveragePool, GlobalMaxPool,
+    ReduceMean/ReduceMax) through data movers, pointwise activations, arithmetic with a
+    constant and 1x1 Convs on the pooled map only: a classifier head. Batched
+    inputs make such a head M = batch rows; the rule reads the model as exported. An int8
+    matrix-vector kernel reads every weight once per row and gains little over float, while
+    the quantization noise of a classifier's logits costs the most (``docs/accuracy.md``).
+    """
+    producer = {t: op for op in graph for t in op.outputs if t}
+    found: set[str] = set()
+    for op in graph:
+        if op.op_type not in ("Gemm", "MatMul") or not op.inputs:
+            continue
+        a = op.inputs[0]
+        shape = graph.value_types.get(a, UNKNOWN_TYPE).shape
+        if op.op_type == "Gemm" and "transA" in op.attributes and op.attributes["transA"]:
+            shape = None  # A is K x M: the rows are its last dimension
+        if shape and len(shape) >= 2 and all(d == 1 for d in shape[:-1]):
+            found.add(op.name)
+            continue
+        t = a
+        for _ in range(8):  # a few movers at most between the pooling and the head
+            prod = producer.get(t)
+            if prod is None:
+                break
+            if prod.op_type in _GLOBAL_POOLS:
+                found.add(op.name)
+                break
+            if prod.op_type not in _ROW_MOVERS or not prod.inputs:
+                break
+            if prod.op_type in _BINARY:  # x op constant only: the vector stays a vector
+                others = [x for x in prod.inputs if x and not graph.is_constant(x)]
+                if len(others) != 1:
+                    break
+                t = others[0]
+                continue
+            t = prod.inputs[0]
+    return frozenset(found)
+
+
 def all_dispatch(
     graph: Graph, platform: Platform, *, quantize_tail: bool = False
 ) -> dict[int, str]:
@@ -243,6 +315,7 @@ def all_dispatch(
     is a never-quantized (FP32/SOI) socket or another such op (the shape-computing sub-graph
     Shape -> Gather -> Concat -> Reshape.shape, whose values must never be rounded); or when it
     is not connected, through other such ops, to a computing op (Conv, Gemm, MatMul...).
+    A rule set with ``float_matvec`` leaves the :func:`matvec_ops` float.
     With a ``"node-unit"`` placement, the tail after the last computing op is left FP32 too
     unless ``quantize_tail`` is set, and so is every op that reaches a computing op only
     through float ops (see :func:`_drop_tail`).
@@ -299,9 +372,13 @@ def all_dispatch(
     computing = platform.computing_types
     const_op = ar.const_op
     candidate = [False] * len(op_types)
+    left_float = matvec_ops(graph) if platform.float_matvec else frozenset()
+    names = ar.op_names
     for oid in ar.order:
         if op_types[oid] not in quant_types or shape_only[oid] or const_op[oid]:
             continue  # ops that fold to constants are computed once, never quantized
+        if left_float and names[oid] in left_float:
+            continue  # a matrix-vector product the rule set runs in float
         b = base[oid] + n_in[oid]
         for sid in range(b, b + n_out[oid]):
             tid = st[sid]

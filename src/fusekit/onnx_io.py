@@ -53,6 +53,7 @@ __all__ = [
     "model_files",
     "save",
     "to_model",
+    "write_bytes_atomic",
     "write_files_atomic",
 ]
 

@@ -223,6 +223,12 @@ class Platform:
     * ``non_onnx_types``: names used above that are not ONNX operators, declared as such.
     * ``placement``: where the quantization points go, one of :data:`PLACEMENTS`
       (``"fused-output"``, ``"node-unit"`` or ``"computing-input"``).
+    * ``alignment_required``: alignment families (keys of ``alignment``) whose one shared
+      scale the backend's kernels need; the others are a preference, which the alignment pass
+      splits when the calibrated ranges are too far apart (see ``docs/platforms.md``).
+    * ``float_matvec``: leave matrix-vector Gemm/MatMul (a classifier after global pooling,
+      M = 1 rows) float, where the backend's int8 kernel does not pay for its noise
+      (:func:`fusekit.dispatch.matvec_ops`; measured in ``docs/accuracy.md``).
 
     Names are checked when the value is built: unknown quirks, placements, composite
     activations and conditions, and activations that ``quant_types`` does not quantize (unless
@@ -263,6 +269,8 @@ class Platform:
     non_onnx_types: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
     ppq_target: str = ""
     placement: str = "fused-output"
+    alignment_required: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
+    float_matvec: bool = False
 
     def __attrs_post_init__(self) -> None:
         unknown = self.quirks - set(QUIRKS)
@@ -851,6 +859,11 @@ ORT_INT8 = Platform(
     alignment={"resize": frozenset({"Resize"})},
     ppq_target="ONNXRUNTIME",
     placement="node-unit",
+    # float_matvec stays off although it pays here (bench/matvec.py: the classifier MatMul of
+    # ppocr_mobile_v2_cls ran 46 ms as an int8 node unit against 1.9 ms in float, and cost
+    # 1.4 dB): with it, a float residual Add in resnet18's tail reads its input's raw float
+    # copy (`<t>_float`), and import_quantized reads that back as the dequantized value
+    # (tests/test_qimport.py's fixed point fails). An option until the import handles it.
 )
 PPL_CUDA_INT8 = _fusekit(
     "ppl_cuda_int8",

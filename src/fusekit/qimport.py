@@ -21,10 +21,13 @@ How the model's Q/DQ become plan slots (what :func:`fusekit.export.export_qdq` r
 
 Exported again, an unchanged imported plan gives a model whose outputs equal the input's in
 onnxruntime with its optimizations off (16-bit points excepted: fusekit's exporter writes 8-bit
-and int32 only, and says which slots it left float). What cannot be represented is refused
-with :class:`~fusekit.errors.UnsupportedQuantization` naming it: QOperator nodes (QLinearConv,
-QGemm, ConvInteger, ...) by type, block-wise Q/DQ, a Q/DQ chain more than two pairs deep, a
-scale that is not a constant.
+and int32 only, and says which slots it left float). QOperator models (QLinearConv,
+QLinearMatMul, QGemm, QLinearAdd/Mul/Concat/Sigmoid/LeakyRelu/Softmax/GlobalAveragePool/
+AveragePool, and the ops run on quantized tensors directly, MaxPool, Reshape, ...) are first
+rewritten to the QDQ form they compute (:func:`_qoperator_to_qdq`). What cannot be represented
+is refused with :class:`~fusekit.errors.UnsupportedQuantization` naming it: dynamic quantization
+(DynamicQuantizeLinear, MatMulInteger, ConvInteger) and other QLinear ops by type, block-wise
+Q/DQ, a Q/DQ chain more than two pairs deep, a scale that is not a constant.
 
 Q/DQ the importer cannot pair (a QuantizeLinear read by something else than a
 DequantizeLinear, a DequantizeLinear of a computed integer tensor) stay in the graph as ordinary
@@ -45,7 +48,7 @@ import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ._util import gc_paused
-from .errors import UnsupportedQuantization
+from .errors import InvalidGraph, InvalidModel, UnsupportedQuantization
 from .graph import Graph, Slot
 from .guards import QUANTIZATION_OP_TYPES
 from .onnx_io import _read, load
@@ -101,10 +104,6 @@ class QuantizedImport:
     source: str = ""
 
 
-def _is(n: onnx.NodeProto, op_type: str) -> bool:
-    return n.op_type == op_type and n.domain in _QDQ_DOMAINS
-
-
 @attrs.frozen
 class _Params:
     """One Q/DQ node's parameters, by value (``key``) and by initializer name (``names``)."""
@@ -114,16 +113,18 @@ class _Params:
     zero: np.ndarray[Any, Any] = attrs.field(eq=False)
     axis: int | None
     names: tuple[str, str]
+    #: the parameters by value: computed once (pairs are matched and grouped by it)
+    key: tuple[Any, ...] = attrs.field(init=False, eq=False)
 
-    @property
-    def key(self) -> tuple[Any, ...]:
-        return (
+    def __attrs_post_init__(self) -> None:
+        key = (
             self.dtype,
             self.scale.astype(np.float32).tobytes(),
             self.scale.shape,
             self.zero.astype(np.int64).tobytes(),
             self.axis,
         )
+        object.__setattr__(self, "key", key)
 
 
 class _Reader:
@@ -142,17 +143,7 @@ class _Reader:
         self.opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 21)
         self._values: dict[str, np.ndarray[Any, Any]] = {}
         self._params: dict[int, _Params] = {}  # id(node) -> params; the nodes outlive this
-        self.types: dict[str, int] = {t.name: t.data_type for t in g.initializer}
-        for vi in (*g.input, *g.value_info, *g.output):
-            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-                self.types.setdefault(vi.name, vi.type.tensor_type.elem_type)
-        self.ranks: dict[str, int] = {}
-        for vi in (*g.input, *g.value_info, *g.output):
-            tt = vi.type.tensor_type
-            if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-                self.ranks[vi.name] = len(tt.shape.dim)
-        for t in g.initializer:
-            self.ranks[t.name] = len(t.dims)
+        self._shared: dict[tuple[Any, ...], _Params] = {}  # (scale, zero point, attributes)
 
     def is_const(self, name: str) -> bool:
         return name in self.inits or name in self.constants
@@ -174,15 +165,33 @@ class _Reader:
                 "weights can be imported",
                 self.label,
             )
-        arr = np.asarray(numpy_helper.to_array(t, self.base_dir or ""))
+        arr = _fast_array(t)
+        if arr is None:
+            arr = np.asarray(numpy_helper.to_array(t, self.base_dir or ""))
         self._values[name] = arr
         return arr
 
     def params(self, n: onnx.NodeProto) -> _Params:
-        """The parameters of a QuantizeLinear/DequantizeLinear node (read once per node)."""
+        """The parameters of a QuantizeLinear/DequantizeLinear node (read once per node).
+
+        A Q and its DQs read the same scale and zero point initializers with the same
+        attributes: such nodes share one :class:`_Params` (read once, one ``key``), which also
+        lets the plan builder share one config per point.
+        """
         got = self._params.get(id(n))
+        if got is not None:
+            return got
+        ins = n.input
+        shared: tuple[Any, ...] | None = None
+        if len(ins) > 2 and ins[2] and all(a.type == _INT_ATTR for a in n.attribute):
+            # with a zero point input, the parameters depend on these names and attributes only
+            shared = (ins[1], ins[2], tuple(sorted((a.name, a.i) for a in n.attribute)))
+            got = self._shared.get(shared)
         if got is None:
-            got = self._params[id(n)] = self._read_params(n)
+            got = self._read_params(n)
+            if shared is not None:
+                self._shared[shared] = got
+        self._params[id(n)] = got
         return got
 
     def _read_params(self, n: onnx.NodeProto) -> _Params:
@@ -229,13 +238,58 @@ class _Reader:
         return int(onnx.helper.np_dtype_to_tensor_dtype(self.value(name, node).dtype))
 
 
-def _refuse_qoperator(m: ModelProto, label: str) -> None:
+_INT_ATTR = onnx.AttributeProto.INT
+
+#: numpy types of the tensor types :func:`_fast_array` reads from ``raw_data``
+_RAW_TYPES: dict[int, Any] = {
+    TensorProto.FLOAT: np.float32,
+    TensorProto.INT8: np.int8,
+    TensorProto.UINT8: np.uint8,
+    TensorProto.INT16: np.int16,
+    TensorProto.UINT16: np.uint16,
+    TensorProto.INT32: np.int32,
+    TensorProto.INT64: np.int64,
+}
+
+
+def _fast_array(t: TensorProto) -> np.ndarray[Any, Any] | None:
+    """``t``'s value for the common case (raw little-endian data or a float scalar in
+    ``float_data``), or None for ``numpy_helper.to_array`` to read.
+
+    A quantized model has one scale and one zero point per Q/DQ; ``to_array``'s generality
+    costs ~15 us each, a third of importing a large model.
+    """
+    dt = _RAW_TYPES.get(t.data_type)
+    if dt is None or t.data_location == TensorProto.EXTERNAL or t.HasField("segment"):
+        return None
+    dims = tuple(t.dims)
+    raw = t.raw_data
+    if raw:
+        a = np.frombuffer(raw, dtype=np.dtype(dt).newbyteorder("<"))
+        if a.size != int(np.prod(dims, dtype=np.int64)):
+            return None
+        return a.astype(dt).reshape(dims)
+    if dims:
+        return None
+    if t.data_type == TensorProto.FLOAT and len(t.float_data) == 1:
+        return np.array(t.float_data[0], np.float32)
+    if t.data_type in _INT32_DATA and len(t.int32_data) == 1:  # 8/16-bit scalars live there
+        return np.array(t.int32_data[0], dt)
+    return None
+
+
+_INT32_DATA = frozenset(
+    {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32}
+)
+
+
+def _refuse_qoperator(types: list[str], label: str) -> None:
+    """Refuse QOperator nodes (``types``: op types, "" outside the ONNX/com.microsoft domains)."""
     found = Counter(
-        n.op_type
-        for n in m.graph.node
-        if n.domain in _QDQ_DOMAINS
-        and (n.op_type in QUANTIZATION_OP_TYPES or n.op_type.startswith("QLinear"))
-        and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+        t
+        for t in types
+        if (t in QUANTIZATION_OP_TYPES or t.startswith("QLinear"))
+        and t not in ("QuantizeLinear", "DequantizeLinear")
     )
     if found:
         kinds = ", ".join(f"{t} x{c}" for t, c in sorted(found.items()))
@@ -303,6 +357,7 @@ def import_quantized(
     source: str | os.PathLike[str] | bytes | ModelProto,
     *,
     restore_clamps: bool = False,
+    platform: str | None = None,
 ) -> QuantizedImport:
     """Read a QDQ model as its float graph, the plan its Q/DQ encode, and what was left aside.
 
@@ -319,29 +374,52 @@ def import_quantized(
     symmetric scheme keeps the clamp. Outputs are unchanged (the Q clamps to the same range).
     Off by default, so that
     the import of a model is exactly what it holds; ``fusekit audit`` and ``fix`` turn it on.
+
+    ``platform``: the rule set the model was placed for, when known. The plan's quantized ops
+    are then dispatched to it instead of ``"imported"``, so that ``export_qdq`` of the import
+    applies that platform's export conventions again (``ort_int8``'s node units: the float
+    readers of a standalone op's quantized output read its float value).
     """
+    dispatch = IMPORTED_PLATFORM
+    if platform is not None:
+        from .platforms import get_platform
+
+        dispatch = get_platform(platform).name
     with gc_paused():  # millions of small objects, no cycles (see fusekit._util.gc_paused)
-        return _import(source, restore_clamps)
+        return _import(source, restore_clamps, dispatch)
 
 
 def _import(
-    source: str | os.PathLike[str] | bytes | ModelProto, restore_clamps: bool
+    source: str | os.PathLike[str] | bytes | ModelProto,
+    restore_clamps: bool,
+    dispatch: str = IMPORTED_PLATFORM,
 ) -> QuantizedImport:
     m, label, base_dir = _read(source)
     if not m.HasField("graph"):
         return _plain(load(m), label)
-    _refuse_qoperator(m, label)
     g = m.graph
+    nd = _Nodes.read(g)
+    if _is_qoperator(nd.types):  # QLinearConv, QGemm, ...: the QDQ form it computes
+        m = _qoperator_to_qdq(m, nd, label, base_dir)
+        g = m.graph
+        nd = _Nodes.read(g)
+    _refuse_qoperator(nd.types, label)
     rd = _Reader(m, label, base_dir)
-    nodes = list(g.node)
+    nodes, node_ins, node_outs = nd.protos, nd.ins, nd.outs
+    kinds = {"QuantizeLinear": 1, "DequantizeLinear": 2}
+    qdq = [kinds.get(t, 0) for t in nd.types]  # 1 QuantizeLinear, 2 DequantizeLinear, else 0
     readers: dict[str, list[tuple[int, int]]] = {}
-    for i, n in enumerate(nodes):
-        for k, t in enumerate(n.input):
+    for i, ins in enumerate(node_ins):
+        for k, t in enumerate(ins):
             if t:
-                readers.setdefault(t, []).append((i, k))
+                rs = readers.get(t)
+                if rs is None:
+                    readers[t] = [(i, k)]
+                else:
+                    rs.append((i, k))
     outputs = [o.name for o in g.output]
     out_set = set(outputs)
-    producer = {t: i for i, n in enumerate(nodes) for t in n.output if t}
+    producer = {t: i for i, outs in enumerate(node_outs) for t in outs if t}
 
     removed: set[int] = set()
     dangling: list[Dangling] = []
@@ -350,24 +428,24 @@ def _import(
     param_dq: dict[int, _Params] = {}
 
     def nm(i: int) -> str:
-        return nodes[i].name or f"{nodes[i].op_type}#{i}"
+        return nd.names[i] or f"{nd.types[i] or nodes[i].op_type}#{i}"
 
     # 1. DequantizeLinear of integer constants: quantized weights and biases
-    for i, n in enumerate(nodes):
-        if _is(n, "DequantizeLinear") and n.input and rd.is_const(n.input[0]):
-            param_dq[i] = rd.params(n)
+    for i, kind in enumerate(qdq):
+        if kind == 2 and node_ins[i] and rd.is_const(node_ins[i][0]):
+            param_dq[i] = rd.params(nodes[i])
             removed.add(i)
     # 2. Q nodes read only by DQ nodes with the same parameters: pairs (in node order, so a
     #    pair behind a pair sees its source already resolved when the file is sorted)
-    order = _topo(nodes, producer)
+    order = _topo(node_ins, producer)
     for i in order:
-        n = nodes[i]
-        if not _is(n, "QuantizeLinear"):
+        if qdq[i] != 1:
             continue
-        out = n.output[0]
+        n = nodes[i]
+        out = node_outs[i][0]
         rs = readers.get(out, [])
-        if out in out_set or not rs or not all(_is(nodes[j], "DequantizeLinear") for j, _ in rs):
-            dangling.append(Dangling("q_without_dq", nm(i), n.input[0]))
+        if out in out_set or not rs or not all(qdq[j] == 2 for j, _ in rs):
+            dangling.append(Dangling("q_without_dq", nm(i), node_ins[i][0]))
             continue
         p = rd.params(n)
         for j, _ in rs:
@@ -377,7 +455,7 @@ def _import(
                     "quantized it with: not a Q/DQ pair fusekit can represent",
                     label,
                 )
-        src = n.input[0]
+        src = node_ins[i][0]
         level = 1
         if src in alias:
             src, _, lv = alias[src]
@@ -392,13 +470,14 @@ def _import(
         removed.add(i)
         for j, _ in rs:
             removed.add(j)
-            dq_out = nodes[j].output[0]
+            dq_out = node_outs[j][0]
             alias[dq_out] = (src, i, level)
             if not readers.get(dq_out) and dq_out not in out_set:
                 dangling.append(Dangling("dq_unread", nm(j), src))
-    for i, n in enumerate(nodes):
-        if _is(n, "DequantizeLinear") and i not in removed:
-            dangling.append(Dangling("dq_without_q", nm(i), n.input[0] if n.input else ""))
+    for i, kind in enumerate(qdq):
+        if kind == 2 and i not in removed:
+            ins = node_ins[i]
+            dangling.append(Dangling("dq_without_q", nm(i), ins[0] if ins else ""))
 
     # 3. per float value: the pairs after its producer or in front of some readers
     rename: dict[str, str] = {}
@@ -406,26 +485,77 @@ def _import(
     relus: list[tuple[str, float]] = []
     by_src: dict[str, list[int]] = {}
     for i in q_params:
-        src = nodes[i].input[0]
+        src = node_ins[i][0]
         by_src.setdefault(alias[src][0] if src in alias else src, []).append(i)
-    direct_readers: dict[str, list[tuple[int, int]]] = {
-        t: [(j, k) for j, k in rs if j not in removed] for t, rs in readers.items()
-    }
+    direct_memo: dict[str, list[tuple[int, int]]] = {}
+    first_out = [outs[0] if outs else "" for outs in node_outs]
+
+    def direct_readers(t: str) -> list[tuple[int, int]]:
+        """The readers of ``t`` that stay in the graph (not a removed Q/DQ)."""
+        got = direct_memo.get(t)
+        if got is None:
+            got = direct_memo[t] = [(j, k) for j, k in readers.get(t, ()) if j not in removed]
+        return got
 
     dq_memo: dict[int, list[str]] = {}
     kept_float: set[str] = set()  # values with a point after the producer
+    entry_ops: set[str] = set()  # (first outputs of) ops whose float output readers bypass
+    nonneg_memo: dict[str, bool] = {}
+
+    def nonneg(t: str, depth: int = 0) -> bool:
+        """True when tensor ``t`` is never negative by construction: written by a Relu,
+        Sigmoid, ..., a Clip at zero, the DequantizeLinear of a clamping Q, or a passive op
+        (MaxPool, Reshape, Concat, ...) of such values. A clamping Q after it folded no Relu."""
+        got = nonneg_memo.get(t)
+        if got is not None:
+            return got
+        chain: list[str] = []
+        result = False
+        while True:
+            known = nonneg_memo.get(t)
+            if known is not None:
+                result = known
+                break
+            chain.append(t)
+            j = producer.get(t)
+            if j is None:
+                break
+            op = nd.types[j]
+            if op in _NON_NEGATIVE or _clips_at_zero(rd, nodes[j], op):
+                result = True
+                break
+            ins = node_ins[j]
+            if op == "DequantizeLinear" and ins and ins[0] in producer:
+                qj = producer[ins[0]]
+                if nd.types[qj] == "QuantizeLinear" and _clamps(rd.params(nodes[qj])):
+                    result = True
+                    break
+                t = node_ins[qj][0] if nd.types[qj] == "QuantizeLinear" else ""
+                if not t:
+                    break
+                continue
+            if op == "Concat" and depth < 50:
+                result = bool(ins) and all(nonneg(x, depth + 1) for x in ins)
+                break
+            if op in _NONNEG_PASSIVE and ins and ins[0]:
+                t = ins[0]
+                continue
+            break
+        for c in chain:
+            nonneg_memo[c] = result
+        return result
 
     def dq_outputs(q: int) -> list[str]:
         got = dq_memo.get(q)
         if got is None:
-            got = dq_memo[q] = [nodes[j].output[0] for j, _ in readers[nodes[q].output[0]]]
+            got = dq_memo[q] = [node_outs[j][0] for j, _ in readers[node_outs[q][0]]]
         return got
 
     def readers_of(q: int) -> list[tuple[int, int]]:
-        return [rj for d in dq_outputs(q) for rj in direct_readers.get(d, [])]
+        return [rj for d in dq_outputs(q) for rj in direct_readers(d)]
 
     for src, qs in by_src.items():
-        level1 = [q for q in qs if nodes[q].input[0] == src]
+        level1 = [q for q in qs if node_ins[q][0] == src]
         level2 = [q for q in qs if q not in level1]
         prod = producer.get(src)
         after = (
@@ -437,11 +567,13 @@ def _import(
             and len({q_params[q].key for q in level1}) == 1
         )
         outs1 = [d for q in level1 for d in dq_outputs(q)]
-        if after and direct_readers.get(src):
+        if after and direct_readers(src):
             # read both as it is and through the pair: a point after the producer only when
             # fusekit's exporter wrote it so (``X_float -> Q -> DQ -> X``, the float readers
             # of a standalone op's output reading ``X_float``); those readers stay float
             after = len(outs1) == 1 and _producer_side_name(src, outs1[0])
+            if after and prod is not None:
+                entry_ops.add(first_out[prod])  # a node unit running in float (see _plan)
         if after and all(_reader_side_name(d, src) for d in outs1):
             after = False  # fusekit's own export named it a pair in front of the readers
         canonical = src
@@ -475,24 +607,28 @@ def _import(
         assert prod is not None or not after
         if after:
             assert prod is not None
-            pn = nodes[prod]
             p0 = _Point(q_params[level1[0]], "after", canonical)
-            p0.producer = (_first_output(pn), list(pn.output).index(src))
-            if restore_clamps and _clamps(p0.params) and pn.op_type not in _NON_NEGATIVE:
+            p0.producer = (first_out[prod], node_outs[prod].index(src))
+            if (
+                restore_clamps
+                and _clamps(p0.params)
+                and not nonneg(src)
+                and not _all_clamp(rd, nd, [r for q in level1 for r in readers_of(q)])
+            ):
                 relus.append((canonical, _top(p0.params)))
                 p0.producer = (_RELU + canonical, 0)
             for q in level1:
-                p0.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
+                p0.readers.extend((first_out[j], k) for j, k in readers_of(q))
             points.append(p0)
             kept_float.add(src)
             for q in level2:
                 pt = _Point(q_params[q], "before", canonical)
-                pt.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
+                pt.readers.extend((first_out[j], k) for j, k in readers_of(q))
                 points.append(pt)
         else:
             for q in level1:
                 pt = _Point(q_params[q], "before", canonical)
-                pt.readers.extend((_first_output(nodes[j]), k) for j, k in readers_of(q))
+                pt.readers.extend((first_out[j], k) for j, k in readers_of(q))
                 points.append(pt)
 
     # a pair after its producer that only float readers bypass is a point, not unread
@@ -500,12 +636,12 @@ def _import(
 
     # 4. quantized constants: one float initializer per (integer initializer, parameters)
     new_inits: list[TensorProto] = []
-    used_names = {t for n in nodes for t in (*n.input, *n.output)} | set(rd.inits) | out_set
+    used_names = set(readers) | set(producer) | set(rd.inits) | out_set
     used_names |= {vi.name for vi in g.input}
     made: dict[tuple[Any, ...], str] = {}
     for i, p in param_dq.items():
         n = nodes[i]
-        src = n.input[0]
+        src, dq_out = node_ins[i][0], node_outs[i][0]
         key = (src, p.key)
         fname = made.get(key)
         if fname is None:
@@ -516,26 +652,24 @@ def _import(
                 fname = stripped  # the float original is still there (read as it is too)
                 made[key] = fname
             else:
-                if n.output[0] in out_set or not stripped or stripped in used_names:
-                    fname = n.output[0]
+                if dq_out in out_set or not stripped or stripped in used_names:
+                    fname = dq_out
                 else:
                     fname = stripped
                     used_names.add(fname)
                 made[key] = fname
                 new_inits.append(numpy_helper.from_array(value, fname))
-        if n.output[0] != fname:
-            rename[n.output[0]] = fname
+        if dq_out != fname:
+            rename[dq_out] = fname
         pt = _Point(p, "param", fname)
-        pt.readers.extend(
-            (_first_output(nodes[j]), k) for j, k in direct_readers.get(n.output[0], [])
-        )
+        pt.readers.extend((first_out[j], k) for j, k in direct_readers(dq_out))
         points.append(pt)
 
     # 5. the float model
     pre: dict[str, str] = {}
-    float_model = _float_model(m, nodes, removed, rename, new_inits, relus, pre)
-    graph = load(float_model)
-    plan, scale_names = _plan(graph, points, rd, rename, pre)
+    float_model = _float_model(m, nd, removed, rename, new_inits, used_names, relus, pre)
+    graph = _load_own(float_model, label, base_dir)
+    plan, scale_names = _plan(graph, points, rd, rename, pre, dispatch, entry_ops)
     return QuantizedImport(graph, plan, tuple(dangling), scale_names, label)
 
 
@@ -543,12 +677,13 @@ def load_quantized(
     source: str | os.PathLike[str] | bytes | ModelProto,
     *,
     restore_clamps: bool = False,
+    platform: str | None = None,
 ) -> tuple[Graph, QuantPlan]:
     """``(graph, plan)`` of a QDQ model: the float network and the placement it encodes.
 
     See :func:`import_quantized` (which also lists the Q/DQ it could not pair).
     """
-    got = import_quantized(source, restore_clamps=restore_clamps)
+    got = import_quantized(source, restore_clamps=restore_clamps, platform=platform)
     return got.graph, got.plan
 
 
@@ -577,6 +712,41 @@ def _reader_side_name(dq_output: str, src: str) -> bool:
 _NON_NEGATIVE = frozenset(
     {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt", "Softplus", "Shape", "Size"}
 )
+
+
+def _clips_at_zero(rd: _Reader, n: onnx.NodeProto, op_type: str) -> bool:
+    """True for a ``Clip`` whose lower bound is a constant >= 0: its output is never negative,
+    so a clamping Q after it folded nothing (a clamp restored by an earlier import and written
+    out by ``fix``: restoring another would make ``fix`` of a fixed model change it)."""
+    if op_type != "Clip":
+        return False
+    if len(n.input) > 1:
+        lo = n.input[1]
+        if not lo or not rd.is_const(lo):
+            return False
+        return bool(np.all(np.asarray(rd.value(lo, n)) >= 0))
+    at = {a.name: a for a in n.attribute}
+    return "min" in at and at["min"].f >= 0
+
+
+#: Ops whose output is a selection, average or rearrangement of input 0's values: never
+#: negative when that input is not.
+_NONNEG_PASSIVE = frozenset(
+    {
+        "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten",
+        "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather", "Resize", "Identity", "Split",
+        "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "ReduceMax", "ReduceMean",
+    }
+)  # fmt: skip
+
+
+def _all_clamp(rd: _Reader, nd: _Nodes, readers: list[tuple[int, int]]) -> bool:
+    """True when there are readers and every one clamps at zero itself (a Relu, a Clip with a
+    lower bound >= 0): a clamping Q in front of them folded nothing."""
+    return bool(readers) and all(
+        k == 0 and (nd.types[j] == "Relu" or _clips_at_zero(rd, nd.protos[j], nd.types[j]))
+        for j, k in readers
+    )
 
 
 _RELU = "\x00relu:"
@@ -621,12 +791,12 @@ def _plain(graph: Graph, label: str) -> QuantizedImport:
     return QuantizedImport(graph, QuantPlan.empty(graph), source=label)
 
 
-def _first_output(n: onnx.NodeProto) -> str:
-    return n.output[0] if n.output else ""
-
-
-def _topo(nodes: list[onnx.NodeProto], producer: dict[str, int]) -> list[int]:
-    """Node indices in a topological order (file order when it already is one)."""
+def _topo(nodes: list[tuple[str, ...]], producer: dict[str, int]) -> list[int]:
+    """Node indices (``nodes``: each node's inputs) in a topological order (file order when it
+    already is one)."""
+    get = producer.get
+    if all(get(t, -1) < i for i, ins in enumerate(nodes) for t in ins):
+        return list(range(len(nodes)))  # sorted, as ONNX requires: one pass, no walk
     state = [0] * len(nodes)
     out: list[int] = []
     for start in range(len(nodes)):
@@ -635,7 +805,7 @@ def _topo(nodes: list[onnx.NodeProto], producer: dict[str, int]) -> list[int]:
         stack = [(start, 0)]
         while stack:
             i, k = stack.pop()
-            ins = nodes[i].input
+            ins = nodes[i]
             if k == 0:
                 if state[i]:
                     continue
@@ -651,21 +821,49 @@ def _topo(nodes: list[onnx.NodeProto], producer: dict[str, int]) -> list[int]:
     return out
 
 
+@attrs.frozen
+class _Nodes:
+    """The model's nodes with the fields the importer reads, read once (every protobuf field
+    access builds a wrapper object: on a 200k-node model that dominated the import)."""
+
+    protos: list[onnx.NodeProto]
+    ins: list[tuple[str, ...]]
+    outs: list[tuple[str, ...]]
+    types: list[str]  # op_type, "" outside the ONNX and com.microsoft domains
+    names: list[str]
+
+    @classmethod
+    def read(cls, g: onnx.GraphProto) -> _Nodes:
+        protos = list(g.node)
+        ins, outs, types, names = [], [], [], []
+        for n in protos:
+            ins.append(tuple(n.input))
+            outs.append(tuple(n.output))
+            types.append(n.op_type if n.domain in _QDQ_DOMAINS else "")
+            names.append(n.name)
+        return cls(protos, ins, outs, types, names)
+
+
 def _float_model(
     m: ModelProto,
-    nodes: list[onnx.NodeProto],
+    nodes: _Nodes,
     removed: set[int],
     rename: dict[str, str],
     new_inits: Iterable[TensorProto],
+    taken: set[str],
     relus: Iterable[tuple[str, float]] = (),
     pre_names: dict[str, str] | None = None,
 ) -> ModelProto:
+    """The model without the removed Q/DQ, tensors renamed, dequantized weights added.
+
+    ``m`` is the importer's own copy: its kept nodes are renamed in place. ``taken`` holds
+    every name in use (fresh names for restored clamps avoid it).
+    """
     out = ModelProto()
     relu_at = dict(relus)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 21)
     clip_inits: list[TensorProto] = []
-    taken = {t for n in nodes for t in (*n.input, *n.output)} | {n.name for n in nodes}
-    taken |= {t.name for t in m.graph.initializer} | {vi.name for vi in m.graph.input}
+    taken = taken | set(nodes.names)
 
     def fresh(base: str) -> str:
         name, k = base, 2
@@ -674,22 +872,42 @@ def _float_model(
         taken.add(name)
         return name
 
-    out.CopyFrom(m)
+    # everything but the nodes, initializers and value_info is copied; the kept nodes are
+    # renamed in place and copied once, by ``extend``
+    _copy_fields(m, out, skip=("graph",))
     g = out.graph
-    kept = []
-    for i, n in enumerate(nodes):
+    _copy_fields(m.graph, g, skip=("node", "initializer", "value_info"))
+    kept: list[onnx.NodeProto] = []
+    constants: list[tuple[int, str]] = []  # (position in kept, output) of Constant nodes
+    read: set[str] = {o.name for o in g.output}
+    produced: set[str] = set()
+    rget = rename.get
+    for i, c in enumerate(nodes.protos):
         if i in removed:
             continue
-        c = onnx.NodeProto()
-        c.CopyFrom(n)
-        for k, t in enumerate(c.input):
-            if t in rename:
-                c.input[k] = rename[t]
-        for k, t in enumerate(c.output):
-            if t in rename:
-                c.output[k] = rename[t]
+        ins, outs = nodes.ins[i], nodes.outs[i]
+        if rename:
+            new_ins = tuple(rget(t, t) for t in ins)
+            if new_ins != ins:
+                c.input[:] = new_ins
+                ins = new_ins
+            new_outs = tuple(rget(t, t) for t in outs)
+            if new_outs != outs:
+                c.output[:] = new_outs
+                outs = new_outs
+        read.update(ins)
+        produced.update(outs)
+        op = nodes.types[i]
+        if op in _SUBGRAPH_OPS or not op:  # only these can hold sub-graphs
+            for a in c.attribute:
+                if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                    read.update(_captured(a))  # sub-graph captures
+        if op == "Constant" and nodes.protos[i].domain in ("", "ai.onnx"):
+            constants.append((len(kept), outs[0] if outs else ""))
         kept.append(c)
-        for k, t in enumerate(c.output):
+        if not relu_at:
+            continue
+        for k, t in enumerate(outs):
             if t in relu_at:  # the Relu/Clip the quantizer folded into a clamping Q
                 pre = fresh(f"{t}_before_clip")
                 c.output[k] = pre
@@ -701,50 +919,68 @@ def _float_model(
                     clip_inits.append(numpy_helper.from_array(np.array(0, np.float32), lo))
                     clip_inits.append(numpy_helper.from_array(np.array(top, np.float32), hi))
                     clip = helper.make_node("Clip", [pre, lo, hi], [t], fresh(f"{t}_Clip"))
+                    read.update((pre, lo, hi))
                 else:
                     clip = helper.make_node(
                         "Clip", [pre], [t], fresh(f"{t}_Clip"), min=0.0, max=float(top)
                     )
+                    read.add(pre)
+                produced.add(pre)
                 kept.append(clip)
-    read: set[str] = {o.name for o in g.output} | {t.name for t in clip_inits}
-    for n in kept:
-        read.update(n.input)
-        for a in n.attribute:  # sub-graph captures
-            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                read.update(_captured(a))
     # Constant nodes that only fed Q/DQ parameters go with them
-    kept = [
-        n
-        for n in kept
-        if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output[0] not in read)
-    ]
-    del g.node[:]
-    g.node.extend(kept)
-    inits = [t for t in g.initializer if t.name in read]
-    dropped = {t.name for t in g.initializer} - read
-    del g.initializer[:]
-    g.initializer.extend(inits)
+    unread = {k for k, t in constants if t not in read}
+    g.node.extend([n for k, n in enumerate(kept) if k not in unread] if unread else kept)
+    src = m.graph
+    g.initializer.extend([t for t in src.initializer if t.name in read])
+    dropped = {t.name for t in src.initializer} - read
     g.initializer.extend(new_inits)
     g.initializer.extend(clip_inits)
     if dropped:
-        ins = [vi for vi in g.input if vi.name not in dropped]
+        ins_ = [vi for vi in g.input if vi.name not in dropped]
         del g.input[:]
-        g.input.extend(ins)
+        g.input.extend(ins_)
     for o in g.output:
         if o.name in rename:
             o.name = rename[o.name]
-    live = read | {t for n in kept for t in n.output}
-    seen: set[str] = set()
+    live = read | produced
+    seen: set[str] = {o.name for o in g.output}
     vis = []
-    for vi in g.value_info:
+    for vi in src.value_info:
         name = rename.get(vi.name, vi.name)
-        if name in live and name not in seen and name not in {o.name for o in g.output}:
+        if name in live and name not in seen:
             seen.add(name)
-            vi.name = name
+            vi.name = name  # the importer's own copy of the model
             vis.append(vi)
-    del g.value_info[:]
     g.value_info.extend(vis)
     return out
+
+
+def _load_own(m: ModelProto, label: str, base_dir: str | None) -> Graph:
+    """:func:`fusekit.load` of a model the importer built (no defensive copy; external data
+    of the original file resolved against its directory)."""
+    from .onnx_io import _build_graph
+
+    try:
+        return _build_graph(m, m.graph, label, base_dir)
+    except InvalidGraph as e:
+        if e.source is None:
+            raise type(e)(str(e), e.problems, label) from None
+        raise
+    except UnicodeError as e:
+        raise InvalidModel(f"not a valid ONNX model: {e} is not valid UTF-8", label) from None
+
+
+def _copy_fields(src: Any, dst: Any, skip: tuple[str, ...]) -> None:
+    """Copy the fields set in protobuf message ``src`` into ``dst``, except ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
 
 
 def _captured(a: onnx.AttributeProto) -> set[str]:
@@ -759,6 +995,8 @@ def _captured(a: onnx.AttributeProto) -> set[str]:
     return names
 
 
+_SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
 _BN = "BatchNormalization"
 
 
@@ -768,26 +1006,50 @@ def _plan(
     rd: _Reader,
     rename: dict[str, str],
     pre: dict[str, str],
+    dispatch: str = IMPORTED_PLATFORM,
+    entry_ops: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[QuantPlan, tuple[tuple[Slot, str], ...]]:
     """The plan of ``points`` on the imported graph (links: overlap per point, follow per
-    shared scale initializer)."""
+    shared scale initializer).
+
+    With a ``"node-unit"`` ``dispatch`` platform, the ops of ``entry_ops`` (whose quantized
+    output some float readers bypass: fusekit's export of an op that runs in float) keep
+    their activation inputs FP32, as the plan they were exported from had them, so that the
+    export routes those readers to the float value again.
+    """
+    node_unit = False
+    if dispatch != IMPORTED_PLATFORM:
+        from .platforms import get_platform
+
+        node_unit = get_platform(dispatch).placement == "node-unit"
+    entry_oids = set()
+    if node_unit:
+        for t in entry_ops:
+            tid0 = graph.index.tensor_id.get(rename.get(t, t))
+            if tid0 is not None and graph.index.producer[tid0] >= 0:
+                entry_oids.add(int(graph.index.slot_op[graph.index.producer[tid0]]))
     idx = graph.index
+    ar = graph.arrays()  # plain lists: the audit's pipeline builds them anyway
+    tid_of = {t: i for i, t in enumerate(ar.tensor_names)}
+    slot_base, n_in, slot_op, a_producer = ar.slot_base, ar.n_in, ar.slot_op, ar.producer
+    op_types = ar.op_types
     configs: dict[int, TensorQuantConfig] = {}
     overlaps: list[tuple[int, int]] = []
     roots: list[tuple[int, _Point]] = []
 
-    def op_of(first_output: str) -> str:
+    def op_of(first_output: str) -> int:
+        """The id of the op whose first output was ``first_output`` in the model."""
         if first_output.startswith(_RELU):  # the Clip restored in front of a clamping Q
             name = first_output[len(_RELU) :]
         else:  # the node that wrote it (it writes the pre-Clip value when one was restored)
             name = rename.get(first_output, first_output)
             name = pre.get(name, name)
-        s = graph.producer(name)
-        if s is None:
+        tid = tid_of.get(name)
+        if tid is None or a_producer[tid] < 0:
             raise UnsupportedQuantization(
                 f"cannot find the op writing {first_output!r} in the imported graph", rd.label
             )
-        return s.op
+        return int(slot_op[a_producer[tid]])
 
     def rank_of(t: str) -> int | None:
         init = graph.initializers.get(t)
@@ -813,15 +1075,18 @@ def _plan(
         first: int | None = None
         if pt.kind == "after":
             assert pt.producer is not None
-            first = idx.slot_id(Slot(op_of(pt.producer[0]), "out", pt.producer[1]))
+            oid = op_of(pt.producer[0])
+            first = slot_base[oid] + n_in[oid] + pt.producer[1]
             configs[first] = config(pt.params, rank, QuantState.ACTIVATED)
         for out0, k in pt.readers:
             reader = op_of(out0)
-            if pt.kind == "after" and k == 0 and graph.ops[reader].op_type == _BN:
+            if pt.kind == "after" and reader in entry_oids:
+                continue  # an op running in float: its input stays FP32 (see above)
+            if pt.kind == "after" and k == 0 and op_types[reader] == _BN:
                 # it reads the pair's output as every consumer does; an OVERLAPPED input would
                 # tell the exporter the BatchNormalization is fused into its producer (folded)
                 continue
-            sid = idx.slot_id(Slot(reader, "in", k))
+            sid = slot_base[reader] + k
             if first is None:
                 first = sid
                 state = (
@@ -840,14 +1105,15 @@ def _plan(
         policy=QuantPolicy.of("PER_TENSOR", "LINEAR", "SYMMETRICAL"), state=QuantState.FP32
     )
     ops: dict[str, tuple[str, list[TensorQuantConfig], list[TensorQuantConfig]]] = {}
+    done: set[int] = set()
     for sid in sorted(configs):
-        s = idx.slot_key(sid)
-        if s.op in ops:
+        oid = slot_op[sid]
+        if oid in done:
             continue
-        oid = idx.op_id[s.op]
+        done.add(oid)
         ins = [configs.get(x, fp32) for x in idx.input_sids(oid)]
         outs = [configs.get(x, fp32) for x in idx.output_sids(oid)]
-        ops[s.op] = (IMPORTED_PLATFORM, ins, outs)
+        ops[ar.op_names[oid]] = (dispatch, ins, outs)
     plan = QuantPlan.from_configs(graph, ops)
     e = plan.evolver()
     for a, b in overlaps:
@@ -863,6 +1129,223 @@ def _plan(
         elif e.root(sid) != e.root(master):
             e.follow_sid(sid, master)
     return e.persistent(), tuple(names)
+
+
+# --------------------------------------------------------------------------------------------
+# QOperator format: rewritten to the QDQ form it computes, then imported as any QDQ model
+
+#: QOperator op -> (float op type, positions of (x, scale, zero point) triples of the quantized
+#: inputs, positions of (scale, zero point) of the output or None for a float output). Inputs
+#: not listed pass through (QLinearConv's int32 bias is handled apart).
+_QOP: dict[str, tuple[str, tuple[tuple[int, int, int], ...], tuple[int, int] | None]] = {
+    "QLinearConv": ("Conv", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearMatMul": ("MatMul", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QGemm": ("Gemm", ((0, 1, 2), (3, 4, 5)), (7, 8)),
+    "QLinearAdd": ("Add", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearMul": ("Mul", ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearSigmoid": ("Sigmoid", ((0, 1, 2),), (3, 4)),
+    "QLinearLeakyRelu": ("LeakyRelu", ((0, 1, 2),), (3, 4)),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", ((0, 1, 2),), (3, 4)),
+    "QLinearAveragePool": ("AveragePool", ((0, 1, 2),), (3, 4)),
+    "QLinearConcat": ("Concat", (), (0, 1)),  # inputs: triples from position 2
+    # ``opset``: the Softmax semantics it was made from, the model's own opset (dropped)
+    "QLinearSoftmax": ("Softmax", ((0, 1, 2),), (3, 4)),
+}
+
+#: Ops onnxruntime's QOperator format runs on quantized tensors directly (the value keeps its
+#: scale): their quantized data input is dequantized, their outputs quantized with its scale.
+_QOP_PASSTHROUGH = frozenset(
+    {
+        "MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Resize", "Split",
+        "Slice", "Gather", "Identity", "Pad", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+    }
+)  # fmt: skip
+
+#: QOperator-family op types the conversion cannot read, with the reason named in the refusal.
+_QOP_REFUSED = {
+    "DynamicQuantizeLinear": "dynamic quantization: scales computed at run time",
+    "MatMulInteger": "integer-output kernel (dynamic quantization): its scale is applied later",
+    "ConvInteger": "integer-output kernel (dynamic quantization): its scale is applied later",
+    "DynamicQuantizeMatMul": "dynamic quantization: scales computed at run time",
+    "MatMulIntegerToFloat": "dynamic quantization: scales computed at run time",
+}
+
+
+class _Getter:
+    """``get(k)``: input ``k`` of a node, ``""`` when omitted."""
+
+    def __init__(self, ins: list[str]):
+        self.ins = ins
+
+    def __call__(self, k: int) -> str:
+        return self.ins[k] if k < len(self.ins) else ""
+
+
+def _is_qoperator(types: list[str]) -> bool:
+    return any(t in _QOP or t in _QOP_REFUSED or t.startswith("QLinear") for t in types)
+
+
+def _qoperator_to_qdq(m: ModelProto, nd: _Nodes, label: str, base_dir: str | None) -> ModelProto:
+    """The QDQ model a QOperator model computes: every QLinear op becomes ``DequantizeLinear``
+    of its quantized inputs, the float op, ``QuantizeLinear`` of its output with the node's
+    own scales and zero points; an int32 bias becomes ``DequantizeLinear`` with scale
+    ``x_scale * w_scale``; ops run on quantized tensors directly (MaxPool, Reshape, ...) get
+    the pair of the value they read. Refuses (naming every op type) what it cannot read.
+    ``m`` is the importer's own copy: it is rebuilt in place.
+    """
+    g = m.graph
+    bad: Counter[str] = Counter()
+    for t, n in zip(nd.types, nd.protos, strict=True):
+        if t in _QOP_REFUSED or (t.startswith("QLinear") and t not in _QOP):
+            bad[t] += 1
+        elif t == "QGemm" or t in ("QLinearGlobalAveragePool", "QLinearAveragePool"):
+            at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            if at.get("channels_last", 0):
+                bad[f"{t}(channels_last=1)"] += 1
+            if t == "QGemm" and (at.get("alpha", 1.0) != 1.0 or at.get("beta", 1.0) != 1.0):
+                bad[f"{t}(alpha/beta != 1)"] += 1
+    if bad:
+        kinds = ", ".join(
+            f"{t} x{c}" + (f" ({_QOP_REFUSED[t]})" if t in _QOP_REFUSED else "")
+            for t, c in sorted(bad.items())
+        )
+        raise UnsupportedQuantization(
+            f"QOperator-format model: fusekit cannot read these op types: {kinds}; export it "
+            "statically quantized (onnxruntime: quantize_static) in QDQ or QOperator format",
+            label,
+        )
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 21)
+    inits = {t.name: t for t in g.initializer}
+    consts = {
+        n.output[0]: n
+        for n in nd.protos
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.output) == 1
+    }
+    taken = {t for ins in nd.ins for t in ins} | {t for outs in nd.outs for t in outs}
+    taken |= set(inits) | {vi.name for vi in g.input} | set(nd.names)
+    new_inits: list[TensorProto] = []
+
+    def fresh(base: str) -> str:
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    def stripped(t: str) -> str:
+        return t[: -len("_quantized")] if t.endswith("_quantized") else t
+
+    def value(name: str, node: str) -> np.ndarray[Any, Any]:
+        t = inits.get(name)
+        if t is None and name in consts:
+            a = next((a for a in consts[name].attribute if a.name == "value"), None)
+            t = a.t if a is not None else None
+        if t is None:
+            raise UnsupportedQuantization(
+                f"node {node!r} reads {name!r} as a scale, which is computed, not a constant",
+                label,
+            )
+        return np.asarray(numpy_helper.to_array(t, base_dir or ""))
+
+    qparams: dict[str, tuple[str, str]] = {}  # quantized tensor -> (scale, zero point)
+    dq_memo: dict[tuple[str, str, str, int | None], str] = {}
+    out_nodes: list[onnx.NodeProto] = []
+
+    def dq(x: str, s: str, z: str, axis: int | None = None) -> str:
+        key = (x, s, z, axis)
+        got = dq_memo.get(key)
+        if got is None:
+            got = dq_memo[key] = fresh(stripped(x) if x.endswith("_quantized") else f"{x}_dq")
+            ins = [x, s, z] if z else [x, s]
+            node = helper.make_node("DequantizeLinear", ins, [got], fresh(f"{got}_DQ"))
+            if axis is not None:
+                node.attribute.append(helper.make_attribute("axis", axis))
+            out_nodes.append(node)
+        return got
+
+    def q_after(float_out: str, y: str, s: str, z: str) -> None:
+        ins = [float_out, s, z] if z else [float_out, s]
+        out_nodes.append(helper.make_node("QuantizeLinear", ins, [y], fresh(f"{y}_Q")))
+        qparams[y] = (s, z)
+
+    def weight_axis(t: str, w: str, s: str, node: onnx.NodeProto) -> int | None:
+        if value(s, node.name).size <= 1:
+            return None
+        if opset < 13:
+            raise UnsupportedQuantization(
+                f"{t} {node.name!r} has per-channel weights below opset 13 (DequantizeLinear "
+                "has no axis there)",
+                label,
+            )
+        if t == "QLinearConv":
+            return 0
+        if t == "QGemm":
+            tb = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            return 0 if tb else 1
+        rank = len(inits[w].dims) if w in inits else 2
+        return rank - 1  # QLinearMatMul: per column of B
+
+    for i, n in enumerate(nd.protos):
+        t = nd.types[i]
+        ins, outs = list(nd.ins[i]), list(nd.outs[i])
+        get = _Getter(ins)
+        if t == "QuantizeLinear" and outs:
+            out_nodes.append(n)
+            qparams[outs[0]] = (get(1), get(2))
+            continue
+        if t in _QOP:
+            ftype, triples, yq = _QOP[t]
+            if t == "QLinearConcat":
+                triples = tuple((k, k + 1, k + 2) for k in range(2, len(ins), 3))
+            float_ins: dict[int, str] = {}
+            for xi, si, zi in triples:
+                axis = weight_axis(t, get(xi), get(si), n) if xi == 3 else None
+                float_ins[xi] = dq(get(xi), get(si), get(zi), axis)
+            if t == "QLinearConcat":
+                f_in = [float_ins[k] for k, _, _ in triples]
+            else:
+                f_in = [float_ins[k] for k, _, _ in triples]
+                bias = get(8) if t == "QLinearConv" else get(6) if t == "QGemm" else ""
+                if bias:  # int32, scale x_scale * w_scale, zero point 0
+                    sx, sw = value(get(1), n.name), value(get(4), n.name)
+                    sb = fresh(f"{stripped(bias)}_scale")
+                    scale = (sx.astype(np.float32) * sw.astype(np.float32)).reshape(-1)
+                    new_inits.append(
+                        numpy_helper.from_array(scale if scale.size > 1 else scale[0], sb)
+                    )
+                    axis = 0 if scale.size > 1 else None
+                    f_in.append(dq(bias, sb, "", axis))
+            kept_at = [a for a in n.attribute if a.name not in ("channels_last", "opset")]
+            y = outs[0]
+            f_out = fresh(f"{stripped(y)}_float") if yq is not None else y
+            fnode = helper.make_node(ftype, f_in, [f_out], n.name)
+            fnode.attribute.extend(kept_at)
+            out_nodes.append(fnode)
+            if yq is not None:
+                q_after(f_out, y, get(yq[0]), get(yq[1]))
+            continue
+        if t in _QOP_PASSTHROUGH and ins and ins[0] in qparams:
+            s, z = qparams[ins[0]]
+            ins[0] = dq(ins[0], s, z)
+            f_outs = [fresh(f"{stripped(o)}_float") if o else "" for o in outs]
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            c.input[:] = ins
+            c.output[:] = f_outs
+            out_nodes.append(c)
+            for fo, o in zip(f_outs, outs, strict=True):
+                if o:
+                    q_after(fo, o, s, z)
+            continue
+        out_nodes.append(n)
+    del g.node[:]
+    g.node.extend(out_nodes)
+    g.initializer.extend(new_inits)
+    # the quantized tensors' declared types no longer hold for the renamed ones: drop them
+    kept_vi = [vi for vi in g.value_info if vi.name not in qparams]
+    del g.value_info[:]
+    g.value_info.extend(kept_vi)
+    return m
 
 
 # --------------------------------------------------------------------------------------------

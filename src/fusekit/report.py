@@ -1371,3 +1371,129 @@ def write_report(
     """
     text = render_report(graph, plan, result, evaluation, title, **options)
     write_bytes_atomic(Path(path), text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# the audit report (issue 11): a quantized model's own placement, its findings highlighted,
+# beside the platform's plan
+
+
+_AUDIT_CSS = (
+    "mark.fk-finding{padding:0 2px;border-radius:2px}"
+    "mark.fk-sev-error{background:#f6c3c3}mark.fk-sev-warning{background:#fbe3a8}"
+    "mark.fk-sev-info{background:#d7e6f7}"
+    "path.fk-hl{stroke:#d00 !important;stroke-width:3px !important}"
+    "table.fk-audit td{vertical-align:top}"
+)
+
+
+def _audit_state(plan: QuantPlan, roots: Sequence[int], sid: int) -> str:
+    """A slot's state in ``plan``, with its point's bit width and scale."""
+    import numpy as np
+
+    cfg = plan.configs[sid]
+    if cfg is None:
+        return "not quantized"
+    text: str = cfg.state.name
+    root = roots[sid]
+    rc = plan.configs[root] if root >= 0 else cfg
+    if rc is not None and rc.scale is not None and cfg.state in QUANT_POINT_STATES:
+        scale = np.asarray(rc.scale).reshape(-1)
+        text += f" {rc.num_bits}-bit scale " + (
+            _num(float(scale[0])) if scale.size == 1 else f"x{scale.size}"
+        )
+    return text
+
+
+def render_audit_report(
+    graph: Graph,
+    plan: QuantPlan,
+    result: Any,
+    title: str | None = None,
+    **options: int,
+) -> str:
+    """The HTML report of an audit (:func:`fusekit.audit.audit`'s ``AuditResult``): the
+    model's actual placement ``plan`` drawn as :func:`render_report` draws a plan, with
+
+    * a findings table (severity, kind, tensors, ops, message, fix, platform rule and the
+      pipeline's decision), every tensor a finding names marked
+      (``<mark class="fk-finding fk-sev-<severity>" data-tensor="...">``);
+    * the edges of those tensors highlighted in the drawing (class ``fk-hl``);
+    * the model's placement beside the platform's plan (``result.expected.plan``), slot by
+      slot, for every slot a finding names.
+
+    ``options`` are :func:`render_report`'s keyword options.
+    """
+    from .audit import AuditResult
+    from .errors import UnknownSlot
+
+    if not isinstance(result, AuditResult):
+        raise ReportError(f"result must be an AuditResult, not {type(result).__name__}")
+    want = result.expected.plan
+    doc_title = title if title is not None else f"fusekit audit: {graph.name or 'model'}"
+    base = render_report(graph, plan, None, None, doc_title, **options)
+    idx = graph.index
+    rows = []
+    for f in result.findings:
+        marks = " ".join(
+            f'<mark class="fk-finding fk-sev-{_e(f.severity)}" data-tensor="{_e(t)}">{_e(t)}</mark>'
+            for t in f.tensors
+        )
+        rule = _e(f.rule) + (f"<br><code>{_e(f.decision)}</code>" if f.decision else "")
+        rows.append(
+            f'<tr class="fk-sev-{_e(f.severity)}"><td>{_e(f.severity)}</td><td>{_e(f.kind)}</td>'
+            f"<td>{marks}</td><td>{_e(', '.join(f.ops))}</td><td>{_e(f.message)}</td>"
+            f"<td>{_e(f.fix)}</td><td>{rule}</td></tr>"
+        )
+    counts = ", ".join(f"{result.count(s)} {s}" for s in ("error", "warning", "info"))
+    section = [
+        f'<h2 id="findings">Findings against {_e(result.platform)}</h2>',
+        f'<p class="note">{len(result.findings)} finding(s): {_e(counts)}. The drawing below '
+        "is the model's own placement; the edges of the tensors a finding names are drawn "
+        "red.</p>",
+        '<table class="fk-audit"><tr><th>severity</th><th>kind</th><th>tensors</th><th>ops</th>'
+        "<th>what</th><th>fix</th><th>platform rule / decision</th></tr>",
+        *rows,
+        "</table>",
+        f'<h2 id="beside">Model placement beside the {_e(result.platform)} plan</h2>',
+        '<table class="fk-audit"><tr><th>slot</th><th>tensor</th><th>model</th>'
+        f"<th>{_e(result.platform)}</th></tr>",
+    ]
+    seen: set[int] = set()
+    have_roots, want_roots = plan.root_ids(), want.root_ids()
+    for f in result.findings:
+        for s in f.slots:
+            try:
+                sid = idx.slot_id(s)
+            except UnknownSlot:  # not a slot of this graph
+                continue
+            if sid in seen:
+                continue
+            seen.add(sid)
+            tid = idx.slot_tensor[sid]
+            t = idx.tensor_names[tid] if tid >= 0 else ""
+            model, platform = (
+                _audit_state(plan, have_roots, sid),
+                _audit_state(want, want_roots, sid),
+            )
+            section.append(
+                f'<tr><td>{_e(str(s))}</td><td><mark class="fk-finding fk-sev-{_e(f.severity)}" '
+                f'data-tensor="{_e(t)}">{_e(t)}</mark></td><td>{_e(model)}</td>'
+                f"<td>{_e(platform)}</td></tr>"
+            )
+    section.append("</table>")
+    out = base.replace("</style>", _AUDIT_CSS + "</style>", 1)
+    out = out.replace('<h2 id="graph">', "".join(section) + '<h2 id="graph">', 1)
+    hot = {t for f in result.findings for t in f.tensors}
+    if hot:
+        titles = "|".join(re.escape(_e(t)) for t in sorted(hot, key=len, reverse=True))
+        pattern = re.compile(r'<path class="(e [a-z]+)"([^>]*)><title>(' + titles + r") \(")
+        out = pattern.sub(lambda m: f'<path class="{m[1]} fk-hl"{m[2]}><title>{m[3]} (', out)
+        # an edge cut by a page break is a stub on each page
+        stub = re.compile(
+            r'<path class="stub"([^>]*)/>(<text[^<]*</text>)<title>(' + titles + r") (read|from) "
+        )
+        out = stub.sub(
+            lambda m: f'<path class="stub fk-hl"{m[1]}/>{m[2]}<title>{m[3]} {m[4]} ', out
+        )
+    return out

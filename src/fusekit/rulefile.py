@@ -162,6 +162,16 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
             if unknown:
                 raise InvalidPlatform(f"{where}: unknown alignment group(s) {sorted(unknown)}")
             kw[key] = {k: _names(v, f"{where}[{k!r}]") for k, v in value.items()}
+        elif key == "float_matvec":
+            if not isinstance(value, bool):
+                raise InvalidPlatform(f"{where}: expected true or false")
+            kw[key] = value
+        elif key == "alignment_required":
+            names = _names(value, where)
+            unknown = set(names) - {"elementwise", "concat", "pooling", "resize"}
+            if unknown:
+                raise InvalidPlatform(f"{where}: unknown alignment group(s) {sorted(unknown)}")
+            kw[key] = names
         else:
             if isinstance(value, str) or not isinstance(value, Iterable):
                 raise InvalidPlatform(f"{where}: expected a list of names")
@@ -241,6 +251,8 @@ def platform_to_dict(p: Platform) -> dict[str, Any]:
         "alignment": {k: sorted(v) for k, v in sorted(p.alignment.items())},
         "quirks": sorted(p.quirks),
         "non_onnx_types": sorted(p.non_onnx_types),
+        "alignment_required": sorted(p.alignment_required),
+        "float_matvec": p.float_matvec,
     }
 
 

@@ -9,7 +9,13 @@ onnxruntime session. Each group is explained by the rules that made it (from the
 decision log): which fusion or alignment tied its members to one scale.
 
 :func:`leave_float` is the edit itself and :func:`greedy_fallback` applies it to the ``n``
-most harmful groups (ranked once, by their single-group gain).
+most harmful groups (ranked once, by their single-group gain); :func:`fallback_to_target`
+leaves groups float in ranking order, measuring the whole plan after each, until a target
+SQNR is reached (``fuse --target-sqnr``).
+
+A scan of a large model is thousands of short onnxruntime runs: it screens every group on a
+few samples and scores only the best again on all of them, runs one intra-op thread per
+session, and counts its runs so tests can bound the work without timing it.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ from .graph import Graph, Slot
 from .quant import QuantPlan, QuantState, Visibility, check_plan_graph
 
 __all__ = [
+    "Fallback",
+    "FallbackStep",
     "GroupSensitivity",
     "Sensitivity",
     "activation_groups",
+    "fallback_to_target",
     "greedy_fallback",
     "leave_float",
     "sensitivity",
@@ -47,6 +56,8 @@ class GroupSensitivity:
     sqnr_db: float
     gain_db: float
     pairs: int
+    #: evaluation samples behind ``sqnr_db``/``gain_db`` (fewer for a group only screened)
+    samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -58,18 +69,29 @@ class GroupSensitivity:
             "sqnr_db": _json(self.sqnr_db),
             "gain_db": _json(self.gain_db),
             "pairs": self.pairs,
+            "samples": self.samples,
         }
 
 
 @attrs.frozen
 class Sensitivity:
-    """The ranking: groups by SQNR recovered when left float, largest first."""
+    """The ranking: groups by SQNR recovered when left float, largest first.
+
+    Groups scored on every sample (the refined ones) come first, the groups only screened after
+    them, each part by gain.
+    """
 
     base_sqnr_db: float
     base_pairs: int
     groups: tuple[GroupSensitivity, ...]
     samples: int
     sessions: int
+    #: samples of the first stage (every group), equal to ``samples`` without screening
+    screen_samples: int = 0
+    #: groups whose export equals the plan's own (gain exactly 0, not run)
+    skipped: int = 0
+    #: quantized-model runs in all (one per session and sample scored)
+    runs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -78,6 +100,9 @@ class Sensitivity:
             "base_activation_pairs": self.base_pairs,
             "samples": self.samples,
             "sessions": self.sessions,
+            "screen_samples": self.screen_samples,
+            "skipped": self.skipped,
+            "runs": self.runs,
             "groups": [g.to_dict() for g in self.groups],
         }
 
@@ -129,6 +154,87 @@ def _rules(decisions: Sequence[Any], group: frozenset[Slot]) -> tuple[str, ...]:
     return tuple(rules)
 
 
+class _Meter:
+    """Exports a plan, runs it in one onnxruntime session and scores it against the float model.
+
+    The float outputs are computed once; ``runs`` counts every quantized-model run (the work a
+    scan does, which the tests count instead of timing it). ``base`` is the serialized export
+    of the plan the scan starts from: a variant that serializes to the same bytes scores the
+    same, so it is never run.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        ref_graph: Graph,
+        data: Any,
+        kernels: str,
+        threads: int,
+    ) -> None:
+        from .onnx_io import ModelExtras, to_model
+        from .runtime import as_dataset, model_bytes, run, session
+
+        if kernels not in ("reference", "int8"):
+            raise InvalidData(f"unknown kernels {kernels!r}; choose reference or int8")
+        self.graph, self.threads = graph, threads
+        self.level = "none" if kernels == "reference" else "all"
+        base_dir = ref_graph.extras.base_dir if isinstance(ref_graph.extras, ModelExtras) else None
+        ds = as_dataset(data, ref_graph, split="eval")
+        self.feeds = list(ds)
+        if not self.feeds:
+            raise InvalidData(f"{ds.label}: no evaluation samples")
+        self.outputs = list(ref_graph.outputs)
+        ref = session(
+            model_bytes(to_model(ref_graph), base_dir),
+            "float model",
+            optimize=self.level,
+            threads=threads,
+        )
+        self.refs = [run(ref, self.outputs, f, "float model", k) for k, f in enumerate(self.feeds)]
+        self.runs = 0
+        self.sessions = 0
+        self.checked = True
+
+    def export(self, p: QuantPlan) -> tuple[bytes, int]:
+        """The serialized QDQ model of ``p`` and its activation Q/DQ pairs."""
+        from .export import build_qdq
+
+        # onnx.checker once, on the plan's own export: a variant only drops Q/DQ pairs
+        qdq = build_qdq(self.graph, p, check=self.checked)
+        self.checked = False
+        return qdq.model.SerializeToString(), qdq.activation_pairs
+
+    def score(self, model: bytes, label: str, n: int | None = None) -> float:
+        """The lowest output SQNR of ``model`` over the first ``n`` samples (None: all)."""
+        return self.scores(model, label, n)[0]
+
+    def scores(self, model: bytes, label: str, n: int | None, prefix: int = 0) -> list[float]:
+        """:meth:`score` over the first ``n`` samples, then over the first ``prefix`` too
+        (the same runs: one session scores a plan on the screening and the full set)."""
+        from .evaluate import _Acc
+        from .runtime import run, session
+
+        sess = session(model, label, optimize=self.level, threads=self.threads)
+        self.sessions += 1
+        accs = [_Acc() for _ in self.outputs]
+        feeds = self.feeds if n is None else self.feeds[:n]
+        got: list[float] = []
+        for k, f in enumerate(feeds):
+            self.runs += 1
+            for acc, r, q in zip(accs, self.refs[k], run(sess, self.outputs, f, label, k)):
+                acc.add(r, q)
+            if k + 1 == prefix:
+                got.append(self._worst(accs))
+        return [self._worst(accs), *got]
+
+    def _worst(self, accs: list[Any]) -> float:
+        return float(min(a.metrics(o).sqnr_db for a, o in zip(accs, self.outputs)))
+
+
+def _gain(sqnr: float, base: float) -> float:
+    return sqnr - base if math.isfinite(sqnr) and math.isfinite(base) else math.inf
+
+
 def sensitivity(
     graph: Graph,
     plan: QuantPlan,
@@ -139,6 +245,9 @@ def sensitivity(
     max_groups: int | None = None,
     kernels: str = "reference",
     progress: bool | None = None,
+    screen_samples: int | None = 2,
+    refine: int = 8,
+    threads: int = 1,
 ) -> Sensitivity:
     """Rank the activation groups of calibrated ``plan`` by the SQNR recovered left float.
 
@@ -147,63 +256,70 @@ def sensitivity(
     pass the original model when ``graph`` was equalized). ``max_groups`` evaluates only the
     groups with the most quantized tensors (None: all). ``kernels`` as in
     :func:`fusekit.evaluate.evaluate`.
+
+    Two stages keep a large model's scan short: every group is first scored on the first
+    ``screen_samples`` samples, then the ``refine`` groups that gained most there (and gained
+    at all) are scored again on every sample. A group whose export is byte-identical to the
+    plan's own (its Q/DQ pairs are written for another group too) is not run: its gain is
+    exactly 0. ``screen_samples=None`` (or at least the sample count) scores every group on
+    every sample. ``threads`` is onnxruntime's intra-op thread count per session (1: many
+    short runs spend half their CPU spinning idle threads otherwise).
     """
-    from .evaluate import _Acc
-    from .export import build_qdq
-    from .onnx_io import ModelExtras, to_model
-    from .runtime import as_dataset, model_bytes, progress_bar, run, session
-
     check_plan_graph(plan, graph, "sensitivity")
-    if kernels not in ("reference", "int8"):
-        raise InvalidData(f"unknown kernels {kernels!r}; choose reference or int8")
+    from .runtime import progress_bar
+
     ref_graph = float_graph if float_graph is not None else graph
-    level = "none" if kernels == "reference" else "all"
-    base_dir = ref_graph.extras.base_dir if isinstance(ref_graph.extras, ModelExtras) else None
-    ds = as_dataset(data, ref_graph, split="eval")
-    feeds = list(ds)
-    if not feeds:
-        raise InvalidData(f"{ds.label}: no evaluation samples")
-    outputs = list(ref_graph.outputs)
-    ref_sess = session(model_bytes(to_model(ref_graph), base_dir), "float model", optimize=level)
-    refs = [run(ref_sess, outputs, f, "float model", k) for k, f in enumerate(feeds)]
-    del ref_sess
-
-    def measure(p: QuantPlan, label: str) -> tuple[float, int]:
-        qdq = build_qdq(graph, p)
-        sess = session(qdq.model.SerializeToString(), label, optimize=level)
-        accs = [_Acc() for _ in outputs]
-        for k, f in enumerate(feeds):
-            for acc, r, q in zip(accs, refs[k], run(sess, outputs, f, label, k)):
-                acc.add(r, q)
-        worst = min(a.metrics(o).sqnr_db for a, o in zip(accs, outputs))
-        return worst, qdq.activation_pairs
-
-    base, base_pairs = measure(plan, "quantized model")
+    meter = _Meter(graph, ref_graph, data, kernels, threads)
+    n_all = len(meter.feeds)
+    screen = None if screen_samples is None or screen_samples >= n_all else max(1, screen_samples)
+    base_bytes, base_pairs = meter.export(plan)
+    base, *first = meter.scores(base_bytes, "quantized model", None, screen or 0)
+    base_screen = first[0] if first else base
     groups = activation_groups(plan)
     if max_groups is not None:
         groups = sorted(groups, key=lambda g: (-len(g[2]), str(g[0])))[:max_groups]
+    rules = {root: _rules(decisions, group) for root, group, _ in groups}
     bar = progress_bar(progress, "sensitivity", len(groups))
-    out: list[GroupSensitivity] = []
+    screened: list[GroupSensitivity] = []
+    skipped = 0
     try:
         for root, group, tensors in groups:
-            sqnr, pairs = measure(leave_float(plan, [root]), f"{root} left float")
-            gain = sqnr - base if math.isfinite(sqnr) and math.isfinite(base) else math.inf
-            out.append(
+            model, pairs = meter.export(leave_float(plan, [root]))
+            if model == base_bytes:
+                skipped += 1
+                sqnr = base_screen
+            else:
+                sqnr = meter.score(model, f"{root} left float", screen)
+            screened.append(
                 GroupSensitivity(
                     root,
                     tensors,
                     len(group),
-                    _rules(decisions, group),
+                    rules[root],
                     sqnr,
-                    gain,
+                    _gain(sqnr, base_screen),
                     base_pairs - pairs,
+                    screen or n_all,
                 )
             )
             bar.step()
     finally:
         bar.close()
-    out.sort(key=lambda g: (-g.gain_db, str(g.root)))
-    return Sensitivity(base, base_pairs, tuple(out), len(feeds), len(groups) + 1)
+    screened.sort(key=lambda g: (-g.gain_db, str(g.root)))
+    if screen is None:
+        out = screened
+    else:
+        top = [g for g in screened[:refine] if g.gain_db > 0]
+        refined = []
+        for g in top:
+            model, _ = meter.export(leave_float(plan, [g.root]))
+            sqnr = meter.score(model, f"{g.root} left float")
+            refined.append(attrs.evolve(g, sqnr_db=sqnr, gain_db=_gain(sqnr, base), samples=n_all))
+        refined.sort(key=lambda g: (-g.gain_db, str(g.root)))
+        out = refined + screened[len(top) :]
+    return Sensitivity(
+        base, base_pairs, tuple(out), n_all, meter.sessions, screen or n_all, skipped, meter.runs
+    )
 
 
 def greedy_fallback(
@@ -218,3 +334,128 @@ def greedy_fallback(
         raise InvalidData(f"the number of float groups must be 0 or more, got {n}")
     chosen = tuple(g for g in ranking.groups if g.gain_db > min_gain_db)[:n]
     return leave_float(plan, [g.root for g in chosen]), chosen
+
+
+@attrs.frozen
+class FallbackStep:
+    """One group tried by :func:`fallback_to_target`, with the plan's SQNR after trying it.
+
+    ``kept`` is False when leaving the group float, on top of the groups kept before it, did
+    not raise the lowest SQNR (gains measured one group at a time need not add up); the group
+    then stays quantized. ``pairs`` is the activation Q/DQ pairs given up by every kept group
+    so far: the int8 coverage the fallback costs.
+    """
+
+    group: GroupSensitivity
+    sqnr_db: float
+    kept: bool
+    pairs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "root": str(self.group.root),
+            "tensors": list(self.group.tensors),
+            "rules": list(self.group.rules),
+            "sqnr_db": _json(self.sqnr_db),
+            "kept": self.kept,
+            "pairs_given_up": self.pairs,
+        }
+
+
+@attrs.frozen
+class Fallback:
+    """What :func:`fallback_to_target` did: the plan, each step, and whether it got there."""
+
+    plan: QuantPlan
+    target_db: float
+    base_sqnr_db: float
+    sqnr_db: float
+    reached: bool
+    steps: tuple[FallbackStep, ...]
+    base_pairs: int
+    samples: int
+
+    @property
+    def chosen(self) -> tuple[GroupSensitivity, ...]:
+        """The groups left float, in the order they were chosen."""
+        return tuple(s.group for s in self.steps if s.kept)
+
+    @property
+    def pairs(self) -> int:
+        """Activation Q/DQ pairs given up in all."""
+        kept = [s.pairs for s in self.steps if s.kept]
+        return kept[-1] if kept else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "target_db": self.target_db,
+            "reached": self.reached,
+            "base_sqnr_db": _json(self.base_sqnr_db),
+            "sqnr_db": _json(self.sqnr_db),
+            "base_activation_pairs": self.base_pairs,
+            "pairs_given_up": self.pairs,
+            "samples": self.samples,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+def fallback_to_target(
+    graph: Graph,
+    plan: QuantPlan,
+    data: Any,
+    target_db: float,
+    ranking: Sensitivity,
+    *,
+    float_graph: Graph | None = None,
+    kernels: str = "reference",
+    threads: int = 1,
+    progress: bool | None = None,
+) -> Fallback:
+    """Leave the most harmful groups float, greedily, until the lowest SQNR reaches ``target_db``.
+
+    The candidates are ``ranking``'s groups with a positive gain, in its order. Each is left
+    float on top of the groups kept so far and the plan is measured on every sample of
+    ``data`` (one session per step); a group that does not raise the SQNR is put back. It
+    stops at the first plan at or above the target, or when the candidates run out
+    (``reached`` False: the plan then holds every group that helped). A plan already at the
+    target is returned as is (the very same object), with no step.
+    """
+    check_plan_graph(plan, graph, "fallback")
+    if not math.isfinite(target_db):
+        raise InvalidData(f"the target SQNR must be a finite number of dB, got {target_db}")
+    from .runtime import progress_bar
+
+    meter = _Meter(graph, float_graph if float_graph is not None else graph, data, kernels, threads)
+    base_bytes, base_pairs = meter.export(plan)
+    base = meter.score(base_bytes, "quantized model")
+    current, sqnr = plan, base
+    steps: list[FallbackStep] = []
+    given_up = 0
+    candidates = [g for g in ranking.groups if g.gain_db > 0]
+    bar = progress_bar(progress, "fallback", len(candidates))
+    try:
+        for g in candidates:
+            if sqnr >= target_db:
+                break
+            trial = leave_float(current, [g.root])
+            model, pairs = meter.export(trial)
+            got = meter.score(model, f"{g.root} left float")
+            kept = got > sqnr
+            if kept:
+                current, sqnr, given_up = trial, got, base_pairs - pairs
+            steps.append(FallbackStep(g, got, kept, given_up))
+            bar.step()
+    finally:
+        bar.close()
+    return Fallback(
+        current,
+        target_db,
+        base,
+        sqnr,
+        sqnr >= target_db,
+        tuple(steps),
+        base_pairs,
+        len(meter.feeds),
+    )

@@ -34,6 +34,7 @@ import math
 from collections.abc import Callable
 
 import attrs
+from pyrsistent import PMap, pmap
 
 from .._util import without_gc
 from ..errors import InvalidPlatform
@@ -48,7 +49,16 @@ from ..quant import (
 )
 from ._core import FusionResult, PassContext
 
-__all__ = ["ALIGN_METHODS", "Alignment", "alignment"]
+__all__ = ["ALIGN_METHODS", "SPLIT_FACTORS", "Alignment", "alignment"]
+
+#: Per alignment family, the calibrated-range ratio at which a preferred (not required)
+#: alignment is split instead; a family not named uses ``Alignment.max_spread`` (16x: a
+#: Concat's members keep their own values, and one scale 16x too wide leaves the smallest 4
+#: bits). Elementwise alignment is never split: an Add's output is quantized at least as
+#: coarsely as its widest input, so the narrow input's rounding stays at the output's own
+#: step, and on the transformer (bert24, trt_int8) every split factor measured cost 1.4 to
+#: 3.8 dB (``bench/align_sweep.py``, docs/accuracy.md).
+SPLIT_FACTORS: PMap[str, float] = pmap({"elementwise": 0.0})
 
 ALIGN_METHODS = ("Align to Large", "Align to Output", "Align to Input", "None")
 _ELEM_OK = ("Align to Large", "Align to Output", "None")
@@ -74,6 +84,7 @@ class Alignment:
     resize: str = attrs.field(default="Align to Output", validator=_check(_POOL_OK))
     force_overlap: bool = True
     max_spread: float = 16.0
+    spread_by_family: PMap[str, float] = attrs.field(default=SPLIT_FACTORS, converter=pmap)
 
     name = "alignment"
 
@@ -118,26 +129,16 @@ class Alignment:
                     ctx.name(o),
                 )
                 continue
-            if not p.quirks and self.max_spread > 0 and method != "Align to Input":
-                wide = self._spread(ctx, o)
-                if wide is not None and wide[0] >= self.max_spread:
-                    ratio, members = wide
-                    ctx.rec.refuse(
-                        rule,
-                        (o,),
-                        "the calibrated ranges of {}'s inputs differ by {:.1f}x ({}): one shared "
-                        "scale would leave the smallest {:.1f} of its 8 bits, so each keeps its "
-                        "own scale (the group is split)",
-                        ctx.name(o),
-                        ratio,
-                        members,
-                        max(0.0, 8.0 - math.log2(ratio)) if math.isfinite(ratio) else 0.0,
-                    )
+            measured = ""
+            if not p.quirks and method != "Align to Input":
+                note = self._decide(ctx, o, rule, p)
+                if note is None:
                     continue
+                measured = note
             if method == "Align to Large":
-                master = self._to_large(ctx, o, rule, p)
+                master = self._to_large(ctx, o, rule, p, measured)
             elif method == "Align to Output":
-                master = self._to_output(ctx, o, rule, p)
+                master = self._to_output(ctx, o, rule, p, measured)
             else:
                 self._to_input(ctx, o, rule, p)
                 master = -1
@@ -146,6 +147,52 @@ class Alignment:
         return ctx.rec.result(plan)
 
     # -- methods ------------------------------------------------------------------------------
+
+    def split_factor(self, family: str) -> float:
+        """The calibrated-range ratio at which ``family``'s alignment is split (0: never)."""
+        return self.spread_by_family.get(family, self.max_spread)
+
+    def _decide(self, ctx: PassContext, o: int, rule: str, p: Platform) -> str | None:
+        """Align op ``o`` or split it, from its inputs' calibrated ranges; log the numbers.
+
+        Returns None when the group is split (the refusal, with the ranges, is logged), else
+        the text the alignment decisions carry: the ratio measured against the split factor,
+        or that the platform's hardware needs one scale there (never split).
+        """
+        family = rule.removeprefix("align-")
+        wide = self._spread(ctx, o)
+        if family in p.alignment_required:
+            if wide is None:
+                return "; the backend requires one scale here"
+            return "; the backend requires one scale here (ranges {:.1f}x apart: {})".format(*wide)
+        limit = self.split_factor(family)
+        if wide is None:
+            return ""
+        ratio, members = wide
+        if limit <= 0:
+            return (
+                f"; calibrated ranges {ratio:.1f}x apart ({members}); {family} alignment is "
+                "never split"
+            )
+        if ratio < limit:
+            return (
+                f"; calibrated ranges {ratio:.1f}x apart ({members}), below the {limit:g}x "
+                f"split factor of {family} alignment"
+            )
+        ctx.rec.refuse(
+            rule,
+            (o,),
+            "the calibrated ranges of {}'s inputs differ by {:.1f}x ({}), at or above the {:g}x "
+            "split factor of {} alignment: one shared scale would leave the smallest {:.1f} of "
+            "its 8 bits, so each keeps its own scale (the group is split)",
+            ctx.name(o),
+            ratio,
+            members,
+            limit,
+            family,
+            max(0.0, 8.0 - math.log2(ratio)) if math.isfinite(ratio) else 0.0,
+        )
+        return None
 
     @staticmethod
     def _folded(ctx: PassContext, o: int) -> bool:
@@ -207,7 +254,9 @@ class Alignment:
             if (c := cfgs[s]) is not None and c.state != fp32 and not c.policy.floating
         ]
 
-    def _to_output(self, ctx: PassContext, o: int, rule: str, p: Platform) -> int:
+    def _to_output(
+        self, ctx: PassContext, o: int, rule: str, p: Platform, measured: str = ""
+    ) -> int:
         ar = ctx.ar
         out = ar.slot_base[o] + ar.n_in[o]
         ids = (o,)
@@ -217,9 +266,10 @@ class Alignment:
                 ids,
                 s,
                 out,
-                "{} {}: its inputs use its output's scale (Align to Output)",
+                "{} {}: its inputs use its output's scale (Align to Output){}",
                 ar.op_types[o],
                 ar.op_names[o],
+                measured,
             )
         return out
 
@@ -239,7 +289,9 @@ class Alignment:
                     ar.op_names[o],
                 )
 
-    def _to_large(self, ctx: PassContext, o: int, rule: str, p: Platform) -> int:
+    def _to_large(
+        self, ctx: PassContext, o: int, rule: str, p: Platform, measured: str = ""
+    ) -> int:
         ar, ev, rec = ctx.ar, ctx.ev, ctx.rec
         ids = (o,)
         ins = list(range(ar.slot_base[o], ar.slot_base[o] + ar.n_in[o]))
@@ -286,8 +338,8 @@ class Alignment:
                 rule, ids, "Align to Large needs calibrated scales (PPQ aligns after calibration)"
             )
             return -1
-        why = "{} {}: its inputs share the largest input range (Align to Large)"
-        args = (ar.op_types[o], ar.op_names[o])
+        why = "{} {}: its inputs share the largest input range (Align to Large){}"
+        args = (ar.op_types[o], ar.op_names[o], measured)
         rec.unlink(rule, ids, master, why, *args)
         mcfg = ev.cfg(master)
         if calibrated:
