@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .graph import Graph, GraphArrays
+from ._topology import Topology
+from .graph import Graph
 from .platforms import (
     _PPL_QUANT,
     _TRT_QUANT,
@@ -465,7 +466,7 @@ PPQ066_MORE: tuple[Platform, ...] = (
 # ----- PPQ's parser: every empty name ``''`` is one shared variable ---------------------------
 
 
-def shared_empty_arrays(graph: Graph) -> GraphArrays:
+def shared_empty_arrays(graph: Graph) -> Topology:
     """``graph.arrays()`` as PPQ's parser sees the graph: every omitted optional input (``''``)
     reads one shared tensor, produced by the first op with an empty *output* name, if any.
 
@@ -478,10 +479,11 @@ def shared_empty_arrays(graph: Graph) -> GraphArrays:
     id is added. Computed once per graph value. When a ``''`` reader comes before the producer
     in the graph's order (PPQ itself crashes there), the shared tensor has no producer.
     """
-    ar = graph.arrays()
-    hit: GraphArrays | None = ar.memo.get("ppq_shared_empty")
-    if hit is not None:
-        return hit
+    return graph.derived(_shared_empty_view)
+
+
+def _shared_empty_view(graph: Graph) -> Topology:
+    ar = graph.index
     st, base, n_in, n_out = ar.slot_tensor, ar.slot_base, ar.n_in, ar.n_out
     readers: list[int] = []
     writers: list[int] = []
@@ -490,11 +492,7 @@ def shared_empty_arrays(graph: Graph) -> GraphArrays:
         readers.extend(s for s in range(b, b + n_in[o]) if st[s] < 0)
         writers.extend(s for s in range(b + n_in[o], b + n_in[o] + n_out[o]) if st[s] < 0)
     if not readers and not writers:
-        ar.memo["ppq_shared_empty"] = ar
         return ar
-    new = object.__new__(GraphArrays)
-    for name in GraphArrays.__slots__:
-        setattr(new, name, getattr(ar, name))
     e = len(ar.tensor_names)
     slot_tensor = list(st)
     for s in readers:
@@ -502,18 +500,19 @@ def shared_empty_arrays(graph: Graph) -> GraphArrays:
     src = writers[0] if writers else -1
     if src >= 0 and readers and ar.pos[ar.slot_op[readers[0]]] < ar.pos[ar.slot_op[src]]:
         src = -1  # PPQ crashes on a reader before the producer; fusekit leaves it unproduced
+    n_uses = ar.n_uses
     if src >= 0:
         slot_tensor[src] = e
-        n_uses = list(ar.n_uses)
+        n_uses = list(n_uses)
         n_uses[ar.slot_op[src]] += len(readers)
-        new.n_uses = n_uses
-    new.slot_tensor = slot_tensor
-    new.producer = [*ar.producer, src]
-    new.consumers = [*ar.consumers, tuple(readers)]
-    new.tensor_names = [*ar.tensor_names, ""]
-    new.is_init = [*ar.is_init, False]
-    new.is_const = [*ar.is_const, False]
-    new.is_output = [*ar.is_output, False]
-    new.memo = {}  # what other modules derive from the arrays differs for this view
-    ar.memo["ppq_shared_empty"] = new
-    return new
+    # a variant has its own cache: what other modules derive from it differs for this view
+    return ar.variant(
+        n_uses=n_uses,
+        slot_tensor=slot_tensor,
+        producer=[*ar.producer, src],
+        consumers=[*ar.consumers, tuple(readers)],
+        tensor_names=[*ar.tensor_names, ""],
+        is_init=[*ar.is_init, False],
+        is_const=[*ar.is_const, False],
+        is_output=[*ar.is_output, False],
+    )

@@ -26,37 +26,34 @@ __all__ = ["all_dispatch", "init_plan", "ppq_conservative_dispatch", "refuse_oth
 
 
 class _Walker:
-    """PPQ's ``SearchableGraph.opset_matching`` over integer op ids (memoised, iterative)."""
+    """PPQ's ``SearchableGraph.opset_matching`` over integer op ids (memoised, iterative).
+
+    Its adjacency is the graph's topology (``preds``/``succs``: one entry per edge slot); only
+    the producers of each op's first and last input are its own, for PPQ's tracing rules.
+    """
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.idx = graph.index
-        idx = self.idx
-        n_ops = len(idx.op_names)
-        self.down: list[list[int]] = [[] for _ in range(n_ops)]
-        self.up: list[list[int]] = [[] for _ in range(n_ops)]
-        self.in0_src: list[int] = [-1] * n_ops
-        self.inlast_src: list[int] = [-1] * n_ops
-        for name in graph.order:
-            oid = idx.op_id[name]
-            for k, sid in enumerate(idx.input_sids(oid)):
-                tid = idx.slot_tensor[sid]
-                p = idx.producer[tid] if tid >= 0 else -1
-                src = idx.slot_op[p] if p >= 0 else -1
-                if src >= 0:
-                    self.up[oid].append(src)
-                if k == 0:
-                    self.in0_src[oid] = src
-                self.inlast_src[oid] = src
-            for sid in idx.output_sids(oid):
-                tid = idx.slot_tensor[sid]
-                if tid >= 0:
-                    self.down[oid].extend(idx.slot_op[c] for c in idx.consumers[tid])
-        self.types = list(graph.arrays().op_types)  # rule types: domain-qualified off ONNX
-        self.boundary = [
-            idx.op_names[i] is not None and (not self.up[i] or not self.down[i])
-            for i in range(n_ops)
-        ]
+        self.idx = idx = graph.index
+        self.up: list[list[int]] = idx.preds
+        self.down: list[list[int]] = idx.succs
+        st, prod, slot_op, base, n_in = (
+            idx.slot_tensor,
+            idx.producer,
+            idx.slot_op,
+            idx.slot_base,
+            idx.n_in,
+        )
+
+        def source(sid: int) -> int:
+            tid = st[sid]
+            p = prod[tid] if tid >= 0 else -1
+            return slot_op[p] if p >= 0 else -1
+
+        self.in0_src = [source(base[o]) if n_in[o] else -1 for o in idx.order]
+        self.inlast_src = [source(base[o] + n_in[o] - 1) if n_in[o] else -1 for o in idx.order]
+        self.types: list[str] = idx.op_types  # rule types: domain-qualified off ONNX
+        self.boundary = [not u or not d for u, d in zip(self.up, self.down)]
 
     def opset(self, starts: Iterable[int], rp: Any, ep: Any, down: bool) -> set[int]:
         """The union over ``starts`` of PPQ's memoised ``_opset_matching``, in linear time.
@@ -471,11 +468,11 @@ def _drop_tail(
 
 def _non_float(graph: Graph) -> list[bool]:
     """Per tensor id: is its element type known and not floating point? (cached per graph)"""
-    memo = graph.arrays().memo
-    hit: list[bool] | None = memo.get("non_float")
-    if hit is None:
-        hit = memo["non_float"] = [et not in FLOAT_TYPES for et in tensor_elem_types(graph)]
-    return hit
+    return graph.derived(_non_float_flags)
+
+
+def _non_float_flags(graph: Graph) -> list[bool]:
+    return [et not in FLOAT_TYPES for et in tensor_elem_types(graph)]
 
 
 @without_gc

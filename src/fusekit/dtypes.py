@@ -98,17 +98,19 @@ def _constant_type(attrs: Mapping[str, Any]) -> int:
 def tensor_elem_types(graph: Graph) -> list[int]:
     """Element type of every tensor id of ``graph.index`` (0 where it cannot be told).
 
-    Computed once per graph value over the graph's plain-list arrays (a 100k-op graph takes a
+    Computed once per graph value over the graph's topology (a 100k-op graph takes a
     fraction of a second); only Cast, Constant and ConstantOfShape ops have their attributes
     decoded. Op types that are not ONNX operators (custom domains) give unknown outputs.
     """
-    ar = graph.arrays()
-    hit: list[int] | None = ar.memo.get("elem_types")
-    if hit is not None:
-        return hit
+    return graph.derived(_tensor_elem_types)
+
+
+def _tensor_elem_types(graph: Graph) -> list[int]:
     from ._onnx_registry import is_onnx_op
 
-    tensor_id = graph.index.tensor_id
+    ar = graph.index
+
+    tensor_id = ar.tensor_id
     types = [UNKNOWN] * len(ar.tensor_names)
     known = [False] * len(types)
     for name, tt in graph.value_types.items():
@@ -177,14 +179,13 @@ def tensor_elem_types(graph: Graph) -> list[int]:
                 continue
             known[tid] = True
             types[tid] = INT64 if (t == "TopK" and k == 1) or (t == "Unique" and k > 0) else guess
-    ar.memo["elem_types"] = types
     return types
 
 
 def elem_types(graph: Graph) -> Mapping[str, int]:
     """Tensor name -> ONNX element type (0 where it cannot be told), computed once per graph."""
-    cache = graph._cache
-    if cache.elem_types is None:
-        names = graph.arrays().tensor_names
-        cache.elem_types = dict(zip(names, tensor_elem_types(graph)))
-    return cache.elem_types
+    return graph.derived(_elem_types_by_name)
+
+
+def _elem_types_by_name(graph: Graph) -> dict[str, int]:
+    return dict(zip(graph.index.tensor_names, tensor_elem_types(graph)))

@@ -146,7 +146,7 @@ class _Placement:
         self.params: dict[int, _Key] = {}
         self.skipped: list[str] = []
         self._qtypes: dict[tuple[int, bool], str | None] = {}  # configs are shared objects
-        slot_tensor = idx.slot_tensor.tolist()
+        slot_tensor = idx.slot_tensor
         self.constants = constants = _constant_tensors(graph)
         memo: dict[int, _Key | None] = {}
         FP32, INTERNAL = QuantState.FP32, Visibility.INTERNAL

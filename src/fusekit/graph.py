@@ -5,10 +5,12 @@ topological order in a ``PVector``; every edit (:meth:`Graph.add_op`, :meth:`Gra
 :meth:`Graph.rename_tensor`, ...) returns a new graph and leaves the old one valid, sharing
 everything that did not change.
 
-Passes read the graph through its :class:`GraphIndex`, a derived producer/consumer index that
-numbers ops, slots and tensors with integers so that the hot loops run over C-backed vectors
-instead of hashing names. The index is built once per graph lineage: a graph derived by an edit
-patches its parent's index instead of rebuilding it.
+Passes read the graph through its :attr:`Graph.index`, a :class:`~fusekit._topology.Topology`
+(public name :class:`GraphIndex`) that numbers ops, slots and tensors with integers so that the
+hot loops run over plain lists instead of hashing names. It is built once per graph value, on
+first use; an edit that keeps the structure (new weights, a value type) shares its lists, any
+other edit leaves the new value to build its own. Facts derived from the graph are cached per
+value by :meth:`Graph.derived`.
 
 This module knows nothing of protobuf: :mod:`fusekit.onnx_io` translates ONNX to and from these
 values, and hands over opaque ``source`` references so that a round trip is lossless without the
@@ -19,15 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import numpy as np
 from pyrsistent import PMap, PVector, pmap, pvector
 
-from ._layered import LayeredMap
+from ._topology import Slot, Topology, rule_type
 from ._util import gc_paused, promote_to_old_generation
 from .errors import (
     DanglingInput,
@@ -37,6 +38,8 @@ from .errors import (
     UnknownOp,
     UnknownSlot,
 )
+
+T = TypeVar("T")
 
 __all__ = [
     "Attributes",
@@ -57,35 +60,6 @@ __all__ = [
 
 # --------------------------------------------------------------------------------------------
 # Bulk construction helpers
-
-
-# --------------------------------------------------------------------------------------------
-# Slots
-
-
-class Slot(NamedTuple):
-    """One input or output of one op: ``Slot("conv_1", "out", 0)``.
-
-    A slot, not a tensor, is what gets a quantization config: ``Mul(x, x)`` has two input slots
-    reading one tensor. ``Slot`` is a named tuple (not an attrs class) because plans and passes
-    hash millions of them; it is immutable and compares by value.
-    """
-
-    op: str
-    side: str  # "in" or "out"
-    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose
-
-    def __str__(self) -> str:
-        return f"{self[0]}|{self[1]}|{self[2]}"
-
-    @classmethod
-    def parse(cls, text: str) -> Slot:
-        """Parse the ``"op|in|0"`` form used in JSON files and PPQ goldens."""
-        op, sep, rest = text.rpartition("|")
-        name, sep2, side = op.rpartition("|")
-        if not sep or not sep2 or side not in ("in", "out") or not rest.isdigit():
-            raise UnknownSlot(text, "expected 'op|in|N' or 'op|out|N'")
-        return cls(name, side, int(rest))
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,534 +436,11 @@ make_lazy_initializer = _lazy_initializer_factory()
 
 
 # --------------------------------------------------------------------------------------------
-# The derived index
+# The read model (see fusekit._topology)
 
-
-class GraphIndex:
-    """Producer/consumer index of one graph lineage, in integer ids.
-
-    Ops, slots and tensors are numbered; per id the index stores names, the tensor each slot
-    reads or writes, each tensor's producing slot and consuming slots. Everything is held in
-    persistent vectors, so an edit patches a few entries and returns a new index sharing the rest
-    (:meth:`Graph.add_op` and friends do this); ids are stable across edits (a removed op leaves
-    a hole). Slot ids of an op are contiguous: inputs first, then outputs.
-    """
-
-    __slots__ = (
-        "consumers",
-        "n_in",
-        "n_out",
-        "op_id",
-        "op_names",
-        "op_types",
-        "producer",
-        "slot_base",
-        "slot_op",
-        "slot_tensor",
-        "tensor_id",
-        "tensor_names",
-    )
-
-    op_id: LayeredMap[str, int]
-    op_names: PVector[Any]  # op id -> name (None once removed)
-    # op id -> rule type: the op type in ONNX's domain, "domain::Type" in any other
-    # (:func:`rule_type`), so that no rule, pattern or pass takes a private Conv for ONNX's
-    op_types: PVector[Any]
-    slot_base: PVector[Any]  # op id -> first slot id
-    n_in: PVector[Any]  # op id -> number of inputs
-    n_out: PVector[Any]  # op id -> number of outputs
-    slot_op: PVector[Any]  # slot id -> op id
-    slot_tensor: PVector[Any]  # slot id -> tensor id (-1 for an omitted optional input)
-    tensor_id: LayeredMap[str, int]
-    tensor_names: PVector[Any]  # tensor id -> name
-    producer: PVector[Any]  # tensor id -> producing output slot id, or -1
-    consumers: PVector[Any]  # tensor id -> tuple of consuming input slot ids
-
-    def __init__(self, **fields: Any):
-        for k, v in fields.items():
-            object.__setattr__(self, k, v)
-
-    def __setattr__(self, key: str, value: object) -> None:
-        raise attrs.exceptions.FrozenInstanceError()
-
-    def _replace(self, **changes: Any) -> GraphIndex:
-        fields = {k: getattr(self, k) for k in GraphIndex.__slots__}
-        fields.update(changes)
-        return GraphIndex(**fields)
-
-    # -- construction ---------------------------------------------------------------------
-
-    @classmethod
-    def build(cls, ops: Iterable[Op]) -> GraphIndex:
-        """Index ``ops`` (numbered in the given order)."""
-        op_id: dict[str, int] = {}
-        op_names: list[str | None] = []
-        op_types: list[str] = []
-        slot_base: list[int] = []
-        n_in: list[int] = []
-        n_out: list[int] = []
-        slot_op: list[int] = []
-        slot_tensor: list[int] = []
-        tensor_id: dict[str, int] = {}
-        tensor_names: list[str] = []
-        producer: list[int] = []
-        consumers: list[list[int]] = []
-        sid = 0
-        for oid, op in enumerate(ops):
-            op_id[op.name] = oid
-            op_names.append(op.name)
-            op_types.append(op.op_type if op.domain in ONNX_DOMAINS else rule_type(op))
-            slot_base.append(sid)
-            ins, outs = op.inputs, op.outputs
-            n_in.append(len(ins))
-            n_out.append(len(outs))
-            for t in ins:
-                if t:
-                    tid = tensor_id.get(t)
-                    if tid is None:
-                        tid = tensor_id[t] = len(tensor_names)
-                        tensor_names.append(t)
-                        producer.append(-1)
-                        consumers.append([])
-                    consumers[tid].append(sid)
-                    slot_tensor.append(tid)
-                else:
-                    slot_tensor.append(-1)
-                slot_op.append(oid)
-                sid += 1
-            for t in outs:
-                if t:
-                    tid = tensor_id.get(t)
-                    if tid is None:
-                        tid = tensor_id[t] = len(tensor_names)
-                        tensor_names.append(t)
-                        producer.append(sid)
-                        consumers.append([])
-                    elif producer[tid] < 0:
-                        producer[tid] = sid
-                    # a second producer is reported by check_invariants, first one wins here
-                    slot_tensor.append(tid)
-                else:
-                    slot_tensor.append(-1)
-                slot_op.append(oid)
-                sid += 1
-        return cls(
-            op_id=LayeredMap(op_id),
-            op_names=pvector(op_names),
-            op_types=pvector(op_types),
-            slot_base=pvector(slot_base),
-            n_in=pvector(n_in),
-            n_out=pvector(n_out),
-            slot_op=pvector(slot_op),
-            slot_tensor=pvector(slot_tensor),
-            tensor_id=LayeredMap(tensor_id),
-            tensor_names=pvector(tensor_names),
-            producer=pvector(producer),
-            consumers=pvector([tuple(c) for c in consumers]),
-        )
-
-    # -- id <-> key conversions -----------------------------------------------------------
-
-    @property
-    def n_slots(self) -> int:
-        """Number of slot ids allocated (including those of removed ops)."""
-        return len(self.slot_op)
-
-    def slot_id(self, slot: Slot) -> int:
-        """The integer id of a slot key (UnknownSlot if it does not exist)."""
-        oid = self.op_id.get(slot[0])
-        if oid is None:
-            raise UnknownSlot(slot, f"no op named {slot[0]!r}")
-        side, i = slot[1], slot[2]
-        if side == "in":
-            if not 0 <= i < self.n_in[oid]:
-                raise UnknownSlot(slot, f"{slot[0]} has {self.n_in[oid]} inputs")
-            return int(self.slot_base[oid] + i)
-        if side == "out":
-            if not 0 <= i < self.n_out[oid]:
-                raise UnknownSlot(slot, f"{slot[0]} has {self.n_out[oid]} outputs")
-            return int(self.slot_base[oid] + self.n_in[oid] + i)
-        raise UnknownSlot(slot, "side must be 'in' or 'out'")
-
-    def slot_key(self, sid: int) -> Slot:
-        """The slot key of an integer slot id."""
-        oid = self.slot_op[sid]
-        k = sid - self.slot_base[oid]
-        ni = self.n_in[oid]
-        name = self.op_names[oid]
-        if k < ni:
-            return Slot(name, "in", k)
-        return Slot(name, "out", k - ni)
-
-    def is_output_slot(self, sid: int) -> bool:
-        """True if the slot id is an output slot."""
-        oid = self.slot_op[sid]
-        return bool(sid - self.slot_base[oid] >= self.n_in[oid])
-
-    def slot_ids_of(self, oid: int) -> range:
-        """All slot ids of an op (inputs then outputs)."""
-        b = self.slot_base[oid]
-        return range(b, b + self.n_in[oid] + self.n_out[oid])
-
-    def input_sids(self, oid: int) -> range:
-        """Input slot ids of an op."""
-        b = self.slot_base[oid]
-        return range(b, b + self.n_in[oid])
-
-    def output_sids(self, oid: int) -> range:
-        """Output slot ids of an op."""
-        b = self.slot_base[oid] + self.n_in[oid]
-        return range(b, b + self.n_out[oid])
-
-    # -- incremental patches --------------------------------------------------------------
-
-    def with_op_added(self, op: Op) -> GraphIndex:
-        """Index with ``op`` appended under a new op id."""
-        oid = len(self.op_names)
-        base = len(self.slot_op)
-        tid_map, names = self.tensor_id, self.tensor_names
-        prod, cons = self.producer.evolver(), self.consumers.evolver()
-        slot_op = self.slot_op.evolver()
-        slot_tensor = self.slot_tensor.evolver()
-        sid = base
-        for t in op.inputs:
-            if t:
-                tid = tid_map.get(t)
-                if tid is None:
-                    tid = len(names)
-                    tid_map = tid_map.set(t, tid)
-                    names = names.append(t)
-                    prod.append(-1)
-                    cons.append(())
-                cons[tid] = (*cons[tid], sid)
-                slot_tensor.append(tid)
-            else:
-                slot_tensor.append(-1)
-            slot_op.append(oid)
-            sid += 1
-        for t in op.outputs:
-            if t:
-                tid = tid_map.get(t)
-                if tid is None:
-                    tid = len(names)
-                    tid_map = tid_map.set(t, tid)
-                    names = names.append(t)
-                    prod.append(sid)
-                    cons.append(())
-                elif prod[tid] < 0:
-                    prod[tid] = sid
-                slot_tensor.append(tid)
-            else:
-                slot_tensor.append(-1)
-            slot_op.append(oid)
-            sid += 1
-        return self._replace(
-            op_id=self.op_id.set(op.name, oid),
-            op_names=self.op_names.append(op.name),
-            op_types=self.op_types.append(rule_type(op)),
-            slot_base=self.slot_base.append(base),
-            n_in=self.n_in.append(len(op.inputs)),
-            n_out=self.n_out.append(len(op.outputs)),
-            slot_op=slot_op.persistent(),
-            slot_tensor=slot_tensor.persistent(),
-            tensor_id=tid_map,
-            tensor_names=names,
-            producer=prod.persistent(),
-            consumers=cons.persistent(),
-        )
-
-    def with_op_removed(self, name: str) -> GraphIndex:
-        """Index without op ``name``: its id becomes a hole, its edges are unlinked."""
-        oid = self.op_id[name]
-        prod, cons = self.producer.evolver(), self.consumers.evolver()
-        for sid in self.input_sids(oid):
-            tid = self.slot_tensor[sid]
-            if tid >= 0:
-                cons[tid] = tuple(s for s in cons[tid] if s != sid)
-        for sid in self.output_sids(oid):
-            tid = self.slot_tensor[sid]
-            if tid >= 0 and prod[tid] == sid:
-                prod[tid] = -1
-        return self._replace(
-            op_id=self.op_id.remove(name),
-            op_names=self.op_names.set(oid, None),
-            producer=prod.persistent(),
-            consumers=cons.persistent(),
-        )
-
-    def with_op_rewired(self, old: Op, new: Op) -> GraphIndex:
-        """Index where ``old`` (same name and arity as ``new``) reads/writes ``new``'s tensors."""
-        oid = self.op_id[old.name]
-        tid_map, names = self.tensor_id, self.tensor_names
-        prod, cons = self.producer.evolver(), self.consumers.evolver()
-        slot_tensor = self.slot_tensor.evolver()
-        base = self.slot_base[oid]
-        for k, (a, b) in enumerate(zip(old.inputs, new.inputs)):
-            if a == b:
-                continue
-            sid = base + k
-            if a:
-                ta = self.slot_tensor[sid]
-                cons[ta] = tuple(s for s in cons[ta] if s != sid)
-            if b:
-                tid = tid_map.get(b)
-                if tid is None:
-                    tid = len(names)
-                    tid_map = tid_map.set(b, tid)
-                    names = names.append(b)
-                    prod.append(-1)
-                    cons.append(())
-                cons[tid] = tuple(sorted((*cons[tid], sid)))
-                slot_tensor[sid] = tid
-            else:
-                slot_tensor[sid] = -1
-        obase = base + len(old.inputs)
-        for k, (a, b) in enumerate(zip(old.outputs, new.outputs)):
-            if a == b:
-                continue
-            sid = obase + k
-            if a:
-                ta = self.slot_tensor[sid]
-                if prod[ta] == sid:
-                    prod[ta] = -1
-            if b:
-                tid = tid_map.get(b)
-                if tid is None:
-                    tid = len(names)
-                    tid_map = tid_map.set(b, tid)
-                    names = names.append(b)
-                    prod.append(sid)
-                    cons.append(())
-                elif prod[tid] < 0:
-                    prod[tid] = sid
-                slot_tensor[sid] = tid
-            else:
-                slot_tensor[sid] = -1
-        return self._replace(
-            op_types=self.op_types.set(oid, rule_type(new)),
-            slot_tensor=slot_tensor.persistent(),
-            tensor_id=tid_map,
-            tensor_names=names,
-            producer=prod.persistent(),
-            consumers=cons.persistent(),
-        )
-
-    def with_tensor_renamed(self, old: str, new: str) -> GraphIndex:
-        """Index where tensor ``old`` is called ``new`` (``new`` must be unused)."""
-        tid = self.tensor_id[old]
-        return self._replace(
-            tensor_id=self.tensor_id.remove(old).set(new, tid),
-            tensor_names=self.tensor_names.set(tid, new),
-        )
-
-    def snapshot(self) -> tuple[Any, ...]:
-        """A comparable summary (names, not ids) used by the invariant check."""
-        producers = {}
-        consumers = {}
-        for tid, name in enumerate(self.tensor_names):
-            if self.tensor_id.get(name) != tid:
-                continue
-            p = self.producer[tid]
-            if p >= 0:
-                producers[name] = self.slot_key(p)
-            c = self.consumers[tid]
-            if c:
-                consumers[name] = sorted(self.slot_key(s) for s in c)
-        live = {n: self.op_types[i] for i, n in enumerate(self.op_names) if n is not None}
-        return live, producers, consumers
-
-
-# --------------------------------------------------------------------------------------------
-# The graph
-
-
-_NOT_FOLDABLE = frozenset(
-    {
-        "If",
-        "Loop",
-        "Scan",
-        "SequenceMap",
-        "RandomNormal",
-        "RandomUniform",
-        "RandomNormalLike",
-        "RandomUniformLike",
-        "Multinomial",
-        "Bernoulli",
-        "Dropout",
-    }
-)
-
-
-class GraphArrays:
-    """Plain-list copies of one graph value's index, plus per-tensor facts, for hot loops.
-
-    :class:`GraphIndex` keeps persistent vectors so that an edit can patch it cheaply; reading
-    a ``PVector`` element costs about twice a ``list`` element, and a ``PMap`` lookup (is this
-    tensor an initializer? a graph output?) about fifty times. ``init_plan`` and every pass read
-    these facts hundreds of thousands of times on a large graph, so they are copied once per
-    graph value into lists indexed by the index's integer ids (:meth:`Graph.arrays`) and shared
-    by every plan version and every pass. Never mutate them.
-
-    ``memo`` holds data other modules derive from the graph alone (the ops an activation can
-    follow, per rule set), so that a pipeline computes it once instead of once per pass.
-    """
-
-    __slots__ = (
-        "by_type",
-        "const_op",
-        "consumers",
-        "is_const",
-        "is_init",
-        "is_output",
-        "memo",
-        "n_in",
-        "n_out",
-        "n_uses",
-        "op_names",
-        "op_types",
-        "order",
-        "ordered",
-        "pos",
-        "producer",
-        "slot_base",
-        "slot_op",
-        "slot_tensor",
-        "tensor_names",
-    )
-
-    order: list[int]  # live op ids in topological order
-    ordered: bool  # op id == position in ``order`` for every op (a freshly built index)
-    pos: list[int]  # op id -> position in ``order`` (-1 for a removed op)
-    op_names: list[Any]  # op id -> name (None once removed)
-    op_types: list[Any]  # op id -> rule type (see GraphIndex.op_types)
-    slot_base: list[int]  # op id -> first slot id
-    n_in: list[int]  # op id -> number of inputs
-    n_out: list[int]  # op id -> number of outputs
-    n_uses: list[int]  # op id -> consuming slots of all its outputs (a tensor read twice: 2)
-    slot_op: list[int]  # slot id -> op id
-    slot_tensor: list[int]  # slot id -> tensor id (-1 for an omitted optional input)
-    producer: list[int]  # tensor id -> producing output slot id, or -1
-    consumers: list[tuple[int, ...]]  # tensor id -> consuming input slot ids
-    tensor_names: list[str]  # tensor id -> name
-    is_init: list[bool]  # tensor id -> is an initializer
-    is_const: list[bool]  # tensor id -> constant: an initializer, or computed from constants only
-    const_op: list[bool]  # op id -> a Constant op, or an op that reads only constants (it folds)
-    is_output: list[bool]  # tensor id -> is a graph output
-    by_type: dict[str, tuple[int, ...]]  # op type -> op ids in topological order
-    memo: dict[Any, Any]
-
-    def __init__(self, graph: Graph):
-        idx = graph.index
-        self.op_names = names = idx.op_names.tolist()
-        self.op_types = types = idx.op_types.tolist()  # rule types (see GraphIndex)
-        self.slot_base = idx.slot_base.tolist()
-        self.n_in = idx.n_in.tolist()
-        self.n_out = n_out = idx.n_out.tolist()
-        self.slot_op = idx.slot_op.tolist()
-        self.slot_tensor = st = idx.slot_tensor.tolist()
-        self.producer = idx.producer.tolist()
-        self.consumers = cons = idx.consumers.tolist()
-        self.tensor_names = idx.tensor_names.tolist()
-        order_names = graph.order.tolist()
-        self.ordered = order_names == names  # a fresh index numbers ops in topological order
-        if self.ordered:
-            order = list(range(len(names)))
-        else:
-            ids = {n: i for i, n in enumerate(names) if n is not None}
-            order = [ids[n] for n in order_names]
-        self.order = order
-        pos = [-1] * len(names)
-        for i, o in enumerate(order):
-            pos[o] = i
-        self.pos = pos
-        acc: dict[str, list[int]] = {}
-        for o in order:
-            t = types[o]
-            lst = acc.get(t)
-            if lst is None:
-                acc[t] = [o]
-            else:
-                lst.append(o)
-        self.by_type = {k: tuple(v) for k, v in acc.items()}
-        n_t = len(self.tensor_names)
-        tensor_id = idx.tensor_id
-        is_init = [False] * n_t
-        for name in graph.initializers:
-            tid = tensor_id.get(name)
-            if tid is not None:
-                is_init[tid] = True
-        is_const = list(is_init)
-        base, n_in = self.slot_base, self.n_in
-        # A Constant op, and any deterministic op reading only constants, folds to a constant
-        # (Constant -> Reshape of a bias): every backend folds it, so it is never quantized and
-        # never counts as a producer when matching.
-        const_op = [False] * len(names)
-        ops = graph.ops
-        for o in order:
-            t = types[o]
-            if t == "Constant":
-                folds = True
-            elif n_in[o] == 0 or t in _NOT_FOLDABLE:
-                folds = False
-            else:
-                folds = True
-                for s in range(base[o], base[o] + n_in[o]):
-                    if st[s] >= 0 and not is_const[st[s]]:
-                        folds = False
-                        break
-                if folds:  # only standard ONNX ops are known to be pure functions
-                    op = ops[names[o]]
-                    folds = op.domain in ("", "ai.onnx") and not op.implicit_inputs
-            if folds:
-                const_op[o] = True
-                b = base[o] + n_in[o]
-                for s in range(b, b + n_out[o]):
-                    if st[s] >= 0:
-                        is_const[st[s]] = True
-        self.const_op = const_op
-        is_output = [False] * n_t
-        for name in graph.outputs:
-            tid = tensor_id.get(name)
-            if tid is not None:
-                is_output[tid] = True
-        self.is_init, self.is_const, self.is_output = is_init, is_const, is_output
-        n_uses = [0] * len(names)
-        for o in order:
-            if n_out[o] == 1:  # the common case, without a generator
-                t = st[base[o] + n_in[o]]
-                n_uses[o] = len(cons[t]) if t >= 0 else 0
-            else:
-                b = base[o] + n_in[o]
-                n_uses[o] = sum(len(cons[st[s]]) for s in range(b, b + n_out[o]) if st[s] >= 0)
-        self.n_uses = n_uses
-        self.memo = {}
-
-    def ops_of_types(self, types: frozenset[str]) -> tuple[int, ...]:
-        """Op ids of the ops whose type is in ``types``, in topological order.
-
-        What a pass that handles a few op types iterates instead of every op of the graph
-        (scanning 100k ops to find the 20k Adds and Concats cost a pass as much as its work).
-        Linear (a mark per position, then one C-level sweep), and remembered per type set.
-        """
-        key = ("ops_of_types", types)
-        hit: tuple[int, ...] | None = self.memo.get(key)
-        if hit is None:
-            lists = [self.by_type[t] for t in types if t in self.by_type]
-            if len(lists) <= 1:
-                hit = lists[0] if lists else ()
-            else:
-                mark = bytearray(len(self.order))
-                pos = self.pos
-                for lst in lists:
-                    for o in lst:
-                        mark[pos[o]] = 1
-                order = self.order
-                hit = tuple(order[i] for i in itertools.compress(range(len(order)), mark))
-            self.memo[key] = hit
-        return hit
-
-
-ONNX_DOMAINS = ("", "ai.onnx")
+#: 0.1's names of the read model: the persistent index and its plain-list copy are one now
+GraphIndex = Topology
+GraphArrays = Topology
 _SUBGRAPH_TYPES = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 
@@ -1001,30 +452,18 @@ def subgraph_notes(graph: Graph) -> tuple[str, ...]:
     )
 
 
-def rule_type(op: Op) -> str:
-    """The name rules know ``op`` by: its type in ONNX's own domain, else ``"domain::Type"``.
-
-    Platform rule sets and patterns name ONNX operators (``Conv``, ``Relu``...). An op of
-    another domain that happens to share a name (a private ``Conv``, ``com.microsoft``'s
-    ``Gelu``) is a different operator with unknown semantics, so it must not be planned as the
-    ONNX one; a rule set can still name it explicitly as ``"com.microsoft::Gelu"``.
-    """
-    d = op.domain
-    return op.op_type if d in ONNX_DOMAINS else f"{d}::{op.op_type}"
-
-
 class _Cache:
-    """Derived data of one graph value, computed on first use (never part of equality)."""
+    """Derived data of one graph value, computed on first use (never part of equality).
 
-    __slots__ = ("arrays", "by_type", "elem_types", "fingerprint", "index", "positions")
+    ``index`` is the graph's :class:`~fusekit._topology.Topology` (every other derived fact
+    lives in its cache, see :meth:`Graph.derived`).
+    """
 
-    def __init__(self, index: GraphIndex | None = None):
+    __slots__ = ("fingerprint", "index")
+
+    def __init__(self, index: Topology | None = None):
         self.index = index
         self.fingerprint: str | None = None
-        self.by_type: dict[str, tuple[int, ...]] | None = None
-        self.positions: dict[str, int] | None = None
-        self.arrays: GraphArrays | None = None
-        self.elem_types: dict[str, int] | None = None
 
 
 @attrs.frozen
@@ -1097,23 +536,32 @@ class Graph:
     # -- derived data ---------------------------------------------------------------------
 
     @property
-    def index(self) -> GraphIndex:
-        """The producer/consumer index (built on first use, then shared and patched)."""
+    def index(self) -> Topology:
+        """The graph's read model: ops, slots and tensors as integer ids and their relations
+        (:class:`~fusekit._topology.Topology`), built on first use, once per graph value."""
         idx = self._cache.index
         if idx is None:
             ops = self.ops
             with gc_paused():
-                idx = self._cache.index = GraphIndex.build(ops[n] for n in self.order)
+                idx = self._cache.index = Topology.build(
+                    (ops[n] for n in self.order), self.initializers, self.outputs
+                )
                 promote_to_old_generation()
         return idx
 
-    def arrays(self) -> GraphArrays:
-        """The index as plain lists plus per-tensor facts, for hot loops (once per graph value)."""
-        arr = self._cache.arrays
-        if arr is None:
-            with gc_paused():
-                arr = self._cache.arrays = GraphArrays(self)
-        return arr
+    def arrays(self) -> Topology:
+        """The same read model as :attr:`index` (0.1 kept a plain-list copy of the index here)."""
+        return self.index
+
+    def derived(self, fn: Callable[..., T], *args: Hashable) -> T:
+        """``fn(self, *args)``, computed once per graph value and shared by every caller.
+
+        The one cache of facts derived from a graph (element types, the non-float flags, the
+        epilogue ops attached to a computing op, PPQ's shared-empty view): keyed by the
+        function and its arguments, so two modules cannot collide on a name, and typed by what
+        ``fn`` returns. ``fn`` must be a pure function of the graph and its arguments.
+        """
+        return self.index.cached((fn, *args), lambda: fn(self, *args))
 
     def fingerprint(self) -> str:
         """A short, stable digest of the graph's structure (computed once per graph value).
@@ -1163,21 +611,15 @@ class Graph:
         return tuple(out)
 
     def positions(self) -> Mapping[str, int]:
-        """Op name -> position in :attr:`order` (computed once per graph value)."""
-        pos = self._cache.positions
-        if pos is None:
-            pos = self._cache.positions = {n: i for i, n in enumerate(self.order)}
-        return pos
+        """Op name -> position in :attr:`order` (the topology's op ids are positions)."""
+        return self.index.op_id
 
     def ops_by_type(self) -> Mapping[str, tuple[int, ...]]:
         """Op type -> op ids in topological order (computed once per graph value).
 
         The pattern matcher starts from these lists, so it never scans every op per pattern node.
         """
-        by = self._cache.by_type
-        if by is None:
-            by = self._cache.by_type = self.arrays().by_type
-        return by
+        return self.index.by_type
 
     # -- queries --------------------------------------------------------------------------
 
@@ -1236,8 +678,9 @@ class Graph:
         computed by standard ops from constants only (a backend folds those)."""
         if tensor in self.initializers:
             return True
-        tid = self.index.tensor_id.get(tensor)
-        return tid is not None and self.arrays().is_const[tid]
+        idx = self.index
+        tid = idx.tensor_id.get(tensor)
+        return tid is not None and idx.is_const[tid]
 
     def tensor(self, name: str) -> Tensor:
         """What the graph knows about tensor ``name``."""
@@ -1294,11 +737,17 @@ class Graph:
 
     # -- pure edits -------------------------------------------------------------------------
 
-    def _derive(
-        self, index_patch: Callable[[GraphIndex], GraphIndex] | None, **changes: Any
-    ) -> Graph:
+    def _derive(self, same_structure: bool, **changes: Any) -> Graph:
+        """A new graph value with ``changes``.
+
+        ``same_structure``: the edit keeps every op, the order, the initializers the ops read
+        and the graph outputs, so the new value shares this one's topology lists (not its
+        derived facts, which may read what changed). Any other edit leaves the new value
+        without a topology: it is built on first read. (0.1 patched a persistent index per
+        edit; see :mod:`fusekit._topology` for why that went.)
+        """
         old = self._cache.index
-        new_index = index_patch(old) if (old is not None and index_patch is not None) else None
+        new_index = old.sharing_structure() if (same_structure and old is not None) else None
         return attrs.evolve(self, _cache=_Cache(new_index), **changes)
 
     def _known_tensor(self, name: str) -> bool:
@@ -1359,9 +808,7 @@ class Graph:
             if at < len(order)
             else order.append(op.name)
         )
-        g = self._derive(
-            lambda i: i.with_op_added(op), ops=self.ops.set(op.name, op), order=new_order
-        )
+        g = self._derive(False, ops=self.ops.set(op.name, op), order=new_order)
         if _order_broken_at(g, op.name):
             if before is not None:  # the caller asked for this place: say why it is wrong
                 _check_order_local(g, op.name)
@@ -1369,15 +816,15 @@ class Graph:
         return g
 
     def _resorted(self) -> Graph:
-        """This graph with its order recomputed (GraphCycle if there is none); index kept.
+        """This graph with its order recomputed (GraphCycle if there is none).
 
-        The index is keyed by op ids, not positions, so a new order leaves it valid.
+        Op ids are positions, so the new value builds its own topology when first read.
         """
         ops = self.ops
         available = set(self.inputs)
         available.update(self.initializers)
         order = topological_order([ops[n] for n in self.order], available)
-        return attrs.evolve(self, order=pvector(order), _cache=_Cache(self._cache.index))
+        return attrs.evolve(self, order=pvector(order), _cache=_Cache())
 
     def _check_removable(self, op: Op, keep: Iterable[str] = ()) -> None:
         """Refuse to drop an output of ``op`` that is still read or is a graph output."""
@@ -1426,13 +873,7 @@ class Graph:
             before = self._next_after(name)
             g = self.remove_op_unchecked(name)
             return g.add_op(new, before=before) if before else g.add_op(new)
-        same_arity = len(old.inputs) == len(new.inputs) and len(old.outputs) == len(new.outputs)
-        if same_arity:
-            g = self._derive(lambda i: i.with_op_rewired(old, new), ops=self.ops.set(name, new))
-        else:
-            g = self._derive(
-                lambda i: i.with_op_removed(name).with_op_added(new), ops=self.ops.set(name, new)
-            )
+        g = self._derive(False, ops=self.ops.set(name, new))
         return g._resorted() if _order_broken_at(g, name) else g
 
     def _next_after(self, name: str) -> str | None:
@@ -1445,7 +886,7 @@ class Graph:
         at = self.positions()[name]
         order = self.order
         return self._derive(
-            lambda i: i.with_op_removed(name),
+            False,
             ops=self.ops.remove(name),
             order=order[:at].extend(order[at + 1 :]),
             original_names=self.original_names.discard(name),
@@ -1507,7 +948,7 @@ class Graph:
         if old in vt:
             vt = vt.remove(old).set(new, vt[old])
         return self._derive(
-            (lambda i: i.with_tensor_renamed(old, new)) if tid is not None else (lambda i: i),
+            False,
             ops=ops_e.persistent(),
             inputs=ren(self.inputs),
             outputs=ren(self.outputs),
@@ -1534,7 +975,7 @@ class Graph:
         """A graph with a new constant tensor."""
         if self._mentions(init.name):
             raise DuplicateProducer(f"initializer {init.name!r}: the name is already used")
-        return self._derive(lambda i: i, initializers=self.initializers.set(init.name, init))
+        return self._derive(True, initializers=self.initializers.set(init.name, init))
 
     def with_constant_values(self, values: Mapping[str, np.ndarray[Any, Any]]) -> Graph:
         """A graph whose constant tensors named in ``values`` hold new arrays (weights rescaled).
@@ -1571,7 +1012,7 @@ class Graph:
                 frozen.setflags(write=False)
                 assert op is not None
                 ops[op.name] = attrs.evolve(op, attributes=op.attributes.set("value", frozen))
-        return self._derive(lambda i: i, initializers=inits.persistent(), ops=ops.persistent())
+        return self._derive(True, initializers=inits.persistent(), ops=ops.persistent())
 
     def remove_initializer(self, name: str) -> Graph:
         """A graph without initializer ``name`` (which must be unused)."""
@@ -1582,18 +1023,18 @@ class Graph:
             raise InvalidGraph(f"initializer {name!r} is still read by {', '.join(readers)}")
         if name in self.outputs and name not in self.inputs:
             raise InvalidGraph(f"initializer {name!r} is a graph output")
-        return self._derive(lambda i: i, initializers=self.initializers.remove(name))
+        return self._derive(True, initializers=self.initializers.remove(name))
 
     def with_outputs(self, outputs: Sequence[str]) -> Graph:
         """A graph with different graph outputs (each must be produced)."""
         for t in outputs:
             if not self._known_tensor(t):
                 raise DanglingInput(f"graph output {t!r} is not produced")
-        return self._derive(lambda i: i, outputs=tuple(outputs))
+        return self._derive(False, outputs=tuple(outputs))
 
     def with_value_type(self, tensor: str, tt: TensorType) -> Graph:
         """A graph declaring ``tensor``'s element type and shape."""
-        return self._derive(lambda i: i, value_types=self.value_types.set(tensor, tt))
+        return self._derive(True, value_types=self.value_types.set(tensor, tt))
 
 
 def _order_broken_at(g: Graph, name: str) -> bool:
@@ -1764,8 +1205,8 @@ def check_invariants(graph: Graph) -> None:
 
     Checks: op keys match op names; ``order`` is a permutation of the ops; one producer per
     tensor (op, graph input or initializer); no dangling input; acyclic and ``order``
-    topological; graph outputs produced; duplicate graph input names; and, if an index was built
-    or patched, that it equals an index built from scratch.
+    topological; graph outputs produced; duplicate graph input names; and, if an index was built,
+    that it equals an index built from scratch.
     """
     problems: list[str] = []
     ops = graph.ops
@@ -1813,8 +1254,8 @@ def check_invariants(graph: Graph) -> None:
             problems.append(f"graph output {t!r} is not produced")
     idx = graph._cache.index
     if idx is not None and not problems:
-        fresh = GraphIndex.build(ops[n] for n in order)
+        fresh = Topology.build((ops[n] for n in order), graph.initializers, graph.outputs)
         if idx.snapshot() != fresh.snapshot():
-            problems.append("the patched producer/consumer index differs from a fresh one")
+            problems.append("the cached producer/consumer index differs from a fresh one")
     if problems:
         raise InvalidGraph(problems[0], problems)

@@ -180,7 +180,11 @@ _DOTS_PER_ROW, _DOT_ROWS_PER_PAGE = 100, 50
 
 
 class _GraphFacts:
-    """The graph's index as flat lists, ops numbered by their position in topological order."""
+    """The graph's topology under the drawing's names, plus op-level edges without repeats.
+
+    The lists are the topology's own (op ids are positions in topological order), not copies;
+    ``preds``/``succs`` are deduplicated and sorted, as the layered layout wants them.
+    """
 
     __slots__ = (
         "base",
@@ -203,32 +207,24 @@ class _GraphFacts:
 
     def __init__(self, graph: Graph):
         idx = graph.index
-        op_id = idx.op_id
-        self.oids: list[int] = [op_id[n] for n in graph.order]
-        self.pos: dict[int, int] = {oid: i for i, oid in enumerate(self.oids)}
-        self.names: list[str] = idx.op_names.tolist()
-        self.types: list[str] = idx.op_types.tolist()
-        self.base: list[int] = idx.slot_base.tolist()
-        self.n_in: list[int] = idx.n_in.tolist()
-        self.n_out: list[int] = idx.n_out.tolist()
-        self.slot_op: list[int] = idx.slot_op.tolist()
-        self.slot_tensor: list[int] = idx.slot_tensor.tolist()
-        self.producer: list[int] = idx.producer.tolist()
-        self.consumers: list[tuple[int, ...]] = idx.consumers.tolist()
-        self.tensor_names: list[str] = idx.tensor_names.tolist()
+        self.oids: list[int] = idx.order
+        self.pos: list[int] = idx.pos
+        self.names: list[str] = idx.op_names
+        self.types: list[str] = idx.op_types
+        self.base: list[int] = idx.slot_base
+        self.n_in: list[int] = idx.n_in
+        self.n_out: list[int] = idx.n_out
+        self.slot_op: list[int] = idx.slot_op
+        self.slot_tensor: list[int] = idx.slot_tensor
+        self.producer: list[int] = idx.producer
+        self.consumers: list[tuple[int, ...]] = idx.consumers
+        self.tensor_names: list[str] = idx.tensor_names
         self.graph_inputs = frozenset(graph.inputs)
         self.graph_outputs = frozenset(graph.outputs)
-        pos, slot_op, producer = self.pos, self.slot_op, self.producer
-        slot_tensor = self.slot_tensor
         self.preds: list[list[int]] = []
         self.succs: list[list[int]] = [[] for _ in self.oids]
-        for i, oid in enumerate(self.oids):
-            b = self.base[oid]
-            ps: set[int] = set()
-            for sid in range(b, b + self.n_in[oid]):
-                t = slot_tensor[sid]
-                if t >= 0 and producer[t] >= 0:
-                    ps.add(pos[slot_op[producer[t]]])
+        for i, ps_ in enumerate(idx.preds):
+            ps = set(ps_)
             ps.discard(i)
             self.preds.append(sorted(ps))
             for p in ps:

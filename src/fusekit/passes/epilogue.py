@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import attrs
 
+from .._topology import Topology
 from .._util import without_gc
-from ..graph import Graph, GraphArrays
+from ..graph import Graph
 from ..platforms import Platform, get_platform
 from ..quant import QuantPlan, QuantState
 from ._core import FusionResult, PassContext
@@ -24,7 +25,7 @@ from ._core import FusionResult, PassContext
 __all__ = ["EpilogueFusion", "attached_ops", "epilogue_input"]
 
 
-def _epilogue_input(ar: GraphArrays, oid: int) -> int:
+def _epilogue_input(ar: Topology, oid: int) -> int:
     """:func:`epilogue_input` over the graph's arrays (an omitted input counts as constant)."""
     found = -1
     st, is_const = ar.slot_tensor, ar.is_const
@@ -43,7 +44,7 @@ def epilogue_input(graph: Graph, oid: int) -> int:
     return _epilogue_input(graph.arrays(), oid)
 
 
-def _single_consumer(ar: GraphArrays, oid: int) -> int:
+def _single_consumer(ar: Topology, oid: int) -> int:
     """The input slot consuming ``oid``'s only output, if exactly one and not a graph output."""
     if ar.n_out[oid] != 1:
         return -1
@@ -62,12 +63,19 @@ def attached_ops(graph: Graph, platform: Platform) -> frozenset[int]:
     Depends on the graph and the two type sets only, so it is computed once per graph and
     shared by the epilogue, activation and composite-activation passes.
     """
-    ar = graph.arrays()
-    comp, epi = platform.computing_types, platform.epilogue_types
-    key = ("attached_ops", comp, epi)
-    cached: frozenset[int] | None = ar.memo.get(key)
-    if cached is not None:
-        return cached
+    return graph.derived(_attached, platform.computing_types, platform.epilogue_types).ops
+
+
+@attrs.frozen
+class _Attached:
+    """What :func:`attached_ops` derives once per graph and pair of type sets."""
+
+    ops: frozenset[int]  # computing ops and the epilogue ops attached to them
+    epilogues: tuple[int, ...]  # the attached epilogue ops, in topological order
+
+
+def _attached(graph: Graph, comp: frozenset[str], epi: frozenset[str]) -> _Attached:
+    ar = graph.index
     attached: set[int] = set()
     types, st, prod, slot_op = ar.op_types, ar.slot_tensor, ar.producer, ar.slot_op
     for o in ar.order:
@@ -86,19 +94,16 @@ def attached_ops(graph: Graph, platform: Platform) -> frozenset[int]:
         src = slot_op[p]
         if src in attached and _single_consumer(ar, src) == s:
             attached.add(o)
-    result = ar.memo[key] = frozenset(attached)
     # the attached epilogue ops in topological order, for EpilogueFusion (no sort per run)
-    ar.memo[("attached_epilogues", comp, epi)] = tuple(
+    epilogues = tuple(
         o for o in ar.order if o in attached and types[o] in epi and types[o] not in comp
     )
-    return result
+    return _Attached(frozenset(attached), epilogues)
 
 
 def _attached_epilogues(graph: Graph, platform: Platform) -> tuple[int, ...]:
     """The epilogue ops of :func:`attached_ops` (not the computing ops), in topological order."""
-    attached_ops(graph, platform)  # computes both, once per graph and rule set
-    key = ("attached_epilogues", platform.computing_types, platform.epilogue_types)
-    return graph.arrays().memo[key]  # type: ignore[no-any-return]
+    return graph.derived(_attached, platform.computing_types, platform.epilogue_types).epilogues
 
 
 @attrs.frozen
