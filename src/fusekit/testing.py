@@ -872,7 +872,7 @@ class StandInCalibration:
         ev = ctx.rec.ev
         for sid in range(idx.n_slots):
             cfg = ev.cfg(sid)
-            if cfg is None or cfg.state != QuantState.PASSIVE_INIT or ev.link(sid) < 0:
+            if cfg is None or cfg.state != QuantState.PASSIVE_INIT or ev.parent(sid) < 0:
                 continue
             root = ev.cfg(ev.root(sid))
             if root.scale is not None and root.offset is not None:
@@ -936,7 +936,7 @@ def plan_snapshot(plan: QuantPlan) -> tuple[Any, ...]:
     """A deep, comparable copy of a plan's configs, links and dispatch (for purity checks)."""
     return (
         tuple(_cfg_key(c) for c in plan.configs),
-        tuple(plan.links),
+        plan.link_table(),
         tuple(plan.dispatch),
     )
 
