@@ -58,11 +58,11 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .errors import SharingCycle
+from .errors import PostconditionError, SharingCycle
 from .graph import Graph, Initializer, Op, Slot, TensorType, check_invariants
 from .laws import check as check_laws
-from .passes import FusionResult, PipelineResult, replay
-from .passes._core import PassContext
+from .passes import FusionResult, Pipeline, PipelineResult, replay
+from .passes._core import PassContext, broken_postconditions
 from .platforms import QUIRKS, BiasRule, Platform, QuantRule, get_platform, init_plan
 from .quant import (
     LinkKind,
@@ -1053,17 +1053,44 @@ def check_pass(
     laws: Sequence[str] | None = None,
 ) -> Any:
     """Every law of a pass or pipeline on one input: purity, determinism, idempotence, the
-    decision log, and (when ``platform`` is given) the plan laws on the result.
+    decision log, the laws the pass ``ensures``, and (when ``platform`` is given) the plan
+    laws on the result.
 
-    The plan laws are postconditions of a whole pipeline (the passive law, for instance, holds
-    once passive fusion has run); for a single pass name the ones it guarantees in ``laws``
-    (e.g. ``["acyclic-sharing", "no-dead-quantization"]``). Returns the first result. Use it
-    inside a Hypothesis test over :func:`graphs`.
+    A pass with ``ensures`` (every :class:`~fusekit.passes.FusionPass`; each pass of a
+    :class:`~fusekit.Pipeline`) is checked for the laws it names first: one that held on the
+    input plan and fails on the result raises :class:`~fusekit.errors.PostconditionError` (an
+    ``AssertionError``) naming the pass. The plan laws are postconditions of a whole pipeline
+    (the passive law, for instance, holds once passive fusion has run); for a single pass name
+    the ones it guarantees in ``laws`` (e.g. ``["acyclic-sharing", "no-dead-quantization"]``).
+    Returns the first result. Use it inside a Hypothesis test over :func:`graphs`.
     """
     result = assert_pure(step, graph, plan)
+    _check_ensures(step, graph, plan, platform)
     assert_deterministic(step, graph, plan)
     assert_idempotent(step, graph, plan)
     assert_log_complete(result)
     if platform is not None:
         assert_plan_laws(graph, result.plan, platform, laws)
     return result
+
+
+def _check_ensures(
+    step: Runnable, graph: Graph, plan: QuantPlan, platform: Platform | str | None = None
+) -> QuantPlan:
+    """Run ``step`` (each pass of a pipeline in turn) and raise
+    :class:`~fusekit.errors.PostconditionError` if a pass broke a law its ``ensures`` names.
+
+    ``platform`` gives the laws their meaning; by default each pass's own ``platform`` field.
+    A step without ``ensures`` (a user's pass that declares none) is not checked. Returns the
+    last plan.
+    """
+    if isinstance(step, Pipeline):
+        for s in step.passes:
+            plan = _check_ensures(s, graph, plan, platform)
+        return plan
+    r = step.run(graph, plan)
+    if getattr(step, "ensures", ()) and (platform is not None or hasattr(step, "platform")):
+        broken = broken_postconditions(step, graph, r, platform)
+        if broken:
+            raise PostconditionError(_name(step), broken)
+    return r.plan  # type: ignore[no-any-return]

@@ -57,7 +57,9 @@ _POOL_OK = ("Align to Output", "Align to Input", "None")
 def _check(allowed: tuple[str, ...]) -> Callable[[object, attrs.Attribute[str], str], None]:
     def check(_: object, attr: attrs.Attribute[str], value: str) -> None:
         if value not in allowed:
-            raise InvalidPlatform(f"{attr.name}={value!r}: choose one of {', '.join(allowed)}")
+            raise InvalidPlatform(
+                f"{attr.name}={value!r}: choose one of {', '.join(allowed)}", field=attr.name
+            )
 
     return check
 
