@@ -949,8 +949,9 @@ class PlanEvolver:
         return self._links[sid] == master * 2 + 1
 
     def root(self, sid: int) -> int:
-        """Root slot id of ``sid``."""
-        return _root(self._links, sid)
+        """Root slot id of ``sid`` (a root answers without the walk: passes ask in loops)."""
+        links = self._links
+        return sid if links[sid] < 0 else _root(links, sid)
 
     def platform(self, oid: int) -> str | None:
         """Platform of op id ``oid`` (None if not quantized)."""
@@ -986,26 +987,33 @@ class PlanEvolver:
         """PPQ ``dominated_by`` on slot ids; returns False when nothing changed.
 
         Written out rather than composed from :meth:`set_state`: fusion passes call it for
-        most slots of a graph, and the calls cost more than the work.
+        most slots of a graph, and the calls cost more than the work. So it calls
+        :func:`_root` only for a linked slot, and looks the OVERLAPPED variant of a config up
+        in :data:`_VARIANTS` itself (what :meth:`TensorQuantConfig.with_state` does first).
         """
         if a == b:
             raise SharingCycle([self._index.slot_key(a), self._index.slot_key(b)])
         links = self._links
-        ra, rb = _root(links, a), _root(links, b)
+        ra = a if links[a] < 0 else _root(links, a)
+        rb = b if links[b] < 0 else _root(links, b)
         if ra == rb:
             return False
         link = rb << 1  # rb, OVERLAP
         links[ra] = link  # ra was a root, so this is a change
-        cfgs = self._cfg
+        cfgs, variants = self._cfg, _VARIANTS
         if a != ra:
             if links[a] != link:
                 links[a] = link
             cfg = cfgs[a]
             if cfg.state is not _OVERLAPPED:
-                cfgs[a] = cfg.with_state(_OVERLAPPED)
+                entry = variants.get(id(cfg))
+                new = entry[1].get(_OVERLAPPED) if entry is not None and entry[0] is cfg else None
+                cfgs[a] = new if new is not None else cfg.with_state(_OVERLAPPED)
         cfg = cfgs[ra]
         if cfg.state is not _OVERLAPPED:
-            cfgs[ra] = cfg.with_state(_OVERLAPPED)
+            entry = variants.get(id(cfg))
+            new = entry[1].get(_OVERLAPPED) if entry is not None and entry[0] is cfg else None
+            cfgs[ra] = new if new is not None else cfg.with_state(_OVERLAPPED)
         self._dirty = True
         return True
 
@@ -1014,8 +1022,8 @@ class PlanEvolver:
         if a == m:
             raise SharingCycle([self._index.slot_key(a), self._index.slot_key(m)])
         links = self._links
-        root = _root(links, m)
-        if self._on_chain(a, m, root):
+        root = m if links[m] < 0 else _root(links, m)
+        if root != m and self._on_chain(a, m, root):
             chain = [m]
             x = m
             while x != a:
@@ -1033,7 +1041,9 @@ class PlanEvolver:
         cfg = self._cfg[a]
         state = _PASSIVE if ready else _PASSIVE_INIT
         if cfg.state is not state:
-            self._cfg[a] = cfg.with_state(state)
+            entry = _VARIANTS.get(id(cfg))  # with_state's lookup, inlined as in overlap_sid
+            new = entry[1].get(state) if entry is not None and entry[0] is cfg else None
+            self._cfg[a] = new if new is not None else cfg.with_state(state)
             self._dirty = True
             return True
         return changed
