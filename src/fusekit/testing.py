@@ -58,11 +58,11 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .errors import PostconditionError, SharingCycle
+from .errors import SharingCycle
 from .graph import Graph, Initializer, Op, Slot, TensorType, check_invariants
 from .laws import check as check_laws
-from .passes import FusionResult, Pipeline, PipelineResult, replay
-from .passes._core import PassContext, broken_postconditions
+from .passes import FusionResult, PipelineResult, replay
+from .passes._core import PassContext
 from .platforms import QUIRKS, BiasRule, Platform, QuantRule, get_platform, init_plan
 from .quant import (
     LinkKind,
@@ -1084,6 +1084,11 @@ def _check_ensures(
     A step without ``ensures`` (a user's pass that declares none) is not checked. Returns the
     last plan.
     """
+    # imported here, not at the top: keeps this module's import block as it was (merges)
+    from .errors import PostconditionError
+    from .passes import Pipeline
+    from .passes._core import broken_postconditions
+
     if isinstance(step, Pipeline):
         for s in step.passes:
             plan = _check_ensures(s, graph, plan, platform)
