@@ -545,6 +545,11 @@ class FusionPass:
     input plan holds on the output (checked on corrected rule sets; a PPQ-compatible rule set,
     one with quirks, breaks laws on purpose and is checked for ``acyclic-sharing`` only). An
     unknown name raises :class:`~fusekit.errors.UnknownLaw` when the class is defined.
+
+    The shipped passes ensure ``acyclic-sharing`` (and the activation passes ``activation``).
+    None claims ``no-dead-quantization``: it holds after every prefix of the default pipeline
+    from :func:`~fusekit.init_plan` (a property test), but the debug mode found single passes
+    breaking it on plans a user edited (a producer before a passive op left FP32, random links).
     """
 
     __slots__ = ()

@@ -77,7 +77,7 @@ class Alignment(FusionPass):
     max_spread: float = 16.0
 
     name = "alignment"
-    ensures = ("acyclic-sharing", "no-dead-quantization")
+    ensures = ("acyclic-sharing",)
 
     def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the alignment rules; returns the new plan and the decision log."""

@@ -44,7 +44,7 @@ class PassiveParameters(FusionPass):
     process_pad: bool = True
 
     name = "passive_parameters"
-    ensures = ("acyclic-sharing", "no-dead-quantization")
+    ensures = ("acyclic-sharing",)
 
     def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the rules; returns the new plan and the decision log."""

@@ -62,7 +62,7 @@ class PassiveFusion(FusionPass):
     platform: str | Platform
 
     name = "passive_fusion"
-    ensures = ("acyclic-sharing", "no-dead-quantization")
+    ensures = ("acyclic-sharing",)
 
     def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""

@@ -31,11 +31,6 @@ class Simplify(FusionPass):
     share_graph_inputs: bool | None = None  # None: yes for corrected rule sets, no for PPQ's
 
     name = "simplify"
-    # not "no-dead-quantization": when a user left the producer before a passive op FP32
-    # (conv -> relu[out FP32] -> MaxPool -> conv), the consumer after the passive op is
-    # overlapped into the group rooted at the passive op's input, which the law does not count
-    # as quantizing that edge (found by the debug mode on edited plans; open question whether
-    # the law or the rule should change)
     ensures = ("acyclic-sharing",)
 
     def apply(self, ctx: PassContext) -> FusionResult:
