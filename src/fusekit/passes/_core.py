@@ -546,10 +546,11 @@ class FusionPass:
     one with quirks, breaks laws on purpose and is checked for ``acyclic-sharing`` only). An
     unknown name raises :class:`~fusekit.errors.UnknownLaw` when the class is defined.
 
-    The shipped passes ensure ``acyclic-sharing`` (and the activation passes ``activation``).
-    None claims ``no-dead-quantization``: it holds after every prefix of the default pipeline
-    from :func:`~fusekit.init_plan` (a property test), but the debug mode found single passes
-    breaking it on plans a user edited (a producer before a passive op left FP32, random links).
+    The shipped passes ensure ``acyclic-sharing`` only. ``no-dead-quantization`` and
+    ``activation`` hold after every prefix of the default pipeline from
+    :func:`~fusekit.init_plan` (property tests), but the debug mode found single passes
+    breaking them on plans a user edited (a producer before a passive op left FP32, random
+    links and states), so no pass claims them.
     """
 
     __slots__ = ()

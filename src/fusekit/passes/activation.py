@@ -232,7 +232,7 @@ class ActivationFusion(FusionPass):
     platform: str | Platform
 
     name = "activation_fusion"
-    ensures = ("acyclic-sharing", "activation")
+    ensures = ("acyclic-sharing",)
 
     def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""
@@ -318,7 +318,7 @@ class CompositeActivationFusion(FusionPass):
     platform: str | Platform
 
     name = "composite_activation_fusion"
-    ensures = ("acyclic-sharing", "activation")
+    ensures = ("acyclic-sharing",)
 
     def apply(self, ctx: PassContext) -> FusionResult:
         """Apply every enabled pattern; returns the new plan and the decision log."""

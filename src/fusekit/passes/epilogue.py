@@ -107,7 +107,7 @@ class EpilogueFusion(FusionPass):
     platform: str | Platform
 
     name = "epilogue_fusion"
-    ensures = ("acyclic-sharing", "activation")
+    ensures = ("acyclic-sharing",)
 
     def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""
