@@ -146,16 +146,18 @@ def stand_in_calibration(graph: Any, plan: Any, platform: str) -> Any:
     """
     import numpy as np
 
-    from fusekit import PassiveParameters, QuantState
+    from fusekit import LinkKind, PassiveParameters, QuantState
 
     ev = plan.evolver()
     ar = graph.arrays()
-    links = plan.links.tolist()
-    followed = {link >> 1 for link in links if link >= 0 and link & 1}
+    parents = plan.parent_ids()
+    followed = {
+        parents[s] for s in range(len(parents)) if plan.link_kind_id(s) is LinkKind.FOLLOW
+    }
     one = np.float32(1.0)
     zero = np.float32(0.0)
     for sid, cfg in enumerate(plan.configs):
-        if cfg is None or links[sid] >= 0:
+        if cfg is None or parents[sid] >= 0:
             continue
         if cfg.state == QuantState.INITIAL:
             state = QuantState.ACTIVATED
@@ -170,7 +172,7 @@ def stand_in_calibration(graph: Any, plan: Any, platform: str) -> Any:
             scale, offset = np.ones(n, np.float32), np.zeros(n, np.float32)
         ev.set_cfg(sid, cfg.with_scale(scale, offset).with_state(state))
     for sid, cfg in enumerate(plan.configs):
-        if cfg is not None and cfg.state == QuantState.PASSIVE_INIT and links[sid] >= 0:
+        if cfg is not None and cfg.state == QuantState.PASSIVE_INIT and parents[sid] >= 0:
             root = ev.cfg(ev.root(sid))
             if root.scale is not None:
                 ev.set_cfg(sid, cfg.with_state(QuantState.PASSIVE))

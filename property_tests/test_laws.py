@@ -529,7 +529,7 @@ def test_law7_catches_a_corrupted_link_vector() -> None:
     plan = fusekit.init_plan(g, "trt_int8")
     a, b = list(plan.slots())[:2]
     ia, ib = g.index.slot_id(a), g.index.slot_id(b)
-    links = plan.links.tolist()
+    links = plan._links.tolist()  # quant.py's private encoding, on purpose
     links[ia], links[ib] = ib * 2 + 1, ia * 2 + 1  # a -> b -> a, bypassing the API
     bad = QuantPlan(g, plan.configs, pvector(links), plan.dispatch)
     found = laws.acyclic_sharing(bad)

@@ -412,10 +412,10 @@ class TestPassContract:
     def test_inputs_unchanged_and_second_run_is_identity(self, platform: str) -> None:
         g = self.graph()
         plan = fusekit.init_plan(g, platform)
-        before_cfg, before_links = list(plan.configs), list(plan.links)
+        before_cfg, before_links = list(plan.configs), plan.link_table()
         order = list(g.order)
         res = default_pipeline(platform).run(g, plan)
-        assert list(plan.configs) == before_cfg and list(plan.links) == before_links
+        assert list(plan.configs) == before_cfg and plan.link_table() == before_links
         assert list(g.order) == order
         again = default_pipeline(platform).run(g, res.plan)
         assert again.plan is res.plan

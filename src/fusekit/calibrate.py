@@ -39,7 +39,6 @@ from .graph import Graph
 from .passes._core import FusionResult, Recorder
 from .quant import (
     OBSERVER_MIN_SCALE,
-    LinkKind,
     QuantPlan,
     QuantProperty,
     QuantState,
@@ -726,16 +725,12 @@ def calibration_targets(
     graph = plan.graph
     idx = graph.index
     configs = plan.configs
-    links = plan.links.tolist()
     roots = plan.root_ids()
-    follow: dict[int, list[int]] = {}
-    for sid, link in enumerate(links):
-        if link >= 0 and link & 1 == LinkKind.FOLLOW and configs[sid] is not None:
-            follow.setdefault(roots[sid], []).append(sid)
+    follow = plan.follower_ids()
     names = idx.tensor_names
     out: list[Target] = []
     for sid, cfg in enumerate(configs):
-        if cfg is None or links[sid] >= 0:
+        if cfg is None or roots[sid] != sid:
             continue
         members = follow.get(sid, [])
         if cfg.state == QuantState.INITIAL or (override and cfg.state == QuantState.ACTIVATED):
@@ -898,10 +893,9 @@ class Calibration:
             )
         _activate_followers(rec)
         samples = max((r.samples for r in ranges.values()), default=0)
-        result = rec.result(plan)
-        out = CalibrationResult(
-            result.plan, plan, self.name, result._raw, ranges, samples, ds.label
-        )
+        # the measurements, then the recorder's log of what they set
+        out = CalibrationResult(plan, plan, self.name, (), ranges, samples, ds.label)
+        out = out.then(rec.result(plan))
         if self.passive_parameters:
             out = _with_passive_parameters(graph, out)
         return out
@@ -1000,11 +994,10 @@ def _quantized_initializers(
 def _activate_followers(rec: Recorder) -> None:
     """Every slot still PASSIVE_INIT whose root now has a scale becomes PASSIVE."""
     ev = rec.ev
-    links = ev.plan.links
     idx = rec.idx
-    for sid in range(len(links)):
+    for sid in range(len(ev.configs)):
         cfg = ev.cfg(sid)
-        if cfg is None or cfg.state != QuantState.PASSIVE_INIT or ev.link(sid) < 0:
+        if cfg is None or cfg.state != QuantState.PASSIVE_INIT or ev.parent(sid) < 0:
             continue
         root_cfg = ev.cfg(ev.root(sid))
         if root_cfg.scale is None or root_cfg.offset is None:
@@ -1024,14 +1017,11 @@ def _with_passive_parameters(graph: Graph, res: CalibrationResult) -> Calibratio
     from .passes import PassiveParameters
 
     plan = res.plan
-    raw = list(res._raw)
+    later = []
     for platform in sorted({p for p in plan.dispatch if p is not None}):
-        r = PassiveParameters(platform).run(graph, plan)
-        raw.extend(r._raw)
-        plan = r.plan
-    return CalibrationResult(
-        plan, res.input_plan, res.pass_name, tuple(raw), res.ranges, res.samples, res.data_label
-    )
+        later.append(PassiveParameters(platform).run(graph, plan))
+        plan = later[-1].plan
+    return res.then(*later)
 
 
 def calibrate(

@@ -45,7 +45,7 @@ from typing import Any
 
 from ._util import write_files_atomic
 from ._version import __version__
-from .errors import FusekitError, ModelRunError, UnknownOp
+from .errors import CliError, FusekitError, ModelRunError, UnknownOp
 from .examples import example_model_path
 from .graph import Graph, Slot
 from .guards import require_float_model
@@ -55,10 +55,6 @@ __all__ = ["build_parser", "main", "summarize"]
 
 #: Input shape of the bundled example (PaddleOCR's direction classifier takes 48x192 crops).
 EXAMPLE_SHAPES: dict[str, tuple[int, ...]] = {"x": (1, 3, 48, 192)}
-
-
-class CliError(FusekitError, ValueError):
-    """A command-line usage problem found after parsing (a missing file, a bad combination)."""
 
 
 class _Output:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 __all__ = [
     "AlreadyQuantized",
+    "CliError",
     "DanglingInput",
     "DuplicateProducer",
     "ExportError",
@@ -26,10 +27,15 @@ __all__ = [
     "MissingDependency",
     "ModelNotFound",
     "ModelRunError",
+    "NotAPass",
+    "NotARoot",
     "NotCalibrated",
+    "PatternError",
     "PlanGraphMismatch",
+    "PostconditionError",
     "ReportError",
     "SharingCycle",
+    "UnknownLaw",
     "UnknownOp",
     "UnknownPlatform",
     "UnknownSlot",
@@ -123,8 +129,48 @@ class SharingCycle(FusekitError, ValueError):
         super().__init__(f"sharing cycle: {text}")
 
 
+def _located(message: str, *where: str | None) -> str:
+    """``message`` prefixed by the first location given (``"plan.ops['conv']: bad"``)."""
+    for w in where:
+        if w:
+            return f"{w}: {message}"
+    return message
+
+
 class InvalidPlan(FusekitError, ValueError):
-    """A quantization plan (or its JSON form) is malformed; the message names the field."""
+    """A quantization plan (or its JSON form) is malformed.
+
+    The fields say where, and the message starts with the most precise of them: ``path`` is
+    the JSON path of the bad field, rooted at the file or source name
+    (``"p.json.links['a|out|0']"``); ``slot`` the slot concerned (a :class:`~fusekit.Slot` or
+    its text); ``file`` the plan file read (None for in-memory data). ``reason`` is the
+    message without the location.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        slot: object = None,
+        file: str | None = None,
+    ):
+        self.reason = message
+        self.path = path
+        self.slot = slot
+        self.file = file
+        super().__init__(_located(message, path, None if slot is None else str(slot), file))
+
+
+class NotARoot(InvalidPlan, PermissionError):
+    """Setting a scale on a slot that reads its scale from another slot (as PPQ forbids).
+
+    ``slot`` is the slot refused, ``root`` the slot whose scale it uses.
+    """
+
+    def __init__(self, message: str, *, slot: object = None, root: object = None):
+        self.root = root
+        super().__init__(message, slot=slot)
 
 
 class PlanGraphMismatch(InvalidPlan):
@@ -134,13 +180,33 @@ class PlanGraphMismatch(InvalidPlan):
     other wiring, other counts), so the user sees *why* the plan does not fit.
     """
 
-    def __init__(self, message: str, difference: str = ""):
+    def __init__(self, message: str, difference: str = "", *, file: str | None = None):
         self.difference = difference
-        super().__init__(message)
+        super().__init__(message, file=file)
 
 
 class InvalidPlatform(FusekitError, ValueError):
-    """A platform rule set is malformed: unknown field, unknown op type, bad value."""
+    """A platform rule set is malformed: unknown field, unknown op type, bad value.
+
+    ``platform`` names the rule set, ``field`` the rule field (``"activation_types"``,
+    ``"elementwise"``), ``file`` the rule file read; the message starts with the file, then
+    ``platform 'NAME'``, when they are given. ``reason`` is the message without them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        platform: str | None = None,
+        field: str | None = None,
+        file: str | None = None,
+    ):
+        self.reason = message
+        self.platform = platform
+        self.field = field
+        self.file = file
+        where = ": ".join(w for w in (file, f"platform {platform!r}" if platform else None) if w)
+        super().__init__(_located(message, where))
 
 
 class UnknownPlatform(FusekitError, KeyError):
@@ -161,6 +227,61 @@ class NotCalibrated(FusekitError, ValueError):
     def __init__(self, message: str, slot: object = None):
         self.slot = slot
         super().__init__(message)
+
+
+class PatternError(FusekitError, ValueError):
+    """A pattern is malformed (unknown node in an edge, a cycle, disconnected nodes)."""
+
+
+class CliError(FusekitError, ValueError):
+    """A command-line usage problem found after parsing (a missing file, a bad combination)."""
+
+
+class UnknownLaw(FusekitError, KeyError):
+    """A law name that :data:`fusekit.laws.LAWS` does not have (in ``check`` or a pass's
+    ``ensures``). ``law`` is the name asked for, ``known`` the registered names."""
+
+    def __init__(self, law: str, known: Sequence[str] = ()):
+        self.law = law
+        self.known = tuple(known)
+        hint = f"; known: {', '.join(self.known)}" if self.known else ""
+        super().__init__(f"unknown law {law!r}{hint}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NotAPass(FusekitError, TypeError):
+    """A pipeline was given something that is not a pass (no ``name`` or no ``run``).
+
+    ``value`` is the object refused.
+    """
+
+    def __init__(self, value: object, where: str = "a pipeline"):
+        self.value = value
+        super().__init__(
+            f"{value!r} is not a pass (needs .name and .run(graph, plan)); {where} holds passes"
+        )
+
+
+class PostconditionError(FusekitError, AssertionError):
+    """A pass broke a law it declares in ``ensures`` (found by :func:`fusekit.testing.check_pass`
+    or by the debug mode, ``FUSEKIT_CHECK_ENSURES=1``).
+
+    ``pass_name`` names the pass, ``violations`` lists every broken law as
+    :class:`~fusekit.laws.Violation` values. An ``AssertionError`` like the other law checks.
+    """
+
+    def __init__(self, pass_name: str, violations: Sequence[object]):
+        self.pass_name = pass_name
+        self.violations = tuple(violations)
+        shown = "\n  ".join(str(v) for v in self.violations[:20])
+        more = len(self.violations) - 20
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{pass_name} broke a law it ensures ({len(self.violations)} violation(s)):"
+            f"\n  {shown}{tail}"
+        )
 
 
 class ExportError(FusekitError, RuntimeError):

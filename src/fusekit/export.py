@@ -139,7 +139,7 @@ class _Placement:
         graph = plan.graph
         idx = graph.index
         configs = plan.configs.tolist()
-        links = plan.links.tolist()
+        parents = plan.parent_ids()
         self.roots = roots = plan.root_ids()
         self.after: dict[int, _Key] = {}
         self.before: dict[int, _Key] = {}
@@ -155,7 +155,7 @@ class _Placement:
             if sid in memo:
                 return memo[sid]
             memo[sid] = k = self._status(
-                sid, configs, roots, links, slot_tensor, constants, require_scales, idx
+                sid, configs, roots, parents, slot_tensor, constants, require_scales, idx
             )
             return k
 
@@ -188,7 +188,7 @@ class _Placement:
                 if tid < 0 or cfg is None or cfg.state is FP32:
                     continue
                 if cfg.state is OVERLAPPED:
-                    k = self._same_tensor_exporter(sid, tid, links, status, slot_tensor)
+                    k = self._same_tensor_exporter(sid, tid, parents, status, slot_tensor)
                 else:
                     k = status(sid)
                 if k is None:
@@ -206,7 +206,7 @@ class _Placement:
         sid: int,
         configs: list[Any],
         roots: list[int],
-        links: list[int],
+        parents: list[int],
         slot_tensor: list[int],
         constants: frozenset[int],
         require_scales: bool,
@@ -225,7 +225,7 @@ class _Placement:
             if require_scales:
                 what = (
                     "has no scale yet: calibrate the plan"
-                    if state != QuantState.PASSIVE_INIT or links[sid] >= 0
+                    if state != QuantState.PASSIVE_INIT or parents[sid] >= 0
                     else "is PASSIVE_INIT: run fusekit.PassiveParameters after calibration"
                 )
                 raise NotCalibrated(
@@ -249,7 +249,7 @@ class _Placement:
 
     @staticmethod
     def _same_tensor_exporter(
-        sid: int, tid: int, links: list[int], status: Any, slot_tensor: list[int]
+        sid: int, tid: int, parents: list[int], status: Any, slot_tensor: list[int]
     ) -> _Key | None:
         """For an overlapped input: the slot on the same tensor that quantizes it, if any.
 
@@ -258,8 +258,8 @@ class _Placement:
         the tensor (a fused activation, a passive op) means the value is not quantized here.
         """
         s = sid
-        while links[s] >= 0:
-            s = links[s] >> 1
+        while parents[s] >= 0:
+            s = parents[s]
             if slot_tensor[s] != tid:
                 return None
             k = status(s)

@@ -33,7 +33,7 @@ from .errors import NotCalibrated
 from .graph import Graph, Slot
 from .passes import PassiveParameters, default_pipeline
 from .platforms import Platform, get_platform
-from .quant import LinkKind, QuantPlan, QuantState, TensorQuantConfig, minmax_to_scale_offset
+from .quant import QuantPlan, QuantState, TensorQuantConfig, minmax_to_scale_offset
 
 __all__ = ["FixResult", "PointChange", "fix_plan"]
 
@@ -119,7 +119,7 @@ def fix_plan(
     idx = graph.index
     st, names = idx.slot_tensor, idx.tensor_names
     roots = want.root_ids()
-    links = want.links.tolist()
+    follow = want.follower_ids()
     configs = want.configs
     members: dict[int, list[int]] = {}
     for sid, r in enumerate(roots):
@@ -161,9 +161,7 @@ def fix_plan(
         if st[r] in consts:
             _weight(e, graph, plan, r, cfg, model_root(r), slot, t, changes)
             continue
-        followers = [
-            s for s in group if s != r and links[s] >= 0 and links[s] & 1 == LinkKind.FOLLOW
-        ]
+        followers = follow.get(r, [])
         # the aligned members (FOLLOW links) and the root; overlapped members (a fused or
         # passive op's slots) take the root's scale, whatever the model gave them
         aligned = [r, *followers] if followers else []

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
-from .errors import FusekitError
+from .errors import UnknownLaw
 from .graph import Graph, Slot, rule_type
 from .patterns import Node, find
 from .platforms import Platform, get_platform
@@ -106,29 +106,10 @@ def _producing_op(graph: Graph, tensor: str) -> str | None:
 
 def acyclic_sharing(plan: QuantPlan) -> tuple[Violation, ...]:
     """Every slot's link chain ends in a root (no slot is, even indirectly, its own master)."""
-    out: list[Violation] = []
-    done: set[Slot] = set()
-    for slot in plan.slots():
-        path: list[Slot] = []
-        on_path: set[Slot] = set()
-        s: Slot | None = slot
-        while s is not None and s not in done:
-            if s in on_path:
-                cycle = [*path[path.index(s) :], s]
-                out.append(
-                    Violation(
-                        "acyclic-sharing",
-                        s,
-                        "link chain loops: " + " -> ".join(str(x) for x in cycle),
-                    )
-                )
-                break
-            path.append(s)
-            on_path.add(s)
-            parent = plan.parent(s)
-            s = parent[0] if parent is not None else None
-        done.update(path)
-    return tuple(out)
+    return tuple(
+        Violation("acyclic-sharing", loop[0], "link chain loops: " + " -> ".join(map(str, loop)))
+        for loop in plan.sharing_cycles()
+    )
 
 
 def _passive_applies(graph: Graph, plan: QuantPlan, p: Platform, op_name: str) -> bool:
@@ -365,6 +346,6 @@ def check(
     for name in names:
         fn = LAWS.get(name)
         if fn is None:
-            raise FusekitError(f"unknown law {name!r}; known: {', '.join(LAWS)}")
+            raise UnknownLaw(name, tuple(LAWS))
         out.extend(fn(graph, plan, p))
     return tuple(out)

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .errors import FusekitError
+from .errors import PatternError
 from .graph import Graph, GraphArrays, Op, rule_type
 
 __all__ = [
@@ -49,10 +49,6 @@ __all__ = [
     "find_ids",
     "match",
 ]
-
-
-class PatternError(FusekitError, ValueError):
-    """A pattern is malformed (unknown node in an edge, a cycle, disconnected nodes)."""
 
 
 def _types(value: Iterable[str] | str | None) -> frozenset[str] | None:

@@ -37,14 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pyrsistent import pvector
 
 from ._util import write_bytes_atomic
 from .dispatch import refuse_other_floats
 from .errors import InvalidPlan, PlanGraphMismatch, UnknownSlot
 from .graph import Graph, Slot
 from .quant import (
-    NO_LINK,
     LinkKind,
     QuantPlan,
     QuantPolicy,
@@ -115,7 +113,7 @@ def plan_to_dict(plan: QuantPlan) -> dict[str, Any]:
 
     ops: dict[str, Any] = {}
     links: dict[str, Any] = {}
-    configs, link_v, dispatch = plan.configs, plan.links, plan.dispatch
+    configs, dispatch = plan.configs, plan.dispatch
     for name in plan.graph.order:
         oid = idx.op_id[name]
         platform = dispatch[oid]
@@ -125,10 +123,10 @@ def plan_to_dict(plan: QuantPlan) -> dict[str, Any]:
         outs = [ref(configs[s]) for s in idx.output_sids(oid)]
         ops[name] = {"platform": platform, "in": ins, "out": outs}
         for s in idx.slot_ids_of(oid):
-            link = link_v[s]
-            if link >= 0:
-                kind = "overlap" if link & 1 == LinkKind.OVERLAP else "follow"
-                links[str(idx.slot_key(s))] = [str(idx.slot_key(link >> 1)), kind]
+            parent = plan.parent_id(s)
+            if parent >= 0:
+                kind = "overlap" if plan.link_kind_id(s) is LinkKind.OVERLAP else "follow"
+                links[str(idx.slot_key(s))] = [str(idx.slot_key(parent)), kind]
     return {
         "format": PLAN_FORMAT,
         "version": PLAN_VERSION,
@@ -160,9 +158,9 @@ def save_plan(plan: QuantPlan, path: str | Path) -> None:
 
 def _need(d: Mapping[str, Any], key: str, where: str) -> Any:
     if not isinstance(d, Mapping):
-        raise InvalidPlan(f"{where}: expected an object")
+        raise InvalidPlan("expected an object", path=where)
     if key not in d:
-        raise InvalidPlan(f"{where}: missing field {key!r}")
+        raise InvalidPlan(f"missing field {key!r}", path=where)
     return d[key]
 
 
@@ -171,7 +169,7 @@ def _enum(cls: Any, value: Any, where: str) -> Any:
         return cls[value]
     except (KeyError, TypeError):
         names = ", ".join(m for m in cls.__members__)
-        raise InvalidPlan(f"{where}: {value!r} is not one of {names}") from None
+        raise InvalidPlan(f"{value!r} is not one of {names}", path=where) from None
 
 
 def _array_from_json(d: Any, where: str) -> np.ndarray[Any, Any] | None:
@@ -194,24 +192,24 @@ def _array_from_json(d: Any, where: str) -> np.ndarray[Any, Any] | None:
             arr = np.array(data, dtype=dt).reshape(shape)
     except (TypeError, ValueError, OverflowError):
         raise InvalidPlan(
-            f"{where}: not a valid array (dtype {dtype!r}, shape {shape!r})"
+            f"not a valid array (dtype {dtype!r}, shape {shape!r})", path=where
         ) from None
     if dt.kind == "f" and not np.all(np.isfinite(arr)):
-        raise InvalidPlan(f"{where}: scales and offsets must be finite numbers")
+        raise InvalidPlan("scales and offsets must be finite numbers", path=where)
     return arr
 
 
 def _number(value: Any, where: str, integral: bool = False) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidPlan(f"{where}: expected a number, got {value!r}")
+        raise InvalidPlan(f"expected a number, got {value!r}", path=where)
     if integral and not isinstance(value, int):
-        raise InvalidPlan(f"{where}: expected an integer, got {value!r}")
+        raise InvalidPlan(f"expected an integer, got {value!r}", path=where)
     return value
 
 
 def _config_from_json(d: Any, where: str) -> TensorQuantConfig:
     if not isinstance(d, Mapping):
-        raise InvalidPlan(f"{where}: expected an object")
+        raise InvalidPlan("expected an object", path=where)
     known = {
         "state",
         "policy",
@@ -228,16 +226,16 @@ def _config_from_json(d: Any, where: str) -> TensorQuantConfig:
     }
     extra = set(d) - known
     if extra:
-        raise InvalidPlan(f"{where}: unknown field(s) {sorted(extra)}")
+        raise InvalidPlan(f"unknown field(s) {sorted(extra)}", path=where)
     policy_text = _need(d, "policy", where)
     if not isinstance(policy_text, str):
-        raise InvalidPlan(f"{where}.policy: expected a string")
+        raise InvalidPlan("expected a string", path=f"{where}.policy")
     axis = d.get("channel_axis")
     if axis is not None:
         axis = _number(axis, f"{where}.channel_axis", integral=True)
     observer = d.get("observer")
     if observer is not None and not isinstance(observer, str):
-        raise InvalidPlan(f"{where}.observer: expected a string or null")
+        raise InvalidPlan("expected a string or null", path=f"{where}.observer")
     try:
         return TensorQuantConfig(
             policy=QuantPolicy.parse(policy_text),
@@ -258,80 +256,84 @@ def _config_from_json(d: Any, where: str) -> TensorQuantConfig:
             state=_enum(QuantState, _need(d, "state", where), f"{where}.state"),
         )
     except InvalidPlan as e:
-        if str(e).startswith(where):
+        if e.path is not None:
             raise
-        raise InvalidPlan(f"{where}: {e}") from None
+        raise InvalidPlan(e.reason, path=where) from None
 
 
 def plan_from_dict(graph: Graph, data: Any, *, source: str = "plan") -> QuantPlan:
     """Rebuild a plan for ``graph`` from :func:`plan_to_dict` data, validating every field."""
     if not isinstance(data, Mapping):
-        raise InvalidPlan(f"{source}: expected a JSON object at the top level")
+        raise InvalidPlan("expected a JSON object at the top level", path=source)
     if data.get("format") != PLAN_FORMAT:
-        raise InvalidPlan(f"{source}: field 'format' must be {PLAN_FORMAT!r}")
+        raise InvalidPlan(f"field 'format' must be {PLAN_FORMAT!r}", path=source)
     version = data.get("version")
     if isinstance(version, bool) or version not in _READABLE_VERSIONS:
         raise InvalidPlan(
-            f"{source}: unsupported version {version!r} (this fusekit reads "
-            f"{', '.join(map(str, _READABLE_VERSIONS))})"
+            f"unsupported version {version!r} (this fusekit reads "
+            f"{', '.join(map(str, _READABLE_VERSIONS))})",
+            path=source,
         )
     record = _check_graph_record(graph, data, version, source)
     raw_configs = _need(data, "configs", source)
     if not isinstance(raw_configs, list):
-        raise InvalidPlan(f"{source}.configs: expected a list")
+        raise InvalidPlan("expected a list", path=f"{source}.configs")
     table = [_config_from_json(c, f"{source}.configs[{i}]") for i, c in enumerate(raw_configs)]
     idx = graph.index
     configs: list[TensorQuantConfig | None] = [None] * idx.n_slots
     dispatch: list[str | None] = [None] * len(idx.op_names)
     ops = _need(data, "ops", source)
     if not isinstance(ops, Mapping):
-        raise InvalidPlan(f"{source}.ops: expected an object")
+        raise InvalidPlan("expected an object", path=f"{source}.ops")
     for name, entry in ops.items():
         where = f"{source}.ops[{name!r}]"
         oid = idx.op_id.get(name)
         if oid is None:
-            raise InvalidPlan(f"{where}: the graph has no op named {name!r}")
+            raise InvalidPlan(f"the graph has no op named {name!r}", path=where)
         platform = _need(entry, "platform", where)
         if not isinstance(platform, str) or not platform:
-            raise InvalidPlan(f"{where}.platform: expected a non-empty string")
+            raise InvalidPlan("expected a non-empty string", path=f"{where}.platform")
         dispatch[oid] = platform
         for side, sids in (("in", idx.input_sids(oid)), ("out", idx.output_sids(oid))):
             refs = _need(entry, side, where)
             if not isinstance(refs, list) or len(refs) != len(sids):
                 raise InvalidPlan(
-                    f"{where}.{side}: expected a list of {len(sids)} config indices "
-                    f"({name} has {len(sids)} {'inputs' if side == 'in' else 'outputs'})"
+                    f"expected a list of {len(sids)} config indices "
+                    f"({name} has {len(sids)} {'inputs' if side == 'in' else 'outputs'})",
+                    path=f"{where}.{side}",
                 )
             for k, (r, sid) in enumerate(zip(refs, sids)):
                 if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < len(table):
-                    raise InvalidPlan(f"{where}.{side}[{k}]: config index {r!r} out of range")
+                    raise InvalidPlan(
+                        f"config index {r!r} out of range", path=f"{where}.{side}[{k}]"
+                    )
                 configs[sid] = table[r]
-    links = [NO_LINK] * idx.n_slots
+    links: list[tuple[int, int, LinkKind]] = []
     raw_links = data.get("links", {})
     if not isinstance(raw_links, Mapping):
-        raise InvalidPlan(f"{source}.links: expected an object")
+        raise InvalidPlan("expected an object", path=f"{source}.links")
     for key, value in raw_links.items():
         where = f"{source}.links[{key!r}]"
         try:
             child = idx.slot_id(Slot.parse(key))
         except UnknownSlot as e:
-            raise InvalidPlan(f"{where}: {e}") from None
+            raise InvalidPlan(f"{e}", path=where) from None
         if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str):
-            raise InvalidPlan(f"{where}: expected [parent slot, 'overlap' | 'follow']")
+            raise InvalidPlan("expected [parent slot, 'overlap' | 'follow']", path=where)
         try:
             parent = idx.slot_id(Slot.parse(value[0]))
         except UnknownSlot as e:
-            raise InvalidPlan(f"{where}: {e}") from None
+            raise InvalidPlan(f"{e}", path=where) from None
         kind = _KINDS.get(value[1]) if isinstance(value[1], str) else None
         if kind is None:
-            raise InvalidPlan(f"{where}: link kind {value[1]!r} is not 'overlap' or 'follow'")
+            raise InvalidPlan(f"link kind {value[1]!r} is not 'overlap' or 'follow'", path=where)
         if configs[child] is None or configs[parent] is None:
-            raise InvalidPlan(f"{where}: links a slot of an op the plan does not quantize")
+            raise InvalidPlan("links a slot of an op the plan does not quantize", path=where)
         if child == parent:
-            raise InvalidPlan(f"{where}: a slot cannot be linked to itself")
-        links[child] = parent * 2 + int(kind)
-    _check_acyclic(links, idx, source)
-    plan = QuantPlan(graph, pvector(configs), pvector(links), pvector(dispatch))
+            raise InvalidPlan("a slot cannot be linked to itself", path=where)
+        links.append((child, parent, kind))
+    # the sharing structure is validated (no cycle) by quant.py, which owns its encoding
+    plan = QuantPlan.from_ids(graph, configs, dispatch, links, where=f"{source}.links")
     refuse_other_floats(graph, plan)  # as init_plan: no plan may claim a float16 tensor
     if record is not None and record[2] != len(plan):
         raise PlanGraphMismatch(
@@ -355,10 +357,10 @@ def _check_graph_record(
         return None
     rec = _need(data, "graph", source)
     if not isinstance(rec, Mapping):
-        raise InvalidPlan(f"{where}: expected an object")
+        raise InvalidPlan("expected an object", path=where)
     name = _need(rec, "name", where)
     if not isinstance(name, str):
-        raise InvalidPlan(f"{where}.name: expected a string")
+        raise InvalidPlan("expected a string", path=f"{where}.name")
     n_ops = _number(_need(rec, "ops", where), f"{where}.ops", integral=True)
     n_slots = _number(_need(rec, "slots", where), f"{where}.slots", integral=True)
     here = graph.name
@@ -377,7 +379,7 @@ def _check_graph_record(
     if version >= 2:
         fp = _need(rec, "fingerprint", where)
         if not isinstance(fp, str):
-            raise InvalidPlan(f"{where}.fingerprint: expected a string")
+            raise InvalidPlan("expected a string", path=f"{where}.fingerprint")
         if fp != graph.fingerprint():
             raise refuse(
                 f"structural fingerprint {fp}, this graph's is {graph.fingerprint()}: "
@@ -386,31 +388,12 @@ def _check_graph_record(
     return name, int(n_ops), int(n_slots)
 
 
-def _check_acyclic(links: list[int], idx: Any, source: str) -> None:
-    state = [0] * len(links)  # 0 unvisited, 1 on the current path, 2 done
-    for start in range(len(links)):
-        if state[start]:
-            continue
-        path = []
-        s = start
-        while s >= 0 and state[s] == 0:
-            state[s] = 1
-            path.append(s)
-            s = links[s] >> 1 if links[s] >= 0 else -1
-        if s >= 0 and state[s] == 1:
-            cyc = [*path[path.index(s) :], s]
-            chain = " -> ".join(str(idx.slot_key(x)) for x in cyc)
-            raise InvalidPlan(f"{source}.links: sharing cycle {chain}")
-        for p in path:
-            state[p] = 2
-
-
 def plan_from_json(graph: Graph, text: str | bytes, *, source: str = "plan") -> QuantPlan:
     """Parse :func:`plan_to_json` output back into a plan for ``graph``."""
     try:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidPlan(f"{source}: not valid JSON ({e})") from None
+        raise InvalidPlan(f"not valid JSON ({e})", path=source) from None
     return plan_from_dict(graph, data, source=source)
 
 
@@ -418,5 +401,9 @@ def load_plan(graph: Graph, path: str | Path) -> QuantPlan:
     """Read a plan JSON file written by :func:`save_plan` (for the same graph)."""
     p = Path(path)
     if not p.is_file():
-        raise InvalidPlan(f"{p}: no such file")
-    return plan_from_json(graph, p.read_bytes(), source=str(p))
+        raise InvalidPlan("no such file", file=str(p))
+    try:
+        return plan_from_json(graph, p.read_bytes(), source=str(p))
+    except InvalidPlan as e:
+        e.file = str(p)  # the paths in the message already start with it
+        raise

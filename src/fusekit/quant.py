@@ -21,14 +21,14 @@ links live in persistent vectors indexed by slot id; the public API speaks :clas
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import attrs
 import numpy as np
 from pyrsistent import PVector, pvector
 
-from .errors import InvalidPlan, PlanGraphMismatch, SharingCycle, UnknownSlot
+from .errors import InvalidPlan, NotARoot, PlanGraphMismatch, SharingCycle, UnknownSlot
 from .graph import Graph, GraphIndex, Slot
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "QuantPolicy",
     "QuantProperty",
     "QuantState",
+    "ReadVector",
     "RoundingPolicy",
     "SlotDiff",
     "TensorQuantConfig",
@@ -415,15 +416,85 @@ def _variant(
 # The plan
 
 
-class NotARoot(InvalidPlan, PermissionError):
-    """Setting a scale on a slot that reads its scale from another slot (as PPQ forbids)."""
-
-
+# The sharing structure is stored as one int per slot id: NO_LINK for a root, else
+# ``parent * 2 + kind``. That encoding is private to this module: every other module asks
+# QuantPlan / PlanEvolver (parent_id, link_kind_id, root_id, follower_ids, ...). NO_LINK is
+# exported only for building a plan with no links (``pvector([NO_LINK] * n)``).
 NO_LINK = -1
+_KIND_OF = (LinkKind.OVERLAP, LinkKind.FOLLOW)  # link & 1 -> kind, without an enum call
+
+_T_co = TypeVar("_T_co", covariant=True)
 
 
-def _encode_link(parent: int, kind: LinkKind) -> int:
-    return parent * 2 + int(kind)
+class ReadVector(Protocol[_T_co]):
+    """What a plan evolver's live tables offer a pass: indexing by id and a length (no writes:
+    writes go through the evolver's methods, which keep the change flag and the log right)."""
+
+    def __getitem__(self, i: int, /) -> _T_co: ...
+
+    def __len__(self) -> int: ...
+
+
+def _cycle_error(
+    links: Any, start: int, key: Callable[[int], Slot] | None, where: str | None
+) -> InvalidPlan:
+    """The error for a link chain from ``start`` that never reaches a root, naming the loop."""
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    s = start
+    while s >= 0 and s not in seen:
+        seen[s] = len(path)
+        path.append(s)
+        link = links[s]
+        s = link >> 1 if link >= 0 else -1
+    loop = [*path[seen[s] :], s] if s >= 0 else path
+    text = " -> ".join(str(key(x)) if key is not None else str(x) for x in loop)
+    slot = key(loop[0]) if key is not None and loop else None
+    return InvalidPlan(f"sharing cycle {text}", path=where, slot=None if where else slot)
+
+
+def _root(links: Any, sid: int) -> int:
+    """Root slot id of ``sid``: the one root-finding walk (with the one cycle guard).
+
+    A chain longer than the number of slots is a loop (impossible through the API; a
+    corrupted or hand-made link table); it raises :class:`InvalidPlan` naming the loop.
+    """
+    link = links[sid]
+    steps = 0
+    limit = len(links)
+    while link >= 0:
+        sid = link >> 1
+        link = links[sid]
+        steps += 1
+        if steps > limit:
+            raise _cycle_error(links, sid, None, None)
+    return sid
+
+
+def _roots(
+    links: list[int], key: Callable[[int], Slot] | None = None, where: str | None = None
+) -> list[int]:
+    """Root of every slot id in O(slots) (each chain walked once); raises on a loop.
+
+    This is also the acyclicity check of a whole link table (plan files are validated with it).
+    """
+    n = len(links)
+    roots = [-1] * n
+    for sid in range(n):
+        if roots[sid] >= 0:
+            continue
+        path = []
+        s = sid
+        while links[s] >= 0 and roots[s] < 0:
+            path.append(s)
+            if len(path) > n:
+                raise _cycle_error(links, sid, key, where)
+            s = links[s] >> 1
+        r = roots[s] if roots[s] >= 0 else s
+        roots[s] = r
+        for p in path:
+            roots[p] = r
+    return roots
 
 
 class SlotDiff(NamedTuple):
@@ -448,7 +519,9 @@ class QuantPlan:
 
     graph: Graph = attrs.field(repr=False)
     configs: PVector[Any] = attrs.field(repr=False)  # slot id -> TensorQuantConfig | None
-    links: PVector[int] = attrs.field(repr=False)  # slot id -> NO_LINK or parent*2 + LinkKind
+    # slot id -> NO_LINK or parent*2 + LinkKind: private (read it with parent_id & co); the
+    # constructor argument is still called ``links``
+    _links: PVector[int] = attrs.field(repr=False)
     dispatch: PVector[str | None] = attrs.field(repr=False)  # op id -> platform (None: FP32)
 
     # -- construction ---------------------------------------------------------------------
@@ -493,6 +566,45 @@ class QuantPlan:
             dispatch[oid] = platform
         return cls(graph, pvector(configs), pvector([NO_LINK] * idx.n_slots), pvector(dispatch))
 
+    @classmethod
+    def from_ids(
+        cls,
+        graph: Graph,
+        configs: Iterable[TensorQuantConfig | None],
+        dispatch: Iterable[str | None],
+        links: Iterable[tuple[int, int, LinkKind]] = (),
+        *,
+        where: str | None = None,
+    ) -> QuantPlan:
+        """A plan from tables by id: a config per slot id, a platform per op id, and the links
+        as ``(slot id, parent slot id, kind)`` triples (the reader of plan files uses it).
+
+        Validates what the ids alone can show: lengths, no slot linked to itself or twice, and
+        no sharing cycle (:class:`InvalidPlan` naming the loop; ``where`` locates the links in
+        the error, e.g. ``"p.json.links"``).
+        """
+        idx = graph.index
+        cfg_v, disp_v = pvector(configs), pvector(dispatch)
+        if len(cfg_v) != idx.n_slots or len(disp_v) != len(idx.op_names):
+            raise InvalidPlan(
+                f"expected {idx.n_slots} configs and {len(idx.op_names)} platforms, got "
+                f"{len(cfg_v)} and {len(disp_v)}",
+                path=where,
+            )
+        table = [NO_LINK] * idx.n_slots
+        for child, parent, kind in links:
+            if not (0 <= child < idx.n_slots and 0 <= parent < idx.n_slots):
+                raise InvalidPlan(f"slot id {child} or {parent} out of range", path=where)
+            if child == parent:
+                raise InvalidPlan(
+                    "a slot cannot be linked to itself", path=where, slot=idx.slot_key(child)
+                )
+            if table[child] != NO_LINK:
+                raise InvalidPlan("a slot is linked twice", path=where, slot=idx.slot_key(child))
+            table[child] = parent * 2 + int(kind)
+        _roots(table, idx.slot_key, where)  # raises on a sharing cycle
+        return cls(graph, cfg_v, pvector(table), disp_v)
+
     # -- equality ---------------------------------------------------------------------------
 
     def __eq__(self, other: object) -> bool:
@@ -501,14 +613,14 @@ class QuantPlan:
         if not isinstance(other, QuantPlan):
             return NotImplemented
         return (
-            self.links == other.links
+            self._links == other._links
             and self.dispatch == other.dispatch
             and len(self.configs) == len(other.configs)
             and all(a is b or a == b for a, b in zip(self.configs, other.configs))
         )
 
     def __hash__(self) -> int:
-        return hash((len(self.configs), tuple(self.links)))
+        return hash((len(self.configs), tuple(self._links)))
 
     # -- slot access ------------------------------------------------------------------------
 
@@ -570,66 +682,117 @@ class QuantPlan:
 
     # -- sharing ------------------------------------------------------------------------------
 
-    def _root_sid(self, sid: int) -> int:
-        links = self.links
-        seen = 0
-        limit = len(links)
-        while True:
-            link = links[sid]
-            if link < 0:
-                return sid
-            sid = link >> 1
-            seen += 1
-            if seen > limit:  # impossible by construction; guard against corrupted input
-                raise InvalidPlan("sharing links contain a cycle")
+    def parent_id(self, sid: int) -> int:
+        """Slot id of ``sid``'s direct parent, or -1 for a root."""
+        link = self._links[sid]
+        return link >> 1 if link >= 0 else -1
+
+    def link_kind_id(self, sid: int) -> LinkKind | None:
+        """How slot id ``sid`` is linked to its parent (None for a root)."""
+        link = self._links[sid]
+        return _KIND_OF[link & 1] if link >= 0 else None
+
+    def root_id(self, sid: int) -> int:
+        """Root slot id of slot id ``sid`` (InvalidPlan if a corrupted link table loops)."""
+        return _root(self._links, sid)
+
+    def parent_ids(self) -> list[int]:
+        """The direct parent of every slot id (-1 for roots), as a plain list for loops."""
+        return [link >> 1 if link >= 0 else -1 for link in self._links]
+
+    def link_table(self) -> tuple[tuple[int, LinkKind | None], ...]:
+        """``(parent id, kind)`` of every slot id: the whole sharing structure as a comparable
+        value (purity checks snapshot it)."""
+        kind = _KIND_OF
+        return tuple((x >> 1, kind[x & 1]) if x >= 0 else (-1, None) for x in self._links)
 
     def parent(self, slot: Slot) -> tuple[Slot, LinkKind] | None:
         """The slot's direct link ``(parent, kind)``, or None for a root."""
         sid = self._sid(slot)
-        link = self.links[sid]
+        link = self._links[sid]
         if link < 0:
             return None
-        return self.graph.index.slot_key(link >> 1), LinkKind(link & 1)
+        return self.graph.index.slot_key(link >> 1), _KIND_OF[link & 1]
+
+    def link_kind(self, slot: Slot) -> LinkKind | None:
+        """How ``slot`` is linked to its parent: OVERLAP, FOLLOW, or None for a root."""
+        return self.link_kind_id(self._sid(slot))
 
     def root(self, slot: Slot) -> Slot:
         """The slot whose scale/offset ``slot`` uses, following every overlap and follow link."""
-        return self.graph.index.slot_key(self._root_sid(self._sid(slot)))
+        return self.graph.index.slot_key(_root(self._links, self._sid(slot)))
 
     def chain(self, slot: Slot) -> tuple[tuple[Slot, LinkKind | None], ...]:
         """The link path from ``slot`` to its root: ``((slot, kind), ..., (root, None))``."""
-        idx = self.graph.index
+        key = self.graph.index.slot_key
+        links = self._links
         sid = self._sid(slot)
+        root = _root(links, sid)  # guards the walk below against a loop
         out: list[tuple[Slot, LinkKind | None]] = []
-        while True:
-            link = self.links[sid]
-            if link < 0:
-                out.append((idx.slot_key(sid), None))
-                return tuple(out)
-            out.append((idx.slot_key(sid), LinkKind(link & 1)))
+        while sid != root:
+            link = links[sid]
+            out.append((key(sid), _KIND_OF[link & 1]))
             sid = link >> 1
+        out.append((key(root), None))
+        return tuple(out)
 
     def root_ids(self) -> list[int]:
         """Root slot id of every slot id (-1 where the op is not quantized), in O(slots)."""
-        links = self.links.tolist()
+        roots = _roots(self._links.tolist(), self.graph.index.slot_key)
+        for sid, cfg in enumerate(self.configs):
+            if cfg is None:
+                roots[sid] = -1
+        return roots
+
+    def follower_ids(self) -> dict[int, list[int]]:
+        """``{root id: [slot ids linked to a parent by FOLLOW, in id order]}`` for every root
+        with such members: the slots that keep quantizing with the root's scale (aligned
+        inputs, Clip bounds), which calibration measures with the root."""
+        links = self._links.tolist()
         configs = self.configs
-        roots = [-1] * len(links)
-        for sid in range(len(links)):
-            if configs[sid] is None or roots[sid] >= 0:
+        out: dict[int, list[int]] = {}
+        roots: list[int] | None = None
+        for sid, link in enumerate(links):
+            if link >= 0 and link & 1 and configs[sid] is not None:
+                if roots is None:
+                    roots = _roots(links, self.graph.index.slot_key)
+                out.setdefault(roots[sid], []).append(sid)
+        return out
+
+    def sharing_cycles(self) -> tuple[tuple[Slot, ...], ...]:
+        """Every loop in the link table, each as ``(s, ..., s)`` (empty for any plan made
+        through this API; a hand-made or corrupted table can loop). O(slots)."""
+        links = self._links.tolist()
+        key = self.graph.index.slot_key
+        state = [0] * len(links)  # 0 unvisited, 1 on the current path, 2 done
+        out: list[tuple[Slot, ...]] = []
+        for start in range(len(links)):
+            if state[start]:
                 continue
             path = []
-            s = sid
-            while links[s] >= 0 and roots[s] < 0:
+            s = start
+            while s >= 0 and state[s] == 0:
+                state[s] = 1
                 path.append(s)
-                s = links[s] >> 1
-            r = roots[s] if roots[s] >= 0 else s
-            roots[s] = r
+                s = links[s] >> 1 if links[s] >= 0 else -1
+            if s >= 0 and state[s] == 1:
+                out.append(tuple(key(x) for x in (*path[path.index(s) :], s)))
             for p in path:
-                roots[p] = r
-        return roots
+                state[p] = 2
+        return tuple(out)
+
+    def followers(self, root: Slot) -> tuple[Slot, ...]:
+        """The slots sharing ``root``'s scale through a FOLLOW link (``root`` must be a root)."""
+        sid = self._sid(root)
+        if self._links[sid] >= 0:
+            owner = self.graph.index.slot_key(_root(self._links, sid))
+            raise NotARoot(f"{root} is not a root: it uses the scale of {owner}", slot=root)
+        key = self.graph.index.slot_key
+        return tuple(key(s) for s in self.follower_ids().get(sid, ()))
 
     def group(self, slot: Slot) -> frozenset[Slot]:
         """Every slot sharing ``slot``'s root (including both)."""
-        r = self._root_sid(self._sid(slot))
+        r = _root(self._links, self._sid(slot))
         idx = self.graph.index
         return frozenset(idx.slot_key(s) for s, rr in enumerate(self.root_ids()) if rr == r)
 
@@ -648,11 +811,11 @@ class QuantPlan:
 
     def scale_of(self, slot: Slot) -> np.ndarray[Any, Any] | None:
         """The scale ``slot`` quantizes with: its root's."""
-        return self.configs[self._root_sid(self._sid(slot))].scale  # type: ignore[no-any-return]
+        return self.configs[_root(self._links, self._sid(slot))].scale  # type: ignore[no-any-return]
 
     def offset_of(self, slot: Slot) -> np.ndarray[Any, Any] | None:
         """The offset (zero point) ``slot`` quantizes with: its root's."""
-        return self.configs[self._root_sid(self._sid(slot))].offset  # type: ignore[no-any-return]
+        return self.configs[_root(self._links, self._sid(slot))].offset  # type: ignore[no-any-return]
 
     # -- updates ------------------------------------------------------------------------------
 
@@ -714,34 +877,20 @@ class PlanEvolver:
 
     Reads see the updates made so far. :meth:`persistent` returns the original plan object when
     nothing changed. Methods taking ``sid`` work on integer slot ids (the graph index's) and are
-    what passes use in their loops; the others take :class:`Slot` keys.
+    what passes use in their loops; the others take :class:`Slot` keys. The link encoding stays
+    inside: passes read links with :meth:`parent`, :meth:`link_kind`, :meth:`follows` and
+    :meth:`root`.
     """
 
-    __slots__ = (
-        "_cfg",
-        "_dirty",
-        "_dispatch",
-        "_index",
-        "_limit",
-        "_links",
-        "_off",
-        "_pinit",
-        "_plan",
-    )
+    __slots__ = ("_cfg", "_dirty", "_dispatch", "_index", "_links", "_plan")
 
     def __init__(self, plan: QuantPlan):
         self._plan = plan
         self._cfg = plan.configs.evolver()
-        self._links = plan.links.evolver()
+        self._links = plan._links.evolver()
         self._dispatch = plan.dispatch.evolver()
         self._index = plan.graph.index
         self._dirty = False
-        # a link chain longer than this is a cycle (impossible by construction)
-        self._limit = 2 * len(plan.links)
-        # id(config) -> (config, its OVERLAPPED variant): overlap_sid's with_state, memoised
-        # for this transient (holding the config keeps its id from being reused)
-        self._off: dict[int, tuple[TensorQuantConfig, TensorQuantConfig]] = {}
-        self._pinit: dict[int, tuple[TensorQuantConfig, TensorQuantConfig]] = {}  # follow_sid's
 
     @property
     def plan(self) -> QuantPlan:
@@ -754,21 +903,17 @@ class PlanEvolver:
         return self._index
 
     @property
-    def configs(self) -> Any:
+    def configs(self) -> ReadVector[TensorQuantConfig]:
         """The configs as they are now, indexed by slot id: read them, write with the methods.
 
-        Passes bind this once and index it in their loops (a method call per read cost as much
-        as the pass's own logic on a large graph).
+        None for the slots of unquantized ops (not in the type: passes test :meth:`platform`
+        first). Passes bind this once and index it in their loops (a method call per read
+        cost as much as the pass's own logic on a large graph).
         """
         return self._cfg
 
     @property
-    def links(self) -> Any:
-        """The encoded links as they are now, by slot id (read only; see :meth:`link`)."""
-        return self._links
-
-    @property
-    def dispatch(self) -> Any:
+    def dispatch(self) -> ReadVector[str | None]:
         """The platform of every op id as it is now (read only; see :meth:`platform`)."""
         return self._dispatch
 
@@ -789,22 +934,24 @@ class PlanEvolver:
         """
         return self._cfg[sid]  # type: ignore[no-any-return]
 
-    def link(self, sid: int) -> int:
-        """Encoded link of ``sid``: -1 for a root, else ``parent * 2 + kind``."""
-        return self._links[sid]
+    def parent(self, sid: int) -> int:
+        """Slot id of ``sid``'s direct parent as it is now, or -1 for a root."""
+        link = self._links[sid]
+        return link >> 1 if link >= 0 else -1
+
+    def link_kind(self, sid: int) -> LinkKind | None:
+        """How ``sid`` is linked to its parent now (None for a root)."""
+        link = self._links[sid]
+        return _KIND_OF[link & 1] if link >= 0 else None
+
+    def follows(self, sid: int, master: int) -> bool:
+        """True if ``sid`` is linked to ``master`` directly by a FOLLOW link."""
+        return self._links[sid] == master * 2 + 1
 
     def root(self, sid: int) -> int:
-        """Root slot id of ``sid``."""
+        """Root slot id of ``sid`` (a root answers without the walk: passes ask in loops)."""
         links = self._links
-        link = links[sid]
-        n = 0
-        while link >= 0:
-            sid = link >> 1
-            link = links[sid]
-            n += 1
-            if n > self._limit:
-                raise InvalidPlan("sharing links contain a cycle")
-        return sid
+        return sid if links[sid] < 0 else _root(links, sid)
 
     def platform(self, oid: int) -> str | None:
         """Platform of op id ``oid`` (None if not quantized)."""
@@ -839,48 +986,34 @@ class PlanEvolver:
     def overlap_sid(self, a: int, b: int) -> bool:
         """PPQ ``dominated_by`` on slot ids; returns False when nothing changed.
 
-        Written out rather than composed from :meth:`root`/:meth:`set_state`: fusion passes
-        call it for most slots of a graph, and the calls cost more than the work.
+        Written out rather than composed from :meth:`set_state`: fusion passes call it for
+        most slots of a graph, and the calls cost more than the work. So it calls
+        :func:`_root` only for a linked slot, and looks the OVERLAPPED variant of a config up
+        in :data:`_VARIANTS` itself (what :meth:`TensorQuantConfig.with_state` does first).
         """
         if a == b:
             raise SharingCycle([self._index.slot_key(a), self._index.slot_key(b)])
         links = self._links
-        limit = self._limit
-        ra, rb, steps = a, b, 0
-        link = links[ra]
-        while link >= 0:
-            ra = link >> 1
-            link = links[ra]
-            steps += 1
-            if steps > limit:
-                raise InvalidPlan("sharing links contain a cycle")
-        link = links[rb]
-        while link >= 0:
-            rb = link >> 1
-            link = links[rb]
-            steps += 1
-            if steps > limit:
-                raise InvalidPlan("sharing links contain a cycle")
+        ra = a if links[a] < 0 else _root(links, a)
+        rb = b if links[b] < 0 else _root(links, b)
         if ra == rb:
             return False
-        link = rb << 1  # _encode_link(rb, LinkKind.OVERLAP)
+        link = rb << 1  # rb, OVERLAP
         links[ra] = link  # ra was a root, so this is a change
-        cfgs, off = self._cfg, self._off
+        cfgs, variants = self._cfg, _VARIANTS
         if a != ra:
             if links[a] != link:
                 links[a] = link
             cfg = cfgs[a]
             if cfg.state is not _OVERLAPPED:
-                hit = off.get(id(cfg))
-                if hit is None or hit[0] is not cfg:
-                    hit = off[id(cfg)] = (cfg, cfg.with_state(_OVERLAPPED))
-                cfgs[a] = hit[1]
+                entry = variants.get(id(cfg))
+                new = entry[1].get(_OVERLAPPED) if entry is not None and entry[0] is cfg else None
+                cfgs[a] = new if new is not None else cfg.with_state(_OVERLAPPED)
         cfg = cfgs[ra]
         if cfg.state is not _OVERLAPPED:
-            hit = off.get(id(cfg))
-            if hit is None or hit[0] is not cfg:
-                hit = off[id(cfg)] = (cfg, cfg.with_state(_OVERLAPPED))
-            cfgs[ra] = hit[1]
+            entry = variants.get(id(cfg))
+            new = entry[1].get(_OVERLAPPED) if entry is not None and entry[0] is cfg else None
+            cfgs[ra] = new if new is not None else cfg.with_state(_OVERLAPPED)
         self._dirty = True
         return True
 
@@ -888,23 +1021,19 @@ class PlanEvolver:
         """PPQ ``master_by`` on slot ids (cycle-safe); returns False when nothing changed."""
         if a == m:
             raise SharingCycle([self._index.slot_key(a), self._index.slot_key(m)])
-        s = m
         links = self._links
-        link = links[s]
-        while link >= 0:
-            s = link >> 1
-            if s == a:
-                chain = [m]
-                x = m
-                while x != a:
-                    x = links[x] >> 1
-                    chain.append(x)
-                key = self._index.slot_key
-                raise SharingCycle([key(a), *(key(x) for x in chain)])
-            link = links[s]
-        root_cfg = self._cfg[s]
+        root = m if links[m] < 0 else _root(links, m)
+        if root != m and self._on_chain(a, m, root):
+            chain = [m]
+            x = m
+            while x != a:
+                x = links[x] >> 1
+                chain.append(x)
+            key = self._index.slot_key
+            raise SharingCycle([key(a), *(key(x) for x in chain)])
+        root_cfg = self._cfg[root]
         ready = root_cfg.scale is not None and root_cfg.offset is not None
-        new_link = m * 2 + 1  # _encode_link(m, LinkKind.FOLLOW)
+        new_link = m * 2 + 1  # m, FOLLOW
         changed = links[a] != new_link
         if changed:
             links[a] = new_link
@@ -912,17 +1041,22 @@ class PlanEvolver:
         cfg = self._cfg[a]
         state = _PASSIVE if ready else _PASSIVE_INIT
         if cfg.state is not state:
-            if state is _PASSIVE_INIT and cfg.scale is None:
-                # the common case before calibration, memoised like overlap_sid's
-                hit = self._pinit.get(id(cfg))
-                if hit is None or hit[0] is not cfg:
-                    hit = self._pinit[id(cfg)] = (cfg, cfg.with_state(state))
-                self._cfg[a] = hit[1]
-            else:
-                self._cfg[a] = cfg.with_state(state)
+            entry = _VARIANTS.get(id(cfg))  # with_state's lookup, inlined as in overlap_sid
+            new = entry[1].get(state) if entry is not None and entry[0] is cfg else None
+            self._cfg[a] = new if new is not None else cfg.with_state(state)
             self._dirty = True
             return True
         return changed
+
+    def _on_chain(self, a: int, m: int, root: int) -> bool:
+        """Is ``a`` on the link path from ``m`` to its ``root`` (so ``m`` depends on ``a``)?"""
+        links = self._links
+        s = m
+        while s != root:
+            s = links[s] >> 1
+            if s == a:
+                return True
+        return False
 
     def unlink_sid(self, sid: int) -> None:
         """Make ``sid`` its own root (state unchanged)."""
@@ -943,7 +1077,7 @@ class PlanEvolver:
     def set_config(self, slot: Slot, cfg: TensorQuantConfig) -> None:
         """Set a slot's config."""
         if not isinstance(cfg, TensorQuantConfig):
-            raise InvalidPlan(f"config for {slot} must be a TensorQuantConfig")
+            raise InvalidPlan("expected a TensorQuantConfig", slot=slot)
         self.set_cfg(self.sid(slot), cfg)
 
     def set_scale(self, slot: Slot, scale: Any, offset: Any) -> None:
@@ -951,7 +1085,11 @@ class PlanEvolver:
         sid = self.sid(slot)
         if self._links[sid] >= 0:
             owner = self._index.slot_key(self.root(sid))
-            raise NotARoot(f"cannot set the scale of {slot}: it uses the scale of {owner}")
+            raise NotARoot(
+                f"cannot set the scale of {slot}: it uses the scale of {owner}",
+                slot=slot,
+                root=owner,
+            )
         self.set_cfg(sid, self._cfg[sid].with_scale(scale, offset))
 
     def is_dirty(self) -> bool:

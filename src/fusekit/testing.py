@@ -941,7 +941,7 @@ class StandInCalibration:
         ev = ctx.rec.ev
         for sid in range(idx.n_slots):
             cfg = ev.cfg(sid)
-            if cfg is None or cfg.state != QuantState.PASSIVE_INIT or ev.link(sid) < 0:
+            if cfg is None or cfg.state != QuantState.PASSIVE_INIT or ev.parent(sid) < 0:
                 continue
             root = ev.cfg(ev.root(sid))
             if root.scale is not None and root.offset is not None:
@@ -1005,7 +1005,7 @@ def plan_snapshot(plan: QuantPlan) -> tuple[Any, ...]:
     """A deep, comparable copy of a plan's configs, links and dispatch (for purity checks)."""
     return (
         tuple(_cfg_key(c) for c in plan.configs),
-        tuple(plan.links),
+        plan.link_table(),
         tuple(plan.dispatch),
     )
 
@@ -1122,17 +1122,49 @@ def check_pass(
     laws: Sequence[str] | None = None,
 ) -> Any:
     """Every law of a pass or pipeline on one input: purity, determinism, idempotence, the
-    decision log, and (when ``platform`` is given) the plan laws on the result.
+    decision log, the laws the pass ``ensures``, and (when ``platform`` is given) the plan
+    laws on the result.
 
-    The plan laws are postconditions of a whole pipeline (the passive law, for instance, holds
-    once passive fusion has run); for a single pass name the ones it guarantees in ``laws``
-    (e.g. ``["acyclic-sharing", "no-dead-quantization"]``). Returns the first result. Use it
-    inside a Hypothesis test over :func:`graphs`.
+    A pass with ``ensures`` (every :class:`~fusekit.passes.FusionPass`; each pass of a
+    :class:`~fusekit.Pipeline`) is checked for the laws it names first: one that held on the
+    input plan and fails on the result raises :class:`~fusekit.errors.PostconditionError` (an
+    ``AssertionError``) naming the pass. The plan laws are postconditions of a whole pipeline
+    (the passive law, for instance, holds once passive fusion has run); for a single pass name
+    the ones it guarantees in ``laws`` (e.g. ``["acyclic-sharing", "no-dead-quantization"]``).
+    Returns the first result. Use it inside a Hypothesis test over :func:`graphs`.
     """
     result = assert_pure(step, graph, plan)
+    _check_ensures(step, graph, plan, platform)
     assert_deterministic(step, graph, plan)
     assert_idempotent(step, graph, plan)
     assert_log_complete(result)
     if platform is not None:
         assert_plan_laws(graph, result.plan, platform, laws)
     return result
+
+
+def _check_ensures(
+    step: Runnable, graph: Graph, plan: QuantPlan, platform: Platform | str | None = None
+) -> QuantPlan:
+    """Run ``step`` (each pass of a pipeline in turn) and raise
+    :class:`~fusekit.errors.PostconditionError` if a pass broke a law its ``ensures`` names.
+
+    ``platform`` gives the laws their meaning; by default each pass's own ``platform`` field.
+    A step without ``ensures`` (a user's pass that declares none) is not checked. Returns the
+    last plan.
+    """
+    # imported here, not at the top: keeps this module's import block as it was (merges)
+    from .errors import PostconditionError
+    from .passes import Pipeline
+    from .passes._core import broken_postconditions
+
+    if isinstance(step, Pipeline):
+        for s in step.passes:
+            plan = _check_ensures(s, graph, plan, platform)
+        return plan
+    r = step.run(graph, plan)
+    if getattr(step, "ensures", ()) and (platform is not None or hasattr(step, "platform")):
+        broken = broken_postconditions(step, graph, r, platform)
+        if broken:
+            raise PostconditionError(_name(step), broken)
+    return r.plan  # type: ignore[no-any-return]

@@ -2,13 +2,17 @@
 
 Each pass is a frozen value whose fields are its options (``ActivationFusion("trt_int8")``);
 ``pass_.run(graph, plan)`` returns a :class:`FusionResult` and never modifies its inputs. When
-nothing changes, ``result.plan is plan``.
+nothing changes, ``result.plan is plan``. Every pass derives from :class:`FusionPass` (one
+``run`` with the prologue, the pass's ``apply(ctx)``, the laws it ``ensures``).
 """
 
 from ._core import (
+    DEBUG_ENV,
     Decision,
     Explanation,
+    FusionPass,
     FusionResult,
+    PassContext,
     PipelineResult,
     Recorder,
     SlotChange,
@@ -30,6 +34,7 @@ from .simplify import Simplify, simplify
 
 __all__ = [
     "ALIGN_METHODS",
+    "DEBUG_ENV",
     "PASSIVE_CONDITIONS",
     "ActivationFusion",
     "Alignment",
@@ -37,8 +42,10 @@ __all__ = [
     "Decision",
     "EpilogueFusion",
     "Explanation",
+    "FusionPass",
     "FusionResult",
     "Pass",
+    "PassContext",
     "PassiveFusion",
     "PassiveParameters",
     "Pipeline",

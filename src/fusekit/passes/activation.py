@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import attrs
 
-from .._util import without_gc
 from ..composites import COMPOSITES, CompositeRule, Operands
 from ..graph import Graph
 from ..patterns import Edge, Node, OpSet, Pattern, find_ids
-from ..platforms import Platform, get_platform
+from ..platforms import Platform
 from ..quant import QuantPlan, QuantState
-from ._core import FusionResult, PassContext
+from ._core import FusionPass, FusionResult, PassContext
 from .epilogue import attached_ops
 
 __all__ = [
@@ -123,18 +122,17 @@ def _feeding_slot(ctx: PassContext, src: int, dst: int) -> tuple[int, int] | Non
 
 
 @attrs.frozen
-class ActivationFusion:
+class ActivationFusion(FusionPass):
     """Fuse each computing op with the single-op activation after it (options as fields)."""
 
     platform: str | Platform
 
     name = "activation_fusion"
+    ensures = ("acyclic-sharing",)
 
-    @without_gc
-    def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
+    def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""
-        p = get_platform(self.platform)
-        ctx = PassContext(graph, plan, p, self.name)
+        graph, plan, p = ctx.graph, ctx.plan, ctx.platform
         compat = p.has_quirk("graph_output_fusion")
         if not p.activation_types or not p.computing_types:
             return ctx.rec.result(plan)
@@ -210,7 +208,7 @@ def _standalone_inputs_float(ctx: PassContext) -> None:
 
 
 @attrs.frozen
-class CompositeActivationFusion:
+class CompositeActivationFusion(FusionPass):
     """Fuse composite activations (Swish, Mish, HardSwish, GELU) after a computing op.
 
     The rules are the registered values of :data:`fusekit.composites.COMPOSITES`: a
@@ -222,12 +220,11 @@ class CompositeActivationFusion:
     platform: str | Platform
 
     name = "composite_activation_fusion"
+    ensures = ("acyclic-sharing",)
 
-    @without_gc
-    def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
+    def apply(self, ctx: PassContext) -> FusionResult:
         """Apply every enabled rule; returns the new plan and the decision log."""
-        p = get_platform(self.platform)
-        ctx = PassContext(graph, plan, p, self.name)
+        graph, plan, p = ctx.graph, ctx.plan, ctx.platform
         compat = p.has_quirk("graph_output_fusion")
         rec, ar, cfgs, dispatch = ctx.rec, ctx.ar, ctx.ev.configs, ctx.ev.dispatch
         types, names = ar.op_types, ar.op_names

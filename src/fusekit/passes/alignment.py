@@ -36,10 +36,9 @@ from collections.abc import Callable
 import attrs
 from pyrsistent import PMap, pmap
 
-from .._util import without_gc
 from ..errors import InvalidPlatform
 from ..graph import Graph
-from ..platforms import Platform, get_platform
+from ..platforms import Platform
 from ..quant import (
     LinkKind,
     QuantPlan,
@@ -47,7 +46,7 @@ from ..quant import (
     minmax_to_scale_offset,
     scale_range,
 )
-from ._core import FusionResult, PassContext
+from ._core import FusionPass, FusionResult, PassContext
 
 __all__ = ["ALIGN_METHODS", "SPLIT_FACTORS", "Alignment", "alignment"]
 
@@ -68,13 +67,15 @@ _POOL_OK = ("Align to Output", "Align to Input", "None")
 def _check(allowed: tuple[str, ...]) -> Callable[[object, attrs.Attribute[str], str], None]:
     def check(_: object, attr: attrs.Attribute[str], value: str) -> None:
         if value not in allowed:
-            raise InvalidPlatform(f"{attr.name}={value!r}: choose one of {', '.join(allowed)}")
+            raise InvalidPlatform(
+                f"{attr.name}={value!r}: choose one of {', '.join(allowed)}", field=attr.name
+            )
 
     return check
 
 
 @attrs.frozen
-class Alignment:
+class Alignment(FusionPass):
     """Align the scales of Add/Sub/Sum, Concat, AveragePool and Resize (options as fields)."""
 
     platform: str | Platform
@@ -87,12 +88,11 @@ class Alignment:
     spread_by_family: PMap[str, float] = attrs.field(default=SPLIT_FACTORS, converter=pmap)
 
     name = "alignment"
+    ensures = ("acyclic-sharing",)
 
-    @without_gc
-    def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
+    def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the alignment rules; returns the new plan and the decision log."""
-        p = get_platform(self.platform)
-        ctx = PassContext(graph, plan, p, self.name)
+        plan, p = ctx.plan, ctx.platform
         groups = p.alignment
         elem = groups.get("elementwise", frozenset())
         concat = groups.get("concat", frozenset())
@@ -310,9 +310,8 @@ class Alignment:
                         ctx.name(o),
                     )
                 return -1
-            follow_link = master * 2 + int(LinkKind.FOLLOW)
-            links = ev.links
-            aligned = links[master] < 0 and all(links[s] == follow_link for s in alignable[1:])
+            follows = ev.follows
+            aligned = ev.parent(master) < 0 and all(follows(s, master) for s in alignable[1:])
             if aligned and ev.cfg(master).state in (QuantState.PASSIVE, QuantState.PASSIVE_INIT):
                 return master  # aligned already: leave the scale alone (idempotent)
         # the union of the inputs' ranges, from their current (root) scales
@@ -370,7 +369,8 @@ class Alignment:
             ar.slot_base,
             ar.n_in,
         )
-        names, dispatch, links, cfgs = ar.op_names, ev.dispatch, ev.links, ev.configs
+        names, dispatch, cfgs = ar.op_names, ev.dispatch, ev.configs
+        parent, link_kind = ev.parent, ev.link_kind
         overlap = p.has_quirk("alignment_overlap")
         ups: list[int] = []
         ins = range(base[o], base[o] + n_in[o])
@@ -410,17 +410,17 @@ class Alignment:
                 # an overlapped output (a passive op's) is quantized by the slot its overlap
                 # chain ends in (not beyond a FOLLOW link: that is another op's alignment)
                 target = s
-                while links[target] >= 0 and links[target] & 1 == LinkKind.OVERLAP:
-                    target = links[target] >> 1
+                while link_kind(target) is LinkKind.OVERLAP:
+                    target = parent(target)
                 if ev.root(target) == ev.root(master):
                     continue
-                link = links[target]
-                if link >= 0 and link & 1 == LinkKind.FOLLOW:
+                if link_kind(target) is LinkKind.FOLLOW:
+                    master_of_target = parent(target)
                     # A producer feeding several aligned ops can use only one of their scales;
                     # the others requantize at their input. The choice must not depend on the
                     # node order (nor flip on a second run): an op's alignment of its own slot
                     # (Align to Input/Output) wins, else the aligned op whose name sorts first.
-                    owner = slot_op[link >> 1]
+                    owner = slot_op[master_of_target]
                     own = owner in (up, slot_op[target])
                     if own or names[owner] <= names[o]:
                         rec.refuse(
@@ -428,7 +428,7 @@ class Alignment:
                             ids,
                             "{} already uses the aligned scale of {}: {} requantizes at its input",
                             idx.slot_key(target),
-                            idx.slot_key(link >> 1),
+                            idx.slot_key(master_of_target),
                             ctx.name(o),
                         )
                         continue

@@ -16,11 +16,10 @@ from __future__ import annotations
 import attrs
 
 from .._topology import Topology
-from .._util import without_gc
 from ..graph import Graph
-from ..platforms import Platform, get_platform
-from ..quant import QuantPlan, QuantState
-from ._core import FusionResult, PassContext
+from ..platforms import Platform
+from ..quant import QuantState
+from ._core import FusionPass, FusionResult, PassContext
 
 __all__ = ["EpilogueFusion", "attached_ops", "epilogue_input"]
 
@@ -107,18 +106,17 @@ def _attached_epilogues(graph: Graph, platform: Platform) -> tuple[int, ...]:
 
 
 @attrs.frozen
-class EpilogueFusion:
+class EpilogueFusion(FusionPass):
     """Fold BatchNormalization / bias Add / scale Mul into the computing op before them."""
 
     platform: str | Platform
 
     name = "epilogue_fusion"
+    ensures = ("acyclic-sharing",)
 
-    @without_gc
-    def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
+    def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""
-        p = get_platform(self.platform)
-        ctx = PassContext(graph, plan, p, self.name)
+        graph, plan, p = ctx.graph, ctx.plan, ctx.platform
         if not p.epilogue_types:
             return ctx.rec.result(plan)
         rec, ev, ar = ctx.rec, ctx.ev, ctx.ar

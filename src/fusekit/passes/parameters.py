@@ -17,11 +17,10 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from .._util import without_gc
 from ..graph import Graph
-from ..platforms import Platform, get_platform
+from ..platforms import Platform
 from ..quant import QuantPlan, QuantPolicy, QuantProperty, QuantState, Visibility
-from ._core import FusionResult, PassContext
+from ._core import FusionPass, FusionResult, PassContext
 
 __all__ = ["PassiveParameters", "passive_parameters"]
 
@@ -36,7 +35,7 @@ _PROPER = (QuantState.PASSIVE, QuantState.ACTIVATED, QuantState.BAKED, QuantStat
 
 
 @attrs.frozen
-class PassiveParameters:
+class PassiveParameters(FusionPass):
     """Derive bias scales and tie Clip bounds / Pad values to their input (options as fields)."""
 
     platform: str | Platform
@@ -45,12 +44,11 @@ class PassiveParameters:
     process_pad: bool = True
 
     name = "passive_parameters"
+    ensures = ("acyclic-sharing",)
 
-    @without_gc
-    def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
+    def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the rules; returns the new plan and the decision log."""
-        p = get_platform(self.platform)
-        ctx = PassContext(graph, plan, p, self.name)
+        plan, p = ctx.plan, ctx.platform
         ev, rec, ar = ctx.ev, ctx.rec, ctx.ar
         compat = p.has_quirk("bake_clip_bounds")
         types, dispatch, cfgs = ar.op_types, ev.dispatch, ev.configs

@@ -22,11 +22,10 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .._util import without_gc
 from ..graph import Graph, Op
-from ..platforms import Platform, get_platform
+from ..platforms import Platform
 from ..quant import QuantPlan, QuantState
-from ._core import FusionResult, PassContext
+from ._core import FusionPass, FusionResult, PassContext
 
 __all__ = ["PASSIVE_CONDITIONS", "PassiveFusion", "passive_fusion"]
 
@@ -59,18 +58,17 @@ PASSIVE_CONDITIONS: dict[str, Callable[[Graph, Op], str | None]] = {
 
 
 @attrs.frozen
-class PassiveFusion:
+class PassiveFusion(FusionPass):
     """Overlap every output of each passive op by its first input."""
 
     platform: str | Platform
 
     name = "passive_fusion"
+    ensures = ("acyclic-sharing",)
 
-    @without_gc
-    def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
+    def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""
-        p = get_platform(self.platform)
-        ctx = PassContext(graph, plan, p, self.name)
+        graph, plan, p = ctx.graph, ctx.plan, ctx.platform
         rec, ev, ar = ctx.rec, ctx.ev, ctx.ar
         compat = p.has_quirk("graph_output_fusion")
         names, types = ar.op_names, ar.op_types

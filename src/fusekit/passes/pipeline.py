@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from .._util import without_gc
-from ..errors import FusekitError
+from ..errors import NotAPass
 from ..graph import Graph
 from ..platforms import Platform, get_platform
 from ..quant import QuantPlan, check_plan_graph
@@ -25,7 +25,11 @@ __all__ = ["Pass", "Pipeline", "default_pipeline", "fuse"]
 
 @runtime_checkable
 class Pass(Protocol):
-    """Anything with a ``name`` and ``run(graph, plan) -> FusionResult`` is a pass."""
+    """Anything with a ``name`` and ``run(graph, plan) -> FusionResult`` is a pass.
+
+    fusekit's own passes derive from :class:`~fusekit.passes.FusionPass`; a :class:`Pipeline`
+    is a pass too (its :class:`PipelineResult` is a :class:`FusionResult`).
+    """
 
     name: str
 
@@ -38,7 +42,7 @@ def _as_passes(value: Any) -> tuple[Any, ...]:
     passes = tuple(value)
     for p in passes:
         if not isinstance(p, Pass):
-            raise FusekitError(f"{p!r} is not a pass (needs .name and .run(graph, plan))")
+            raise NotAPass(p)
     return passes
 
 
@@ -52,7 +56,8 @@ class Pipeline:
 
     @without_gc
     def run(self, graph: Graph, plan: QuantPlan) -> PipelineResult:
-        """Run every pass on the previous one's plan."""
+        """Run every pass on the previous one's plan (a nested pipeline's results are flattened
+        into this one's)."""
         check_plan_graph(plan, graph, self.name)  # also with no passes; each pass checks again
         results: list[FusionResult] = []
         current = plan
@@ -129,10 +134,9 @@ def fuse(
     if passive:
         steps.append(PassiveFusion(platform))
     check_plan_graph(plan, graph, "fuse")
+    results: list[FusionResult] = []
     current = plan
-    raw: list[Any] = []
     for s in steps:
-        r = s.run(graph, current)
-        raw.extend(r._raw)
-        current = r.plan
-    return FusionResult(current, plan, "fuse", tuple(raw))
+        results.append(s.run(graph, current))
+        current = results[-1].plan
+    return FusionResult.concat("fuse", plan, results)

@@ -15,29 +15,27 @@ from __future__ import annotations
 
 import attrs
 
-from .._util import without_gc
 from ..graph import Graph, GraphArrays
-from ..platforms import Platform, get_platform
+from ..platforms import Platform
 from ..quant import QuantPlan, QuantState
-from ._core import FusionResult, PassContext
+from ._core import FusionPass, FusionResult, PassContext
 
 __all__ = ["Simplify", "simplify"]
 
 
 @attrs.frozen
-class Simplify:
+class Simplify(FusionPass):
     """Overlap consumer input slots by the producer output slot of the same tensor."""
 
     platform: str | Platform
     share_graph_inputs: bool | None = None  # None: yes for corrected rule sets, no for PPQ's
 
     name = "simplify"
+    ensures = ("acyclic-sharing",)
 
-    @without_gc
-    def run(self, graph: Graph, plan: QuantPlan) -> FusionResult:
+    def apply(self, ctx: PassContext) -> FusionResult:
         """Apply the rule; returns the new plan and the decision log."""
-        p = get_platform(self.platform)
-        ctx = PassContext(graph, plan, p, self.name)
+        plan, p = ctx.plan, ctx.platform
         rec, ev, ar = ctx.rec, ctx.ev, ctx.ar
         first_only = p.has_quirk("first_occurrence_input")
         share_inputs = (
