@@ -1008,6 +1008,14 @@ def _batchnorm_folds(
                 "a graph output"
             )
             continue
+        if tid in pl.after or b in pl.before:
+            # the computing op's own output is a quantization point (no epilogue fusion: the
+            # BatchNormalization only shares its scale): a fold would leave that point's
+            # QuantizeLinear reading a tensor nothing computes any more
+            notes.append(
+                f"{op.name}: not folded: the output of {conv.name} is quantized by the plan"
+            )
+            continue
         why = _fold(graph, conv, op)
         if isinstance(why, str):
             notes.append(f"{op.name}: fused into {conv.name} by the plan but not folded: {why}")
