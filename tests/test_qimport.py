@@ -564,8 +564,8 @@ def test_conv_with_two_readers_one_a_batchnorm_exports() -> None:
 def test_import_with_platform_keeps_node_unit_float_routing() -> None:
     """ort_int8 exports a standalone op running in float (a Relu after a float Sum) as
     ``X_float -> Q -> DQ -> X`` with its float readers on ``X_float``; imported with
-    ``platform="ort_int8"`` and exported again, the model is the same node for node (the
-    "imported" dispatch routes those readers through the DequantizeLinear instead)."""
+    ``platform="ort_int8"`` or without a platform and exported again, the model is the same
+    node for node."""
     g = fusekit.load(corpus_bytes("onnx_light_shufflenet"))
     plan = fusekit.default_pipeline("ort_int8").run(g, fusekit.init_plan(g, "ort_int8")).plan
     m = export_qdq(g, calibrate(g, plan, random_data(g, 2)))
@@ -576,6 +576,11 @@ def test_import_with_platform_keeps_node_unit_float_routing() -> None:
     got = import_quantized(m, platform="ort_int8")
     again = export_qdq(got.graph, got.plan)
     assert wiring(again) == wiring(m)
-    plain = import_quantized(m)
-    assert wiring(export_qdq(plain.graph, plain.plan)) != wiring(m)  # what the option fixes
     _assert_same_outputs(m, again)
+    # issue 15 follow-up: the default "imported" dispatch keeps the routing too (it sent the
+    # float readers through the DequantizeLinear, which broke the fixed point's outputs on
+    # resnet18 once ort_int8 left its classifier float)
+    plain = import_quantized(m)
+    plain_again = export_qdq(plain.graph, plain.plan)
+    assert wiring(plain_again) == wiring(m)
+    _assert_same_outputs(m, plain_again)
