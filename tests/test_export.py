@@ -345,3 +345,75 @@ def test_overlapped_edge_has_no_qdq_even_with_calibrated_root() -> None:
     m = export_qdq(g, plan)
     q_inputs = {n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear"}
     assert "c1" not in q_inputs and all(not t.startswith("c1") for t in q_inputs)
+
+
+def _conv_bn_relu_bytes() -> bytes:
+    """x -> Conv -> BatchNormalization -> Relu -> y (random weight, a non-trivial BatchNorm)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5])
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "w")]
+    for name, v in (("g", 1.5), ("b", 0.2), ("m", 0.1), ("v", 2.0)):
+        inits.append(numpy_helper.from_array(np.full(4, v, np.float32), name))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], "conv", kernel_shape=[1, 1]),
+        helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"], "bn"),
+        helper.make_node("Relu", ["n"], ["y"], "relu"),
+    ]
+    src = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    return src.SerializeToString()
+
+
+class TestBatchNormNotFoldedOverAQuantizedOutput:
+    """Issue 15 follow-up: ``trt_int8`` without epilogue fusion failed ``onnx.checker`` on
+    ppocrv4_rec (``conv2d_185.tmp_0_float`` read before it is written).
+
+    Without the epilogue pass the Conv's own output is a quantization point and the
+    BatchNormalization reads it (overlapped: it shares the point's scale). The exporter folded
+    the BatchNormalization into the Conv anyway, so the Conv wrote the BatchNormalization's
+    output and the QuantizeLinear of the Conv output read a tensor nothing writes. A tensor
+    that is quantized must still be computed: no fold there.
+    """
+
+    def _export(self) -> tuple[fusekit.Graph, QuantPlan, onnx.ModelProto]:
+        g, plan, m, _ = self._build()
+        return g, plan, m
+
+    def _build(self) -> tuple[fusekit.Graph, QuantPlan, onnx.ModelProto, tuple[str, ...]]:
+        g = fusekit.load(_conv_bn_relu_bytes())
+        rng = np.random.default_rng(1)
+        data = [{"x": rng.normal(size=(1, 4, 5, 5)).astype(np.float32)} for _ in range(3)]
+        pipe = fusekit.default_pipeline("trt_int8", calibration=Calibration(data))
+        plan = pipe.without("epilogue_fusion").run(g, fusekit.init_plan(g, "trt_int8")).plan
+        res = build_qdq(g, plan)  # runs onnx.checker (topological order included)
+        return g, plan, res.model, res.skipped
+
+    def test_the_conv_output_is_a_quantization_point_here(self) -> None:
+        _, plan, _ = self._export()
+        assert plan[Slot("conv", "out", 0)].state is QuantState.ACTIVATED
+        assert plan[Slot("bn", "in", 0)].state is QuantState.OVERLAPPED
+
+    def test_exports_sorted_and_keeps_the_batchnorm(self) -> None:
+        _, _, m = self._export()
+        written = {t.name for t in m.graph.initializer} | {i.name for i in m.graph.input}
+        for n in m.graph.node:
+            assert all(t in written for t in n.input if t), n.name
+            written.update(n.output)
+        assert [n.name for n in m.graph.node if n.op_type == "BatchNormalization"] == ["bn"]
+        q_inputs = {n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear"}
+        conv_out = node(m, "conv").output[0]
+        assert conv_out in q_inputs  # the Conv output is quantized, as the plan says
+
+    def test_says_why_it_did_not_fold(self) -> None:
+        notes = self._build()[3]
+        assert any(n.startswith("bn: not folded") and "quantized" in n for n in notes), notes
+
+    def test_the_export_runs_close_to_float(self) -> None:
+        g, _, m = self._export()
+        from fusekit.evaluate import evaluate
+
+        rng = np.random.default_rng(2)
+        data = [{"x": rng.normal(size=(1, 4, 5, 5)).astype(np.float32)} for _ in range(2)]
+        assert evaluate(g, m, data).min_sqnr > 20.0

@@ -43,9 +43,10 @@ def test_the_classifier_after_pooling_is_a_matvec_and_batched_rows_are_not() -> 
 def test_float_matvec_leaves_the_classifier_float_and_nothing_feeding_only_it() -> None:
     g = fusekit.load(classifier())
     base = fusekit.get_platform("ort_int8")
-    shipped = fusekit.init_plan(g, base)
-    assert shipped.is_quantized("fc") and shipped.is_quantized("flatten")
-    plan = fusekit.init_plan(g, base.evolve(name="ort_int8_fmv", float_matvec=True))
+    assert base.float_matvec  # the shipped default since the issue 15 follow-up
+    int8 = fusekit.init_plan(g, base.evolve(name="ort_int8_mv", float_matvec=False))
+    assert int8.is_quantized("fc") and int8.is_quantized("flatten")
+    plan = fusekit.init_plan(g, base)
     assert not plan.is_quantized("fc")
     # node-unit placement: the Flatten would hand a float Gemm a DequantizeLinear output
     assert not plan.is_quantized("flatten") and not plan.is_quantized("gap")

