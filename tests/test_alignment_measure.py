@@ -97,3 +97,15 @@ def test_rule_files_carry_alignment_required() -> None:
     assert platform_from_dict(d) == p
     with pytest.raises(InvalidPlatform, match="unknown alignment group"):
         platform_from_dict({"name": "x", "base": "trt_int8", "alignment_required": ["add"]})
+
+
+def test_the_alignment_unmeasured_quirk_alone_keeps_wide_groups_aligned() -> None:
+    """Measured splitting is switched off by its named quirk, not by "has any quirk": a
+    corrected rule set with an unrelated quirk still splits."""
+    trt = fusekit.get_platform("trt_int8")
+    other = trt.evolve(name="trt_other_quirk", quirks={"graph_output_fusion"})
+    res = run(add_model(30.0), other, spread_by_family={"elementwise": 8.0})
+    assert res.plan.root(A) != res.plan.root(B)
+    unmeasured = trt.evolve(name="trt_unmeasured", quirks={"alignment_unmeasured"})
+    res = run(add_model(30.0), unmeasured, spread_by_family={"elementwise": 8.0})
+    assert res.plan.root(A) == res.plan.root(B)

@@ -225,3 +225,18 @@ def test_generator_activations_cover_every_shipped_rule_set() -> None:
             continue
         at21.add(t)
     assert at21 <= set(ACTIVATION_TYPES), sorted(at21 - set(ACTIVATION_TYPES))
+
+
+def test_platform_validation_errors_carry_the_platform_and_field() -> None:
+    trt = fusekit.get_platform("trt_int8")
+    cases = {
+        "quirks": {"quirks": {"no_such_quirk"}},
+        "placement": {"placement": "everywhere"},
+        "activation_patterns": {"activation_patterns": {"silu"}},
+        "activation_types": {"activation_types": trt.activation_types | {"Softsign"}},
+    }
+    for field, change in cases.items():
+        with pytest.raises(InvalidPlatform) as err:
+            trt.evolve(name="mine", **change)
+        assert (err.value.platform, err.value.field) == ("mine", field)
+        assert str(err.value).startswith("platform 'mine': "), str(err.value)

@@ -179,3 +179,15 @@ def test_scales_are_float32_arrays() -> None:
     _, p = four_relus()
     q = p.set_scale(A, np.float64(0.1), 0)
     assert q.scale_of(A).dtype == np.float32
+
+
+def test_named_state_sets_are_the_one_definition() -> None:
+    """QuantState's named sets agree with each other and with PPQ's can_export."""
+    from fusekit.quant import QuantState as S
+
+    assert S.POINT == S.ACTIVE | S.PENDING and not S.ACTIVE & S.PENDING
+    assert {S.BAKED, S.PASSIVE_BAKED} == S.EXPORTED - S.ACTIVE
+    assert {S.PASSIVE, S.PASSIVE_INIT} == S.PASSIVE_LIKE
+    assert {s for s in S if s.can_export} == set(S) - S.PENDING
+    assert {s for s in S if s.is_active} == S.ACTIVE
+    assert len(S) == 8  # the sets are not enum members

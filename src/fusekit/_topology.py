@@ -127,7 +127,6 @@ class Topology:
         "op_names",
         "op_types",
         "order",
-        "ordered",
         "pos",
         "producer",
         "slot_base",
@@ -161,7 +160,6 @@ class Topology:
     # index had holes and its own numbering); kept because every pass reads them
     order: list[int]
     pos: list[int]
-    ordered: bool  # always True: op id == position (0.1's flag for an unpatched index)
     _derived: dict[Hashable, Any]
 
     def __setattr__(self, key: str, value: object) -> None:
@@ -308,7 +306,6 @@ class Topology:
             by_type={k: tuple(v) for k, v in acc.items()},
             order=order,
             pos=order,  # op id == position: one list serves both
-            ordered=True,
         )
 
     @classmethod

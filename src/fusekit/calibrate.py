@@ -40,12 +40,14 @@ from .passes._core import FusionResult, Recorder
 from .quant import (
     OBSERVER_MIN_SCALE,
     QuantPlan,
-    QuantProperty,
     QuantState,
     TensorQuantConfig,
     Visibility,
     check_plan_graph,
+    dequantize_values,
     minmax_to_scale_offset,
+    minmax_to_scale_offset_array,
+    quantize_values,
 )
 from .runtime import (
     Dataset,
@@ -678,29 +680,6 @@ def check_finite_weights(graph: Graph, plan: QuantPlan) -> None:
 # scales
 
 
-def minmax_to_scale_offset_array(
-    lo: np.ndarray[Any, Any], hi: np.ndarray[Any, Any], cfg: TensorQuantConfig
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """:func:`fusekit.quant.minmax_to_scale_offset` over arrays (per-channel ranges).
-
-    Computes exactly what the scalar function computes for each element (float64 arithmetic,
-    the same clamping and rounding), vectorized: a per-channel weight of a 100k-op graph has
-    millions of channels in total. Returns float32 scale and offset arrays.
-    """
-    lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
-    hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
-    span = float(cfg.quant_max) - float(cfg.quant_min)
-    if cfg.policy.has(QuantProperty.ASYMMETRICAL):
-        scale = np.maximum((hi - lo) / span, OBSERVER_MIN_SCALE)
-        offset = np.round(float(cfg.quant_min) - lo / scale)
-    else:
-        scale = np.maximum(2.0 * np.maximum(np.abs(lo), np.abs(hi)) / span, OBSERVER_MIN_SCALE)
-        offset = np.zeros_like(scale)
-    if cfg.policy.has(QuantProperty.POWER_OF_2):
-        scale = 2.0 ** np.ceil(np.log2(scale))
-    return scale.astype(np.float32), offset.astype(np.float32)
-
-
 @attrs.frozen
 class Target:
     """One root to calibrate: the slot, the tensors to observe, how, and its new state."""
@@ -955,7 +934,6 @@ def _quantized_initializers(
     An initializer that several slots quantize differently is left float (it has no single
     quantized value).
     """
-    from .export import dequantize_values, quantize_values
 
     idx = graph.index
     out: dict[str, np.ndarray[Any, Any]] = {}

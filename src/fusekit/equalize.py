@@ -303,11 +303,11 @@ class BiasCorrectionResult:
 
 def _weight_error(plan: QuantPlan, op: Op, w: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
     """``W_q - W`` for the weight of ``op`` as ``plan`` quantizes it (None: not quantized)."""
-    from .export import dequantize_values, quantize_values
+    from .quant import dequantize_values, quantize_values
 
     slot = Slot(op.name, "in", 1)
     cfg = plan.get(slot)
-    if cfg is None or cfg.state not in (QuantState.ACTIVATED, QuantState.PASSIVE):
+    if cfg is None or cfg.state not in QuantState.ACTIVE:
         return None
     root = plan[plan.root(slot)]
     scale, offset = plan.scale_of(slot), plan.offset_of(slot)

@@ -464,7 +464,7 @@ def group_spreads(
         root = plan.root(next(iter(group)))
         for s in group:
             cfg = plan[s]
-            if cfg.state not in (QuantState.ACTIVATED, QuantState.PASSIVE):
+            if cfg.state not in QuantState.ACTIVE:
                 continue
             if cfg.visibility == Visibility.INTERNAL:
                 continue
@@ -663,9 +663,7 @@ def _group_tensors(plan: QuantPlan) -> set[str]:
     for group in plan.groups(min_size=2):
         for s in group:
             cfg = plan[s]
-            if cfg.state in (QuantState.ACTIVATED, QuantState.PASSIVE) and (
-                cfg.visibility != Visibility.INTERNAL
-            ):
+            if cfg.state in QuantState.ACTIVE and (cfg.visibility != Visibility.INTERNAL):
                 t = graph.tensor_of(s)
                 if t and not graph.is_constant(t):
                     out.add(t)

@@ -64,11 +64,12 @@ from .quant import (
     QuantPolicy,
     QuantProperty,
     QuantState,
-    RoundingPolicy,
     TensorQuantConfig,
     Visibility,
     check_plan_graph,
+    dequantize_values,
     minmax_to_scale_offset,
+    quantize_values,
     scale_range,
 )
 
@@ -86,10 +87,8 @@ __all__ = [
 ]
 
 _MIN_OPSET = 13
-_EXPORT_STATES = frozenset(
-    {QuantState.ACTIVATED, QuantState.PASSIVE, QuantState.BAKED, QuantState.PASSIVE_BAKED}
-)
-_PENDING = frozenset({QuantState.INITIAL, QuantState.PASSIVE_INIT})
+_EXPORT_STATES = QuantState.EXPORTED
+_PENDING = QuantState.PENDING
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,74 +338,6 @@ _ONNX = {
 _IMPORTED = "imported"
 
 _FP8_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take float8 types
-
-
-def _round(x: np.ndarray[Any, Any], policy: RoundingPolicy) -> np.ndarray[Any, Any]:
-    if policy == RoundingPolicy.ROUND_HALF_UP:
-        out = np.floor(x + 0.5)
-    elif policy == RoundingPolicy.ROUND_HALF_DOWN:
-        out = np.ceil(x - 0.5)
-    elif policy == RoundingPolicy.ROUND_HALF_TOWARDS_ZERO:
-        out = np.sign(x) * np.ceil(np.abs(x) - 0.5)
-    elif policy == RoundingPolicy.ROUND_HALF_FAR_FROM_ZERO:
-        out = np.sign(x) * np.floor(np.abs(x) + 0.5)
-    elif policy == RoundingPolicy.ROUND_UP:
-        out = np.ceil(x)
-    else:  # ROUND_HALF_EVEN, ROUND_TO_NEAR_INT
-        out = np.round(x)
-    return np.asarray(out, dtype=np.float64)
-
-
-def _broadcast(
-    scale: Any, offset: Any, ndim: int, axis: int | None
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    s = np.asarray(scale, dtype=np.float32)
-    o = np.round(np.asarray(offset, dtype=np.float64)) if offset is not None else np.zeros(1)
-    if axis is not None:
-        shape = [1] * ndim
-        shape[axis] = -1
-        return s.reshape(shape), (o.reshape(shape) if o.size > 1 else o.reshape(()))
-    return s.reshape(()), o.reshape(()) if o.size == 1 else o
-
-
-def quantize_values(
-    value: np.ndarray[Any, Any],
-    cfg: TensorQuantConfig,
-    scale: Any,
-    offset: Any,
-    axis: int | None,
-    *,
-    zero_offset: bool = False,
-) -> np.ndarray[Any, Any]:
-    """The integers ``value`` quantizes to: ``clip(round(value / scale) + offset)`` by ``cfg``.
-
-    ``axis`` is the channel axis of a per-channel scale (None: per tensor). The division is
-    done in float32, as QuantizeLinear (and PPQ) compute it: a weight at the edge of its range
-    divides to +-127.5 give or take an ulp, and float64 would round it the other way from what
-    a Q node on the float weight gives. Returns float64 integral values, clipped to
-    ``[quant_min, quant_max]``.
-
-    +-Inf clip to the ends of the range and NaN (which no integer represents) maps to the zero
-    point, explicitly: calibration refuses non-finite weights unless the user allowed them
-    (``allow_nonfinite``), and then this is what they get, without a numpy warning.
-    """
-    v = np.asarray(value)
-    s_b, o_b = _broadcast(scale, None if zero_offset else offset, v.ndim, axis)
-    ratio = v.astype(np.float32) / s_b
-    q = _round(ratio.astype(np.float64), cfg.rounding) + o_b
-    nan = np.isnan(q)
-    if nan.any():
-        q = np.where(nan, np.broadcast_to(o_b, q.shape), q)
-    return np.asarray(np.clip(q, float(cfg.quant_min), float(cfg.quant_max)), dtype=np.float64)
-
-
-def dequantize_values(
-    q: np.ndarray[Any, Any], scale: Any, offset: Any, axis: int | None
-) -> np.ndarray[Any, Any]:
-    """``(q - offset) * scale`` in float32, as DequantizeLinear computes it."""
-    s_b, o_b = _broadcast(scale, offset, np.ndim(q), axis)
-    out = (np.asarray(q, dtype=np.float64) - o_b).astype(np.float32) * s_b
-    return np.asarray(out, dtype=np.float32)
 
 
 def _qdq_node(

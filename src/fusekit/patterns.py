@@ -429,11 +429,7 @@ def _search(graph: Graph, pattern: Pattern) -> tuple[list[tuple[int, ...]], _Com
             out.append((a,))
         else:
             extend(1)
-    if ar.ordered:
-        out.sort()  # op ids are topological positions
-    else:
-        pos = ar.pos
-        out.sort(key=lambda t: [pos[o] for o in t])
+    out.sort()  # op ids are topological positions
     return out, comp
 
 

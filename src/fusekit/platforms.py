@@ -98,6 +98,8 @@ QUIRKS: Mapping[str, str] = {
     "config like a float one (fusekit's rule sets leave non-float slots unquantized)",
     "gemm_weight_axis_0": "a per-channel Gemm weight is quantized along axis 0 whatever transB "
     "says (its output channels are the columns of B when transB=0)",
+    "alignment_unmeasured": "alignment aligns every group whatever its calibrated ranges (no "
+    "group is split for members whose ranges differ by the rule set's factor)",
     "composite_unchecked": "composite activations fuse on op types and edges alone: their "
     "constants (HardSwish's 3/0/6/6, GELU's sqrt2/1/0.5) and operands are not checked",
     "unquantized_activations": "activation_types and activation_patterns may name op types "
@@ -275,35 +277,45 @@ class Platform:
     def __attrs_post_init__(self) -> None:
         unknown = self.quirks - set(QUIRKS)
         if unknown:
-            raise InvalidPlatform(f"platform {self.name!r}: unknown quirks {sorted(unknown)}")
+            raise InvalidPlatform(
+                f"unknown quirks {sorted(unknown)}", platform=self.name, field="quirks"
+            )
         bad = set(self.weight_conditions.values()) - set(WEIGHT_CONDITIONS)
         if bad:
             raise InvalidPlatform(
-                f"platform {self.name!r}: unknown weight conditions {sorted(bad)}; "
-                f"known: {sorted(WEIGHT_CONDITIONS)}"
+                f"unknown weight conditions {sorted(bad)}; known: {sorted(WEIGHT_CONDITIONS)}",
+                platform=self.name,
+                field="weight_conditions",
             )
         missing = set(self.weight_conditions) - (set(self.conditional_weights) & set(self.weights))
         if missing:
             raise InvalidPlatform(
-                f"platform {self.name!r}: weight_conditions names {sorted(missing)} without a rule "
-                "in both conditional_weights and weights"
+                f"weight_conditions names {sorted(missing)} without a rule "
+                "in both conditional_weights and weights",
+                platform=self.name,
+                field="weight_conditions",
             )
         if self.placement not in PLACEMENTS:
             raise InvalidPlatform(
-                f"platform {self.name!r}: unknown placement {self.placement!r}; "
-                f"use one of {sorted(PLACEMENTS)}"
+                f"unknown placement {self.placement!r}; use one of {sorted(PLACEMENTS)}",
+                platform=self.name,
+                field="placement",
             )
         unknown = self.activation_patterns - set(ACTIVATION_PATTERNS)
         if unknown:
             raise InvalidPlatform(
-                f"platform {self.name!r}: activation_patterns names unknown composite "
-                f"activations {sorted(unknown)}; known: {sorted(ACTIVATION_PATTERNS)}"
+                f"activation_patterns names unknown composite "
+                f"activations {sorted(unknown)}; known: {sorted(ACTIVATION_PATTERNS)}",
+                platform=self.name,
+                field="activation_patterns",
             )
         bad = set(self.passive_conditions.values()) - set(PASSIVE_CONDITIONS)
         if bad:
             raise InvalidPlatform(
-                f"platform {self.name!r}: passive_conditions names unknown conditions "
-                f"{sorted(bad)}; known: {sorted(PASSIVE_CONDITIONS)}"
+                f"passive_conditions names unknown conditions "
+                f"{sorted(bad)}; known: {sorted(PASSIVE_CONDITIONS)}",
+                platform=self.name,
+                field="passive_conditions",
             )
         if "unquantized_activations" not in self.quirks:
             self._check_activations_quantized()
@@ -321,9 +333,11 @@ class Platform:
         dead = self.activation_types - quant
         if dead:
             raise InvalidPlatform(
-                f"platform {self.name!r}: activation_types names {sorted(dead)}, which "
+                f"activation_types names {sorted(dead)}, which "
                 "quant_types does not quantize: a fused activation is a quantized op, so these "
-                "would never fuse; add them to quant_types or remove them from activation_types"
+                "would never fuse; add them to quant_types or remove them from activation_types",
+                platform=self.name,
+                field="activation_types",
             )
         for name in sorted(self.activation_patterns):
             forms = COMPOSITES[name].forms
@@ -334,9 +348,11 @@ class Platform:
                     for f, m in zip(forms, missing)
                 )
                 raise InvalidPlatform(
-                    f"platform {self.name!r}: activation_patterns enables {name!r}, which would "
+                    f"activation_patterns enables {name!r}, which would "
                     f"never fuse: quant_types leaves an op of every form float ({why}); add "
-                    f"them to quant_types or remove {name!r} from activation_patterns"
+                    f"them to quant_types or remove {name!r} from activation_patterns",
+                    platform=self.name,
+                    field="activation_patterns",
                 )
 
     def has_quirk(self, quirk: str) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 import attrs
 import numpy as np
@@ -45,9 +45,12 @@ __all__ = [
     "TensorQuantConfig",
     "Visibility",
     "check_plan_graph",
+    "dequantize_values",
     "diff",
     "graph_difference",
     "minmax_to_scale_offset",
+    "minmax_to_scale_offset_array",
+    "quantize_values",
     "scale_range",
 ]
 
@@ -75,27 +78,43 @@ class QuantState(enum.IntEnum):
     PASSIVE_BAKED = 7
     FP32 = 8
 
+    # Named sets of states, one definition each (assigned below the class: an enum's body
+    # would make them members). Modules test membership in these, never in literal tuples.
+    #: ACTIVATED, PASSIVE: the slot quantizes its tensor with a scale it has now.
+    ACTIVE: ClassVar[frozenset[QuantState]]
+    #: INITIAL, PASSIVE_INIT: a quantization point still waiting for calibration.
+    PENDING: ClassVar[frozenset[QuantState]]
+    #: PASSIVE, PASSIVE_INIT: the scale belongs to another slot (calibrated or not yet).
+    PASSIVE_LIKE: ClassVar[frozenset[QuantState]]
+    #: ACTIVE | PENDING: a quantization point (a Q/DQ pair on export once calibrated).
+    POINT: ClassVar[frozenset[QuantState]]
+    #: ACTIVE plus BAKED, PASSIVE_BAKED: what export writes (PPQ's ``can_export`` and active).
+    EXPORTED: ClassVar[frozenset[QuantState]]
+
     @property
     def is_active(self) -> bool:
         """True for the states in which the slot quantizes its tensor (ACTIVATED, PASSIVE)."""
-        return self in _ACTIVE
+        return self in QuantState.ACTIVE
 
     @property
     def can_export(self) -> bool:
         """PPQ's ``QuantizationStates.can_export``: False only for INITIAL and PASSIVE_INIT."""
-        return self not in (QuantState.INITIAL, QuantState.PASSIVE_INIT)
+        return self not in QuantState.PENDING
 
 
-_ACTIVE = frozenset({QuantState.ACTIVATED, QuantState.PASSIVE})
+QuantState.ACTIVE = frozenset({QuantState.ACTIVATED, QuantState.PASSIVE})
+QuantState.PENDING = frozenset({QuantState.INITIAL, QuantState.PASSIVE_INIT})
+QuantState.PASSIVE_LIKE = frozenset({QuantState.PASSIVE, QuantState.PASSIVE_INIT})
+QuantState.POINT = QuantState.ACTIVE | QuantState.PENDING
+QuantState.EXPORTED = QuantState.ACTIVE | {QuantState.BAKED, QuantState.PASSIVE_BAKED}
+_ACTIVE = QuantState.ACTIVE
 
 
 def _enum_name(self: enum.Enum) -> str:
     return self.name
 
 
-_EXPORT_STATES = frozenset(
-    {QuantState.ACTIVATED, QuantState.PASSIVE, QuantState.BAKED, QuantState.PASSIVE_BAKED}
-)
+_EXPORT_STATES = QuantState.EXPORTED
 
 
 class QuantProperty(enum.IntFlag):
@@ -1241,6 +1260,101 @@ def scale_range(cfg: TensorQuantConfig, scale: Any, offset: Any) -> tuple[float,
         return s * (float(cfg.quant_min) - o), s * (float(cfg.quant_max) - o)
     half = s * (float(cfg.quant_max) - float(cfg.quant_min)) / 2.0
     return -half, half
+
+
+def minmax_to_scale_offset_array(
+    lo: np.ndarray[Any, Any], hi: np.ndarray[Any, Any], cfg: TensorQuantConfig
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """:func:`fusekit.quant.minmax_to_scale_offset` over arrays (per-channel ranges).
+
+    Computes exactly what the scalar function computes for each element (float64 arithmetic,
+    the same clamping and rounding), vectorized: a per-channel weight of a 100k-op graph has
+    millions of channels in total. Returns float32 scale and offset arrays.
+    """
+    lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
+    span = float(cfg.quant_max) - float(cfg.quant_min)
+    if cfg.policy.has(QuantProperty.ASYMMETRICAL):
+        scale = np.maximum((hi - lo) / span, OBSERVER_MIN_SCALE)
+        offset = np.round(float(cfg.quant_min) - lo / scale)
+    else:
+        scale = np.maximum(2.0 * np.maximum(np.abs(lo), np.abs(hi)) / span, OBSERVER_MIN_SCALE)
+        offset = np.zeros_like(scale)
+    if cfg.policy.has(QuantProperty.POWER_OF_2):
+        scale = 2.0 ** np.ceil(np.log2(scale))
+    return scale.astype(np.float32), offset.astype(np.float32)
+
+
+# The numerics of QuantizeLinear/DequantizeLinear, beside the scale math they invert: export
+# writes integer weights with them, calibration and bias correction measure quantization error.
+
+
+def _round(x: np.ndarray[Any, Any], policy: RoundingPolicy) -> np.ndarray[Any, Any]:
+    if policy == RoundingPolicy.ROUND_HALF_UP:
+        out = np.floor(x + 0.5)
+    elif policy == RoundingPolicy.ROUND_HALF_DOWN:
+        out = np.ceil(x - 0.5)
+    elif policy == RoundingPolicy.ROUND_HALF_TOWARDS_ZERO:
+        out = np.sign(x) * np.ceil(np.abs(x) - 0.5)
+    elif policy == RoundingPolicy.ROUND_HALF_FAR_FROM_ZERO:
+        out = np.sign(x) * np.floor(np.abs(x) + 0.5)
+    elif policy == RoundingPolicy.ROUND_UP:
+        out = np.ceil(x)
+    else:  # ROUND_HALF_EVEN, ROUND_TO_NEAR_INT
+        out = np.round(x)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _broadcast(
+    scale: Any, offset: Any, ndim: int, axis: int | None
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    s = np.asarray(scale, dtype=np.float32)
+    o = np.round(np.asarray(offset, dtype=np.float64)) if offset is not None else np.zeros(1)
+    if axis is not None:
+        shape = [1] * ndim
+        shape[axis] = -1
+        return s.reshape(shape), (o.reshape(shape) if o.size > 1 else o.reshape(()))
+    return s.reshape(()), o.reshape(()) if o.size == 1 else o
+
+
+def quantize_values(
+    value: np.ndarray[Any, Any],
+    cfg: TensorQuantConfig,
+    scale: Any,
+    offset: Any,
+    axis: int | None,
+    *,
+    zero_offset: bool = False,
+) -> np.ndarray[Any, Any]:
+    """The integers ``value`` quantizes to: ``clip(round(value / scale) + offset)`` by ``cfg``.
+
+    ``axis`` is the channel axis of a per-channel scale (None: per tensor). The division is
+    done in float32, as QuantizeLinear (and PPQ) compute it: a weight at the edge of its range
+    divides to +-127.5 give or take an ulp, and float64 would round it the other way from what
+    a Q node on the float weight gives. Returns float64 integral values, clipped to
+    ``[quant_min, quant_max]``.
+
+    +-Inf clip to the ends of the range and NaN (which no integer represents) maps to the zero
+    point, explicitly: calibration refuses non-finite weights unless the user allowed them
+    (``allow_nonfinite``), and then this is what they get, without a numpy warning.
+    """
+    v = np.asarray(value)
+    s_b, o_b = _broadcast(scale, None if zero_offset else offset, v.ndim, axis)
+    ratio = v.astype(np.float32) / s_b
+    q = _round(ratio.astype(np.float64), cfg.rounding) + o_b
+    nan = np.isnan(q)
+    if nan.any():
+        q = np.where(nan, np.broadcast_to(o_b, q.shape), q)
+    return np.asarray(np.clip(q, float(cfg.quant_min), float(cfg.quant_max)), dtype=np.float64)
+
+
+def dequantize_values(
+    q: np.ndarray[Any, Any], scale: Any, offset: Any, axis: int | None
+) -> np.ndarray[Any, Any]:
+    """``(q - offset) * scale`` in float32, as DequantizeLinear computes it."""
+    s_b, o_b = _broadcast(scale, offset, np.ndim(q), axis)
+    out = (np.asarray(q, dtype=np.float64) - o_b).astype(np.float32) * s_b
+    return np.asarray(out, dtype=np.float32)
 
 
 # Python 3.11 prints an IntEnum as its number; fusekit's enums print their (PPQ) names.

@@ -54,16 +54,14 @@ __all__ = [
     "write_report",
 ]
 
-QUANT_POINT_STATES: frozenset[QuantState] = frozenset(
-    {QuantState.INITIAL, QuantState.ACTIVATED, QuantState.PASSIVE, QuantState.PASSIVE_INIT}
-)
+QUANT_POINT_STATES: frozenset[QuantState] = QuantState.POINT
 """The states in which a slot is a quantization point (a Q/DQ pair on export, once calibrated).
 
 INITIAL and PASSIVE_INIT count because they are ACTIVATED/PASSIVE-to-be: calibration only
 gives them a scale, it does not switch them off.
 """
 
-_PASSIVE_STATES = frozenset({QuantState.PASSIVE, QuantState.PASSIVE_INIT})
+_PASSIVE_STATES = QuantState.PASSIVE_LIKE
 
 
 # --------------------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ class Alignment(FusionPass):
                 )
                 continue
             measured = ""
-            if not p.quirks and method != "Align to Input":
+            if method != "Align to Input" and not p.has_quirk("alignment_unmeasured"):
                 note = self._decide(ctx, o, rule, p)
                 if note is None:
                     continue
@@ -312,7 +312,7 @@ class Alignment(FusionPass):
                 return -1
             follows = ev.follows
             aligned = ev.parent(master) < 0 and all(follows(s, master) for s in alignable[1:])
-            if aligned and ev.cfg(master).state in (QuantState.PASSIVE, QuantState.PASSIVE_INIT):
+            if aligned and ev.cfg(master).state in QuantState.PASSIVE_LIKE:
                 return master  # aligned already: leave the scale alone (idempotent)
         # the union of the inputs' ranges, from their current (root) scales
         lo = hi = 0.0

@@ -53,7 +53,7 @@ class PassiveParameters(FusionPass):
         compat = p.has_quirk("bake_clip_bounds")
         types, dispatch, cfgs = ar.op_types, ev.dispatch, ev.configs
         wanted = (p.bias_types if self.process_bias else frozenset()) | {"Clip", "Pad"}
-        pending = (QuantState.PASSIVE, QuantState.PASSIVE_INIT)
+        pending = QuantState.PASSIVE_LIKE
         for o in ar.ops_of_types(wanted):
             t = types[o]
             if dispatch[o] is None:
@@ -74,7 +74,7 @@ class PassiveParameters(FusionPass):
         ev, rec = ctx.ev, ctx.rec
         b = ctx.in_sid(o, 2)
         bcfg = ev.cfg(b)
-        if bcfg is None or bcfg.state not in (QuantState.PASSIVE, QuantState.PASSIVE_INIT):
+        if bcfg is None or bcfg.state not in QuantState.PASSIVE_LIKE:
             return
         x, w = ctx.in_sid(o, 0), ctx.in_sid(o, 1)
         if ctx.state(x) not in _PROPER:
