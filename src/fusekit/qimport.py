@@ -385,7 +385,8 @@ def import_quantized(
         from .platforms import get_platform
 
         dispatch = get_platform(platform).name
-    with gc_paused():  # millions of small objects, no cycles (see fusekit._util.gc_paused)
+    # millions of small objects, no cycles; promoted at the end (see fusekit._util.gc_paused)
+    with gc_paused(promote=True):
         return _import(source, restore_clamps, dispatch)
 
 
