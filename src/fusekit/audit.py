@@ -137,6 +137,7 @@ class _Where:
 
         pl = _Placement(plan, require_scales=require_scales, constant_params=True)
         self.plan = plan
+        self.roots = pl.roots  # root slot id of every slot id (the placement computed them)
         self.after = {tid: k.root for tid, k in pl.after.items()}
         self.reads: dict[int, int] = {}
         ar = plan.graph.arrays()  # plain lists: a PVector element costs twice a list's
@@ -207,7 +208,7 @@ def _audit(
     names = ar.tensor_names
     findings: list[Finding] = []
     symmetric_only = p.ppq_target in _SYMMETRIC_ONLY
-    want_roots = want_plan.root_ids()
+    want_roots = want.roots
 
     def decision_of(slot: Slot) -> Decision | None:
         # the decision log costs more than the audit: build it only when a finding needs it
