@@ -137,13 +137,14 @@ class _Where:
 
         pl = _Placement(plan, require_scales=require_scales, constant_params=True)
         self.plan = plan
+        self.roots = pl.roots  # root slot id of every slot id (the placement computed them)
         self.after = {tid: k.root for tid, k in pl.after.items()}
         self.reads: dict[int, int] = {}
-        idx = plan.graph.index
-        st = idx.slot_tensor
+        ar = plan.graph.arrays()  # plain lists: a PVector element costs twice a list's
+        st = ar.slot_tensor
         for sid, k in (*pl.before.items(), *pl.params.items()):
             self.reads[sid] = k.root
-        consumers = plan.graph.arrays().consumers
+        consumers = ar.consumers
         for tid, root in self.after.items():
             for sid in consumers[tid]:
                 self.reads.setdefault(sid, root)
@@ -186,7 +187,9 @@ def audit(
     Q/DQ as well; ``dispatch`` goes to :func:`fusekit.init_plan`. The plan must hold scales
     (an imported plan does).
     """
-    with gc_paused():  # hundreds of thousands of small acyclic objects (see gc_paused)
+    # hundreds of thousands of small acyclic objects; promoted at the end, or the collector's
+    # next young collection walks them all (half a second at 100k ops; see gc_paused)
+    with gc_paused(promote=True):
         return _audit(graph, plan, platform, dangling, dispatch)
 
 
@@ -200,11 +203,12 @@ def _audit(
     want = _Where(want_plan, require_scales=False)
     made_by: dict[Slot, Decision] = {}  # materialized on the first finding that needs it
     idx = graph.index
-    st = idx.slot_tensor
-    names = idx.tensor_names
+    ar = graph.arrays()  # plain lists for the per-slot loops (the pipeline built them)
+    st = ar.slot_tensor
+    names = ar.tensor_names
     findings: list[Finding] = []
     symmetric_only = p.ppq_target in _SYMMETRIC_ONLY
-    want_roots = want_plan.root_ids()
+    want_roots = want.roots
 
     def decision_of(slot: Slot) -> Decision | None:
         # the decision log costs more than the audit: build it only when a finding needs it
@@ -318,15 +322,14 @@ def _audit(
             )
         )
 
-    # 2. slot by slot on the ops the platform quantizes
-    ar = graph.arrays()
+    # 2. slot by slot on the ops the platform quantizes (the op value is read only for a
+    #    finding: most quantized ops have none)
     dispatched = want_plan.dispatch.tolist()
     want_cfgs = want_plan.configs.tolist()
     for oid in ar.order:
         if dispatched[oid] is None:
             continue
         name = ar.op_names[oid]
-        op = graph.op(name)
         t_rule = ar.op_types[oid]  # the rule type
         base = ar.slot_base[oid]
         in_sids = list(range(base, base + ar.n_in[oid]))
@@ -338,6 +341,7 @@ def _audit(
                 if k == 2 and t_rule in p.bias_types:
                     continue  # the bias rules below
                 what = "weight" if k == 1 else "activation"
+                op = graph.op(name)
                 findings.append(
                     Finding(
                         "float_input",
@@ -365,6 +369,7 @@ def _audit(
             if all(_same(scales[0], s) for s in scales[1:]):
                 continue
             slots_ = tuple(idx.slot_key(s) for s in members)
+            op = graph.op(name)
             d = next((x for x in map(decision_of, slots_) if x is not None), None)
             findings.append(
                 Finding(
@@ -382,9 +387,9 @@ def _audit(
             )
         # weights and biases
         if t_rule in p.weights and len(in_sids) > 1:
-            _weights(findings, op, in_sids[1], have, want_plan, p)
+            _weights(findings, name, in_sids[1], have, want_plan, p)
         if t_rule in p.bias_types and len(in_sids) > 2 and st[in_sids[2]] >= 0:
-            _bias(findings, op, in_sids, have, want_plan, p)
+            _bias(findings, name, in_sids, have, want_plan, p)
 
     # 3. schemes the backend cannot run
     want_act = p.activation
@@ -392,17 +397,17 @@ def _audit(
         cfg = plan.configs[root]
         if cfg is None or cfg.num_bits >= 32:
             continue
-        slot = idx.slot_key(root)
-        t = names[st[root]]
         problems = []
         if cfg.num_bits != want_act.num_bits:
             problems.append(f"{cfg.num_bits}-bit (the platform runs {want_act.num_bits}-bit)")
         if want_act.policy.symmetric and cfg.quant_min >= 0:
             problems.append("unsigned (uint8)")
-        if want_act.policy.symmetric and cfg.offset is not None and np.any(cfg.offset != 0):
+        if want_act.policy.symmetric and cfg.offset is not None and cfg.offset.any():
             problems.append("non-zero zero point")
         if not problems:
             continue
+        slot = idx.slot_key(root)
+        t = names[st[root]]
         bits_bad = cfg.num_bits != want_act.num_bits
         sev = "error" if symmetric_only or bits_bad else "info"
         findings.append(
@@ -447,7 +452,7 @@ def _audit(
 
 def _weights(
     findings: list[Finding],
-    op: Any,
+    name: str,
     sid: int,
     have: _Where,
     want_plan: QuantPlan,
@@ -458,11 +463,11 @@ def _weights(
     want_cfg = want_plan.configs[sid]
     if root is None or want_cfg is None or want_cfg.state == QuantState.FP32:
         return
+    if not want_cfg.policy.per_channel:
+        return
     cfg = have.plan.configs[root]
     slot = idx.slot_key(sid)
     t = idx.tensor_names[idx.slot_tensor[sid]]
-    if not want_cfg.policy.per_channel:
-        return
     scale = cfg.scale
     per_channel = scale is not None and scale.size > 1
     shape = want_plan.graph.initializers.get(t)
@@ -470,6 +475,9 @@ def _weights(
     axis = want_cfg.channel_axis
     if axis is not None and dims and len(dims) > axis % len(dims) and dims[axis % len(dims)] == 1:
         return  # one channel: per-tensor is per-channel
+    if per_channel and cfg.channel_axis == want_cfg.channel_axis:
+        return
+    op = want_plan.graph.op(name)
     if not per_channel:
         findings.append(
             Finding(
@@ -502,7 +510,7 @@ def _weights(
 
 def _bias(
     findings: list[Finding],
-    op: Any,
+    name: str,
     in_sids: Sequence[int],
     have: _Where,
     want_plan: QuantPlan,
@@ -511,11 +519,12 @@ def _bias(
     idx = want_plan.graph.index
     sid = in_sids[2]
     want_cfg = want_plan.configs[sid]
-    t = idx.tensor_names[idx.slot_tensor[sid]]
-    slot = idx.slot_key(sid)
     root = have.reads.get(sid)
     if want_cfg is None or want_cfg.state == QuantState.FP32:
         return
+    t = idx.tensor_names[idx.slot_tensor[sid]]
+    slot = idx.slot_key(sid)
+    op = want_plan.graph.op(name)  # one per quantized bias: cheap next to the numpy below
     cfg = have.plan.configs[root] if root is not None else None
     if cfg is None or cfg.num_bits != 32:
         findings.append(
