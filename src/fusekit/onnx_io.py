@@ -48,6 +48,7 @@ from .graph import (
 __all__ = [
     "PROTOBUF_LIMIT",
     "ModelExtras",
+    "copy_fields",
     "embed_external_data",
     "load",
     "model_files",
@@ -827,18 +828,27 @@ def _mentioned(graph: Graph) -> set[str]:
     return names
 
 
+def copy_fields(src: Any, dst: Any, skip: tuple[str, ...] = ()) -> None:
+    """Copy the fields set in protobuf message ``src`` into ``dst``, except those in ``skip``.
+
+    How fusekit copies a model or graph header without its bulk (nodes, initializer bytes):
+    ``CopyFrom`` followed by ``ClearField`` would copy the bulk first.
+    """
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
 def _header_only(src: ModelProto) -> ModelProto:
     """A copy of ``src`` with an empty graph (initializer bytes are not copied twice)."""
     saved = ModelProto()
-    for field, value in src.ListFields():
-        if field.name == "graph":
-            continue
-        if field.is_repeated:
-            getattr(saved, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(saved, field.name).CopyFrom(value)
-        else:
-            setattr(saved, field.name, value)
+    copy_fields(src, saved, skip=("graph",))
     return saved
 
 

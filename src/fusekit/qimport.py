@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -52,7 +52,7 @@ from ._util import gc_paused
 from .errors import InvalidGraph, InvalidModel, UnsupportedQuantization
 from .graph import Graph, Slot
 from .guards import QUANTIZATION_OP_TYPES
-from .onnx_io import _read, load
+from .onnx_io import _read, copy_fields, load
 from .quant import QuantPlan, QuantPolicy, QuantProperty, QuantState, TensorQuantConfig
 
 __all__ = [
@@ -894,18 +894,13 @@ def _float_model(
     clip_inits: list[TensorProto] = []
     taken = taken | set(nodes.names)
 
-    def fresh(base: str) -> str:
-        name, k = base, 2
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+    fresh = _namer(taken)
 
     # everything but the nodes, initializers and value_info is copied; the kept nodes are
     # renamed in place and copied once, by ``extend``
-    _copy_fields(m, out, skip=("graph",))
+    copy_fields(m, out, skip=("graph",))
     g = out.graph
-    _copy_fields(m.graph, g, skip=("node", "initializer", "value_info"))
+    copy_fields(m.graph, g, skip=("node", "initializer", "value_info"))
     kept: list[onnx.NodeProto] = []
     constants: list[tuple[int, str]] = []  # (position in kept, output) of Constant nodes
     read: set[str] = {o.name for o in g.output}
@@ -997,19 +992,6 @@ def _load_own(m: ModelProto, label: str, base_dir: str | None) -> Graph:
         raise
     except UnicodeError as e:
         raise InvalidModel(f"not a valid ONNX model: {e} is not valid UTF-8", label) from None
-
-
-def _copy_fields(src: Any, dst: Any, skip: tuple[str, ...]) -> None:
-    """Copy the fields set in protobuf message ``src`` into ``dst``, except ``skip``."""
-    for fd, value in src.ListFields():
-        if fd.name in skip:
-            continue
-        if fd.is_repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.type == fd.TYPE_MESSAGE:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
 
 
 def _captured(a: onnx.AttributeProto) -> set[str]:
@@ -1255,12 +1237,7 @@ def _qoperator_to_qdq(m: ModelProto, nd: _Nodes, label: str, base_dir: str | Non
     taken |= set(inits) | {vi.name for vi in g.input} | set(nd.names)
     new_inits: list[TensorProto] = []
 
-    def fresh(base: str) -> str:
-        name, k = base, 2
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+    fresh = _namer(taken)
 
     def stripped(t: str) -> str:
         return t[: -len("_quantized")] if t.endswith("_quantized") else t
@@ -1440,3 +1417,17 @@ def placement(plan: QuantPlan) -> Placement:
             members.setdefault(key.root, []).append(pk)
     groups = frozenset(frozenset(m) for m in members.values() if len(m) > 1)
     return Placement(points, groups)
+
+
+def _namer(taken: set[str]) -> Callable[[str], str]:
+    """A function giving ``base`` or ``base_2``, ``base_3``... whichever is not in ``taken``
+    yet, and adding it: new tensor and node names that cannot collide with the model's."""
+
+    def fresh(base: str) -> str:
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    return fresh
