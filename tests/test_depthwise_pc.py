@@ -78,6 +78,19 @@ def test_depthwise_is_group_equal_to_channels() -> None:
     assert not is_depthwise_conv(g, g.ops["dense"])
 
 
+def test_depthwise_weights_held_in_a_constant_op_count() -> None:
+    """The OCR models hold their weights in ``Constant`` ops (no declared shape)."""
+    w = np.ones((8, 1, 3, 3), np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["wd"], "wd_const", value=onnx.numpy_helper.from_array(w)),
+        helper.make_node("Conv", ["x", "wd"], ["y"], "dw", group=8, pads=[1, 1, 1, 1]),
+    ]
+    g = fusekit.load(_model(nodes, {}, [("x", [1, 8, 8, 8])], [("y", [1, 8, 8, 8])]))
+    assert is_depthwise_conv(g, g.ops["dw"])
+    plan = fusekit.init_plan(g, "openvino_int8")
+    assert plan[Slot("dw", "in", 0)].policy.per_channel
+
+
 def test_openvino_int8_gives_the_depthwise_input_a_per_channel_config() -> None:
     g = fusekit.load(depthwise_model())
     p = fusekit.get_platform("openvino_int8")

@@ -712,7 +712,7 @@ def is_depthwise_conv(graph: Graph, op: Op) -> bool:
     group = op.attributes.get("group", 1)
     if not isinstance(group, int) or group <= 1:
         return False
-    shape = graph.tensor(op.inputs[1]).shape
+    shape = _weight_shape(graph, op.inputs[1])
     if shape is None or len(shape) < 3:
         return False
     if shape[0] != group or shape[1] != 1:
@@ -721,6 +721,17 @@ def is_depthwise_conv(graph: Graph, op: Op) -> bool:
     # a declared input channel count that contradicts the weight is left alone (not an error
     # here: the model checker reports it)
     return x is None or len(x) < 2 or not isinstance(x[1], int) or x[1] == group
+
+
+def _weight_shape(graph: Graph, name: str) -> tuple[int | str | None, ...] | None:
+    """The shape of a weight: declared, an initializer's dims or a ``Constant`` op's value."""
+    shape = graph.tensor(name).shape
+    if shape is None:
+        prod = graph.producer(name)
+        if prod is not None and graph.ops[prod.op].op_type == "Constant":
+            value = graph.ops[prod.op].attributes.get("value")
+            shape = getattr(value, "shape", None)
+    return None if shape is None else tuple(shape)
 
 
 def _weight_condition(cond: str, op: Op) -> bool:
