@@ -157,3 +157,19 @@ def test_rule_files_carry_depthwise_input_per_channel() -> None:
         fusekit.get_platform("ort_int8").evolve(depthwise_input_per_channel="yes")
     with pytest.raises(InvalidPlatform, match="already per-channel"):
         p.evolve(activation=p.weights["Conv"])
+
+
+def test_the_export_imports_back_per_channel_and_audits_clean() -> None:
+    """Import, plan files and the audit read the per-channel activation as the plan has it."""
+    from fusekit.audit import audit
+    from fusekit.qimport import import_quantized
+
+    g = fusekit.load(depthwise_model())
+    _, model = _export(g, fusekit.get_platform("openvino_int8"))
+    imp = import_quantized(model, platform="openvino_int8")
+    cfg = imp.plan[Slot("dw", "in", 0)]
+    assert cfg.policy.per_channel and cfg.channel_axis == 1
+    assert cfg.scale is not None and cfg.scale.shape == (8,)
+    assert audit(imp.graph, imp.plan, "openvino_int8").count() == 0
+    # onnxruntime's optimized (int8) kernels run the axis=1 pair too
+    assert evaluate(g, model, _feeds(4, 3), kernels="int8")["y"].sqnr_db > 25.0
