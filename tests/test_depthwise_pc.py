@@ -173,3 +173,29 @@ def test_the_export_imports_back_per_channel_and_audits_clean() -> None:
     assert audit(imp.graph, imp.plan, "openvino_int8").count() == 0
     # onnxruntime's optimized (int8) kernels run the axis=1 pair too
     assert evaluate(g, model, _feeds(4, 3), kernels="int8")["y"].sqnr_db > 25.0
+
+
+def test_a_produced_depthwise_input_requantizes_from_the_producers_per_tensor_point() -> None:
+    """Conv -> Relu -> MaxPool -> depthwise Conv: fusion, passive fusion and simplify leave the
+    depthwise input a per-channel root of its own; the fused Relu output stays per-tensor."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "we"], ["e"], "expand"),
+        helper.make_node("Relu", ["e"], ["r"], "relu"),
+        helper.make_node("MaxPool", ["r"], ["m"], "pool", kernel_shape=[1, 1]),
+        helper.make_node("Conv", ["m", "wd"], ["y"], "dw", group=8, pads=[1, 1, 1, 1]),
+    ]
+    inits = {
+        "we": rng.standard_normal((8, 8, 1, 1)).astype(np.float32),
+        "wd": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+    }
+    g = fusekit.load(_model(nodes, inits, [("x", [1, 8, 8, 8])], [("y", [1, 8, 8, 8])]))
+    plan, model = _export(g, fusekit.get_platform("openvino_int8"))
+    dw_in = Slot("dw", "in", 0)
+    assert plan.root(dw_in) == dw_in and plan[dw_in].policy.per_channel
+    relu_root = plan.root(Slot("pool", "out", 0))
+    assert relu_root == Slot("relu", "out", 0)  # activation + passive fusion did happen
+    assert not plan[relu_root].policy.per_channel
+    assert plan.root(Slot("expand", "out", 0)) == relu_root
+    chain = _qdq_axes(model, "dw")
+    assert chain[:2] == [("DequantizeLinear", 1, 8), ("QuantizeLinear", 1, 8)]
