@@ -125,6 +125,8 @@ def _features(g: Graph) -> set[str]:
                 f.add("computing with several consumers")
             if g.is_constant(op.inputs[1]) if len(op.inputs) > 1 else False:
                 f.add("computing with a constant weight")
+        if t == "Conv" and op.attributes.get("group", 1) > 1:
+            f.add("depthwise Conv")
         if t in ACTIVATION_TYPES:
             f.add(f"activation {t}")
             if _is_computing_out(g, op.inputs[0]):
@@ -202,6 +204,7 @@ REACH: dict[str, float] = {
     "Add with 2 inputs": 0.20,
     "Sub with 2 inputs": 0.03,
     "Mul(x, x)": 0.01,
+    "depthwise Conv": 0.025,
     "op the platform does not quantize": 0.08,
     "initializer input": 0.50,
     "Constant op input": 0.25,

@@ -20,9 +20,23 @@ from .dtypes import FLOAT_TYPES, tensor_elem_types
 from .errors import InvalidPlatform, UnsupportedModel
 from .graph import UNKNOWN_TYPE, Graph, Op
 from .platforms import Platform, get_platform
-from .quant import NO_LINK, QuantPlan, QuantState, TensorQuantConfig, Visibility
+from .quant import (
+    NO_LINK,
+    QuantPlan,
+    QuantPolicy,
+    QuantProperty,
+    QuantState,
+    TensorQuantConfig,
+    Visibility,
+)
 
-__all__ = ["all_dispatch", "init_plan", "ppq_conservative_dispatch", "refuse_other_floats"]
+__all__ = [
+    "all_dispatch",
+    "init_plan",
+    "is_depthwise_conv",
+    "ppq_conservative_dispatch",
+    "refuse_other_floats",
+]
 
 
 class _Walker:
@@ -589,6 +603,7 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
     not_float = None if p.has_quirk("any_dtype") else _non_float(graph)
     ops, op_names = graph.ops, ar.op_names
     always = p.weight_always
+    dw_cfg = _depthwise_input_config(p) if p.depthwise_input_per_channel else None
     if p.has_quirk("weight_parameter_only"):
         # PPQ's parameters: initializers and Constant outputs, not tensors computed from them
         is_init, prod, slot_op = ar.is_init, ar.producer, ar.slot_op
@@ -648,6 +663,13 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
                         )
                     cfg = weight_cfgs[(t, rank)] = wr.config(axis=axis)
                 configs[b + 1] = cfg
+        if (
+            dw_cfg is not None
+            and t == "Conv"
+            and configs[b] is act
+            and is_depthwise_conv(graph, ops[op_names[oid]])
+        ):
+            configs[b] = dw_cfg  # the backend's depthwise kernel takes a scale per channel
         if not_float is not None:
             for sid in range(b, b + ni + no):
                 if st[sid] >= 0 and not_float[st[sid]]:
@@ -655,6 +677,61 @@ def _build_plan(graph: Graph, p: Platform, table: Mapping[int, str]) -> QuantPla
     if p.placement == "computing-input":
         _computing_inputs_only(ar, p, configs, dispatch, act_fp32)
     return QuantPlan(graph, pvector(configs), pvector([NO_LINK] * n_slots), pvector(dispatch))
+
+
+def _depthwise_input_config(p: Platform) -> TensorQuantConfig:
+    """The activation rule of ``p`` made per-channel on axis 1 (NCHW channels).
+
+    Everything else (bits, range, symmetry, rounding, observer) stays the activation rule's,
+    so the per-channel input differs from a per-tensor one only in its granularity: the
+    observer measures one range per channel, the export writes a 1-D scale with ``axis=1``.
+    """
+    r = p.activation
+    flags = (r.policy.flags & ~int(QuantProperty.PER_TENSOR)) | int(QuantProperty.PER_CHANNEL)
+    return TensorQuantConfig(
+        policy=QuantPolicy(flags),
+        num_bits=r.num_bits,
+        quant_min=r.quant_min,
+        quant_max=r.quant_max,
+        exponent_bits=r.exponent_bits,
+        rounding=r.rounding,
+        channel_axis=1,
+        observer=r.observer,
+    )
+
+
+def is_depthwise_conv(graph: Graph, op: Op) -> bool:
+    """Is ``op`` a depthwise convolution: ``group == C_in == C_out > 1``?
+
+    Read from the weight's shape ``(C_out, C_in / group, k...)``: ``C_out == group`` and one
+    input channel per group (so ``C_in == group``). A weight of unknown shape is not
+    depthwise (the plan then keeps the per-tensor input, which every backend runs).
+    """
+    if op.op_type != "Conv" or len(op.inputs) < 2 or not op.inputs[1]:
+        return False
+    group = op.attributes.get("group", 1)
+    if not isinstance(group, int) or group <= 1:
+        return False
+    shape = _weight_shape(graph, op.inputs[1])
+    if shape is None or len(shape) < 3:
+        return False
+    if shape[0] != group or shape[1] != 1:
+        return False
+    x = graph.tensor(op.inputs[0]).shape if op.inputs[0] else None
+    # a declared input channel count that contradicts the weight is left alone (not an error
+    # here: the model checker reports it)
+    return x is None or len(x) < 2 or not isinstance(x[1], int) or x[1] == group
+
+
+def _weight_shape(graph: Graph, name: str) -> tuple[int | str | None, ...] | None:
+    """The shape of a weight: declared, an initializer's dims or a ``Constant`` op's value."""
+    shape = graph.tensor(name).shape
+    if shape is None:
+        prod = graph.producer(name)
+        if prod is not None and graph.ops[prod.op].op_type == "Constant":
+            value = graph.ops[prod.op].attributes.get("value")
+            shape = getattr(value, "shape", None)
+    return None if shape is None else tuple(shape)
 
 
 def _weight_condition(cond: str, op: Op) -> bool:

@@ -231,6 +231,12 @@ class Platform:
     * ``float_matvec``: leave matrix-vector Gemm/MatMul (a classifier after global pooling,
       M = 1 rows) float, where the backend's int8 kernel does not pay for its noise
       (:func:`fusekit.dispatch.matvec_ops`; measured in ``docs/accuracy.md``).
+    * ``depthwise_input_per_channel``: give the data input (input 0) of a depthwise Conv
+      (``group == C_in == C_out > 1``) a per-channel activation config on axis 1, the
+      activation rule otherwise unchanged (:func:`fusekit.dispatch.is_depthwise_conv`). Only
+      for backends whose depthwise kernels take one input scale per channel (OpenVINO's; the
+      int8 kernels of onnxruntime and TensorRT take one scale per input tensor). The
+      producer's output keeps its per-tensor point; the depthwise input requantizes from it.
 
     Names are checked when the value is built: unknown quirks, placements, composite
     activations and conditions, and activations that ``quant_types`` does not quantize (unless
@@ -273,8 +279,23 @@ class Platform:
     placement: str = "fused-output"
     alignment_required: frozenset[str] = attrs.field(factory=frozenset, converter=_fs)
     float_matvec: bool = False
+    depthwise_input_per_channel: bool = False
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.depthwise_input_per_channel, bool):
+            raise InvalidPlatform(
+                f"depthwise_input_per_channel: expected true or false, "
+                f"got {self.depthwise_input_per_channel!r}",
+                platform=self.name,
+                field="depthwise_input_per_channel",
+            )
+        if self.depthwise_input_per_channel and self.activation.policy.per_channel:
+            raise InvalidPlatform(
+                "the activation rule is already per-channel; depthwise_input_per_channel "
+                "turns a per-tensor activation rule into its per-channel form",
+                platform=self.name,
+                field="depthwise_input_per_channel",
+            )
         unknown = self.quirks - set(QUIRKS)
         if unknown:
             raise InvalidPlatform(

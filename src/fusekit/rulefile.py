@@ -162,7 +162,7 @@ def platform_from_dict(d: Mapping[str, Any], *, source: str = "platform") -> Pla
             if unknown:
                 raise InvalidPlatform(f"{where}: unknown alignment group(s) {sorted(unknown)}")
             kw[key] = {k: _names(v, f"{where}[{k!r}]") for k, v in value.items()}
-        elif key == "float_matvec":
+        elif key in ("float_matvec", "depthwise_input_per_channel"):
             if not isinstance(value, bool):
                 raise InvalidPlatform(f"{where}: expected true or false")
             kw[key] = value
@@ -253,6 +253,7 @@ def platform_to_dict(p: Platform) -> dict[str, Any]:
         "non_onnx_types": sorted(p.non_onnx_types),
         "alignment_required": sorted(p.alignment_required),
         "float_matvec": p.float_matvec,
+        "depthwise_input_per_channel": p.depthwise_input_per_channel,
     }
 
 

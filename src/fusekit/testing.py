@@ -289,11 +289,18 @@ def _computing(b: _Builder, x: str, shape: Shape) -> tuple[str, Shape]:
     with_bias = b.draw(st.booleans())
     if t == "Conv":
         k = b.draw(st.sampled_from((1, 3)))
-        w = b.const(b.weights((4, shape[1], k, k)))
-        ins = [x, w] + ([b.const(b.weights((4,)))] if with_bias else [])
-        out = (shape[0], 4, shape[2], shape[3])
+        # one in four is depthwise (group == C_in == C_out), which some rule sets quantize per
+        # channel; chosen by the builder's seeded generator, not a draw, so that the draws (and
+        # the reach figures of the derandomized sample) stay those of the other steps
+        groups = shape[1] if shape[1] > 1 and b.rng.integers(0, 4) == 3 else 1
+        c_out = shape[1] if groups > 1 else 4
+        w = b.const(b.weights((c_out, shape[1] // groups, k, k)))
+        ins = [x, w] + ([b.const(b.weights((c_out,)))] if with_bias else [])
+        out = (shape[0], c_out, shape[2], shape[3])
         p = k // 2
         attributes: dict[str, Any] = {"kernel_shape": (k, k), "pads": (p, p, p, p)}
+        if groups > 1:
+            attributes["group"] = groups
         return b.op(t, ins, [out], attributes)[0], out
     if t == "ConvTranspose":
         w = b.const(b.weights((shape[1], 4, 1, 1)))
@@ -876,6 +883,10 @@ def _calibrated_config(
     off: Any = np.float32(offset)
     if cfg.policy.per_channel and cfg.channel_axis is not None:
         dims = _constant_shape(graph, graph.tensor_of(slot))
+        if dims is None:  # an activation quantized per channel: its declared shape
+            shape = graph.tensor(graph.tensor_of(slot)).shape
+            if shape is not None and all(isinstance(d, int) for d in shape):
+                dims = tuple(int(d) for d in shape if isinstance(d, int))
         n = 1
         if dims is not None and -len(dims) <= cfg.channel_axis < len(dims):
             n = dims[cfg.channel_axis]
