@@ -48,6 +48,7 @@ from .graph import (
 __all__ = [
     "PROTOBUF_LIMIT",
     "ModelExtras",
+    "build_graph",
     "copy_fields",
     "embed_external_data",
     "load",
@@ -425,10 +426,18 @@ def load(source: ModelSource) -> Graph:
     m, label, base_dir = _read(source)
     if not m.HasField("graph") or (m.ir_version <= 0 and len(m.opset_import) == 0):
         raise InvalidModel("not an ONNX model (no graph, no IR version, no opset)", label)
-    g = m.graph
+    with gc_paused():
+        return build_graph(m, label, base_dir)
+
+
+def build_graph(m: ModelProto, label: str, base_dir: str | None) -> Graph:
+    """The graph value of a parsed model ``m`` (no defensive copy), errors naming ``label``.
+
+    :func:`load`'s core, shared with the importer, which builds the float model it reads
+    back itself (:func:`fusekit.qimport.import_quantized`).
+    """
     try:
-        with gc_paused():
-            return _build_graph(m, g, label, base_dir)
+        return _build_graph(m, m.graph, label, base_dir)
     except InvalidGraph as e:
         if e.source is None:
             raise type(e)(str(e), e.problems, label) from None

@@ -49,10 +49,10 @@ import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ._util import gc_paused
-from .errors import InvalidGraph, InvalidModel, UnsupportedQuantization
+from .errors import UnsupportedQuantization
 from .graph import Graph, Slot
 from .guards import QUANTIZATION_OP_TYPES
-from .onnx_io import _read, copy_fields, load
+from .onnx_io import _read, build_graph, copy_fields, load
 from .quant import QuantPlan, QuantPolicy, QuantProperty, QuantState, TensorQuantConfig
 
 __all__ = [
@@ -982,16 +982,7 @@ def _float_model(
 def _load_own(m: ModelProto, label: str, base_dir: str | None) -> Graph:
     """:func:`fusekit.load` of a model the importer built (no defensive copy; external data
     of the original file resolved against its directory)."""
-    from .onnx_io import _build_graph
-
-    try:
-        return _build_graph(m, m.graph, label, base_dir)
-    except InvalidGraph as e:
-        if e.source is None:
-            raise type(e)(str(e), e.problems, label) from None
-        raise
-    except UnicodeError as e:
-        raise InvalidModel(f"not a valid ONNX model: {e} is not valid UTF-8", label) from None
+    return build_graph(m, label, base_dir)
 
 
 def _captured(a: onnx.AttributeProto) -> set[str]:
