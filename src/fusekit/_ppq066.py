@@ -106,7 +106,7 @@ _NXP_QUANT = frozenset(
     ]
 )
 _FPGA_QUANT = _NXP_QUANT | {"ConvTranspose"}
-_RKNN_BASE = frozenset(
+_RKNN_BASE: frozenset[str] = frozenset(
     [
         "Conv",
         "GlobalAveragePool",

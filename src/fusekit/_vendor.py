@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ._ppq066 import _DSP_QUANT
+from ._ppq066 import _DSP_QUANT, _RKNN_BASE
 from .platforms import (
     _COMMON_QUANT,
     _FK_ALIGNMENT,
@@ -115,25 +115,7 @@ def _vendor(
 
 # PPQ's RKNN list (RKNN_PerTensorQuantizer), with fusekit's real passive ops instead of PPQ's
 # 'DropoutSlice' set.
-_RKNN_QUANT = (
-    frozenset(
-        [
-            "Conv",
-            "GlobalAveragePool",
-            "AveragePool",
-            "Relu",
-            "Add",
-            "Mul",
-            "Clip",
-            "Sigmoid",
-            "MatMul",
-            "Gemm",
-            "Concat",
-            "LeakyRelu",
-        ]
-    )
-    | FUSEKIT_PASSIVE
-)
+_RKNN_QUANT = _RKNN_BASE | FUSEKIT_PASSIVE
 _RKNN_W = QuantRule(SYM_PC, 8, -128, 127, HALF_EVEN, "minmax", 0)
 
 RKNN_INT8 = _vendor(

@@ -435,19 +435,26 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     with _running_on(calib.label if calib is not None else "-"):
         result = default_pipeline(platform, calibration=cal).run(graph, plan0)
     plan = result.plan
+
+    def rank(plan: Any, data: Any) -> Any:
+        """The sensitivity ranking of ``plan``'s groups on ``data`` (fallback options)."""
+        from .sensitivity import sensitivity
+
+        return sensitivity(
+            graph,
+            plan,
+            data,
+            decisions=result.decisions,
+            float_graph=float_graph,
+            kernels=args.kernels,
+            progress=_progress(args),
+        )
+
     if args.max_float_groups and calib is not None:
-        from .sensitivity import greedy_fallback, sensitivity
+        from .sensitivity import greedy_fallback
 
         with _running_on(calib.label):
-            ranking = sensitivity(
-                graph,
-                plan,
-                calib,
-                decisions=result.decisions,
-                float_graph=float_graph,
-                kernels=args.kernels,
-                progress=_progress(args),
-            )
+            ranking = rank(plan, calib)
         plan, chosen = greedy_fallback(plan, ranking, args.max_float_groups)
         tools["float_groups"] = {
             "ranked_on": calib.label,
@@ -456,19 +463,11 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         }
     target_missed = None
     if args.target_sqnr is not None and calib is not None:
-        from .sensitivity import fallback_to_target, sensitivity
+        from .sensitivity import fallback_to_target
 
         ev_target = _eval_data(args, graph, example, calib)
         with _running_on(ev_target.label):
-            ranking = sensitivity(
-                graph,
-                plan,
-                ev_target,
-                decisions=result.decisions,
-                float_graph=float_graph,
-                kernels=args.kernels,
-                progress=_progress(args),
-            )
+            ranking = rank(plan, ev_target)
             fb = fallback_to_target(
                 graph,
                 plan,
