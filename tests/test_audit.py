@@ -44,6 +44,24 @@ def test_own_export_has_no_findings_on_its_platform(platform: str) -> None:
     assert audit(got.graph, got.plan, platform, dangling=got.dangling).findings == ()
 
 
+@pytest.mark.parametrize("model", ["ppocr_mobile_v2_cls", "onnx_light_shufflenet"])
+def test_own_export_of_an_old_opset_softmax_is_clean(model: str) -> None:
+    """An opset < 13 Softmax is raised to 13 as Flatten -> Softmax -> Reshape; the Softmax's
+    output point must sit on the Softmax, not after the Reshape (there, read back, it is a
+    passive op quantizing a float input: one ``passive_scale_change`` before the fix)."""
+    exported = _export(model, "trt_int8")
+    by_output = {t: n for n in exported.graph.node for t in n.output}
+    softmaxes = [n for n in exported.graph.node if n.op_type == "Softmax"]
+    assert softmaxes
+    for sm in softmaxes:
+        readers = [n for n in exported.graph.node if sm.output[0] in n.input]
+        assert [n.op_type for n in readers] == ["QuantizeLinear"], (sm.name, readers)
+    reshapes = [n for n in exported.graph.node if n.op_type == "Reshape"]
+    assert any(by_output[r.input[0]].op_type == "DequantizeLinear" for r in reshapes)
+    got = import_quantized(exported)
+    assert audit(got.graph, got.plan, "trt_int8", dangling=got.dangling).findings == ()
+
+
 def test_unfused_model_reports_fused_activations_with_the_rule() -> None:
     """Q/DQ between Conv and its SiLU (Sigmoid*Mul) are 'fused_activation_qdq' warnings
     naming the swish rule and the decision of the platform's pipeline."""

@@ -41,6 +41,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -816,7 +817,8 @@ class _Builder:
             og.value_info.extend(vis)
         opset = _ai_onnx_opset(model)
         if opset < _MIN_OPSET:
-            out_nodes, extra = _upgrade_nodes(out_nodes, opset, graph)
+            scalars = {t.name for t in self.inits if not t.dims}
+            out_nodes, extra = _upgrade_nodes(out_nodes, opset, graph, scalars=scalars)
             og.initializer.extend(extra)
             _set_opset(model, _MIN_OPSET)
             opset = _MIN_OPSET
@@ -1209,13 +1211,19 @@ _SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 def _upgrade_nodes(
-    nodes: list[onnx.NodeProto], opset: int, graph: Graph, target: int = _MIN_OPSET
+    nodes: list[onnx.NodeProto],
+    opset: int,
+    graph: Graph,
+    target: int = _MIN_OPSET,
+    scalars: AbstractSet[str] = frozenset(),
 ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """Rewrite the nodes whose operator changed meaning between ``opset`` and ``target`` (13,
     or 19 for FP8 Q/DQ from a model already at 13 or above).
 
     Each such node is converted alone (a one-node model through onnx's version converter) and
-    spliced back with fresh names for anything the converter created.
+    spliced back with fresh names for anything the converter created. ``scalars`` names the
+    per-tensor scale initializers, whose Q/DQ pairs may move over a converter-made Reshape
+    (:func:`_hoist_points_over_reshape`).
     """
     from onnx import version_converter
 
@@ -1223,6 +1231,7 @@ def _upgrade_nodes(
     extra: list[TensorProto] = []
     used = {t for n in nodes for t in (*n.input, *n.output)} | set(graph.initializers)
     names = _Names(used)
+    tails: set[str] = set()  # outputs of converted nodes now written by a trailing Reshape
     for n in nodes:
         if n.domain not in ("", "ai.onnx") or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             out.append(n)
@@ -1271,6 +1280,9 @@ def _upgrade_nodes(
                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
             ) from None
         keep = {t for t in n.input if t} | {t for t in n.output if t}
+        last = c.graph.node[-1] if len(c.graph.node) > 1 else None
+        if last is not None and last.op_type == "Reshape" and list(last.output) == [n.output[0]]:
+            tails.add(n.output[0])  # e.g. Softmax < 13: Flatten, Softmax, Reshape
         rename: dict[str, str] = {}
         for cn in c.graph.node:
             for t in cn.output:
@@ -1297,7 +1309,62 @@ def _upgrade_nodes(
                 t.CopyFrom(ci)
                 t.name = rename[ci.name]
                 extra.append(t)
-    return out, extra
+    return _hoist_points_over_reshape(out, tails, names, scalars), extra
+
+
+def _hoist_points_over_reshape(
+    nodes: list[onnx.NodeProto], tails: set[str], names: _Names, scalars: AbstractSet[str]
+) -> list[onnx.NodeProto]:
+    """Move a per-tensor Q/DQ pair from after a converter-made trailing Reshape to before it.
+
+    The version converter writes an opset < 13 Softmax (LogSoftmax, Hardmax) as
+    ``Flatten -> Softmax -> Reshape``, so the output point the plan put on the Softmax lands
+    after the Reshape: read back (``import_quantized``), the model then shows a passive op
+    whose output is quantized while its input is float, and ``audit`` rightly calls that a
+    ``passive_scale_change``. A per-tensor quantization commutes with a Reshape bit for bit,
+    so the pair moves onto the computing op's own output, where the plan meant it: ``core ->
+    Q -> DQ -> Reshape``. Left alone: a tail read by anything but one QuantizeLinear, a
+    per-axis scale (its axis would change meaning across the Reshape).
+    """
+    if not tails:
+        return nodes
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    producer: dict[str, onnx.NodeProto] = {}
+    for n in nodes:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+        for t in n.output:
+            producer[t] = n
+    moved: dict[int, onnx.NodeProto] = {}  # id(DQ) -> the Reshape to place right after it
+    dropped: set[int] = set()
+    for tail in tails:
+        reshape = producer.get(tail)
+        rs = readers.get(tail, [])
+        if reshape is None or reshape.op_type != "Reshape" or len(rs) != 1:
+            continue
+        q = rs[0]
+        if q.op_type != "QuantizeLinear" or q.input[1] not in scalars:
+            continue
+        dqs = readers.get(q.output[0], [])
+        if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear":
+            continue
+        dq = dqs[0]
+        inner = reshape.input[0]
+        q.input[0] = inner
+        out = dq.output[0]
+        dq.output[0] = names.fresh(f"{inner}_dequantized")
+        reshape.input[0] = dq.output[0]
+        reshape.output[0] = out
+        moved[id(dq)] = reshape
+        dropped.add(id(reshape))
+    out_nodes: list[onnx.NodeProto] = []
+    for n in nodes:
+        if id(n) in dropped:
+            continue
+        out_nodes.append(n)
+        if id(n) in moved:
+            out_nodes.append(moved[id(n)])
+    return out_nodes
 
 
 def build_qdq(
