@@ -350,3 +350,28 @@ def test_cli_observer_auto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     cmp = ["compare", str(m), "--calib", str(tmp_path / "d.npz"), "--observer", "auto"]
     assert main(cmp) == 2
     assert "--observer auto is for fuse" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("platform", "real", "expect"),
+    [
+        ("trt_int8", True, "auto: "),
+        ("ort_int8", True, "auto: "),
+        ("trt_int8", False, "per config"),  # generated inputs: nothing to measure the choice on
+        ("ppq066_trt_int8", True, "per config"),  # PPQ-compatible: PPQ's own observers
+    ],
+)
+def test_fuse_defaults_to_auto_on_real_data(
+    platform: str, real: bool, expect: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = tmp_path / "m.onnx"
+    m.write_bytes(conv_relu_model())
+    data = RNG.standard_normal((6, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", calib__x=data[:4], eval__x=data[4:])
+    argv = ["fuse", str(m), "--platform", platform, "--json", "-o", str(tmp_path / "q.onnx")]
+    if real:
+        argv += ["--calib", str(tmp_path / "d.npz")]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["calibration"]["observer"].startswith(expect)
+    assert ("observer_choice" in doc) == expect.startswith("auto")

@@ -177,7 +177,7 @@ class _Meter:
         threads: int,
     ) -> None:
         from .onnx_io import ModelExtras, to_model
-        from .runtime import as_dataset, model_bytes, run, session
+        from .runtime import as_dataset, model_bytes, model_label, run, session
 
         if kernels not in ("reference", "int8"):
             raise InvalidData(f"unknown kernels {kernels!r}; choose reference or int8")
@@ -189,13 +189,11 @@ class _Meter:
         if not self.feeds:
             raise InvalidData(f"{ds.label}: no evaluation samples")
         self.outputs = list(ref_graph.outputs)
+        what = f"float model {model_label(ref_graph)}"
         ref = session(
-            model_bytes(to_model(ref_graph), base_dir),
-            "float model",
-            optimize=self.level,
-            threads=threads,
+            model_bytes(to_model(ref_graph), base_dir), what, optimize=self.level, threads=threads
         )
-        self.refs = [run(ref, self.outputs, f, "float model", k) for k, f in enumerate(self.feeds)]
+        self.refs = [run(ref, self.outputs, f, what, k) for k, f in enumerate(self.feeds)]
         self.runs = 0
         self.sessions = 0
         self.checked = True
