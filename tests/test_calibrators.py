@@ -255,3 +255,123 @@ def test_per_channel_statistics_use_the_observer_on_each_channel(observer: str) 
             h.update(f["x"][:, c].ravel())
         assert float(r.hi[c]) == pytest.approx(h.result().hi)
         assert float(r.max[c]) == pytest.approx(float(stacked[:, c].max()))
+
+
+def test_mean_minmax_is_the_mean_of_each_samples_extremes() -> None:
+    """NNCF's MEAN_MINMAX: one outlier sample moves the range by 1/n of its excess, not all of
+    it; the extremes seen stay in ``min``/``max``; streaming (one sample at a time)."""
+    g = fusekit.load(conv_relu_model())
+    feeds = samples(8)
+    feeds[3]["x"][0, 1, 2, 2] = 80.0
+    got = collect_ranges(g, {"x": [("mean_minmax", None), ("minmax", None)]}, feeds)
+    r, mm = got[("x", "mean_minmax", None)], got[("x", "minmax", None)]
+    lows = [float(f["x"].min()) for f in feeds]
+    highs = [float(f["x"].max()) for f in feeds]
+    assert r.observer == "mean_minmax"
+    assert r.lo == pytest.approx(np.mean(lows)) and r.hi == pytest.approx(np.mean(highs))
+    assert mm.hi == 80.0 and r.max == 80.0 and r.min == mm.min
+    assert r.hi < 80.0 / 4  # the outlier sample counts once in eight
+    # per channel it is min-max per channel, as NNCF does for per-channel activations
+    pc = collect_ranges(g, {"x": [("mean_minmax", 1), ("minmax", 1)]}, feeds)
+    assert np.array_equal(pc[("x", "mean_minmax", 1)].hi, pc[("x", "minmax", 1)].hi)
+
+
+def test_mean_minmax_through_calibrate_and_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _big_conv()
+    feeds = samples(8, (1, 3, 64, 64))
+    feeds[0]["x"][0, 0, 0, 0] = 50.0
+    g = fusekit.load(model)
+    plan = fusekit.init_plan(g, "trt_int8")
+    x = Slot("conv1", "in", 0)
+    mm = float(calibrate(g, plan, feeds, observer="minmax").scale_of(x))
+    mean = float(calibrate(g, plan, feeds, observer="mean_minmax").scale_of(x))
+    assert mean < mm / 2  # 50 counts one eighth
+    m = tmp_path / "m.onnx"
+    m.write_bytes(conv_relu_model())
+    data = RNG.standard_normal((6, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", calib__x=data[:4], eval__x=data[4:])
+    argv = ["fuse", str(m), "--calib", str(tmp_path / "d.npz"), "--observer", "mean_minmax"]
+    assert main([*argv, "--json", "-o", str(tmp_path / "q.onnx")]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"]["observer"] == "mean_minmax"
+
+
+def _logit_model() -> bytes:
+    """x -> Conv (1x1) -> y, where channel 0 of x carries the signal in rare large values:
+    mean_minmax clips them (one sample in eight holds them), min-max keeps them."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv1")]
+    w = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
+    return _model(nodes, {"w": w}, [("x", [1, 3, 8, 8])], [("y", [1, 3, 8, 8])])
+
+
+def test_choose_observer_keeps_the_candidate_whose_export_scores_best() -> None:
+    """A planted case each way: rare large values that are the signal (min-max must win), and
+    one outlier sample among tiny values (mean_minmax must win). The choice is the measured
+    best, and its result is that candidate's pipeline result."""
+    from fusekit.sensitivity import choose_observer
+
+    g = fusekit.load(_logit_model())
+    plan = fusekit.init_plan(g, "trt_int8")
+    rng = np.random.default_rng(5)
+    signal = [
+        {"x": (rng.standard_normal((1, 3, 8, 8)) * 0.05).astype(np.float32)} for _ in range(8)
+    ]
+    for f in signal:  # every sample has a few large values: clipping them destroys the output
+        f["x"][0, :, :2, :2] = rng.uniform(20, 40, (3, 2, 2)).astype(np.float32)
+    choice = choose_observer(g, plan, "trt_int8", signal)
+    scores = dict(choice.scores)
+    assert choice.observer == "minmax" and scores["minmax"] > scores["mean_minmax"]
+    outlier = [{"x": rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+    outlier[0]["x"][0, 0, 0, 0] = 200.0  # one sample: min-max spends the grid on it
+    choice = choose_observer(g, plan, "trt_int8", outlier, score_data=outlier[1:])
+    scores = dict(choice.scores)
+    assert choice.observer == "mean_minmax" and scores["mean_minmax"] > scores["minmax"] + 3
+    cal = Calibration(outlier, observer="mean_minmax")
+    expect = fusekit.default_pipeline("trt_int8", calibration=cal).run(g, plan).plan
+    assert choice.result.plan == expect
+
+
+def test_cli_observer_auto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = tmp_path / "m.onnx"
+    m.write_bytes(conv_relu_model())
+    data = RNG.standard_normal((6, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", calib__x=data[:4], eval__x=data[4:])
+    argv = ["fuse", str(m), "--calib", str(tmp_path / "d.npz"), "--observer", "auto"]
+    assert main([*argv, "--json", "-o", str(tmp_path / "q.onnx")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    kept = doc["observer_choice"]["observer"]
+    assert kept in ("minmax", "mean_minmax")
+    assert doc["calibration"]["observer"] == f"auto: {kept}"
+    assert set(doc["observer_choice"]["scores_db"]) == {"minmax", "mean_minmax"}
+    assert (tmp_path / "q.onnx").exists()
+    assert main([*argv[:2], "--no-calibrate", "--observer", "auto", "--json"]) == 2
+    assert "--observer auto needs calibration" in capsys.readouterr().err
+    cmp = ["compare", str(m), "--calib", str(tmp_path / "d.npz"), "--observer", "auto"]
+    assert main(cmp) == 2
+    assert "--observer auto is for fuse" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("platform", "real", "expect"),
+    [
+        ("trt_int8", True, "auto: "),
+        ("ort_int8", True, "auto: "),
+        ("trt_int8", False, "per config"),  # generated inputs: nothing to measure the choice on
+        ("ppq066_trt_int8", True, "per config"),  # PPQ-compatible: PPQ's own observers
+    ],
+)
+def test_fuse_defaults_to_auto_on_real_data(
+    platform: str, real: bool, expect: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = tmp_path / "m.onnx"
+    m.write_bytes(conv_relu_model())
+    data = RNG.standard_normal((6, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", calib__x=data[:4], eval__x=data[4:])
+    argv = ["fuse", str(m), "--platform", platform, "--json", "-o", str(tmp_path / "q.onnx")]
+    if real:
+        argv += ["--calib", str(tmp_path / "d.npz")]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["calibration"]["observer"].startswith(expect)
+    assert ("observer_choice" in doc) == expect.startswith("auto")

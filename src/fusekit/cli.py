@@ -422,18 +422,50 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         }
     plan0 = init_plan(graph, platform, dispatch=args.dispatch)
     calib = None if args.no_calibrate else _calib_data(args, graph, example)
+    observer = args.observer
+    if (
+        observer is None
+        and calib is not None
+        and not calib.generated
+        and not platform.quirks
+        and platform.activation.observer == "minmax"
+    ):
+        # real data and a min-max rule set that answers to its backend (not PPQ's): measure
+        # which of min-max and mean_minmax serves this model (docs/accuracy.md, "auto")
+        observer = "auto"
+    auto = observer == "auto"
+    if auto and calib is None:
+        raise CliError("--observer auto needs calibration (it measures each observer)")
     cal = (
         Calibration(
             calib,
-            observer=args.observer,
+            observer=observer,
             progress=_progress(args),
             allow_nonfinite=args.allow_nonfinite,
         )
-        if calib is not None
+        if calib is not None and not auto
         else None
     )
+    observer_used = observer or "per config"
     with _running_on(calib.label if calib is not None else "-"):
-        result = default_pipeline(platform, calibration=cal).run(graph, plan0)
+        if auto and calib is not None:
+            from .sensitivity import choose_observer
+
+            choice = choose_observer(
+                graph,
+                plan0,
+                platform,
+                calib,
+                float_graph=float_graph,
+                kernels=args.kernels,
+                progress=_progress(args),
+                allow_nonfinite=args.allow_nonfinite,
+            )
+            result = choice.result
+            tools["observer_choice"] = choice.to_dict()
+            observer_used = f"auto: {choice.observer}"
+        else:
+            result = default_pipeline(platform, calibration=cal).run(graph, plan0)
     plan = result.plan
 
     def rank(plan: Any, data: Any) -> Any:
@@ -530,7 +562,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             "data": calib.label,
             "generated": calib.generated,
             "samples": calib.length,
-            "observer": args.observer or "per config",
+            "observer": observer_used,
         }
         qdq = build_qdq(graph, plan)
         doc["export"] = {
@@ -695,6 +727,13 @@ def _print_fuse(out: _Output, doc: dict[str, Any], evaluation: Any) -> None:
         out.line(
             f"  calibration: {cal['samples']} samples of {cal['data']}, observer {cal['observer']}"
         )
+        choice = doc.get("observer_choice")
+        if choice:
+            scores = ", ".join(
+                f"{k} {v:.2f} dB" if isinstance(v, float) else f"{k} {v} dB"
+                for k, v in choice["scores_db"].items()
+            )
+            out.line(f"    observer chosen by the export's lowest output SQNR on it: {scores}")
         if cal["generated"]:
             out.line(tag)
         ex = doc["export"]
@@ -921,6 +960,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .evaluate import compare
 
     out = _Output(args)
+    if args.observer == "auto":
+        raise CliError("--observer auto is for fuse; compare takes one observer")
     path, example = _model_arg(args)
     _check_inputs_exist({"--calib": args.calib, "--eval": args.eval})
     graph = load(path)
@@ -1117,10 +1158,14 @@ def _data_opts(p: argparse.ArgumentParser, calib: bool = True, kernel_report: bo
         )
         p.add_argument(
             "--observer",
-            choices=("minmax", "percentile", "entropy", "mse"),
+            choices=("minmax", "percentile", "entropy", "mse", "mean_minmax", "auto"),
             default=None,
             help="activation observer: min-max, 0.9999 percentile, entropy (TensorRT's KL "
-            "threshold) or mse (least squared quantization error); default: the platform's "
+            "threshold), mse (least squared quantization error) or mean_minmax (the mean of "
+            "each sample's min and max, NNCF's default); auto (fuse only): the one of minmax "
+            "and mean_minmax whose export scores best on the calibration data; default: auto "
+            "for fuse with --calib on a rule set that is not PPQ-compatible, else the "
+            "platform's "
             "rule for each op type",
         )
     p.add_argument(

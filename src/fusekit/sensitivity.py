@@ -11,7 +11,9 @@ decision log): which fusion or alignment tied its members to one scale.
 :func:`leave_float` is the edit itself and :func:`greedy_fallback` applies it to the ``n``
 most harmful groups (ranked once, by their single-group gain); :func:`fallback_to_target`
 leaves groups float in ranking order, measuring the whole plan after each, until a target
-SQNR is reached (``fuse --target-sqnr``).
+SQNR is reached (``fuse --target-sqnr``). :func:`choose_observer` (``fuse --observer auto``)
+runs the pipeline once per candidate observer and keeps the one whose export scores best on
+the calibration data.
 
 A scan of a large model is thousands of short onnxruntime runs: it screens every group on a
 few samples and scores only the best again on all of them, runs one intra-op thread per
@@ -31,11 +33,14 @@ from .graph import Graph, Slot
 from .quant import QuantPlan, QuantState, Visibility, check_plan_graph
 
 __all__ = [
+    "AUTO_OBSERVERS",
     "Fallback",
     "FallbackStep",
     "GroupSensitivity",
+    "ObserverChoice",
     "Sensitivity",
     "activation_groups",
+    "choose_observer",
     "fallback_to_target",
     "greedy_fallback",
     "leave_float",
@@ -172,7 +177,7 @@ class _Meter:
         threads: int,
     ) -> None:
         from .onnx_io import ModelExtras, to_model
-        from .runtime import as_dataset, model_bytes, run, session
+        from .runtime import as_dataset, model_bytes, model_label, run, session
 
         if kernels not in ("reference", "int8"):
             raise InvalidData(f"unknown kernels {kernels!r}; choose reference or int8")
@@ -184,13 +189,11 @@ class _Meter:
         if not self.feeds:
             raise InvalidData(f"{ds.label}: no evaluation samples")
         self.outputs = list(ref_graph.outputs)
+        what = f"float model {model_label(ref_graph)}"
         ref = session(
-            model_bytes(to_model(ref_graph), base_dir),
-            "float model",
-            optimize=self.level,
-            threads=threads,
+            model_bytes(to_model(ref_graph), base_dir), what, optimize=self.level, threads=threads
         )
-        self.refs = [run(ref, self.outputs, f, "float model", k) for k, f in enumerate(self.feeds)]
+        self.refs = [run(ref, self.outputs, f, what, k) for k, f in enumerate(self.feeds)]
         self.runs = 0
         self.sessions = 0
         self.checked = True
@@ -459,3 +462,77 @@ def fallback_to_target(
         base_pairs,
         len(meter.feeds),
     )
+
+
+#: The candidates of ``--observer auto``: min-max keeps every value the data shows (right
+#: where the rare extreme is the signal: a classifier's logits, a sigmoid's output);
+#: mean_minmax (NNCF's default) keeps a typical sample's range (right where one outlier sample
+#: would cost every other sample its resolution). Measured on the shared accuracy data, neither
+#: wins everywhere (docs/accuracy.md).
+AUTO_OBSERVERS = ("minmax", "mean_minmax")
+
+
+@attrs.frozen
+class ObserverChoice:
+    """What :func:`choose_observer` measured: the observer kept, every candidate's score
+    (lowest output SQNR in dB on the scoring data) and the kept candidate's pipeline result."""
+
+    observer: str
+    scores: tuple[tuple[str, float], ...]
+    result: Any = attrs.field(eq=False, repr=False)
+    samples: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "observer": self.observer,
+            "scores_db": {name: _json(v) for name, v in self.scores},
+            "samples": self.samples,
+        }
+
+
+def choose_observer(
+    graph: Graph,
+    plan: QuantPlan,
+    platform: Any,
+    data: Any,
+    *,
+    candidates: Sequence[str] = AUTO_OBSERVERS,
+    score_data: Any = None,
+    float_graph: Graph | None = None,
+    kernels: str = "reference",
+    progress: bool | None = None,
+    allow_nonfinite: bool = False,
+    threads: int = 1,
+) -> ObserverChoice:
+    """Run ``platform``'s default pipeline once per observer in ``candidates`` (calibrating on
+    ``data``) and keep the one whose export has the highest lowest-output SQNR against the
+    float model on ``score_data`` (default: ``data`` itself: no evaluation data is spent on
+    the choice). Ties keep the earlier candidate.
+
+    Why end to end: the per-tensor optimum (the ``mse`` observer) is not the network's. Which
+    range serves a model depends on where its extremes carry signal, and only the outputs
+    show that. Costs one pipeline run, one export and one pass over the scoring data per
+    candidate; the float outputs are computed once.
+    """
+    from .calibrate import Calibration
+    from .passes import default_pipeline
+
+    if not candidates:
+        raise InvalidData("choose_observer needs at least one candidate observer")
+    check_plan_graph(plan, graph, "choose_observer")
+    ref_graph = float_graph if float_graph is not None else graph
+    meter = _Meter(
+        graph, ref_graph, score_data if score_data is not None else data, kernels, threads
+    )
+    best: tuple[float, str, Any] | None = None
+    scores: list[tuple[str, float]] = []
+    for name in candidates:
+        cal = Calibration(data, observer=name, progress=progress, allow_nonfinite=allow_nonfinite)
+        res = default_pipeline(platform, calibration=cal).run(graph, plan)
+        model, _ = meter.export(res.plan)
+        sqnr = meter.score(model, f"observer {name}")
+        scores.append((name, sqnr))
+        if best is None or (math.isfinite(sqnr) and not sqnr <= best[0]):
+            best = (sqnr, name, res)
+    assert best is not None
+    return ObserverChoice(best[1], tuple(scores), best[2], len(meter.feeds))
