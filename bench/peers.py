@@ -6,7 +6,10 @@ written by ``../shared/accuracy/make_data.py``) it quantizes the float model wit
 * ``fusekit``: ``ort_int8`` as shipped on this checkout (default pipeline, min-max observers,
   QDQ export); ``fusekit-trt``: ``trt_int8`` the same way; ``fusekit-unfused`` /
   ``fusekit-trt-unfused``: calibration and passive parameters only (``fusekit compare``'s
-  unfused variant);
+  unfused variant); ``fusekit-ov``: ``openvino_int8`` as shipped (the fair comparison for NNCF,
+  whose exports are made for OpenVINO), ``fusekit-ov-fo``: the same with the ``fused-output``
+  placement (``openvino_int8``'s default before issue 15), ``fusekit-ov-pt``: per-tensor
+  depthwise inputs, ``fusekit-ov-unfused``: calibration and passive parameters only;
 * ``qs-pc`` / ``qs-pt``: onnxruntime's ``quantize_static`` as its documentation says to use it:
   ``quant_pre_process`` first, QDQ format, uint8 activations, int8 weights, MinMax calibrator on
   the same 32 samples, per-channel and per-tensor weights;
@@ -63,6 +66,10 @@ QUANTIZERS = (
     "fusekit-unfused",
     "fusekit-trt",
     "fusekit-trt-unfused",
+    "fusekit-ov",
+    "fusekit-ov-fo",
+    "fusekit-ov-pt",
+    "fusekit-ov-unfused",
     "qs-pc",
     "qs-pt",
     "nncf",
@@ -73,23 +80,30 @@ QUANTIZERS = (
 # quantizers: (float model path, calibration feeds, work dir) -> QDQ model path, note
 
 
-def _fusekit_with(platform: str, fused: bool = True) -> Callable[[Path, Path, Path], Any]:
+def _fusekit_with(
+    platform: str, fused: bool = True, **changes: Any
+) -> Callable[[Path, Path, Path], Any]:
     """fusekit's default pipeline on ``platform`` (or, unfused, calibration and passive
-    parameters only, as ``fusekit compare``'s unfused variant)."""
+    parameters only, as ``fusekit compare``'s unfused variant); ``changes`` derive a variant
+    of the rule set (``Platform.evolve``)."""
+    rules = fusekit.get_platform(platform)
+    if changes:
+        rules = rules.evolve(**changes)
 
     def run(model: Path, data: Path, work: Path) -> tuple[Path, str]:
         g = fusekit.load(model)
         calib = load_data(data, g, split="calib")
-        plan = fusekit.init_plan(g, platform)
+        plan = fusekit.init_plan(g, rules)
         cal = Calibration(calib, observer="minmax")
         if fused:
-            pipe = fusekit.default_pipeline(platform, calibration=cal)
+            pipe = fusekit.default_pipeline(rules, calibration=cal)
         else:
-            pipe = Pipeline((cal, PassiveParameters(platform)))
+            pipe = Pipeline((cal, PassiveParameters(rules)))
         res = pipe.run(g, plan)
         out = work / "fusekit.onnx"
         onnx.save(build_qdq(g, res.plan).model, str(out))
-        return out, platform if fused else f"{platform}, unfused"
+        note = ", ".join([platform, *(f"{k}={v}" for k, v in changes.items())])
+        return out, note if fused else f"{note}, unfused"
 
     return run
 
@@ -190,6 +204,10 @@ RUNNERS: dict[str, Callable[[Path, Path, Path], tuple[Path, str]]] = {
     "fusekit-unfused": _fusekit_with("ort_int8", fused=False),
     "fusekit-trt": _fusekit_with("trt_int8"),
     "fusekit-trt-unfused": _fusekit_with("trt_int8", fused=False),
+    "fusekit-ov": _fusekit_with("openvino_int8"),
+    "fusekit-ov-fo": _fusekit_with("openvino_int8", placement="fused-output"),
+    "fusekit-ov-pt": _fusekit_with("openvino_int8", depthwise_input_per_channel=False),
+    "fusekit-ov-unfused": _fusekit_with("openvino_int8", fused=False),
     "qs-pc": _quantize_static(True),
     "qs-pt": _quantize_static(False),
     "nncf": _nncf,

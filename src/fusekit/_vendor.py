@@ -172,6 +172,12 @@ OPENVINO_INT8 = _vendor(
     # OpenVINO takes a scale per channel on a depthwise convolution's input (issue 15 item 5;
     # the measurement is in docs/accuracy.md)
     depthwise_input_per_channel=True,
+    # NNCF, OpenVINO's quantizer, places its FakeQuantize ops on the inputs of quantizable ops
+    # (convolutions, MatMul, residual Add) and none on their outputs: the low-precision
+    # transformations fold it into the next kernel's input (measured on its exports:
+    # bench/nncf_placement.py; accuracy against the old fused-output default in
+    # docs/accuracy.md, issue 15)
+    placement="computing-input",
 )
 
 # ----- NCNN (Tencent ncnn, ncnn2table / ncnn2int8) ----------------------------------------------
