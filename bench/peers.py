@@ -8,8 +8,11 @@ written by ``../shared/accuracy/make_data.py``) it quantizes the float model wit
   ``fusekit-trt-unfused``: calibration and passive parameters only (``fusekit compare``'s
   unfused variant); ``fusekit-ov``: ``openvino_int8`` as shipped (the fair comparison for NNCF,
   whose exports are made for OpenVINO), ``fusekit-ov-fo``: the same with the ``fused-output``
-  placement (``openvino_int8``'s default before issue 15), ``fusekit-ov-pt``: per-tensor
-  depthwise inputs, ``fusekit-ov-unfused``: calibration and passive parameters only;
+  placement and every alignment family (``openvino_int8`` before issue 15),
+  ``fusekit-ov-aligned``: ``fusekit-ov`` with residual Adds aligned, ``fusekit-ov-pt``: per-tensor
+  depthwise inputs, ``fusekit-ov-unfused``: calibration and passive parameters only,
+  ``fusekit-ov-bc``: ``fusekit-ov`` and bias correction (NNCF applies its fast bias correction
+  by default);
 * ``qs-pc`` / ``qs-pt``: onnxruntime's ``quantize_static`` as its documentation says to use it:
   ``quant_pre_process`` first, QDQ format, uint8 activations, int8 weights, MinMax calibrator on
   the same 32 samples, per-channel and per-tensor weights;
@@ -52,6 +55,7 @@ import onnx
 
 import fusekit
 from fusekit.calibrate import Calibration, load_data
+from fusekit.equalize import bias_correction as _bias_correction
 from fusekit.evaluate import cpu_name, evaluate, measure_latency
 from fusekit.export import build_qdq
 from fusekit.onnx_io import write_bytes_atomic
@@ -68,8 +72,10 @@ QUANTIZERS = (
     "fusekit-trt-unfused",
     "fusekit-ov",
     "fusekit-ov-fo",
+    "fusekit-ov-aligned",
     "fusekit-ov-pt",
     "fusekit-ov-unfused",
+    "fusekit-ov-bc",
     "qs-pc",
     "qs-pt",
     "nncf",
@@ -81,11 +87,12 @@ QUANTIZERS = (
 
 
 def _fusekit_with(
-    platform: str, fused: bool = True, **changes: Any
+    platform: str, fused: bool = True, bias_correction: bool = False, **changes: Any
 ) -> Callable[[Path, Path, Path], Any]:
     """fusekit's default pipeline on ``platform`` (or, unfused, calibration and passive
     parameters only, as ``fusekit compare``'s unfused variant); ``changes`` derive a variant
-    of the rule set (``Platform.evolve``)."""
+    of the rule set (``Platform.evolve``); ``bias_correction`` runs
+    :func:`fusekit.equalize.bias_correction` on the result (``fuse --bias-correction``)."""
     rules = fusekit.get_platform(platform)
     if changes:
         rules = rules.evolve(**changes)
@@ -100,9 +107,17 @@ def _fusekit_with(
         else:
             pipe = Pipeline((cal, PassiveParameters(rules)))
         res = pipe.run(g, plan)
+        if bias_correction:
+            g = _bias_correction(g, res.plan, calib, progress=False).graph
         out = work / "fusekit.onnx"
         onnx.save(build_qdq(g, res.plan).model, str(out))
-        note = ", ".join([platform, *(f"{k}={v}" for k, v in changes.items())])
+        note = ", ".join(
+            [
+                platform,
+                *(f"{k}={v}" if isinstance(v, (str, bool)) else k for k, v in changes.items()),
+            ]
+        )
+        note += ", bias correction" if bias_correction else ""
         return out, note if fused else f"{note}, unfused"
 
     return run
@@ -205,9 +220,17 @@ RUNNERS: dict[str, Callable[[Path, Path, Path], tuple[Path, str]]] = {
     "fusekit-trt": _fusekit_with("trt_int8"),
     "fusekit-trt-unfused": _fusekit_with("trt_int8", fused=False),
     "fusekit-ov": _fusekit_with("openvino_int8"),
-    "fusekit-ov-fo": _fusekit_with("openvino_int8", placement="fused-output"),
+    "fusekit-ov-fo": _fusekit_with(
+        "openvino_int8",
+        placement="fused-output",
+        alignment=fusekit.get_platform("trt_int8").alignment,
+    ),
+    "fusekit-ov-aligned": _fusekit_with(
+        "openvino_int8", alignment=fusekit.get_platform("trt_int8").alignment
+    ),
     "fusekit-ov-pt": _fusekit_with("openvino_int8", depthwise_input_per_channel=False),
     "fusekit-ov-unfused": _fusekit_with("openvino_int8", fused=False),
+    "fusekit-ov-bc": _fusekit_with("openvino_int8", bias_correction=True),
     "qs-pc": _quantize_static(True),
     "qs-pt": _quantize_static(False),
     "nncf": _nncf,

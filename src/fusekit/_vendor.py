@@ -78,6 +78,7 @@ def _vendor(
     weights: Mapping[str, QuantRule],
     bias: BiasRule,
     fp32_outputs: Iterable[str] = (),
+    alignment: Mapping[str, frozenset[str]] = _FK_ALIGNMENT,
     **extra: object,
 ) -> Platform:
     """A corrected rule set: fusekit's passive list, sockets, alignment and epilogue folding.
@@ -105,7 +106,7 @@ def _vendor(
         weights=weights,
         bias=bias,
         fp32_inputs_from={"LayerNormalization": 1},
-        alignment=_FK_ALIGNMENT,
+        alignment=alignment,
         ppq_target=target,
         **extra,  # type: ignore[arg-type]
     )
@@ -178,6 +179,10 @@ OPENVINO_INT8 = _vendor(
     # bench/nncf_placement.py; accuracy against the old fused-output default in
     # docs/accuracy.md, issue 15)
     placement="computing-input",
+    # NNCF's CPU hardware config asks one scale only of a Concat's inputs ("scales: unified");
+    # an Add's two inputs keep their own scales (aligning them cost 2.5 dB on
+    # ppocr_mobile_v2_cls_textlike: docs/accuracy.md)
+    alignment={"concat": frozenset({"Concat"})},
 )
 
 # ----- NCNN (Tencent ncnn, ncnn2table / ncnn2int8) ----------------------------------------------
