@@ -219,6 +219,28 @@ def test_openvino_fuses_hardswish_pattern_and_leaky_relu() -> None:
     assert ppq_fused(h, "ppq066_openvino_int8")[out("c0")].state == INITIAL
 
 
+def test_openvino_keeps_a_residual_adds_inputs_on_their_own_scales() -> None:
+    """NNCF's CPU hardware config asks one scale of a Concat's inputs only: the two inputs of a
+    residual Add keep their own scales under openvino_int8 (quantized, as computing-input
+    places them); trt_int8's alignment families put them on one scale."""
+    g = G().conv("c0", "x").conv("c1", "c0").binary("Add", "a", "c0", "c1").conv("c2", "a")
+    graph = g.build(["c2"])
+    p = fusekit.get_platform("openvino_int8")
+    aligned = p.evolve(
+        name="openvino_int8_aligned", alignment=fusekit.get_platform("trt_int8").alignment
+    )
+    data = random_data(graph, 4, seed=0)
+    ours = fusekit.default_pipeline(p, calibration=Calibration(data)).run(
+        graph, fusekit.init_plan(graph, p)
+    )
+    assert ours.plan.is_quantized("a")
+    assert ours.plan.root(inp("a", 0)) != ours.plan.root(inp("a", 1))
+    assert ours.plan[inp("a", 0)].scale != ours.plan[inp("a", 1)].scale
+    other = fusekit.default_pipeline(aligned, calibration=Calibration(data))
+    plan = other.run(graph, fusekit.init_plan(graph, aligned)).plan
+    assert plan.root(inp("a", 0)) == plan.root(inp("a", 1))
+
+
 # ----- NCNN ---------------------------------------------------------------------------------
 
 
