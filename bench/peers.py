@@ -12,7 +12,8 @@ written by ``../shared/accuracy/make_data.py``) it quantizes the float model wit
   ``fusekit-ov-aligned``: ``fusekit-ov`` with residual Adds aligned, ``fusekit-ov-pt``: per-tensor
   depthwise inputs, ``fusekit-ov-unfused``: calibration and passive parameters only,
   ``fusekit-ov-bc``: ``fusekit-ov`` and bias correction (NNCF applies its fast bias correction
-  by default);
+  by default), ``fusekit-ov-mmm``: ``fusekit-ov`` with the ``mean_minmax`` observer (NNCF's
+  range for per-tensor activations);
 * ``qs-pc`` / ``qs-pt``: onnxruntime's ``quantize_static`` as its documentation says to use it:
   ``quant_pre_process`` first, QDQ format, uint8 activations, int8 weights, MinMax calibrator on
   the same 32 samples, per-channel and per-tensor weights;
@@ -76,6 +77,7 @@ QUANTIZERS = (
     "fusekit-ov-pt",
     "fusekit-ov-unfused",
     "fusekit-ov-bc",
+    "fusekit-ov-mmm",
     "qs-pc",
     "qs-pt",
     "nncf",
@@ -87,12 +89,17 @@ QUANTIZERS = (
 
 
 def _fusekit_with(
-    platform: str, fused: bool = True, bias_correction: bool = False, **changes: Any
+    platform: str,
+    fused: bool = True,
+    bias_correction: bool = False,
+    observer: str = "minmax",
+    **changes: Any,
 ) -> Callable[[Path, Path, Path], Any]:
     """fusekit's default pipeline on ``platform`` (or, unfused, calibration and passive
     parameters only, as ``fusekit compare``'s unfused variant); ``changes`` derive a variant
     of the rule set (``Platform.evolve``); ``bias_correction`` runs
-    :func:`fusekit.equalize.bias_correction` on the result (``fuse --bias-correction``)."""
+    :func:`fusekit.equalize.bias_correction` on the result (``fuse --bias-correction``);
+    ``observer`` is the activation observer (``--observer``)."""
     rules = fusekit.get_platform(platform)
     if changes:
         rules = rules.evolve(**changes)
@@ -101,7 +108,7 @@ def _fusekit_with(
         g = fusekit.load(model)
         calib = load_data(data, g, split="calib")
         plan = fusekit.init_plan(g, rules)
-        cal = Calibration(calib, observer="minmax")
+        cal = Calibration(calib, observer=observer)
         if fused:
             pipe = fusekit.default_pipeline(rules, calibration=cal)
         else:
@@ -118,6 +125,7 @@ def _fusekit_with(
             ]
         )
         note += ", bias correction" if bias_correction else ""
+        note += f", {observer}" if observer != "minmax" else ""
         return out, note if fused else f"{note}, unfused"
 
     return run
@@ -231,6 +239,7 @@ RUNNERS: dict[str, Callable[[Path, Path, Path], tuple[Path, str]]] = {
     "fusekit-ov-pt": _fusekit_with("openvino_int8", depthwise_input_per_channel=False),
     "fusekit-ov-unfused": _fusekit_with("openvino_int8", fused=False),
     "fusekit-ov-bc": _fusekit_with("openvino_int8", bias_correction=True),
+    "fusekit-ov-mmm": _fusekit_with("openvino_int8", observer="mean_minmax"),
     "qs-pc": _quantize_static(True),
     "qs-pt": _quantize_static(False),
     "nncf": _nncf,

@@ -1117,11 +1117,11 @@ def _data_opts(p: argparse.ArgumentParser, calib: bool = True, kernel_report: bo
         )
         p.add_argument(
             "--observer",
-            choices=("minmax", "percentile", "entropy", "mse"),
+            choices=("minmax", "percentile", "entropy", "mse", "mean_minmax"),
             default=None,
             help="activation observer: min-max, 0.9999 percentile, entropy (TensorRT's KL "
-            "threshold) or mse (least squared quantization error); default: the platform's "
-            "rule for each op type",
+            "threshold), mse (least squared quantization error) or mean_minmax (mean of each "
+            "batch's min and max, NNCF's); default: the platform's rule for each op type",
         )
     p.add_argument(
         "--samples", type=_positive_int, default=None, help="number of samples (random: 8)"
