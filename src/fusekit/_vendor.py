@@ -161,8 +161,9 @@ _OV_WEIGHTS = {
 
 OPENVINO_INT8 = _vendor(
     "openvino_int8",
-    "OpenVINO INT8 (NNCF performance preset): symmetric int8 per-tensor activations, "
-    "symmetric per-channel [-127, 127] weights, FP32 bias; Conv/MatMul + activation fusion",
+    "OpenVINO INT8 (NNCF performance preset): quantizers on the inputs of Conv/Gemm/MatMul and "
+    "residual Adds; symmetric int8 per-tensor activations (per channel into a depthwise Conv), "
+    "symmetric per-channel [-127, 127] weights, FP32 bias",
     "OPENVINO_INT8",
     quant=_COMMON_QUANT | {"LayerNormalization"},
     acts=_SINGLE_ACTS,
