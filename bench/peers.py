@@ -6,7 +6,14 @@ written by ``../shared/accuracy/make_data.py``) it quantizes the float model wit
 * ``fusekit``: ``ort_int8`` as shipped on this checkout (default pipeline, min-max observers,
   QDQ export); ``fusekit-trt``: ``trt_int8`` the same way; ``fusekit-unfused`` /
   ``fusekit-trt-unfused``: calibration and passive parameters only (``fusekit compare``'s
-  unfused variant);
+  unfused variant); ``fusekit-ov``: ``openvino_int8`` as shipped (the fair comparison for NNCF,
+  whose exports are made for OpenVINO), ``fusekit-ov-fo``: the same with the ``fused-output``
+  placement and every alignment family (``openvino_int8`` before issue 15),
+  ``fusekit-ov-aligned``: ``fusekit-ov`` with residual Adds aligned, ``fusekit-ov-pt``: per-tensor
+  depthwise inputs, ``fusekit-ov-unfused``: calibration and passive parameters only,
+  ``fusekit-ov-bc``: ``fusekit-ov`` and bias correction (NNCF applies its fast bias correction
+  by default), ``fusekit-ov-mmm``: ``fusekit-ov`` with the ``mean_minmax`` observer (NNCF's
+  range for per-tensor activations);
 * ``qs-pc`` / ``qs-pt``: onnxruntime's ``quantize_static`` as its documentation says to use it:
   ``quant_pre_process`` first, QDQ format, uint8 activations, int8 weights, MinMax calibrator on
   the same 32 samples, per-channel and per-tensor weights;
@@ -49,6 +56,7 @@ import onnx
 
 import fusekit
 from fusekit.calibrate import Calibration, load_data
+from fusekit.equalize import bias_correction as _bias_correction
 from fusekit.evaluate import cpu_name, evaluate, measure_latency
 from fusekit.export import build_qdq
 from fusekit.onnx_io import write_bytes_atomic
@@ -63,6 +71,13 @@ QUANTIZERS = (
     "fusekit-unfused",
     "fusekit-trt",
     "fusekit-trt-unfused",
+    "fusekit-ov",
+    "fusekit-ov-fo",
+    "fusekit-ov-aligned",
+    "fusekit-ov-pt",
+    "fusekit-ov-unfused",
+    "fusekit-ov-bc",
+    "fusekit-ov-mmm",
     "qs-pc",
     "qs-pt",
     "nncf",
@@ -73,23 +88,45 @@ QUANTIZERS = (
 # quantizers: (float model path, calibration feeds, work dir) -> QDQ model path, note
 
 
-def _fusekit_with(platform: str, fused: bool = True) -> Callable[[Path, Path, Path], Any]:
+def _fusekit_with(
+    platform: str,
+    fused: bool = True,
+    bias_correction: bool = False,
+    observer: str = "minmax",
+    **changes: Any,
+) -> Callable[[Path, Path, Path], Any]:
     """fusekit's default pipeline on ``platform`` (or, unfused, calibration and passive
-    parameters only, as ``fusekit compare``'s unfused variant)."""
+    parameters only, as ``fusekit compare``'s unfused variant); ``changes`` derive a variant
+    of the rule set (``Platform.evolve``); ``bias_correction`` runs
+    :func:`fusekit.equalize.bias_correction` on the result (``fuse --bias-correction``);
+    ``observer`` is the activation observer (``--observer``)."""
+    rules = fusekit.get_platform(platform)
+    if changes:
+        rules = rules.evolve(**changes)
 
     def run(model: Path, data: Path, work: Path) -> tuple[Path, str]:
         g = fusekit.load(model)
         calib = load_data(data, g, split="calib")
-        plan = fusekit.init_plan(g, platform)
-        cal = Calibration(calib, observer="minmax")
+        plan = fusekit.init_plan(g, rules)
+        cal = Calibration(calib, observer=observer)
         if fused:
-            pipe = fusekit.default_pipeline(platform, calibration=cal)
+            pipe = fusekit.default_pipeline(rules, calibration=cal)
         else:
-            pipe = Pipeline((cal, PassiveParameters(platform)))
+            pipe = Pipeline((cal, PassiveParameters(rules)))
         res = pipe.run(g, plan)
+        if bias_correction:
+            g = _bias_correction(g, res.plan, calib, progress=False).graph
         out = work / "fusekit.onnx"
         onnx.save(build_qdq(g, res.plan).model, str(out))
-        return out, platform if fused else f"{platform}, unfused"
+        note = ", ".join(
+            [
+                platform,
+                *(f"{k}={v}" if isinstance(v, (str, bool)) else k for k, v in changes.items()),
+            ]
+        )
+        note += ", bias correction" if bias_correction else ""
+        note += f", {observer}" if observer != "minmax" else ""
+        return out, note if fused else f"{note}, unfused"
 
     return run
 
@@ -190,6 +227,19 @@ RUNNERS: dict[str, Callable[[Path, Path, Path], tuple[Path, str]]] = {
     "fusekit-unfused": _fusekit_with("ort_int8", fused=False),
     "fusekit-trt": _fusekit_with("trt_int8"),
     "fusekit-trt-unfused": _fusekit_with("trt_int8", fused=False),
+    "fusekit-ov": _fusekit_with("openvino_int8"),
+    "fusekit-ov-fo": _fusekit_with(
+        "openvino_int8",
+        placement="fused-output",
+        alignment=fusekit.get_platform("trt_int8").alignment,
+    ),
+    "fusekit-ov-aligned": _fusekit_with(
+        "openvino_int8", alignment=fusekit.get_platform("trt_int8").alignment
+    ),
+    "fusekit-ov-pt": _fusekit_with("openvino_int8", depthwise_input_per_channel=False),
+    "fusekit-ov-unfused": _fusekit_with("openvino_int8", fused=False),
+    "fusekit-ov-bc": _fusekit_with("openvino_int8", bias_correction=True),
+    "fusekit-ov-mmm": _fusekit_with("openvino_int8", observer="mean_minmax"),
     "qs-pc": _quantize_static(True),
     "qs-pt": _quantize_static(False),
     "nncf": _nncf,

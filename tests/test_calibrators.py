@@ -18,6 +18,7 @@ from fusekit.calibrate import (
     InvalidData,
     _Entropy,
     _Histogram,
+    _MeanMinMax,
     _Mse,
     calibrate,
     collect_ranges,
@@ -224,7 +225,7 @@ def test_unknown_observer_is_refused() -> None:
         Calibration([], observer="median")
 
 
-@pytest.mark.parametrize("observer", ["entropy", "mse"])
+@pytest.mark.parametrize("observer", ["entropy", "mse", "mean_minmax"])
 def test_cli_observer(observer: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     m = tmp_path / "m.onnx"
     m.write_bytes(conv_relu_model())
@@ -375,3 +376,32 @@ def test_fuse_defaults_to_auto_on_real_data(
     doc = json.loads(capsys.readouterr().out)
     assert doc["calibration"]["observer"].startswith(expect)
     assert ("observer_choice" in doc) == expect.startswith("auto")
+# ----- mean_minmax: NNCF's per-tensor activation range ----------------------------------------
+
+
+def test_mean_minmax_is_the_mean_of_each_batchs_extremes() -> None:
+    """Four batches whose extremes are known: lo/hi are the means, min/max the extremes, and a
+    batch without finite values adds nothing to the means."""
+    ob = _MeanMinMax()
+    for lo, hi in ((-1.0, 1.0), (-1.0, 2.0), (-1.0, 3.0), (-5.0, 10.0)):
+        ob.update(np.array([lo, 0.0, hi]))
+    assert ob.update(np.array([np.nan, np.inf]))  # reported, not part of any mean
+    r = ob.result()
+    assert (r.lo, r.hi) == (-2.0, 4.0)
+    assert (r.min, r.max) == (-5.0, 10.0) and r.observer == "mean_minmax"
+
+
+def test_calibrate_with_mean_minmax_shrinks_a_one_batch_outlier() -> None:
+    """One outlier in one of 8 samples: min-max keeps it, mean_minmax keeps 1/8 of it plus the
+    mean of the other samples' extremes (the scale computed from the feeds directly)."""
+    model = conv_relu_model()
+    feeds = samples(8)
+    feeds[0]["x"][0, 0, 0, 0] = 50.0
+    g = fusekit.load(model)
+    plan = fusekit.init_plan(g, "trt_int8")  # symmetric int8 per tensor: scale = amax / 127.5
+    x = Slot("conv1", "in", 0)
+    lo = float(np.mean([f["x"].min() for f in feeds]))
+    hi = float(np.mean([f["x"].max() for f in feeds]))
+    got = float(calibrate(g, plan, feeds, observer="mean_minmax").scale_of(x))
+    assert got == pytest.approx(max(-lo, hi) * 2 / 255, rel=1e-5)
+    assert got < float(calibrate(g, plan, feeds, observer="minmax").scale_of(x)) / 4

@@ -175,9 +175,8 @@ def test_the_export_imports_back_per_channel_and_audits_clean() -> None:
     assert evaluate(g, model, _feeds(4, 3), kernels="int8")["y"].sqnr_db > 25.0
 
 
-def test_a_produced_depthwise_input_requantizes_from_the_producers_per_tensor_point() -> None:
-    """Conv -> Relu -> MaxPool -> depthwise Conv: fusion, passive fusion and simplify leave the
-    depthwise input a per-channel root of its own; the fused Relu output stays per-tensor."""
+def _produced_depthwise_input() -> fusekit.Graph:
+    """Conv -> Relu -> MaxPool -> depthwise Conv."""
     rng = np.random.default_rng(3)
     nodes = [
         helper.make_node("Conv", ["x", "we"], ["e"], "expand"),
@@ -189,8 +188,15 @@ def test_a_produced_depthwise_input_requantizes_from_the_producers_per_tensor_po
         "we": rng.standard_normal((8, 8, 1, 1)).astype(np.float32),
         "wd": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
     }
-    g = fusekit.load(_model(nodes, inits, [("x", [1, 8, 8, 8])], [("y", [1, 8, 8, 8])]))
-    plan, model = _export(g, fusekit.get_platform("openvino_int8"))
+    return fusekit.load(_model(nodes, inits, [("x", [1, 8, 8, 8])], [("y", [1, 8, 8, 8])]))
+
+
+def test_a_produced_depthwise_input_requantizes_from_the_producers_per_tensor_point() -> None:
+    """Under the fused-output placement, fusion, passive fusion and simplify leave the depthwise
+    input a per-channel root of its own; the fused Relu output stays per-tensor."""
+    g = _produced_depthwise_input()
+    p = fusekit.get_platform("openvino_int8").evolve(placement="fused-output")
+    plan, model = _export(g, p)
     dw_in = Slot("dw", "in", 0)
     assert plan.root(dw_in) == dw_in and plan[dw_in].policy.per_channel
     relu_root = plan.root(Slot("pool", "out", 0))
@@ -199,3 +205,18 @@ def test_a_produced_depthwise_input_requantizes_from_the_producers_per_tensor_po
     assert plan.root(Slot("expand", "out", 0)) == relu_root
     chain = _qdq_axes(model, "dw")
     assert chain[:2] == [("DequantizeLinear", 1, 8), ("QuantizeLinear", 1, 8)]
+
+
+def test_openvino_int8_quantizes_a_produced_depthwise_input_once_per_channel() -> None:
+    """openvino_int8's default placement (computing-input, as NNCF places its quantizers): the
+    producer's output carries no point, so the depthwise input's per-channel Q/DQ pair is the
+    tensor's only quantization (no per-tensor requantization in front of it)."""
+    g = _produced_depthwise_input()
+    p = fusekit.get_platform("openvino_int8")
+    assert p.placement == "computing-input"
+    plan, model = _export(g, p)
+    dw_in = Slot("dw", "in", 0)
+    assert plan.root(dw_in) == dw_in and plan[dw_in].policy.per_channel
+    assert not plan.is_quantized("relu") and not plan.is_quantized("pool")
+    assert plan[Slot("expand", "out", 0)].state == fusekit.QuantState.FP32
+    assert _qdq_axes(model, "dw") == [("DequantizeLinear", 1, 8), ("QuantizeLinear", 1, 8)]

@@ -41,8 +41,16 @@ def out(op: str, i: int = 0) -> Slot:
     return Slot(op, "out", i)
 
 
+def fused_output(name: str) -> fusekit.Platform:
+    """The rule set ``name`` with PPQ's ``fused-output`` placement, where its fusion rules show
+    in the plan (``openvino_int8`` places points on computing inputs only by default)."""
+    p = fusekit.get_platform(name)
+    return p if p.placement == "fused-output" else p.evolve(placement="fused-output")
+
+
 def fused(g: fusekit.Graph, name: str) -> fusekit.QuantPlan:
-    return fuse(g, fusekit.init_plan(g, name), name).plan
+    p = fused_output(name)
+    return fuse(g, fusekit.init_plan(g, p), p).plan
 
 
 def ppq_fused(g: fusekit.Graph, name: str) -> fusekit.QuantPlan:
@@ -111,7 +119,8 @@ def test_dropout_and_slice_are_passive() -> None:
     b.op("Slice", "sl", ["c", "st", "en"]).conv("c2", "sl")
     g = b.build(["c2"])
     for name in ("rknn_int8", "snpe_int8", "openvino_int8"):
-        ours = fusekit.default_pipeline(name).run(g, fusekit.init_plan(g, name)).plan
+        p = fused_output(name)
+        ours = fusekit.default_pipeline(p).run(g, fusekit.init_plan(g, p)).plan
         assert ours.root(out("sl")) == ours.root(out("c")), name
     ppq = fusekit.default_pipeline("ppq066_rknn_int8").run(
         g, fusekit.init_plan(g, "ppq066_rknn_int8", dispatch=PPQ)
@@ -208,6 +217,28 @@ def test_openvino_fuses_hardswish_pattern_and_leaky_relu() -> None:
     h = G().conv("c0", "x").unary("LeakyRelu", "lr", "c0").conv("c1", "lr").build(["c1"])
     assert fused(h, "openvino_int8").root(out("c0")) == out("lr")
     assert ppq_fused(h, "ppq066_openvino_int8")[out("c0")].state == INITIAL
+
+
+def test_openvino_keeps_a_residual_adds_inputs_on_their_own_scales() -> None:
+    """NNCF's CPU hardware config asks one scale of a Concat's inputs only: the two inputs of a
+    residual Add keep their own scales under openvino_int8 (quantized, as computing-input
+    places them); trt_int8's alignment families put them on one scale."""
+    g = G().conv("c0", "x").conv("c1", "c0").binary("Add", "a", "c0", "c1").conv("c2", "a")
+    graph = g.build(["c2"])
+    p = fusekit.get_platform("openvino_int8")
+    aligned = p.evolve(
+        name="openvino_int8_aligned", alignment=fusekit.get_platform("trt_int8").alignment
+    )
+    data = random_data(graph, 4, seed=0)
+    ours = fusekit.default_pipeline(p, calibration=Calibration(data)).run(
+        graph, fusekit.init_plan(graph, p)
+    )
+    assert ours.plan.is_quantized("a")
+    assert ours.plan.root(inp("a", 0)) != ours.plan.root(inp("a", 1))
+    assert ours.plan[inp("a", 0)].scale != ours.plan[inp("a", 1)].scale
+    other = fusekit.default_pipeline(aligned, calibration=Calibration(data))
+    plan = other.run(graph, fusekit.init_plan(graph, aligned)).plan
+    assert plan.root(inp("a", 0)) == plan.root(inp("a", 1))
 
 
 # ----- NCNN ---------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def _vendor(
     weights: Mapping[str, QuantRule],
     bias: BiasRule,
     fp32_outputs: Iterable[str] = (),
+    alignment: Mapping[str, frozenset[str]] = _FK_ALIGNMENT,
     **extra: object,
 ) -> Platform:
     """A corrected rule set: fusekit's passive list, sockets, alignment and epilogue folding.
@@ -105,7 +106,7 @@ def _vendor(
         weights=weights,
         bias=bias,
         fp32_inputs_from={"LayerNormalization": 1},
-        alignment=_FK_ALIGNMENT,
+        alignment=alignment,
         ppq_target=target,
         **extra,  # type: ignore[arg-type]
     )
@@ -160,8 +161,9 @@ _OV_WEIGHTS = {
 
 OPENVINO_INT8 = _vendor(
     "openvino_int8",
-    "OpenVINO INT8 (NNCF performance preset): symmetric int8 per-tensor activations, "
-    "symmetric per-channel [-127, 127] weights, FP32 bias; Conv/MatMul + activation fusion",
+    "OpenVINO INT8 (NNCF performance preset): quantizers on the inputs of Conv/Gemm/MatMul and "
+    "residual Adds; symmetric int8 per-tensor activations (per channel into a depthwise Conv), "
+    "symmetric per-channel [-127, 127] weights, FP32 bias",
     "OPENVINO_INT8",
     quant=_COMMON_QUANT | {"LayerNormalization"},
     acts=_SINGLE_ACTS,
@@ -172,6 +174,16 @@ OPENVINO_INT8 = _vendor(
     # OpenVINO takes a scale per channel on a depthwise convolution's input (issue 15 item 5;
     # the measurement is in docs/accuracy.md)
     depthwise_input_per_channel=True,
+    # NNCF, OpenVINO's quantizer, places its FakeQuantize ops on the inputs of quantizable ops
+    # (convolutions, MatMul, residual Add) and none on their outputs: the low-precision
+    # transformations fold it into the next kernel's input (measured on its exports:
+    # bench/nncf_placement.py; accuracy against the old fused-output default in
+    # docs/accuracy.md, issue 15)
+    placement="computing-input",
+    # NNCF's CPU hardware config asks one scale only of a Concat's inputs ("scales: unified");
+    # an Add's two inputs keep their own scales (aligning them cost 2.5 dB on
+    # ppocr_mobile_v2_cls_textlike: docs/accuracy.md)
+    alignment={"concat": frozenset({"Concat"})},
 )
 
 # ----- NCNN (Tencent ncnn, ncnn2table / ncnn2int8) ----------------------------------------------

@@ -94,9 +94,9 @@ __all__ = [
 
 #: Observers :func:`calibrate` implements: ``minmax``, ``percentile`` (a quantile of the values),
 #: ``entropy`` (TensorRT's KL-divergence threshold), ``mse`` (the range that minimizes the
-#: expected quantization error) and ``mean_minmax`` (the mean over samples of each sample's
-#: min and max, NNCF's default for per-tensor activations). Other names in a config fall back
-#: to ``minmax``; PPQ's ``kl`` is an alias of ``entropy``.
+#: expected quantization error) and ``mean_minmax`` (the mean over calibration batches of each
+#: batch's min and max: NNCF's default for per-tensor activations). Other names in a config fall
+#: back to ``minmax``; PPQ's ``kl`` is an alias of ``entropy``.
 OBSERVERS = ("minmax", "percentile", "entropy", "mse", "mean_minmax")
 
 #: Other spellings of an observer, as PPQ's configs write them.
@@ -155,9 +155,13 @@ class _MinMax:
             if f.size == 0:
                 return True
             lo, hi = float(np.min(f)), float(np.max(f))
+        self._add(lo, hi)
+        return bad
+
+    def _add(self, lo: float, hi: float) -> None:
+        """Fold one update's finite extremes into the range."""
         self.lo = min(self.lo, lo)
         self.hi = max(self.hi, hi)
-        return bad
 
     @property
     def empty(self) -> bool:
@@ -169,40 +173,34 @@ class _MinMax:
 
 
 class _MeanMinMax(_MinMax):
-    """The mean over samples of each sample's min and max (NNCF's ``MEAN_MINMAX``).
+    """The mean over updates (calibration batches) of each batch's min and max.
 
-    One outlier sample widens a min-max range for every sample; averaging the per-sample
-    extremes keeps the range of a typical sample and clips the rare one (NNCF's default for
-    per-tensor activations, one of the reasons its exports score higher on text recognition).
-    Streaming: two running sums. A sample with no finite value does not count in the mean.
-    ``min``/``max`` of the result are the extremes over all samples, as for min-max.
+    NNCF's default range for a per-tensor activation (``MEAN_MINMAX``): a rare extreme batch
+    widens the range by its share of the batches only, so the common values keep more levels
+    (measured in docs/accuracy.md: it wins on some models and loses on others). Streaming: two
+    running sums. A batch without finite values adds nothing to the means.
     """
 
-    __slots__ = ("k", "sum_hi", "sum_lo")
+    __slots__ = ("batches", "sum_hi", "sum_lo")
 
     def __init__(self) -> None:
         super().__init__()
         self.sum_lo = 0.0
         self.sum_hi = 0.0
-        self.k = 0
+        self.batches = 0
 
-    def update(self, x: np.ndarray[Any, Any]) -> bool:
-        if x.size == 0:
-            self.n += 1
-            return False
-        bad = super().update(x)
-        f = x[np.isfinite(x)] if bad else x
-        if f.size:
-            self.sum_lo += float(np.min(f))
-            self.sum_hi += float(np.max(f))
-            self.k += 1
-        return bad
+    def _add(self, lo: float, hi: float) -> None:
+        super()._add(lo, hi)
+        self.sum_lo += lo
+        self.sum_hi += hi
+        self.batches += 1
 
     def result(self) -> TensorRange:
-        if self.k == 0 or self.lo > self.hi:
-            return TensorRange(0.0, 0.0, 0.0, 0.0, self.n, "mean_minmax")
-        lo, hi = self.sum_lo / self.k, self.sum_hi / self.k
-        return TensorRange(lo, hi, self.lo, self.hi, self.n, "mean_minmax")
+        r = super().result()
+        if not self.batches:
+            return TensorRange(r.lo, r.hi, r.min, r.max, r.samples, "mean_minmax")
+        lo, hi = self.sum_lo / self.batches, self.sum_hi / self.batches
+        return TensorRange(lo, hi, r.min, r.max, r.samples, "mean_minmax")
 
 
 class _ChannelMinMax:
@@ -590,8 +588,7 @@ def collect_ranges(
                 continue
             if axis is not None and obs in _HISTOGRAMS:
                 wanted[key] = _ChannelHistograms(_HISTOGRAMS[obs], axis, percentile, bins)
-            elif axis is not None:
-                # mean_minmax per channel is min-max per channel, as NNCF does
+            elif axis is not None:  # per channel, mean_minmax too (NNCF: min-max per channel)
                 wanted[key] = _ChannelMinMax(axis)
             elif obs in _HISTOGRAMS:
                 wanted[key] = _HISTOGRAMS[obs](percentile, bins)
@@ -1063,7 +1060,9 @@ def calibrate(
     iterable of feed dicts. ``observer`` is ``"minmax"``, ``"percentile"`` (``percentile``
     of the values kept), ``"entropy"`` (TensorRT's KL-divergence threshold) or ``"mse"`` (the
     range minimizing the expected squared quantization error), the last three read from a
-    ``bins``-bin streaming histogram per tensor, or None to use each config's own observer
+    ``bins``-bin streaming histogram per tensor, ``"mean_minmax"`` (the mean of each
+    calibration batch's min and max, NNCF's per-tensor default; per-channel ranges stay
+    min-max), or None to use each config's own observer
     (a rule set names it in its activation rule). Weights are always measured min-max on their
     values, per channel when their policy says so. With ``passive_parameters`` (default)
     biases, Clip bounds and Pad values are derived afterwards by

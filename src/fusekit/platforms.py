@@ -235,8 +235,10 @@ class Platform:
       (``group == C_in == C_out > 1``) a per-channel activation config on axis 1, the
       activation rule otherwise unchanged (:func:`fusekit.dispatch.is_depthwise_conv`). Only
       for backends whose depthwise kernels take one input scale per channel (OpenVINO's; the
-      int8 kernels of onnxruntime and TensorRT take one scale per input tensor). The
-      producer's output keeps its per-tensor point; the depthwise input requantizes from it.
+      int8 kernels of onnxruntime and TensorRT take one scale per input tensor). Under a
+      ``fused-output`` placement the producer's output keeps its per-tensor point and the
+      depthwise input requantizes from it; under ``computing-input`` (``openvino_int8``) the
+      per-channel point is the tensor's only quantization.
 
     Names are checked when the value is built: unknown quirks, placements, composite
     activations and conditions, and activations that ``quant_types`` does not quantize (unless
