@@ -78,9 +78,11 @@ QUANTIZERS = (
     "fusekit-ov-unfused",
     "fusekit-ov-bc",
     "fusekit-ov-mmm",
+    "fusekit-ov-mixed",
     "qs-pc",
     "qs-pt",
     "nncf",
+    "nncf-mixed",
 )
 
 
@@ -207,7 +209,9 @@ def _quantize_static(per_channel: bool) -> Callable[[Path, Path, Path], tuple[Pa
     return run
 
 
-def _nncf(model: Path, data: Path, work: Path) -> tuple[Path, str]:
+def _nncf(model: Path, data: Path, work: Path, preset: str | None = None) -> tuple[Path, str]:
+    """NNCF's ``nncf.quantize`` with its defaults, or with ``preset`` ("mixed": asymmetric
+    activations, the preset fusekit's ``openvino_int8_mixed`` describes)."""
     import nncf
 
     src, note = _opset13(model, work)
@@ -216,10 +220,18 @@ def _nncf(model: Path, data: Path, work: Path) -> tuple[Path, str]:
     # NNCF asks for known shapes ("consider to run pre-processing"): ONNX shape inference
     m = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     with contextlib.redirect_stdout(sys.stderr):  # its progress bars: keep stdout a table
-        q = nncf.quantize(m, nncf.Dataset(feeds), subset_size=len(feeds))
+        extra: dict[str, Any] = {}
+        if preset == "mixed":
+            extra["preset"] = nncf.QuantizationPreset.MIXED
+        q = nncf.quantize(m, nncf.Dataset(feeds), subset_size=len(feeds), **extra)
     out = work / "nncf.onnx"
     onnx.save(q, str(out))
-    return out, "; ".join(x for x in (note, f"nncf {nncf.__version__}") if x)
+    said = f"nncf {nncf.__version__}" + (f", {preset} preset" if preset else "")
+    return out, "; ".join(x for x in (note, said) if x)
+
+
+def _nncf_mixed(model: Path, data: Path, work: Path) -> tuple[Path, str]:
+    return _nncf(model, data, work, preset="mixed")
 
 
 RUNNERS: dict[str, Callable[[Path, Path, Path], tuple[Path, str]]] = {
@@ -243,11 +255,13 @@ RUNNERS: dict[str, Callable[[Path, Path, Path], tuple[Path, str]]] = {
     "qs-pc": _quantize_static(True),
     "qs-pt": _quantize_static(False),
     "nncf": _nncf,
+    "nncf-mixed": _nncf_mixed,
+    "fusekit-ov-mixed": _fusekit_with("openvino_int8_mixed"),
 }
 
 
 def _available(name: str) -> bool:
-    if name != "nncf":
+    if not name.startswith("nncf"):
         return True
     try:
         import nncf  # noqa: F401

@@ -66,7 +66,14 @@ __all__ = [
 ]
 
 CORRECTED = ("trt_int8", "ort_int8", "ppl_cuda_int8")
-CORRECTED += ("rknn_int8", "snpe_int8", "openvino_int8", "ncnn_int8", "trt_fp8")  # fusekit._vendor
+CORRECTED += (
+    "rknn_int8",
+    "snpe_int8",
+    "openvino_int8",
+    "openvino_int8_mixed",
+    "ncnn_int8",
+    "trt_fp8",
+)
 _FIRST_COMPAT = (
     "ppq066_trt_int8",
     "ppq066_ort_int8",

@@ -27,7 +27,7 @@ from fusekit.quant import QuantPolicy, QuantProperty, TensorQuantConfig
 from .conftest import CORPUS
 from .graphs import G
 
-VENDOR = ("rknn_int8", "snpe_int8", "openvino_int8", "ncnn_int8", "trt_fp8")
+VENDOR = ("rknn_int8", "snpe_int8", "openvino_int8", "openvino_int8_mixed", "ncnn_int8", "trt_fp8")
 PPQ = "ppq-conservative"
 FP32, INITIAL, OVERLAPPED = QuantState.FP32, QuantState.INITIAL, QuantState.OVERLAPPED
 P = QuantProperty
@@ -339,6 +339,7 @@ _ZP_TYPES = {
     "rknn_int8": {onnx.TensorProto.INT8},
     "snpe_int8": {onnx.TensorProto.UINT8},
     "openvino_int8": {onnx.TensorProto.INT8},
+    "openvino_int8_mixed": {onnx.TensorProto.INT8, onnx.TensorProto.UINT8},
     "ncnn_int8": {onnx.TensorProto.INT8},
     "trt_fp8": {onnx.TensorProto.FLOAT8E4M3FN},
 }
@@ -362,3 +363,34 @@ def test_corpus_export_passes_checker_and_runs(name: str, model: str) -> None:
         assert q.opset == 19
     ev = evaluate(g, q.model, random_data(g, 4, seed=0))
     assert all(math.isfinite(o.sqnr_db) for o in ev.outputs), ev.outputs
+
+
+def test_openvino_mixed_gives_a_non_negative_tensor_all_256_levels() -> None:
+    """NNCF's mixed preset: asymmetric uint8 activations. A Relu output read by a Conv gets zero
+    point 0 and scale max/255, half the performance preset's symmetric int8 scale; weights
+    stay symmetric int8; everything else (placement, depthwise, alignment) is openvino_int8's."""
+    from fusekit.calibrate import calibrate
+
+    from .test_calibrate import conv_relu_model, samples
+
+    mixed = fusekit.get_platform("openvino_int8_mixed")
+    perf = fusekit.get_platform("openvino_int8")
+    for field in ("placement", "alignment", "depthwise_input_per_channel", "weights", "bias"):
+        assert getattr(mixed, field) == getattr(perf, field), field
+    g = fusekit.load(conv_relu_model())
+    feeds = samples(4)
+    got = {}
+    for p in (mixed, perf):
+        plan = calibrate(g, fusekit.init_plan(g, p), feeds)
+        qdq = build_qdq(g, plan).model
+        zp = {i.name: i for i in qdq.graph.initializer if i.name.endswith("zero_point")}
+        got[p.name] = (plan, zp)
+    plan, zp = got["openvino_int8_mixed"]
+    relu_in = next(s for s in plan if s.side == "in" and s.op == "conv2" and s.index == 0)
+    assert plan[relu_in].quant_min == 0 and plan[relu_in].quant_max == 255
+    assert float(plan.offset_of(relu_in)) == 0.0  # a Relu output: the zero point is 0
+    perf_plan = got["openvino_int8"][0]
+    ratio = float(perf_plan.scale_of(relu_in)) / float(plan.scale_of(relu_in))
+    assert ratio == pytest.approx(2.0, rel=1e-3)  # one more bit for a non-negative tensor
+    types = {i.data_type for i in zp.values()}
+    assert onnx.TensorProto.UINT8 in types and onnx.TensorProto.INT8 in types  # acts, weights

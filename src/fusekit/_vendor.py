@@ -40,6 +40,7 @@ from .quant import QuantPolicy, QuantProperty, QuantState, RoundingPolicy
 __all__ = [
     "NCNN_INT8",
     "OPENVINO_INT8",
+    "OPENVINO_INT8_MIXED",
     "RKNN_INT8",
     "SNPE_INT8",
     "TRT_FP8",
@@ -186,6 +187,19 @@ OPENVINO_INT8 = _vendor(
     alignment={"concat": frozenset({"Concat"})},
 )
 
+# NNCF's MIXED preset (symmetric weights, asymmetric activations; OpenVINO's CPU plugin runs
+# both presets): a tensor that is never negative (a ReLU, HardSigmoid or Sigmoid output) gets
+# all 256 levels instead of the 128 of a symmetric int8 range, and a skewed one its own zero
+# point. Everything else is the performance preset's (measured: docs/accuracy.md, issue 15).
+OPENVINO_INT8_MIXED = OPENVINO_INT8.evolve(
+    name="openvino_int8_mixed",
+    description=(
+        "OpenVINO INT8 (NNCF mixed preset): as openvino_int8, but asymmetric uint8 per-tensor "
+        "activations (per channel into a depthwise Conv)"
+    ),
+    activation=QuantRule(ASYM_PT, 8, 0, 255, HALF_EVEN, "minmax"),
+)
+
 # ----- NCNN (Tencent ncnn, ncnn2table / ncnn2int8) ----------------------------------------------
 
 _NCNN_W = QuantRule(SYM_PC, 8, -127, 127, FAR, "minmax", 0)
@@ -235,4 +249,11 @@ TRT_FP8 = _vendor(
 )
 
 #: Every rule set of this module, registered by :mod:`fusekit.platforms`.
-VENDOR_PLATFORMS: tuple[Platform, ...] = (RKNN_INT8, SNPE_INT8, OPENVINO_INT8, NCNN_INT8, TRT_FP8)
+VENDOR_PLATFORMS: tuple[Platform, ...] = (
+    RKNN_INT8,
+    SNPE_INT8,
+    OPENVINO_INT8,
+    OPENVINO_INT8_MIXED,
+    NCNN_INT8,
+    TRT_FP8,
+)
