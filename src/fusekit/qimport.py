@@ -50,9 +50,9 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ._util import gc_paused
 from .errors import UnsupportedQuantization
-from .graph import Graph, Slot
+from .graph import Graph, Initializer, Slot
 from .guards import QUANTIZATION_OP_TYPES
-from .onnx_io import _read, build_graph, copy_fields, load
+from .onnx_io import NodeFields, _read, build_graph_from_nodes, copy_fields, load
 from .quant import QuantPlan, QuantPolicy, QuantProperty, QuantState, TensorQuantConfig
 
 __all__ = [
@@ -664,7 +664,7 @@ def _import(
     dangling = [d for d in dangling if d.kind != "dq_unread" or d.tensor not in kept_float]
 
     # 4. quantized constants: one float initializer per (integer initializer, parameters)
-    new_inits: list[TensorProto] = []
+    new_inits: list[Initializer] = []
     used_names = set(readers) | set(producer) | set(rd.inits) | out_set
     used_names |= {vi.name for vi in g.input}
     made: dict[tuple[Any, ...], str] = {}
@@ -687,17 +687,16 @@ def _import(
                     fname = stripped
                     used_names.add(fname)
                 made[key] = fname
-                new_inits.append(numpy_helper.from_array(value, fname))
+                new_inits.append(Initializer.from_array(fname, value))
         if dq_out != fname:
             rename[dq_out] = fname
         pt = _Point(p, "param", fname)
         pt.readers.extend((first_out[j], k) for j, k in direct_readers(dq_out))
         points.append(pt)
 
-    # 5. the float model
+    # 5. the float graph, straight from the node fields (no float model written and read back)
     pre: dict[str, str] = {}
-    float_model = _float_model(m, nd, removed, rename, new_inits, used_names, relus, pre)
-    graph = _load_own(float_model, label, base_dir)
+    graph = _float_graph(m, nd, removed, rename, new_inits, used_names, label, base_dir, relus, pre)
     plan, scale_names = _plan(graph, points, rd, rename, pre, dispatch, entry_ops)
     return QuantizedImport(graph, plan, tuple(dangling), scale_names, label)
 
@@ -860,33 +859,45 @@ class _Nodes:
     outs: list[tuple[str, ...]]
     types: list[str]  # op_type, "" outside the ONNX and com.microsoft domains
     names: list[str]
+    op_types: list[str]  # as in the node
+    domains: list[str]
 
     @classmethod
     def read(cls, g: onnx.GraphProto) -> _Nodes:
         protos = list(g.node)
-        ins, outs, types, names = [], [], [], []
+        ins, outs, types, names, op_types, domains = [], [], [], [], [], []
+        qdq_domains = _QDQ_DOMAINS
         for n in protos:  # slicing first: a third faster than iterating the container
             ins.append(tuple(n.input[:]))
             outs.append(tuple(n.output[:]))
-            types.append(n.op_type if n.domain in _QDQ_DOMAINS else "")
+            op_type, domain = n.op_type, n.domain
+            op_types.append(op_type)
+            domains.append(domain)
+            types.append(op_type if domain in qdq_domains else "")
             names.append(n.name)
-        return cls(protos, ins, outs, types, names)
+        return cls(protos, ins, outs, types, names, op_types, domains)
 
 
-def _float_model(
+def _float_graph(
     m: ModelProto,
     nodes: _Nodes,
     removed: set[int],
     rename: dict[str, str],
-    new_inits: Iterable[TensorProto],
+    new_inits: Iterable[Initializer],
     taken: set[str],
+    label: str,
+    base_dir: str | None,
     relus: Iterable[tuple[str, float]] = (),
     pre_names: dict[str, str] | None = None,
-) -> ModelProto:
-    """The model without the removed Q/DQ, tensors renamed, dequantized weights added.
+) -> Graph:
+    """The float graph: the model without the removed Q/DQ, tensors renamed, dequantized
+    weights added (numpy arrays, never written as tensors).
 
-    ``m`` is the importer's own copy: its kept nodes are renamed in place. ``taken`` holds
-    every name in use (fresh names for restored clamps avoid it).
+    Built straight from the node fields the importer read (:func:`build_graph_from_nodes`:
+    :func:`fusekit.load`'s checks, no float model written and read back). The kept nodes are
+    the ops' sources (their attributes decode lazily); their renamed inputs and outputs are
+    the ops' own, which :func:`fusekit.to_model` writes. ``taken`` holds every name in use
+    (fresh names for restored clamps avoid it).
     """
     out = ModelProto()
     relu_at = dict(relus)
@@ -896,29 +907,24 @@ def _float_model(
 
     fresh = _namer(taken)
 
-    # everything but the nodes, initializers and value_info is copied; the kept nodes are
-    # renamed in place and copied once, by ``extend``
+    # everything but the nodes, initializers and value_info is copied into a header model
     copy_fields(m, out, skip=("graph",))
     g = out.graph
     copy_fields(m.graph, g, skip=("node", "initializer", "value_info"))
-    kept: list[onnx.NodeProto] = []
+    kept: list[NodeFields] = []
     constants: list[tuple[int, str]] = []  # (position in kept, output) of Constant nodes
     read: set[str] = {o.name for o in g.output}
     produced: set[str] = set()
     rget = rename.get
-    for i, c in enumerate(nodes.protos):
+    protos, names, all_ins, all_outs = nodes.protos, nodes.names, nodes.ins, nodes.outs
+    op_types, domains = nodes.op_types, nodes.domains
+    for i, c in enumerate(protos):
         if i in removed:
             continue
-        ins, outs = nodes.ins[i], nodes.outs[i]
+        ins, outs = all_ins[i], all_outs[i]
         if rename:
-            new_ins = tuple(rget(t, t) for t in ins)
-            if new_ins != ins:
-                c.input[:] = new_ins
-                ins = new_ins
-            new_outs = tuple(rget(t, t) for t in outs)
-            if new_outs != outs:
-                c.output[:] = new_outs
-                outs = new_outs
+            ins = tuple([rget(t, t) for t in ins])
+            outs = tuple([rget(t, t) for t in outs])
         read.update(ins)
         produced.update(outs)
         op = nodes.types[i]
@@ -926,15 +932,17 @@ def _float_model(
             for a in c.attribute:
                 if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
                     read.update(_captured(a))  # sub-graph captures
-        if op == "Constant" and nodes.protos[i].domain in ("", "ai.onnx"):
+        if op == "Constant" and domains[i] in ("", "ai.onnx"):
             constants.append((len(kept), outs[0] if outs else ""))
-        kept.append(c)
-        if not relu_at:
-            continue
-        for k, t in enumerate(outs):
-            if t in relu_at:  # the Relu/Clip the quantizer folded into a clamping Q
+        if relu_at and any(t in relu_at for t in outs):
+            new_outs = list(outs)
+            clips: list[NodeFields] = []
+            for k, t in enumerate(outs):
+                if t not in relu_at:
+                    continue
+                # the Relu/Clip the quantizer folded into a clamping Q
                 pre = fresh(f"{t}_before_clip")
-                c.output[k] = pre
+                new_outs[k] = pre
                 if pre_names is not None:
                     pre_names[t] = pre
                 top = relu_at[t]
@@ -950,15 +958,19 @@ def _float_model(
                     )
                     read.add(pre)
                 produced.add(pre)
-                kept.append(clip)
+                clips.append((clip.name, "Clip", "", tuple(clip.input), tuple(clip.output), clip))
+            kept.append((names[i], op_types[i], domains[i], ins, tuple(new_outs), c))
+            kept.extend(clips)
+            continue
+        kept.append((names[i], op_types[i], domains[i], ins, outs, c))
     # Constant nodes that only fed Q/DQ parameters go with them
     unread = {k for k, t in constants if t not in read}
-    g.node.extend([n for k, n in enumerate(kept) if k not in unread] if unread else kept)
+    rows = [n for k, n in enumerate(kept) if k not in unread] if unread else kept
     src = m.graph
-    g.initializer.extend([t for t in src.initializer if t.name in read])
+    dense: list[TensorProto | Initializer] = [t for t in src.initializer if t.name in read]
     dropped = {t.name for t in src.initializer} - read
-    g.initializer.extend(new_inits)
-    g.initializer.extend(clip_inits)
+    dense.extend(new_inits)
+    dense.extend(clip_inits)
     if dropped:
         ins_ = [vi for vi in g.input if vi.name not in dropped]
         del g.input[:]
@@ -976,13 +988,7 @@ def _float_model(
             vi.name = name  # the importer's own copy of the model
             vis.append(vi)
     g.value_info.extend(vis)
-    return out
-
-
-def _load_own(m: ModelProto, label: str, base_dir: str | None) -> Graph:
-    """:func:`fusekit.load` of a model the importer built (no defensive copy; external data
-    of the original file resolved against its directory)."""
-    return build_graph(m, label, base_dir)
+    return build_graph_from_nodes(out, rows, dense, label, base_dir)
 
 
 def _captured(a: onnx.AttributeProto) -> set[str]:
