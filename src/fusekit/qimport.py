@@ -118,14 +118,18 @@ class _Params:
     key: tuple[Any, ...] = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
+        scale, zero = self.scale, self.zero
         key = (
             self.dtype,
-            self.scale.astype(np.float32).tobytes(),
-            self.scale.shape,
-            self.zero.astype(np.int64).tobytes(),
+            (scale if scale.dtype == _F32 else scale.astype(np.float32)).tobytes(),
+            scale.shape,
+            (zero if zero.dtype == _I64 else zero.astype(np.int64)).tobytes(),
             self.axis,
         )
         object.__setattr__(self, "key", key)
+
+
+_F32, _I64 = np.dtype(np.float32), np.dtype(np.int64)
 
 
 class _Reader:
@@ -173,8 +177,9 @@ class _Reader:
         self._values[name] = arr
         return arr
 
-    def params(self, n: onnx.NodeProto) -> _Params:
-        """The parameters of a QuantizeLinear/DequantizeLinear node (read once per node).
+    def params(self, n: onnx.NodeProto, ins: tuple[str, ...] | None = None) -> _Params:
+        """The parameters of a QuantizeLinear/DequantizeLinear node (read once per node;
+        ``ins``: its inputs when already read).
 
         A Q and its DQs read the same scale and zero point initializers with the same
         attributes: such nodes share one :class:`_Params` (read once, one ``key``), which also
@@ -183,23 +188,29 @@ class _Reader:
         got = self._params.get(id(n))
         if got is not None:
             return got
-        ins = n.input
+        if ins is None:
+            ins = tuple(n.input)
         shared: tuple[Any, ...] | None = None
-        if len(ins) > 2 and ins[2] and all(a.type == _INT_ATTR for a in n.attribute):
-            # with a zero point input, the parameters depend on these names and attributes only
-            shared = (ins[1], ins[2], tuple(sorted((a.name, a.i) for a in n.attribute)))
-            got = self._shared.get(shared)
+        if len(ins) > 2 and ins[2]:
+            at = n.attribute
+            if not at:  # the common case: no attribute to read
+                shared = (ins[1], ins[2], ())
+            elif all(a.type == _INT_ATTR for a in at):
+                # with a zero point input, the parameters depend on these names and attributes
+                shared = (ins[1], ins[2], tuple(sorted((a.name, a.i) for a in at)))
+            if shared is not None:
+                got = self._shared.get(shared)
         if got is None:
-            got = self._read_params(n)
+            got = self._read_params(n, ins)
             if shared is not None:
                 self._shared[shared] = got
         self._params[id(n)] = got
         return got
 
-    def _read_params(self, n: onnx.NodeProto) -> _Params:
+    def _read_params(self, n: onnx.NodeProto, ins: tuple[str, ...]) -> _Params:
         # each protobuf field read builds a wrapper: inputs read once, the label only to raise
-        attrs_ = {a.name: helper.get_attribute_value(a) for a in n.attribute} if n.attribute else {}
-        ins = tuple(n.input)
+        at = n.attribute
+        attrs_ = {a.name: helper.get_attribute_value(a) for a in at} if at else {}
 
         def label() -> str:
             return f"node {n.name or n.op_type!r} ({n.op_type})"
@@ -458,7 +469,7 @@ def _import(
     # 1. DequantizeLinear of integer constants: quantized weights and biases
     for i, kind in enumerate(qdq):
         if kind == 2 and node_ins[i] and rd.is_const(node_ins[i][0]):
-            param_dq[i] = rd.params(nodes[i])
+            param_dq[i] = rd.params(nodes[i], node_ins[i])
             removed.add(i)
     # 2. Q nodes read only by DQ nodes with the same parameters: pairs (in node order, so a
     #    pair behind a pair sees its source already resolved when the file is sorted)
@@ -472,13 +483,13 @@ def _import(
         if out in out_set or not rs or not all(qdq[j] == 2 for j, _ in rs):
             dangling.append(Dangling("q_without_dq", nm(i), node_ins[i][0]))
             continue
-        p = rd.params(n)
+        p = rd.params(n, node_ins[i])
         q_ins = node_ins[i][1:3]
         plain_q = len(q_ins) == 2 and bool(q_ins[1]) and not n.attribute
         for j, _ in rs:
             if plain_q and node_ins[j][1:3] == q_ins and not nodes[j].attribute:
                 continue  # the Q's own scale and zero point initializers: the same parameters
-            if rd.params(nodes[j]).key != p.key:
+            if rd.params(nodes[j], node_ins[j]).key != p.key:
                 raise UnsupportedQuantization(
                     f"{nm(j)} dequantizes {out!r} with other parameters than {nm(i)} "
                     "quantized it with: not a Q/DQ pair fusekit can represent",
