@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -444,15 +444,14 @@ def _import(
     nodes, node_ins, node_outs = nd.protos, nd.ins, nd.outs
     kinds = {"QuantizeLinear": 1, "DequantizeLinear": 2}
     qdq = [kinds.get(t, 0) for t in nd.types]  # 1 QuantizeLinear, 2 DequantizeLinear, else 0
-    readers: dict[str, list[tuple[int, int]]] = {}
+    # tensor -> its (reader, input index); a defaultdict while it is built (the append runs
+    # in C), a plain mapping after (a missing key raises again)
+    readers: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
     for i, ins in enumerate(node_ins):
         for k, t in enumerate(ins):
             if t:
-                rs = readers.get(t)
-                if rs is None:
-                    readers[t] = [(i, k)]
-                else:
-                    rs.append((i, k))
+                readers[t].append((i, k))
+    readers.default_factory = None
     outputs = [o.name for o in g.output]
     out_set = set(outputs)
     producer = {t: i for i, outs in enumerate(node_outs) for t in outs if t}
@@ -1054,7 +1053,9 @@ def _plan(
     slot_base, n_in, slot_op, a_producer = ar.slot_base, ar.n_in, ar.slot_op, ar.producer
     op_types = ar.op_types
     configs: dict[int, TensorQuantConfig] = {}
-    overlaps: list[tuple[int, int]] = []
+    # (slot, root slot, parameters, rank): the slot's config is OVERLAPPED already (one shared
+    # object per point; ``overlap_sid`` would copy an ACTIVATED one per slot)
+    overlaps: list[tuple[int, int, _Params, int | None]] = []
     roots: list[tuple[int, _Point]] = []
 
     def op_of(first_output: str) -> int:
@@ -1071,11 +1072,15 @@ def _plan(
             )
         return int(slot_op[a_producer[tid]])
 
+    is_init = ar.is_init
+    # a dict, not the PMap: one lookup per point (a PMap ``get`` costs ~2 us in Python)
+    vtypes = dict(graph.value_types.items())
+
     def rank_of(t: str) -> int | None:
-        init = graph.initializers.get(t)
-        if init is not None:
-            return len(init.dims)
-        tt = graph.value_types.get(t)
+        tid = tid_of.get(t)
+        if tid is not None and is_init[tid]:
+            return len(graph.initializers[t].dims)
+        tt = vtypes.get(t)
         if tt is not None and tt.shape is not None:
             return len(tt.shape)
         return None
@@ -1087,7 +1092,11 @@ def _plan(
         key = (id(p), rank, state)
         got = memo.get(key)
         if got is None:
-            got = memo[key] = _config(p, rank, state)
+            if state is QuantState.OVERLAPPED:  # a copy of the point's own (no converters)
+                got = config(p, rank, QuantState.ACTIVATED).with_state(state)
+            else:
+                got = _config(p, rank, state)
+            memo[key] = got
         return got
 
     for pt in points:
@@ -1116,8 +1125,8 @@ def _plan(
                 )
                 configs[sid] = config(pt.params, rank, state)
             else:
-                configs[sid] = config(pt.params, rank, QuantState.ACTIVATED)
-                overlaps.append((sid, first))
+                configs[sid] = config(pt.params, rank, QuantState.OVERLAPPED)
+                overlaps.append((sid, first, pt.params, rank))
         if first is not None:
             roots.append((first, pt))
     # ops with a quantized slot get configs for all their slots (FP32 where the model has none)
@@ -1136,8 +1145,9 @@ def _plan(
         ops[ar.op_names[oid]] = (dispatch, ins, outs)
     plan = QuantPlan.from_configs(graph, ops)
     e = plan.evolver()
-    for a, b in overlaps:
-        e.overlap_sid(a, b)
+    for a, b, p, rank in overlaps:
+        if not e.overlap_sid(a, b):  # already one set: the slot stays ACTIVATED
+            e.set_cfg(a, config(p, rank, QuantState.ACTIVATED))
     by_name: dict[tuple[Any, ...], int] = {}
     names: list[tuple[Slot, str]] = []
     for sid, pt in sorted(roots, key=lambda r: r[0]):
