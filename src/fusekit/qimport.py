@@ -1049,7 +1049,7 @@ def _plan(
                 entry_oids.add(int(graph.index.slot_op[graph.index.producer[tid0]]))
     idx = graph.index
     ar = graph.arrays()  # plain lists: the audit's pipeline builds them anyway
-    tid_of = {t: i for i, t in enumerate(ar.tensor_names)}
+    tid_of = ar.tensor_id  # name -> tensor id (a dict)
     slot_base, n_in, slot_op, a_producer = ar.slot_base, ar.n_in, ar.slot_op, ar.producer
     op_types = ar.op_types
     configs: dict[int, TensorQuantConfig] = {}
