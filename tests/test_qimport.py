@@ -611,3 +611,53 @@ def test_imported_batchnorm_reading_a_pair_still_reads_it() -> None:
     prod = {o: n for n in again.graph.node for o in n.output}
     assert prod[bn.input[0]].op_type == "DequantizeLinear"
     _assert_same_outputs(src, again)
+
+
+def test_unsorted_file_imports_as_the_sorted_one() -> None:
+    """A QDQ file whose nodes are not in topological order (reversed here) gives the graph and
+    the plan of the sorted file: the importer walks the nodes in a topological order then, so
+    a pair behind a pair (a requantization for one reader) sees the first pair resolved (its
+    one-pass check of the file order must see a name read before it is written)."""
+    f = TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", f, [1, 2, 3, 3])
+    outs = [helper.make_tensor_value_info(t, f, [1, 2, 3, 3]) for t in ("y1", "y2")]
+    w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    params = [
+        numpy_helper.from_array(np.array(v, np.float32 if n[0] == "s" else np.int8), n)
+        for n, v in (("s1", 0.1), ("z1", 0), ("s2", 0.2), ("z2", 0))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], "conv"),
+        helper.make_node("QuantizeLinear", ["c", "s1", "z1"], ["q1"], "q1"),
+        helper.make_node("DequantizeLinear", ["q1", "s1", "z1"], ["d1"], "dq1"),
+        helper.make_node("Relu", ["d1"], ["y1"], "relu"),
+        helper.make_node("QuantizeLinear", ["d1", "s2", "z2"], ["q2"], "q2"),
+        helper.make_node("DequantizeLinear", ["q2", "s2", "z2"], ["d2"], "dq2"),
+        helper.make_node("Sigmoid", ["d2"], ["y2"], "sigmoid"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], outs, [w, *params]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    shuffled = onnx.ModelProto()
+    shuffled.CopyFrom(model)
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(nodes[::-1])
+    want, got = import_quantized(model), import_quantized(shuffled)
+    assert set(want.graph.ops) == {"conv", "relu", "sigmoid"}
+    assert got.graph.ops == want.graph.ops
+    assert placement(got.plan) == placement(want.plan)
+    assert got.dangling == want.dangling == ()
+    # a third pair behind the second is refused whatever the file order (the depth of a pair
+    # is its source's plus one only when the source was seen first)
+    deep = [
+        *nodes[:6],
+        helper.make_node("QuantizeLinear", ["d2", "s1", "z1"], ["q3"], "q3"),
+        helper.make_node("DequantizeLinear", ["q3", "s1", "z1"], ["d3"], "dq3"),
+        helper.make_node("Sigmoid", ["d3"], ["y2"], "sigmoid"),
+    ]
+    for order in (deep, deep[::-1]):
+        del shuffled.graph.node[:]
+        shuffled.graph.node.extend(order)
+        with pytest.raises(fusekit.UnsupportedQuantization, match="quantized twice"):
+            import_quantized(shuffled)

@@ -47,13 +47,21 @@ import attrs
 import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
+from pyrsistent import pvector
 
 from ._util import gc_paused
 from .errors import UnsupportedQuantization
 from .graph import Graph, Initializer, Slot
 from .guards import QUANTIZATION_OP_TYPES
 from .onnx_io import NodeFields, _read, build_graph_from_nodes, copy_fields, load
-from .quant import QuantPlan, QuantPolicy, QuantProperty, QuantState, TensorQuantConfig
+from .quant import (
+    NO_LINK,
+    QuantPlan,
+    QuantPolicy,
+    QuantProperty,
+    QuantState,
+    TensorQuantConfig,
+)
 
 __all__ = [
     "IMPORTED_PLATFORM",
@@ -444,17 +452,27 @@ def _import(
     nodes, node_ins, node_outs = nd.protos, nd.ins, nd.outs
     kinds = {"QuantizeLinear": 1, "DequantizeLinear": 2}
     qdq = [kinds.get(t, 0) for t in nd.types]  # 1 QuantizeLinear, 2 DequantizeLinear, else 0
-    # tensor -> its (reader, input index); a defaultdict while it is built (the append runs
-    # in C), a plain mapping after (a missing key raises again)
+    # one pass: tensor -> its (reader, input index) (a defaultdict while it is built, the
+    # append runs in C; a plain mapping after, a missing key raises again), tensor -> its
+    # producer, and whether the file order is topological (no name read before it is written)
     readers: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+    producer: dict[str, int] = {}
+    unwritten: set[str] = set()  # names read before any node wrote them
+    writes = 0  # more than len(producer): a name written twice (load refuses it, unsorted)
     for i, ins in enumerate(node_ins):
         for k, t in enumerate(ins):
             if t:
                 readers[t].append((i, k))
+                if t not in producer:
+                    unwritten.add(t)
+        for t in node_outs[i]:
+            if t:
+                producer[t] = i
+                writes += 1
     readers.default_factory = None
+    sorted_file = writes == len(producer) and unwritten.isdisjoint(producer)
     outputs = [o.name for o in g.output]
     out_set = set(outputs)
-    producer = {t: i for i, outs in enumerate(node_outs) for t in outs if t}
 
     removed: set[int] = set()
     dangling: list[Dangling] = []
@@ -472,7 +490,7 @@ def _import(
             removed.add(i)
     # 2. Q nodes read only by DQ nodes with the same parameters: pairs (in node order, so a
     #    pair behind a pair sees its source already resolved when the file is sorted)
-    order = _topo(node_ins, producer)
+    order = range(len(node_ins)) if sorted_file else _topo(node_ins, producer)
     for i in order:
         if qdq[i] != 1:
             continue
@@ -1133,17 +1151,20 @@ def _plan(
     fp32 = TensorQuantConfig(
         policy=QuantPolicy.of("PER_TENSOR", "LINEAR", "SYMMETRICAL"), state=QuantState.FP32
     )
-    ops: dict[str, tuple[str, list[TensorQuantConfig], list[TensorQuantConfig]]] = {}
-    done: set[int] = set()
-    for sid in sorted(configs):
+    # the tables by id (what ``QuantPlan.from_configs`` builds from names, without them)
+    n_out = ar.n_out
+    cfg_table: list[TensorQuantConfig | None] = [None] * idx.n_slots
+    dispatch_table: list[str | None] = [None] * len(ar.op_names)
+    for sid in configs:
         oid = slot_op[sid]
-        if oid in done:
-            continue
-        done.add(oid)
-        ins = [configs.get(x, fp32) for x in idx.input_sids(oid)]
-        outs = [configs.get(x, fp32) for x in idx.output_sids(oid)]
-        ops[ar.op_names[oid]] = (dispatch, ins, outs)
-    plan = QuantPlan.from_configs(graph, ops)
+        if dispatch_table[oid] is None:
+            dispatch_table[oid] = dispatch
+            base = slot_base[oid]
+            cfg_table[base : base + n_in[oid] + n_out[oid]] = [fp32] * (n_in[oid] + n_out[oid])
+    for sid, cfg in configs.items():
+        cfg_table[sid] = cfg
+    n = idx.n_slots
+    plan = QuantPlan(graph, pvector(cfg_table), pvector([NO_LINK] * n), pvector(dispatch_table))
     e = plan.evolver()
     for a, b, p, rank in overlaps:
         if not e.overlap_sid(a, b):  # already one set: the slot stays ACTIVATED
