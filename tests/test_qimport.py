@@ -661,3 +661,50 @@ def test_unsorted_file_imports_as_the_sorted_one() -> None:
         shuffled.graph.node.extend(order)
         with pytest.raises(fusekit.UnsupportedQuantization, match="quantized twice"):
             import_quantized(shuffled)
+
+
+@pytest.mark.parametrize("zp_type", [TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16])
+@pytest.mark.parametrize("raw", [True, False])
+def test_scalar_parameters_read_as_the_general_reader_reads_them(zp_type: int, raw: bool) -> None:
+    """The per-tensor fast path (scalar scale and zero point read from the tensor fields) gives
+    the parameters numpy's decoding gives, from ``raw_data`` and from the typed fields."""
+    from fusekit.onnx_io import _read
+    from fusekit.qimport import _Nodes, _Reader
+
+    np_zp = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT16: np.int16}
+    if raw:
+        inits = [
+            numpy_helper.from_array(np.array(0.0123, np.float32), "s"),
+            numpy_helper.from_array(np.array(3, np_zp[zp_type]), "z"),
+        ]
+    else:  # float_data and int32_data
+        inits = [
+            helper.make_tensor("s", TensorProto.FLOAT, [], [0.0123]),
+            helper.make_tensor("z", zp_type, [], [3]),
+        ]
+    assert bool(inits[0].raw_data) is raw and bool(inits[1].raw_data) is raw
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], "q")
+    model = helper.make_model(
+        helper.make_graph(
+            [node], "g", [x], [helper.make_tensor_value_info("q", zp_type, [2])], inits
+        ),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    m, label, base = _read(model)
+    nd = _Nodes.read(m.graph)
+    rd = _Reader(m, label, base, nd)
+    fast = rd._scalar_params(nd.ins[0])
+    assert fast is not None
+    node_with_attr = onnx.NodeProto()
+    node_with_attr.CopyFrom(nd.protos[0])
+    node_with_attr.attribute.append(helper.make_attribute("axis", 1))  # the general reader
+    general = rd._read_params(node_with_attr, nd.ins[0])
+    assert (fast.dtype, fast.key, fast.names, fast.axis) == (
+        general.dtype,
+        general.key,
+        general.names,
+        general.axis,
+    )
+    assert fast.scale.dtype == general.scale.dtype and fast.zero.dtype == general.zero.dtype
+    assert float(fast.scale) == np.float32(0.0123) and int(fast.zero) == 3

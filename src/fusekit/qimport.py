@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -218,6 +219,10 @@ class _Reader:
     def _read_params(self, n: onnx.NodeProto, ins: tuple[str, ...]) -> _Params:
         # each protobuf field read builds a wrapper: inputs read once, the label only to raise
         at = n.attribute
+        if not at and len(ins) == 3 and ins[1] and ins[2]:
+            got = self._scalar_params(ins)
+            if got is not None:
+                return got
         attrs_ = {a.name: helper.get_attribute_value(a) for a in at} if at else {}
 
         def label() -> str:
@@ -258,6 +263,25 @@ class _Reader:
             axis = int(attrs_.get("axis", 1))
         return _Params(dtype, scale, zero, axis, (ins[1], zname))
 
+    def _scalar_params(self, ins: tuple[str, ...]) -> _Params | None:
+        """The parameters of the common per-tensor case (a float32 scale and an 8/16-bit zero
+        point, scalar initializers, no attribute), or None for :meth:`_read_params` to read.
+
+        The values come from the tensor fields straight (no numpy decoding, which costs a
+        third of importing a large model): the same ``_Params`` as the general reader's.
+        """
+        ts, tz = self.inits.get(ins[1]), self.inits.get(ins[2])
+        if ts is None or tz is None or ts.data_type != _FLOAT:
+            return None
+        dtype = tz.data_type
+        if dtype not in _SCALAR_FORMATS:
+            return None
+        sv, zv = _scalar(ts), _scalar(tz)
+        if sv is None or zv is None:
+            return None
+        scale, zero = np.array(sv, np.float32), np.array(zv, np.int64)
+        return _Params(dtype, scale, zero, None, (ins[1], ins[2]))
+
     def _const_type(self, name: str, node: onnx.NodeProto) -> int:
         t = self.inits.get(name)
         if t is not None:
@@ -266,6 +290,34 @@ class _Reader:
 
 
 _INT_ATTR = onnx.AttributeProto.INT
+_FLOAT, _EXTERNAL = TensorProto.FLOAT, TensorProto.EXTERNAL
+
+#: little-endian struct formats of the scalar types :func:`_scalar` reads from ``raw_data``
+_SCALAR_FORMATS: dict[int, struct.Struct] = {
+    TensorProto.FLOAT: struct.Struct("<f"),
+    TensorProto.INT8: struct.Struct("<b"),
+    TensorProto.UINT8: struct.Struct("<B"),
+    TensorProto.INT16: struct.Struct("<h"),
+    TensorProto.UINT16: struct.Struct("<H"),
+}
+
+
+def _scalar(t: TensorProto) -> float | int | None:
+    """The value of a scalar (``dims`` empty) float32 or 8/16-bit initializer held in the
+    file, or None (another shape or type, external data: :func:`_fast_array` reads those)."""
+    fmt = _SCALAR_FORMATS.get(t.data_type)
+    if fmt is None or len(t.dims) or t.data_location == _EXTERNAL or t.HasField("segment"):
+        return None
+    raw = t.raw_data
+    if raw:
+        if len(raw) != fmt.size:
+            return None
+        v: float | int = fmt.unpack(raw)[0]
+        return v
+    if t.data_type == _FLOAT:
+        return t.float_data[0] if len(t.float_data) == 1 else None
+    return t.int32_data[0] if len(t.int32_data) == 1 else None  # 8/16-bit scalars live there
+
 
 #: numpy types of the tensor types :func:`_fast_array` reads from ``raw_data``
 _RAW_TYPES: dict[int, Any] = {
