@@ -1172,6 +1172,7 @@ def _plan(
     for pt in points:
         rank = rank_of(pt.tensor)
         first: int | None = None
+        overlapped: TensorQuantConfig | None = None
         if pt.kind == "after":
             assert pt.producer is not None
             oid = op_of(pt.producer[0])
@@ -1195,7 +1196,9 @@ def _plan(
                 )
                 configs[sid] = config(pt.params, rank, state)
             else:
-                configs[sid] = config(pt.params, rank, QuantState.OVERLAPPED)
+                if overlapped is None:  # once per point, not per reader
+                    overlapped = config(pt.params, rank, QuantState.OVERLAPPED)
+                configs[sid] = overlapped
                 overlaps.append((sid, first, pt.params, rank))
         if first is not None:
             roots.append((first, pt))
