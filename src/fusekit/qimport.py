@@ -411,30 +411,33 @@ _POLICIES: dict[tuple[bool, bool], QuantPolicy] = {
 }
 
 
+#: (integer type, axis, symmetric, state) -> a config without scale (the converters and
+#: validators run once per kind; each point copies it with its own scale, ``with_scale``)
+_TEMPLATES: dict[tuple[int, int | None, bool, QuantState], TensorQuantConfig] = {}
+
+
 def _config(p: _Params, rank: int | None, state: QuantState) -> TensorQuantConfig:
     _name, bits, lo, hi = _INT_TYPES[p.dtype]
-    signed = lo < 0
-    sym = signed and not p.zero.any()
+    sym = lo < 0 and not p.zero.any()
     axis = p.axis
     if axis is not None and axis < 0 and rank is not None:
         axis += rank
-    policy = _POLICIES[axis is not None, sym]
-    scale = p.scale.astype(np.float32).reshape(-1 if axis is not None else ())
-    zero = p.zero.astype(np.float32).reshape(-1 if axis is not None else ())
-    if axis is None:
-        scale = scale.reshape(()) if scale.size == 1 else scale
-        zero = zero.reshape(()) if zero.size == 1 else zero
-    return TensorQuantConfig(
-        policy=policy,
-        num_bits=bits,
-        quant_min=lo,
-        quant_max=hi,
-        channel_axis=axis,
-        observer="imported",
-        scale=scale,
-        offset=zero,
-        state=state,
-    )
+    key = (p.dtype, axis, sym, state)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = _TEMPLATES[key] = TensorQuantConfig(
+            policy=_POLICIES[axis is not None, sym],
+            num_bits=bits,
+            quant_min=lo,
+            quant_max=hi,
+            channel_axis=axis,
+            observer="imported",
+            state=state,
+        )
+    # per axis: one value per channel; per tensor: a scalar
+    shape: Any = -1 if axis is not None else ()
+    scale = np.asarray(p.scale, np.float32).reshape(shape)
+    return template.with_scale(scale, p.zero.astype(np.float32).reshape(shape))
 
 
 @attrs.define
