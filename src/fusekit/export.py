@@ -287,8 +287,8 @@ class _Placement:
 def _constant_tensors(graph: Graph) -> frozenset[int]:
     """Tensor ids of initializers and of ``Constant`` op outputs."""
     idx = graph.index
-    tensor_id = idx.tensor_id
-    out = {tensor_id[n] for n in graph.initializers if n in tensor_id}
+    # the index's initializer flags (iterating the initializers' PMap runs in Python)
+    out = {tid for tid, init in enumerate(graph.arrays().is_init) if init}
     for oid in graph.ops_by_type().get("Constant", ()):
         for sid in idx.output_sids(oid):
             tid = idx.slot_tensor[sid]
