@@ -445,8 +445,8 @@ def load(source: ModelSource) -> Graph:
 def build_graph(m: ModelProto, label: str, base_dir: str | None) -> Graph:
     """The graph value of a parsed model ``m`` (no defensive copy), errors naming ``label``.
 
-    :func:`load`'s core, shared with the importer, which builds the float model it reads
-    back itself (:func:`fusekit.qimport.import_quantized`).
+    :func:`load`'s core; :func:`build_graph_from_nodes` runs the same loop on node fields
+    read already (the importer's float graph, :func:`fusekit.qimport.import_quantized`).
     """
     return _build_wrapped(m, label, base_dir, None)
 
