@@ -611,3 +611,100 @@ def test_imported_batchnorm_reading_a_pair_still_reads_it() -> None:
     prod = {o: n for n in again.graph.node for o in n.output}
     assert prod[bn.input[0]].op_type == "DequantizeLinear"
     _assert_same_outputs(src, again)
+
+
+def test_unsorted_file_imports_as_the_sorted_one() -> None:
+    """A QDQ file whose nodes are not in topological order (reversed here) gives the graph and
+    the plan of the sorted file: the importer walks the nodes in a topological order then, so
+    a pair behind a pair (a requantization for one reader) sees the first pair resolved (its
+    one-pass check of the file order must see a name read before it is written)."""
+    f = TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", f, [1, 2, 3, 3])
+    outs = [helper.make_tensor_value_info(t, f, [1, 2, 3, 3]) for t in ("y1", "y2")]
+    w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    params = [
+        numpy_helper.from_array(np.array(v, np.float32 if n[0] == "s" else np.int8), n)
+        for n, v in (("s1", 0.1), ("z1", 0), ("s2", 0.2), ("z2", 0))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], "conv"),
+        helper.make_node("QuantizeLinear", ["c", "s1", "z1"], ["q1"], "q1"),
+        helper.make_node("DequantizeLinear", ["q1", "s1", "z1"], ["d1"], "dq1"),
+        helper.make_node("Relu", ["d1"], ["y1"], "relu"),
+        helper.make_node("QuantizeLinear", ["d1", "s2", "z2"], ["q2"], "q2"),
+        helper.make_node("DequantizeLinear", ["q2", "s2", "z2"], ["d2"], "dq2"),
+        helper.make_node("Sigmoid", ["d2"], ["y2"], "sigmoid"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], outs, [w, *params]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    shuffled = onnx.ModelProto()
+    shuffled.CopyFrom(model)
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(nodes[::-1])
+    want, got = import_quantized(model), import_quantized(shuffled)
+    assert set(want.graph.ops) == {"conv", "relu", "sigmoid"}
+    assert got.graph.ops == want.graph.ops
+    assert placement(got.plan) == placement(want.plan)
+    assert got.dangling == want.dangling == ()
+    # a third pair behind the second is refused whatever the file order (the depth of a pair
+    # is its source's plus one only when the source was seen first)
+    deep = [
+        *nodes[:6],
+        helper.make_node("QuantizeLinear", ["d2", "s1", "z1"], ["q3"], "q3"),
+        helper.make_node("DequantizeLinear", ["q3", "s1", "z1"], ["d3"], "dq3"),
+        helper.make_node("Sigmoid", ["d3"], ["y2"], "sigmoid"),
+    ]
+    for order in (deep, deep[::-1]):
+        del shuffled.graph.node[:]
+        shuffled.graph.node.extend(order)
+        with pytest.raises(fusekit.UnsupportedQuantization, match="quantized twice"):
+            import_quantized(shuffled)
+
+
+@pytest.mark.parametrize("zp_type", [TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16])
+@pytest.mark.parametrize("raw", [True, False])
+def test_scalar_parameters_read_as_the_general_reader_reads_them(zp_type: int, raw: bool) -> None:
+    """The per-tensor fast path (scalar scale and zero point read from the tensor fields) gives
+    the parameters numpy's decoding gives, from ``raw_data`` and from the typed fields."""
+    from fusekit.onnx_io import _read
+    from fusekit.qimport import _Nodes, _Reader
+
+    np_zp = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT16: np.int16}
+    if raw:
+        inits = [
+            numpy_helper.from_array(np.array(0.0123, np.float32), "s"),
+            numpy_helper.from_array(np.array(3, np_zp[zp_type]), "z"),
+        ]
+    else:  # float_data and int32_data
+        inits = [
+            helper.make_tensor("s", TensorProto.FLOAT, [], [0.0123]),
+            helper.make_tensor("z", zp_type, [], [3]),
+        ]
+    assert bool(inits[0].raw_data) is raw and bool(inits[1].raw_data) is raw
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], "q")
+    model = helper.make_model(
+        helper.make_graph(
+            [node], "g", [x], [helper.make_tensor_value_info("q", zp_type, [2])], inits
+        ),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    m, label, base = _read(model)
+    nd = _Nodes.read(m.graph)
+    rd = _Reader(m, label, base, nd)
+    fast = rd._scalar_params(nd.ins[0])
+    assert fast is not None
+    node_with_attr = onnx.NodeProto()
+    node_with_attr.CopyFrom(nd.protos[0])
+    node_with_attr.attribute.append(helper.make_attribute("axis", 1))  # the general reader
+    general = rd._read_params(node_with_attr, nd.ins[0])
+    assert (fast.dtype, fast.key, fast.names, fast.axis) == (
+        general.dtype,
+        general.key,
+        general.names,
+        general.axis,
+    )
+    assert fast.scale.dtype == general.scale.dtype and fast.zero.dtype == general.zero.dtype
+    assert float(fast.scale) == np.float32(0.0123) and int(fast.zero) == 3

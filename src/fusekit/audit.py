@@ -325,6 +325,7 @@ def _audit(
     # 2. slot by slot on the ops the platform quantizes (the op value is read only for a
     #    finding: most quantized ops have none)
     dispatched = want_plan.dispatch.tolist()
+    weight_types = frozenset(p.weights)  # a PMap's ``in`` runs in Python, once per op
     want_cfgs = want_plan.configs.tolist()
     for oid in ar.order:
         if dispatched[oid] is None:
@@ -386,7 +387,7 @@ def _audit(
                 )
             )
         # weights and biases
-        if t_rule in p.weights and len(in_sids) > 1:
+        if t_rule in weight_types and len(in_sids) > 1:
             _weights(findings, name, in_sids[1], have, want_plan, p)
         if t_rule in p.bias_types and len(in_sids) > 2 and st[in_sids[2]] >= 0:
             _bias(findings, name, in_sids, have, want_plan, p)

@@ -126,6 +126,9 @@ def _qtype(cfg: TensorQuantConfig, param: bool) -> str | None:
     return None
 
 
+_UNSET: Any = object()  # a slot whose export key is not decided yet
+
+
 class _Placement:
     """Where every Q/DQ of a plan goes; computed over integer ids in one pass.
 
@@ -146,43 +149,55 @@ class _Placement:
         self.params: dict[int, _Key] = {}
         self.skipped: list[str] = []
         self._qtypes: dict[tuple[int, bool], str | None] = {}  # configs are shared objects
-        slot_tensor = idx.slot_tensor
+        slot_tensor = graph.arrays().slot_tensor
         self.constants = constants = _constant_tensors(graph)
-        memo: dict[int, _Key | None] = {}
+        # the key of each slot id once decided (a list: the loops below read it inline, a call
+        # per slot cost as much as the decision)
+        memo: list[Any] = [_UNSET] * len(configs)
         FP32, INTERNAL = QuantState.FP32, Visibility.INTERNAL
 
         def status(sid: int) -> _Key | None:
-            if sid in memo:
-                return memo[sid]
-            memo[sid] = k = self._status(
-                sid, configs, roots, parents, slot_tensor, constants, require_scales, idx
-            )
-            return k
+            k = memo[sid]
+            if k is _UNSET:
+                k = memo[sid] = self._status(
+                    sid, configs, roots, parents, slot_tensor, constants, require_scales, idx
+                )
+            return k  # type: ignore[no-any-return]
 
         self.status = status
-        order = [idx.op_id[n] for n in graph.order]
+        ar = graph.arrays()  # plain lists: slot ranges per op without a call each
+        slot_base, n_in, n_out = ar.slot_base, ar.n_in, ar.n_out
         dispatch = plan.dispatch.tolist()
-        quantized = [oid for oid in order if dispatch[oid] is not None]
+        quantized = [oid for oid in ar.order if dispatch[oid] is not None]
         if require_scales:  # name the first slot without a scale in plan order
             OVER = QuantState.OVERLAPPED
             for oid in quantized:
-                for sid in idx.slot_ids_of(oid):
+                base = slot_base[oid]
+                for sid in range(base, base + n_in[oid] + n_out[oid]):
                     cfg = configs[sid]
                     if slot_tensor[sid] >= 0 and cfg is not None and cfg.state is not OVER:
-                        status(sid)
+                        memo[sid] = self._status(  # each slot once: no memo to read yet
+                            sid, configs, roots, parents, slot_tensor, constants, True, idx
+                        )
         # producers first: which tensors carry a quantized value after their producer
+        after = self.after
         for oid in quantized:
-            for sid in idx.output_sids(oid):
+            base = slot_base[oid] + n_in[oid]
+            for sid in range(base, base + n_out[oid]):
                 tid = slot_tensor[sid]
                 cfg = configs[sid]
                 if tid < 0 or cfg is None or cfg.state is FP32 or cfg.visibility is INTERNAL:
                     continue
-                k = status(sid)
+                k = memo[sid]
+                if k is _UNSET:
+                    k = status(sid)
                 if k is not None:
-                    self.after[tid] = k
+                    after[tid] = k
         OVERLAPPED = QuantState.OVERLAPPED
+        params, before = self.params, self.before
         for oid in quantized:
-            for sid in idx.input_sids(oid):
+            base = slot_base[oid]
+            for sid in range(base, base + n_in[oid]):
                 tid = slot_tensor[sid]
                 cfg = configs[sid]
                 if tid < 0 or cfg is None or cfg.state is FP32:
@@ -190,16 +205,18 @@ class _Placement:
                 if cfg.state is OVERLAPPED:
                     k = self._same_tensor_exporter(sid, tid, parents, status, slot_tensor)
                 else:
-                    k = status(sid)
+                    k = memo[sid]
+                    if k is _UNSET:
+                        k = status(sid)
                 if k is None:
                     continue
                 if constant_params and tid in constants:
-                    self.params[sid] = k
+                    params[sid] = k
                     continue
-                a = self.after.get(tid)
+                a = after.get(tid)
                 if a is not None and a.root == k.root:
                     continue  # the producer's pair already quantizes it with this scale
-                self.before[sid] = k
+                before[sid] = k
 
     def _status(
         self,
@@ -271,8 +288,8 @@ class _Placement:
 def _constant_tensors(graph: Graph) -> frozenset[int]:
     """Tensor ids of initializers and of ``Constant`` op outputs."""
     idx = graph.index
-    tensor_id = idx.tensor_id
-    out = {tensor_id[n] for n in graph.initializers if n in tensor_id}
+    # the index's initializer flags (iterating the initializers' PMap runs in Python)
+    out = {tid for tid, init in enumerate(graph.arrays().is_init) if init}
     for oid in graph.ops_by_type().get("Constant", ()):
         for sid in idx.output_sids(oid):
             tid = idx.slot_tensor[sid]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
@@ -49,6 +49,7 @@ __all__ = [
     "PROTOBUF_LIMIT",
     "ModelExtras",
     "build_graph",
+    "build_graph_from_nodes",
     "copy_fields",
     "embed_external_data",
     "load",
@@ -75,10 +76,21 @@ class ModelExtras:
     value_info entries as nodes.
     """
 
-    __slots__ = ("_input_info", "_model", "_output_info", "_value_info", "base_dir", "label")
+    __slots__ = (
+        "_init_order", "_input_info", "_model", "_output_info", "_value_info", "base_dir", "label"
+    )  # fmt: skip
 
-    def __init__(self, model: ModelProto, base_dir: str | None, label: str = "<model>"):
+    def __init__(
+        self,
+        model: ModelProto,
+        base_dir: str | None,
+        label: str = "<model>",
+        init_order: tuple[str, ...] | None = None,
+    ):
         self._model = model
+        # the dense initializers' file order when ``model`` does not hold them (the importer's
+        # float graph: :func:`build_graph_from_nodes`)
+        self._init_order = init_order
         self.base_dir = base_dir
         self.label = label
         self._input_info: dict[str, onnx.ValueInfoProto] | None = None
@@ -433,11 +445,45 @@ def load(source: ModelSource) -> Graph:
 def build_graph(m: ModelProto, label: str, base_dir: str | None) -> Graph:
     """The graph value of a parsed model ``m`` (no defensive copy), errors naming ``label``.
 
-    :func:`load`'s core, shared with the importer, which builds the float model it reads
-    back itself (:func:`fusekit.qimport.import_quantized`).
+    :func:`load`'s core; :func:`build_graph_from_nodes` runs the same loop on node fields
+    read already (the importer's float graph, :func:`fusekit.qimport.import_quantized`).
     """
+    return _build_wrapped(m, label, base_dir, None)
+
+
+#: One node's fields as :func:`build_graph_from_nodes` takes them: name, op_type, domain, inputs,
+#: outputs, and the node (kept as the op's source: its attributes are decoded from it lazily).
+NodeFields = tuple[str, str, str, tuple[str, ...], tuple[str, ...], onnx.NodeProto]
+
+
+def build_graph_from_nodes(
+    m: ModelProto,
+    nodes: list[NodeFields],
+    initializers: list[TensorProto | Initializer],
+    label: str,
+    base_dir: str | None,
+) -> Graph:
+    """:func:`build_graph` of a model whose nodes and dense initializers were read already.
+
+    ``m`` holds everything but the nodes and the dense initializers (header, graph inputs,
+    outputs, value_info, sparse initializers); ``nodes`` are the nodes' fields in file order
+    and ``initializers`` the dense initializers in file order (written back in that order):
+    tensors (decoded lazily, as :func:`load` does) or :class:`Initializer` values (arrays).
+    The importer (:mod:`fusekit.qimport`) builds its float graph this way from the fields it
+    holds, instead of writing a float model and reading it back; the checks and the errors are
+    :func:`load`'s (one loop, shared).
+    """
+    return _build_wrapped(m, label, base_dir, (nodes, initializers))
+
+
+def _build_wrapped(
+    m: ModelProto,
+    label: str,
+    base_dir: str | None,
+    given: tuple[list[NodeFields], list[TensorProto | Initializer]] | None,
+) -> Graph:
     try:
-        return _build_graph(m, m.graph, label, base_dir)
+        return _build_graph(m, m.graph, label, base_dir, given)
     except InvalidGraph as e:
         if e.source is None:
             raise type(e)(str(e), e.problems, label) from None
@@ -521,7 +567,13 @@ def _unique_names(ops: list[Op]) -> tuple[list[Op], dict[str, str]]:
     return out, original
 
 
-def _build_graph(m: ModelProto, g: onnx.GraphProto, label: str, base_dir: str | None) -> Graph:
+def _build_graph(
+    m: ModelProto,
+    g: onnx.GraphProto,
+    label: str,
+    base_dir: str | None,
+    given: tuple[list[NodeFields], list[TensorProto | Initializer]] | None = None,
+) -> Graph:
     _check_header(m, g)
     input_names = tuple(vi.name for vi in g.input)
     if len(set(input_names)) != len(input_names):
@@ -532,7 +584,9 @@ def _build_graph(m: ModelProto, g: onnx.GraphProto, label: str, base_dir: str | 
     output_names = tuple(vi.name for vi in g.output)
     if any(not n for n in output_names):
         raise InvalidModel("a graph output has an empty name", label)
-    inits = _read_initializers(g, base_dir, label)
+    inits = _read_initializers(g, base_dir, label, None if given is None else given[1])
+    # the importer's dense initializers are not in ``m``: their order is kept apart
+    init_order = None if given is None else tuple(k for k in inits if k not in _sparse_names(g))
     available = set(input_names)
     available.update(inits)
 
@@ -554,18 +608,14 @@ def _build_graph(m: ModelProto, g: onnx.GraphProto, label: str, base_dir: str | 
     append = op_list.append
     names: list[str] = []
     name_append = names.append
-    for n in g.node:
-        op_type = n.op_type
+    rows = given[0] if given is not None else _node_fields(g)
+    for name, op_type, domain, ins, outs, n in rows:
         if type(op_type) is not str or not op_type:
-            return _bad_node(g, n, label)
-        name = n.name
-        domain = n.domain
-        ins = tuple(n.input[:])  # slicing first: a third faster than iterating the container
-        outs = tuple(n.output[:])
+            return _bad_node(g, n, label, given)
         implicit: tuple[str, ...] = ()
         if domain or op_type in subgraph_ops:  # rare: look for sub-graphs
             if type(domain) is not str:
-                return _bad_node(g, n, label)
+                return _bad_node(g, n, label, given)
             if (domain not in ("", "ai.onnx") or op_type in subgraph_ops) and _has_subgraph(n):
                 implicit = _subgraph_captures(n)
                 if not issuperset(implicit):
@@ -613,15 +663,33 @@ def _build_graph(m: ModelProto, g: onnx.GraphProto, label: str, base_dir: str | 
         value_types=pmap(types),
         name=g.name,
         original_names=pmap(original),
-        extras=ModelExtras(m, base_dir, label),
+        extras=ModelExtras(m, base_dir, label, init_order),
     )
     promote_to_old_generation()
     return graph
 
 
-def _bad_node(g: onnx.GraphProto, n: onnx.NodeProto, label: str) -> Graph:
+def _sparse_names(g: onnx.GraphProto) -> set[str]:
+    return {st.values.name for st in g.sparse_initializer}
+
+
+def _node_fields(g: onnx.GraphProto) -> Iterator[NodeFields]:
+    """Each node's fields, each protobuf field read once (every access allocates; slicing a
+    repeated field first is a third faster than iterating it)."""
+    return ((n.name, n.op_type, n.domain, tuple(n.input[:]), tuple(n.output[:]), n) for n in g.node)
+
+
+def _bad_node(
+    g: onnx.GraphProto,
+    n: onnx.NodeProto,
+    label: str,
+    given: tuple[list[NodeFields], list[TensorProto | Initializer]] | None = None,
+) -> Graph:
     """Raise for a node without a usable op_type or domain (typed to end the load loop)."""
-    i = list(g.node).index(n)
+    if given is None:
+        i = list(g.node).index(n)
+    else:  # the position among the nodes given
+        i = next(k for k, row in enumerate(given[0]) if row[5] is n)
     if not n.op_type:
         what = "has no op_type"
     elif type(n.op_type) is not str:
@@ -632,18 +700,25 @@ def _bad_node(g: onnx.GraphProto, n: onnx.NodeProto, label: str) -> Graph:
 
 
 def _read_initializers(
-    g: onnx.GraphProto, base_dir: str | None, label: str
+    g: onnx.GraphProto,
+    base_dir: str | None,
+    label: str,
+    dense: list[TensorProto | Initializer] | None = None,
 ) -> dict[str, Initializer]:
-    """The graph's dense and sparse initializers by name, their data left undecoded."""
+    """The graph's dense (``dense`` when given) and sparse initializers by name, their data
+    left undecoded."""
     decode_tensor = _tensor_decoder(base_dir, label)
     inits: dict[str, Initializer] = {}
     external: list[TensorProto] = []
-    for t in g.initializer:
+    for t in g.initializer if dense is None else dense:
         nm = t.name
         if not nm:
             raise InvalidModel("an initializer has an empty name", label)
         if nm in inits:
             raise InvalidModel(f"initializer {_text(nm)!r} is defined twice", label)
+        if isinstance(t, Initializer):
+            inits[nm] = t
+            continue
         inits[nm] = make_lazy_initializer(nm, t.data_type, tuple(t.dims), t, decode_tensor)
         if t.data_location == _EXTERNAL:
             external.append(t)
@@ -815,11 +890,12 @@ def _initializers_in_file_order(graph: Graph, extras: ModelExtras | None) -> lis
     seen: set[str] = set()
     if extras is not None:
         sg = extras._model.graph
-        for t in sg.initializer:
-            i = inits.get(t.name)
-            if i is not None and t.name not in seen:
+        names = extras._init_order
+        for nm in (t.name for t in sg.initializer) if names is None else names:
+            i = inits.get(nm)
+            if i is not None and nm not in seen:
                 out.append(i)
-                seen.add(t.name)
+                seen.add(nm)
         for st in sg.sparse_initializer:
             i = inits.get(st.values.name)
             if i is not None and st.values.name not in seen:

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
+import struct
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -47,13 +48,21 @@ import attrs
 import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
+from pyrsistent import pvector
 
 from ._util import gc_paused
 from .errors import UnsupportedQuantization
-from .graph import Graph, Slot
+from .graph import Graph, Initializer, Slot
 from .guards import QUANTIZATION_OP_TYPES
-from .onnx_io import _read, build_graph, copy_fields, load
-from .quant import QuantPlan, QuantPolicy, QuantProperty, QuantState, TensorQuantConfig
+from .onnx_io import NodeFields, _read, build_graph_from_nodes, copy_fields, load
+from .quant import (
+    NO_LINK,
+    QuantPlan,
+    QuantPolicy,
+    QuantProperty,
+    QuantState,
+    TensorQuantConfig,
+)
 
 __all__ = [
     "IMPORTED_PLATFORM",
@@ -118,14 +127,18 @@ class _Params:
     key: tuple[Any, ...] = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
+        scale, zero = self.scale, self.zero
         key = (
             self.dtype,
-            self.scale.astype(np.float32).tobytes(),
-            self.scale.shape,
-            self.zero.astype(np.int64).tobytes(),
+            (scale if scale.dtype == _F32 else scale.astype(np.float32)).tobytes(),
+            scale.shape,
+            (zero if zero.dtype == _I64 else zero.astype(np.int64)).tobytes(),
             self.axis,
         )
         object.__setattr__(self, "key", key)
+
+
+_F32, _I64 = np.dtype(np.float32), np.dtype(np.int64)
 
 
 class _Reader:
@@ -173,8 +186,9 @@ class _Reader:
         self._values[name] = arr
         return arr
 
-    def params(self, n: onnx.NodeProto) -> _Params:
-        """The parameters of a QuantizeLinear/DequantizeLinear node (read once per node).
+    def params(self, n: onnx.NodeProto, ins: tuple[str, ...] | None = None) -> _Params:
+        """The parameters of a QuantizeLinear/DequantizeLinear node (read once per node;
+        ``ins``: its inputs when already read).
 
         A Q and its DQs read the same scale and zero point initializers with the same
         attributes: such nodes share one :class:`_Params` (read once, one ``key``), which also
@@ -183,23 +197,33 @@ class _Reader:
         got = self._params.get(id(n))
         if got is not None:
             return got
-        ins = n.input
+        if ins is None:
+            ins = tuple(n.input)
         shared: tuple[Any, ...] | None = None
-        if len(ins) > 2 and ins[2] and all(a.type == _INT_ATTR for a in n.attribute):
-            # with a zero point input, the parameters depend on these names and attributes only
-            shared = (ins[1], ins[2], tuple(sorted((a.name, a.i) for a in n.attribute)))
-            got = self._shared.get(shared)
+        if len(ins) > 2 and ins[2]:
+            at = n.attribute
+            if not at:  # the common case: no attribute to read
+                shared = (ins[1], ins[2], ())
+            elif all(a.type == _INT_ATTR for a in at):
+                # with a zero point input, the parameters depend on these names and attributes
+                shared = (ins[1], ins[2], tuple(sorted((a.name, a.i) for a in at)))
+            if shared is not None:
+                got = self._shared.get(shared)
         if got is None:
-            got = self._read_params(n)
+            got = self._read_params(n, ins)
             if shared is not None:
                 self._shared[shared] = got
         self._params[id(n)] = got
         return got
 
-    def _read_params(self, n: onnx.NodeProto) -> _Params:
+    def _read_params(self, n: onnx.NodeProto, ins: tuple[str, ...]) -> _Params:
         # each protobuf field read builds a wrapper: inputs read once, the label only to raise
-        attrs_ = {a.name: helper.get_attribute_value(a) for a in n.attribute} if n.attribute else {}
-        ins = tuple(n.input)
+        at = n.attribute
+        if not at and len(ins) == 3 and ins[1] and ins[2]:
+            got = self._scalar_params(ins)
+            if got is not None:
+                return got
+        attrs_ = {a.name: helper.get_attribute_value(a) for a in at} if at else {}
 
         def label() -> str:
             return f"node {n.name or n.op_type!r} ({n.op_type})"
@@ -239,6 +263,25 @@ class _Reader:
             axis = int(attrs_.get("axis", 1))
         return _Params(dtype, scale, zero, axis, (ins[1], zname))
 
+    def _scalar_params(self, ins: tuple[str, ...]) -> _Params | None:
+        """The parameters of the common per-tensor case (a float32 scale and an 8/16-bit zero
+        point, scalar initializers, no attribute), or None for :meth:`_read_params` to read.
+
+        The values come from the tensor fields straight (no numpy decoding, which costs a
+        third of importing a large model): the same ``_Params`` as the general reader's.
+        """
+        ts, tz = self.inits.get(ins[1]), self.inits.get(ins[2])
+        if ts is None or tz is None or ts.data_type != _FLOAT:
+            return None
+        dtype = tz.data_type
+        if dtype not in _SCALAR_FORMATS:
+            return None
+        sv, zv = _scalar(ts), _scalar(tz)
+        if sv is None or zv is None:
+            return None
+        scale, zero = np.array(sv, np.float32), np.array(zv, np.int64)
+        return _Params(dtype, scale, zero, None, (ins[1], ins[2]))
+
     def _const_type(self, name: str, node: onnx.NodeProto) -> int:
         t = self.inits.get(name)
         if t is not None:
@@ -247,6 +290,34 @@ class _Reader:
 
 
 _INT_ATTR = onnx.AttributeProto.INT
+_FLOAT, _EXTERNAL = TensorProto.FLOAT, TensorProto.EXTERNAL
+
+#: little-endian struct formats of the scalar types :func:`_scalar` reads from ``raw_data``
+_SCALAR_FORMATS: dict[int, struct.Struct] = {
+    TensorProto.FLOAT: struct.Struct("<f"),
+    TensorProto.INT8: struct.Struct("<b"),
+    TensorProto.UINT8: struct.Struct("<B"),
+    TensorProto.INT16: struct.Struct("<h"),
+    TensorProto.UINT16: struct.Struct("<H"),
+}
+
+
+def _scalar(t: TensorProto) -> float | int | None:
+    """The value of a scalar (``dims`` empty) float32 or 8/16-bit initializer held in the
+    file, or None (another shape or type, external data: :func:`_fast_array` reads those)."""
+    fmt = _SCALAR_FORMATS.get(t.data_type)
+    if fmt is None or len(t.dims) or t.data_location == _EXTERNAL or t.HasField("segment"):
+        return None
+    raw = t.raw_data
+    if raw:
+        if len(raw) != fmt.size:
+            return None
+        v: float | int = fmt.unpack(raw)[0]
+        return v
+    if t.data_type == _FLOAT:
+        return t.float_data[0] if len(t.float_data) == 1 else None
+    return t.int32_data[0] if len(t.int32_data) == 1 else None  # 8/16-bit scalars live there
+
 
 #: numpy types of the tensor types :func:`_fast_array` reads from ``raw_data``
 _RAW_TYPES: dict[int, Any] = {
@@ -340,30 +411,33 @@ _POLICIES: dict[tuple[bool, bool], QuantPolicy] = {
 }
 
 
+#: (integer type, axis, symmetric, state) -> a config without scale (the converters and
+#: validators run once per kind; each point copies it with its own scale, ``with_scale``)
+_TEMPLATES: dict[tuple[int, int | None, bool, QuantState], TensorQuantConfig] = {}
+
+
 def _config(p: _Params, rank: int | None, state: QuantState) -> TensorQuantConfig:
     _name, bits, lo, hi = _INT_TYPES[p.dtype]
-    signed = lo < 0
-    sym = signed and not p.zero.any()
+    sym = lo < 0 and not p.zero.any()
     axis = p.axis
     if axis is not None and axis < 0 and rank is not None:
         axis += rank
-    policy = _POLICIES[axis is not None, sym]
-    scale = p.scale.astype(np.float32).reshape(-1 if axis is not None else ())
-    zero = p.zero.astype(np.float32).reshape(-1 if axis is not None else ())
-    if axis is None:
-        scale = scale.reshape(()) if scale.size == 1 else scale
-        zero = zero.reshape(()) if zero.size == 1 else zero
-    return TensorQuantConfig(
-        policy=policy,
-        num_bits=bits,
-        quant_min=lo,
-        quant_max=hi,
-        channel_axis=axis,
-        observer="imported",
-        scale=scale,
-        offset=zero,
-        state=state,
-    )
+    key = (p.dtype, axis, sym, state)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = _TEMPLATES[key] = TensorQuantConfig(
+            policy=_POLICIES[axis is not None, sym],
+            num_bits=bits,
+            quant_min=lo,
+            quant_max=hi,
+            channel_axis=axis,
+            observer="imported",
+            state=state,
+        )
+    # per axis: one value per channel; per tensor: a scalar
+    shape: Any = -1 if axis is not None else ()
+    scale = np.asarray(p.scale, np.float32).reshape(shape)
+    return template.with_scale(scale, p.zero.astype(np.float32).reshape(shape))
 
 
 @attrs.define
@@ -433,18 +507,27 @@ def _import(
     nodes, node_ins, node_outs = nd.protos, nd.ins, nd.outs
     kinds = {"QuantizeLinear": 1, "DequantizeLinear": 2}
     qdq = [kinds.get(t, 0) for t in nd.types]  # 1 QuantizeLinear, 2 DequantizeLinear, else 0
-    readers: dict[str, list[tuple[int, int]]] = {}
+    # one pass: tensor -> its (reader, input index) (a defaultdict while it is built, the
+    # append runs in C; a plain mapping after, a missing key raises again), tensor -> its
+    # producer, and whether the file order is topological (no name read before it is written)
+    readers: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+    producer: dict[str, int] = {}
+    unwritten: set[str] = set()  # names read before any node wrote them
+    writes = 0  # more than len(producer): a name written twice (load refuses it, unsorted)
     for i, ins in enumerate(node_ins):
         for k, t in enumerate(ins):
             if t:
-                rs = readers.get(t)
-                if rs is None:
-                    readers[t] = [(i, k)]
-                else:
-                    rs.append((i, k))
+                readers[t].append((i, k))
+                if t not in producer:
+                    unwritten.add(t)
+        for t in node_outs[i]:
+            if t:
+                producer[t] = i
+                writes += 1
+    readers.default_factory = None
+    sorted_file = writes == len(producer) and unwritten.isdisjoint(producer)
     outputs = [o.name for o in g.output]
     out_set = set(outputs)
-    producer = {t: i for i, outs in enumerate(node_outs) for t in outs if t}
 
     removed: set[int] = set()
     dangling: list[Dangling] = []
@@ -458,11 +541,11 @@ def _import(
     # 1. DequantizeLinear of integer constants: quantized weights and biases
     for i, kind in enumerate(qdq):
         if kind == 2 and node_ins[i] and rd.is_const(node_ins[i][0]):
-            param_dq[i] = rd.params(nodes[i])
+            param_dq[i] = rd.params(nodes[i], node_ins[i])
             removed.add(i)
     # 2. Q nodes read only by DQ nodes with the same parameters: pairs (in node order, so a
     #    pair behind a pair sees its source already resolved when the file is sorted)
-    order = _topo(node_ins, producer)
+    order = range(len(node_ins)) if sorted_file else _topo(node_ins, producer)
     for i in order:
         if qdq[i] != 1:
             continue
@@ -472,13 +555,13 @@ def _import(
         if out in out_set or not rs or not all(qdq[j] == 2 for j, _ in rs):
             dangling.append(Dangling("q_without_dq", nm(i), node_ins[i][0]))
             continue
-        p = rd.params(n)
+        p = rd.params(n, node_ins[i])
         q_ins = node_ins[i][1:3]
         plain_q = len(q_ins) == 2 and bool(q_ins[1]) and not n.attribute
         for j, _ in rs:
             if plain_q and node_ins[j][1:3] == q_ins and not nodes[j].attribute:
                 continue  # the Q's own scale and zero point initializers: the same parameters
-            if rd.params(nodes[j]).key != p.key:
+            if rd.params(nodes[j], node_ins[j]).key != p.key:
                 raise UnsupportedQuantization(
                     f"{nm(j)} dequantizes {out!r} with other parameters than {nm(i)} "
                     "quantized it with: not a Q/DQ pair fusekit can represent",
@@ -664,7 +747,7 @@ def _import(
     dangling = [d for d in dangling if d.kind != "dq_unread" or d.tensor not in kept_float]
 
     # 4. quantized constants: one float initializer per (integer initializer, parameters)
-    new_inits: list[TensorProto] = []
+    new_inits: list[Initializer] = []
     used_names = set(readers) | set(producer) | set(rd.inits) | out_set
     used_names |= {vi.name for vi in g.input}
     made: dict[tuple[Any, ...], str] = {}
@@ -687,17 +770,16 @@ def _import(
                     fname = stripped
                     used_names.add(fname)
                 made[key] = fname
-                new_inits.append(numpy_helper.from_array(value, fname))
+                new_inits.append(Initializer.from_array(fname, value))
         if dq_out != fname:
             rename[dq_out] = fname
         pt = _Point(p, "param", fname)
         pt.readers.extend((first_out[j], k) for j, k in direct_readers(dq_out))
         points.append(pt)
 
-    # 5. the float model
+    # 5. the float graph, straight from the node fields (no float model written and read back)
     pre: dict[str, str] = {}
-    float_model = _float_model(m, nd, removed, rename, new_inits, used_names, relus, pre)
-    graph = _load_own(float_model, label, base_dir)
+    graph = _float_graph(m, nd, removed, rename, new_inits, used_names, label, base_dir, relus, pre)
     plan, scale_names = _plan(graph, points, rd, rename, pre, dispatch, entry_ops)
     return QuantizedImport(graph, plan, tuple(dangling), scale_names, label)
 
@@ -860,33 +942,45 @@ class _Nodes:
     outs: list[tuple[str, ...]]
     types: list[str]  # op_type, "" outside the ONNX and com.microsoft domains
     names: list[str]
+    op_types: list[str]  # as in the node
+    domains: list[str]
 
     @classmethod
     def read(cls, g: onnx.GraphProto) -> _Nodes:
         protos = list(g.node)
-        ins, outs, types, names = [], [], [], []
+        ins, outs, types, names, op_types, domains = [], [], [], [], [], []
+        qdq_domains = _QDQ_DOMAINS
         for n in protos:  # slicing first: a third faster than iterating the container
             ins.append(tuple(n.input[:]))
             outs.append(tuple(n.output[:]))
-            types.append(n.op_type if n.domain in _QDQ_DOMAINS else "")
+            op_type, domain = n.op_type, n.domain
+            op_types.append(op_type)
+            domains.append(domain)
+            types.append(op_type if domain in qdq_domains else "")
             names.append(n.name)
-        return cls(protos, ins, outs, types, names)
+        return cls(protos, ins, outs, types, names, op_types, domains)
 
 
-def _float_model(
+def _float_graph(
     m: ModelProto,
     nodes: _Nodes,
     removed: set[int],
     rename: dict[str, str],
-    new_inits: Iterable[TensorProto],
+    new_inits: Iterable[Initializer],
     taken: set[str],
+    label: str,
+    base_dir: str | None,
     relus: Iterable[tuple[str, float]] = (),
     pre_names: dict[str, str] | None = None,
-) -> ModelProto:
-    """The model without the removed Q/DQ, tensors renamed, dequantized weights added.
+) -> Graph:
+    """The float graph: the model without the removed Q/DQ, tensors renamed, dequantized
+    weights added (numpy arrays, never written as tensors).
 
-    ``m`` is the importer's own copy: its kept nodes are renamed in place. ``taken`` holds
-    every name in use (fresh names for restored clamps avoid it).
+    Built straight from the node fields the importer read (:func:`build_graph_from_nodes`:
+    :func:`fusekit.load`'s checks, no float model written and read back). The kept nodes are
+    the ops' sources (their attributes decode lazily); their renamed inputs and outputs are
+    the ops' own, which :func:`fusekit.to_model` writes. ``taken`` holds every name in use
+    (fresh names for restored clamps avoid it).
     """
     out = ModelProto()
     relu_at = dict(relus)
@@ -896,29 +990,24 @@ def _float_model(
 
     fresh = _namer(taken)
 
-    # everything but the nodes, initializers and value_info is copied; the kept nodes are
-    # renamed in place and copied once, by ``extend``
+    # everything but the nodes, initializers and value_info is copied into a header model
     copy_fields(m, out, skip=("graph",))
     g = out.graph
     copy_fields(m.graph, g, skip=("node", "initializer", "value_info"))
-    kept: list[onnx.NodeProto] = []
+    kept: list[NodeFields] = []
     constants: list[tuple[int, str]] = []  # (position in kept, output) of Constant nodes
     read: set[str] = {o.name for o in g.output}
     produced: set[str] = set()
     rget = rename.get
-    for i, c in enumerate(nodes.protos):
+    protos, names, all_ins, all_outs = nodes.protos, nodes.names, nodes.ins, nodes.outs
+    op_types, domains = nodes.op_types, nodes.domains
+    for i, c in enumerate(protos):
         if i in removed:
             continue
-        ins, outs = nodes.ins[i], nodes.outs[i]
+        ins, outs = all_ins[i], all_outs[i]
         if rename:
-            new_ins = tuple(rget(t, t) for t in ins)
-            if new_ins != ins:
-                c.input[:] = new_ins
-                ins = new_ins
-            new_outs = tuple(rget(t, t) for t in outs)
-            if new_outs != outs:
-                c.output[:] = new_outs
-                outs = new_outs
+            ins = tuple([rget(t, t) for t in ins])
+            outs = tuple([rget(t, t) for t in outs])
         read.update(ins)
         produced.update(outs)
         op = nodes.types[i]
@@ -926,15 +1015,17 @@ def _float_model(
             for a in c.attribute:
                 if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
                     read.update(_captured(a))  # sub-graph captures
-        if op == "Constant" and nodes.protos[i].domain in ("", "ai.onnx"):
+        if op == "Constant" and domains[i] in ("", "ai.onnx"):
             constants.append((len(kept), outs[0] if outs else ""))
-        kept.append(c)
-        if not relu_at:
-            continue
-        for k, t in enumerate(outs):
-            if t in relu_at:  # the Relu/Clip the quantizer folded into a clamping Q
+        if relu_at and any(t in relu_at for t in outs):
+            new_outs = list(outs)
+            clips: list[NodeFields] = []
+            for k, t in enumerate(outs):
+                if t not in relu_at:
+                    continue
+                # the Relu/Clip the quantizer folded into a clamping Q
                 pre = fresh(f"{t}_before_clip")
-                c.output[k] = pre
+                new_outs[k] = pre
                 if pre_names is not None:
                     pre_names[t] = pre
                 top = relu_at[t]
@@ -950,15 +1041,19 @@ def _float_model(
                     )
                     read.add(pre)
                 produced.add(pre)
-                kept.append(clip)
+                clips.append((clip.name, "Clip", "", tuple(clip.input), tuple(clip.output), clip))
+            kept.append((names[i], op_types[i], domains[i], ins, tuple(new_outs), c))
+            kept.extend(clips)
+            continue
+        kept.append((names[i], op_types[i], domains[i], ins, outs, c))
     # Constant nodes that only fed Q/DQ parameters go with them
     unread = {k for k, t in constants if t not in read}
-    g.node.extend([n for k, n in enumerate(kept) if k not in unread] if unread else kept)
+    rows = [n for k, n in enumerate(kept) if k not in unread] if unread else kept
     src = m.graph
-    g.initializer.extend([t for t in src.initializer if t.name in read])
+    dense: list[TensorProto | Initializer] = [t for t in src.initializer if t.name in read]
     dropped = {t.name for t in src.initializer} - read
-    g.initializer.extend(new_inits)
-    g.initializer.extend(clip_inits)
+    dense.extend(new_inits)
+    dense.extend(clip_inits)
     if dropped:
         ins_ = [vi for vi in g.input if vi.name not in dropped]
         del g.input[:]
@@ -976,13 +1071,7 @@ def _float_model(
             vi.name = name  # the importer's own copy of the model
             vis.append(vi)
     g.value_info.extend(vis)
-    return out
-
-
-def _load_own(m: ModelProto, label: str, base_dir: str | None) -> Graph:
-    """:func:`fusekit.load` of a model the importer built (no defensive copy; external data
-    of the original file resolved against its directory)."""
-    return build_graph(m, label, base_dir)
+    return build_graph_from_nodes(out, rows, dense, label, base_dir)
 
 
 def _captured(a: onnx.AttributeProto) -> set[str]:
@@ -1033,11 +1122,13 @@ def _plan(
                 entry_oids.add(int(graph.index.slot_op[graph.index.producer[tid0]]))
     idx = graph.index
     ar = graph.arrays()  # plain lists: the audit's pipeline builds them anyway
-    tid_of = {t: i for i, t in enumerate(ar.tensor_names)}
+    tid_of = ar.tensor_id  # name -> tensor id (a dict)
     slot_base, n_in, slot_op, a_producer = ar.slot_base, ar.n_in, ar.slot_op, ar.producer
     op_types = ar.op_types
     configs: dict[int, TensorQuantConfig] = {}
-    overlaps: list[tuple[int, int]] = []
+    # (slot, root slot, parameters, rank): the slot's config is OVERLAPPED already (one shared
+    # object per point; ``overlap_sid`` would copy an ACTIVATED one per slot)
+    overlaps: list[tuple[int, int, _Params, int | None]] = []
     roots: list[tuple[int, _Point]] = []
 
     def op_of(first_output: str) -> int:
@@ -1054,11 +1145,15 @@ def _plan(
             )
         return int(slot_op[a_producer[tid]])
 
+    is_init = ar.is_init
+    # a dict, not the PMap: one lookup per point (a PMap ``get`` costs ~2 us in Python)
+    vtypes = dict(graph.value_types.items())
+
     def rank_of(t: str) -> int | None:
-        init = graph.initializers.get(t)
-        if init is not None:
-            return len(init.dims)
-        tt = graph.value_types.get(t)
+        tid = tid_of.get(t)
+        if tid is not None and is_init[tid]:
+            return len(graph.initializers[t].dims)
+        tt = vtypes.get(t)
         if tt is not None and tt.shape is not None:
             return len(tt.shape)
         return None
@@ -1070,12 +1165,17 @@ def _plan(
         key = (id(p), rank, state)
         got = memo.get(key)
         if got is None:
-            got = memo[key] = _config(p, rank, state)
+            if state is QuantState.OVERLAPPED:  # a copy of the point's own (no converters)
+                got = config(p, rank, QuantState.ACTIVATED).with_state(state)
+            else:
+                got = _config(p, rank, state)
+            memo[key] = got
         return got
 
     for pt in points:
         rank = rank_of(pt.tensor)
         first: int | None = None
+        overlapped: TensorQuantConfig | None = None
         if pt.kind == "after":
             assert pt.producer is not None
             oid = op_of(pt.producer[0])
@@ -1099,28 +1199,34 @@ def _plan(
                 )
                 configs[sid] = config(pt.params, rank, state)
             else:
-                configs[sid] = config(pt.params, rank, QuantState.ACTIVATED)
-                overlaps.append((sid, first))
+                if overlapped is None:  # once per point, not per reader
+                    overlapped = config(pt.params, rank, QuantState.OVERLAPPED)
+                configs[sid] = overlapped
+                overlaps.append((sid, first, pt.params, rank))
         if first is not None:
             roots.append((first, pt))
     # ops with a quantized slot get configs for all their slots (FP32 where the model has none)
     fp32 = TensorQuantConfig(
         policy=QuantPolicy.of("PER_TENSOR", "LINEAR", "SYMMETRICAL"), state=QuantState.FP32
     )
-    ops: dict[str, tuple[str, list[TensorQuantConfig], list[TensorQuantConfig]]] = {}
-    done: set[int] = set()
-    for sid in sorted(configs):
+    # the tables by id (what ``QuantPlan.from_configs`` builds from names, without them)
+    n_out = ar.n_out
+    cfg_table: list[TensorQuantConfig | None] = [None] * idx.n_slots
+    dispatch_table: list[str | None] = [None] * len(ar.op_names)
+    for sid in configs:
         oid = slot_op[sid]
-        if oid in done:
-            continue
-        done.add(oid)
-        ins = [configs.get(x, fp32) for x in idx.input_sids(oid)]
-        outs = [configs.get(x, fp32) for x in idx.output_sids(oid)]
-        ops[ar.op_names[oid]] = (dispatch, ins, outs)
-    plan = QuantPlan.from_configs(graph, ops)
+        if dispatch_table[oid] is None:
+            dispatch_table[oid] = dispatch
+            base = slot_base[oid]
+            cfg_table[base : base + n_in[oid] + n_out[oid]] = [fp32] * (n_in[oid] + n_out[oid])
+    for sid, cfg in configs.items():
+        cfg_table[sid] = cfg
+    n = idx.n_slots
+    plan = QuantPlan(graph, pvector(cfg_table), pvector([NO_LINK] * n), pvector(dispatch_table))
     e = plan.evolver()
-    for a, b in overlaps:
-        e.overlap_sid(a, b)
+    for a, b, p, rank in overlaps:
+        if not e.overlap_sid(a, b):  # already one set: the slot stays ACTIVATED
+            e.set_cfg(a, config(p, rank, QuantState.ACTIVATED))
     by_name: dict[tuple[Any, ...], int] = {}
     names: list[tuple[Slot, str]] = []
     for sid, pt in sorted(roots, key=lambda r: r[0]):
