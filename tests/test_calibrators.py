@@ -236,10 +236,7 @@ def test_unknown_observer_is_refused() -> None:
 
 @pytest.mark.parametrize("observer", ["entropy", "mse", "mean_minmax"])
 def test_cli_observer(observer: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    m = tmp_path / "m.onnx"
-    m.write_bytes(conv_relu_model())
-    x = RNG.standard_normal((6, 1, 3, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "d.npz", calib__x=x[:4], eval__x=x[4:])
+    m = _model_and_data(tmp_path)
     argv = ["fuse", str(m), "--calib", str(tmp_path / "d.npz"), "--observer", observer]
     code = main([*argv, "--json", "-o", str(tmp_path / "q.onnx")])
     out, err = capsys.readouterr()
