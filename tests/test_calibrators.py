@@ -220,6 +220,15 @@ def test_rule_set_chooses_the_observer() -> None:
     assert float(plain.scale_of(x)) > 2.5 * float(by_rule.scale_of(x))
 
 
+def _model_and_data(tmp_path: Path) -> Path:
+    """The small Conv-Relu-Conv model and a d.npz beside it (4 calibration, 2 evaluation)."""
+    m = tmp_path / "m.onnx"
+    m.write_bytes(conv_relu_model())
+    data = RNG.standard_normal((6, 1, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", calib__x=data[:4], eval__x=data[4:])
+    return m
+
+
 def test_unknown_observer_is_refused() -> None:
     with pytest.raises(InvalidData, match="unknown observer 'median'"):
         Calibration([], observer="median")
@@ -227,10 +236,7 @@ def test_unknown_observer_is_refused() -> None:
 
 @pytest.mark.parametrize("observer", ["entropy", "mse", "mean_minmax"])
 def test_cli_observer(observer: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    m = tmp_path / "m.onnx"
-    m.write_bytes(conv_relu_model())
-    x = RNG.standard_normal((6, 1, 3, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "d.npz", calib__x=x[:4], eval__x=x[4:])
+    m = _model_and_data(tmp_path)
     argv = ["fuse", str(m), "--calib", str(tmp_path / "d.npz"), "--observer", observer]
     code = main([*argv, "--json", "-o", str(tmp_path / "q.onnx")])
     out, err = capsys.readouterr()
@@ -277,9 +283,7 @@ def test_mean_minmax_is_the_mean_of_each_samples_extremes() -> None:
     assert np.array_equal(pc[("x", "mean_minmax", 1)].hi, pc[("x", "minmax", 1)].hi)
 
 
-def test_mean_minmax_through_calibrate_and_the_cli(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_mean_minmax_through_calibrate() -> None:
     model = _big_conv()
     feeds = samples(8, (1, 3, 64, 64))
     feeds[0]["x"][0, 0, 0, 0] = 50.0
@@ -289,13 +293,6 @@ def test_mean_minmax_through_calibrate_and_the_cli(
     mm = float(calibrate(g, plan, feeds, observer="minmax").scale_of(x))
     mean = float(calibrate(g, plan, feeds, observer="mean_minmax").scale_of(x))
     assert mean < mm / 2  # 50 counts one eighth
-    m = tmp_path / "m.onnx"
-    m.write_bytes(conv_relu_model())
-    data = RNG.standard_normal((6, 1, 3, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "d.npz", calib__x=data[:4], eval__x=data[4:])
-    argv = ["fuse", str(m), "--calib", str(tmp_path / "d.npz"), "--observer", "mean_minmax"]
-    assert main([*argv, "--json", "-o", str(tmp_path / "q.onnx")]) == 0
-    assert json.loads(capsys.readouterr().out)["calibration"]["observer"] == "mean_minmax"
 
 
 def _logit_model() -> bytes:
@@ -334,10 +331,7 @@ def test_choose_observer_keeps_the_candidate_whose_export_scores_best() -> None:
 
 
 def test_cli_observer_auto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    m = tmp_path / "m.onnx"
-    m.write_bytes(conv_relu_model())
-    data = RNG.standard_normal((6, 1, 3, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "d.npz", calib__x=data[:4], eval__x=data[4:])
+    m = _model_and_data(tmp_path)
     argv = ["fuse", str(m), "--calib", str(tmp_path / "d.npz"), "--observer", "auto"]
     assert main([*argv, "--json", "-o", str(tmp_path / "q.onnx")]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -365,10 +359,7 @@ def test_cli_observer_auto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_fuse_defaults_to_auto_on_real_data(
     platform: str, real: bool, expect: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    m = tmp_path / "m.onnx"
-    m.write_bytes(conv_relu_model())
-    data = RNG.standard_normal((6, 1, 3, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "d.npz", calib__x=data[:4], eval__x=data[4:])
+    m = _model_and_data(tmp_path)
     argv = ["fuse", str(m), "--platform", platform, "--json", "-o", str(tmp_path / "q.onnx")]
     if real:
         argv += ["--calib", str(tmp_path / "d.npz")]
