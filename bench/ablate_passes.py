@@ -19,14 +19,8 @@ from fusekit.calibrate import Calibration, load_data
 from fusekit.evaluate import evaluate
 from fusekit.export import build_qdq
 
-PASSES = (
-    "epilogue_fusion",
-    "activation_fusion",
-    "composite_activation_fusion",
-    "passive_fusion",
-    "simplify",
-    "alignment",
-)
+#: what is never dropped: calibration measures, passive parameters derive biases and bounds
+_KEEP = ("calibration", "passive_parameters")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     calib = load_data(data, g, split="calib")
     ev = load_data(data, g, split="eval")
     full = fusekit.default_pipeline(args.platform, calibration=Calibration(calib))
-    for drop in (None, *PASSES):
+    passes = [p.name for p in full.passes if p.name not in _KEEP]  # the platform's own list
+    for drop in (None, *passes):
         pipe = full if drop is None else full.without(drop)
         res = pipe.run(g, fusekit.init_plan(g, args.platform))
         row: dict[str, object] = {"data": args.data, "platform": args.platform, "without": drop}

@@ -17,7 +17,8 @@ way a straightforward implementation would:
 
 It is written for the benchmark only. ``bench/run.py`` checks on the 10k-op graph that it gives
 every slot the same state and the same root as fusekit; :func:`compare` does the check.
-Nothing here imports fusekit except :func:`compare` and the platform rule data it reads.
+Nothing here imports fusekit except :func:`compare`, the platform rule data it reads and
+the list of ops that never fold to a constant.
 """
 
 from __future__ import annotations
@@ -28,25 +29,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+# a fact, not an algorithm: the ops that never fold to a constant are fusekit's own list
+from fusekit._topology import _NOT_FOLDABLE
+
 # states, numbered as fusekit.QuantState (and PPQ) number them
 INITIAL, BAKED, OVERLAPPED, ACTIVATED, PASSIVE, PASSIVE_INIT, PASSIVE_BAKED, FP32 = range(1, 9)
 INTERNAL = 3  # Visibility.INTERNAL
 OVERLAP, FOLLOW = 0, 1
 _FLOAT_ELEM = {0, 1, 10, 11, 16}
 _FLOATING_FLAG = 0x8
-_NOT_FOLDABLE = {
-    "If",
-    "Loop",
-    "Scan",
-    "SequenceMap",
-    "RandomNormal",
-    "RandomUniform",
-    "RandomNormalLike",
-    "RandomUniformLike",
-    "Multinomial",
-    "Bernoulli",
-    "Dropout",
-}
 _INDEX_OUT = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "NonMaxSuppression"}
 _BOOL_OUT = {
     "Equal",

@@ -17,8 +17,10 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from . import conftest
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"  # the read-only data beside the checkout (see conftest.py)
+SHARED = conftest.SHARED  # the read-only data (see conftest.py)
 
 
 def extract_all(archive: Path, dest: Path) -> None:

@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+
+
+def _find_shared() -> Path:
+    """The read-only data: ``FUSEKIT_SHARED`` if set, else ``../shared`` beside the checkout
+    (CI's layout), else ``shared`` beside the local repository this one was cloned from (a
+    scratch clone, ``git clone . "$(mktemp -d)"``, has no ``../shared`` of its own)."""
+    env = os.environ.get("FUSEKIT_SHARED")
+    if env:
+        return Path(env)
+    beside = ROOT.parent / "shared"
+    if beside.is_dir():
+        return beside
+    try:
+        url = subprocess.run(
+            ["git", "-C", str(ROOT), "remote", "get-url", "origin"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        url = ""
+    if url and "://" not in url and ":" not in url.split("/")[0]:  # a local path, not a URL
+        origin = Path(url).expanduser()
+        candidate = (origin if origin.is_absolute() else ROOT / origin).resolve().parent
+        if (candidate / "shared").is_dir():
+            return candidate / "shared"
+    return beside
+
+
+SHARED = _find_shared()
 CORPUS = SHARED / "corpus"
 
 
@@ -25,5 +57,7 @@ def corpus_bytes(name: str) -> bytes:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} is missing: the tests need ../shared beside the checkout")
+        pytest.fail(
+            f"{SHARED} is missing: the tests need ../shared beside the checkout (or FUSEKIT_SHARED)"
+        )
     return SHARED

@@ -32,8 +32,9 @@ from fusekit.calibrate import Calibration, load_data
 from fusekit.evaluate import evaluate, unquantized_inputs
 from fusekit.export import build_qdq
 
-ROOT = Path(__file__).resolve().parents[1]
-ACCURACY = ROOT.parent / "shared" / "accuracy"
+from .conftest import SHARED
+
+ACCURACY = SHARED / "accuracy"
 
 # PPQ 0.6.6's figures from ../shared/accuracy/README.md: output -> (fused dB, unfused dB), and
 # the QuantizeLinear counts of its exports (fused, unfused).

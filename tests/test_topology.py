@@ -12,26 +12,9 @@ from fusekit.dispatch import _Walker
 from fusekit.graph import Graph, GraphArrays
 from fusekit.report import _GraphFacts
 
+from .test_graph import small
+
 F32 = TensorType(1, (1, 4, 8, 8))
-
-
-def small() -> Graph:
-    """x -> c1 (Conv w, b) -> r1 (Relu) -> sq = Mul(r1, r1), c2 = Conv(r1, w) -> add."""
-    return Graph.build(
-        [
-            Op("c1", "Conv", ("x", "w", "b"), ("c1",)),
-            Op("r1", "Relu", ("c1",), ("r1",)),
-            Op("sq", "Mul", ("r1", "r1"), ("sq",)),
-            Op("c2", "Conv", ("r1", "w"), ("c2",)),
-            Op("add", "Add", ("sq", "c2"), ("add",)),
-        ],
-        inputs={"x": F32},
-        outputs=["add"],
-        initializers=[
-            Initializer.from_array("w", np.ones((4, 4, 1, 1), np.float32)),
-            Initializer.from_array("b", np.zeros(4, np.float32)),
-        ],
-    )
 
 
 class Counter:
