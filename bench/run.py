@@ -111,6 +111,31 @@ def model_path(n: int, seed: int) -> Path:
 # the worker: one size, one process
 
 
+def _read_node_fields(model: Any) -> list[tuple[Any, ...]]:
+    """Every node's name, op_type, domain, inputs and outputs: the least any importer reads.
+
+    The cheapest reading measured (slices of the repeated fields, the collector paused as
+    fusekit's readers pause it); the ``import+audit least`` row starts from it.
+    """
+    gc.disable()
+    try:
+        return [
+            (n.name, n.op_type, n.domain, tuple(n.input[:]), tuple(n.output[:]), n)
+            for n in model.graph.node
+        ]
+    finally:
+        gc.enable()
+
+
+def _build_from_fields(header: Any, fields: list[tuple[Any, ...]], inits: list[Any]) -> Any:
+    """The float graph value from node fields read already (``fusekit.load``'s build alone)."""
+    from fusekit._util import gc_paused
+    from fusekit.onnx_io import build_graph_from_nodes
+
+    with gc_paused():
+        return build_graph_from_nodes(header, fields, inits, "bench", None)
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     c, w = time.process_time(), time.perf_counter()
     out = fn()
@@ -152,9 +177,7 @@ def stand_in_calibration(graph: Any, plan: Any, platform: str) -> Any:
     ev = plan.evolver()
     ar = graph.arrays()
     parents = plan.parent_ids()
-    followed = {
-        parents[s] for s in range(len(parents)) if plan.link_kind_id(s) is LinkKind.FOLLOW
-    }
+    followed = {parents[s] for s in range(len(parents)) if plan.link_kind_id(s) is LinkKind.FOLLOW}
     one = np.float32(1.0)
     zero = np.float32(0.0)
     for sid, cfg in enumerate(plan.configs):
@@ -340,7 +363,22 @@ def worker(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 st.add("import_quantized", w, c)
                 _, w, c = _timed(lambda got=got: audit(got.graph, got.plan, args.platform))
                 st.add("audit", w, c)
-            del model, calibrated, got
+            # the least import + audit can cost in this design (docs/audit.md, "Speed"): any
+            # importer reads every node's fields of the QDQ model and builds the float graph
+            # value; the audit's pipeline needs the graph's index; then the pipeline itself.
+            # Only the quantization-specific work (pairing, scales, the plan, the comparison)
+            # is left out.
+            for _ in range(max(1, min(repeat, 3))):
+                _, w, c = _timed(lambda: _read_node_fields(model))
+                st.add("least_read_qdq", w, c)
+            float_model = onnx.load(str(path))
+            fields = _read_node_fields(float_model)
+            inits = list(float_model.graph.initializer)
+            del float_model.graph.node[:], float_model.graph.initializer[:]
+            for _ in range(max(1, min(repeat, 3))):
+                _, w, c = _timed(lambda: _build_from_fields(float_model, fields, inits))
+                st.add("least_build_float", w, c)
+            del model, calibrated, got, float_model, fields, inits
             gc.collect()
 
     out["stages"] = st.summary()
@@ -371,6 +409,17 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             # model: import + audit vs fusekit.load of the float file + the pipeline
             per["import_audit_vs_load_pipeline"] = {
                 k: (s["import_quantized"][k] + s["audit"][k]) / (s["load"][k] + s["pipeline"][k])
+                for k in ("wall", "cpu")
+            }
+        if "least_read_qdq" in s:  # issue 11: the least import + audit can cost here
+            per["import_audit_least_vs_pipeline"] = {
+                k: (
+                    s["least_read_qdq"][k]
+                    + s["least_build_float"][k]
+                    + s["index"][k]
+                    + s["pipeline"][k]
+                )
+                / s["pipeline"][k]
                 for k in ("wall", "cpu")
             }
         if "floor" in r:
@@ -439,6 +488,13 @@ def targets(results: dict[str, Any], rat: dict[str, Any]) -> dict[str, Any]:
                 "target": TARGETS["import_audit_vs_pipeline"],
                 "met": v["cpu"] <= TARGETS["import_audit_vs_pipeline"],
             }
+            v = per.get("import_audit_least_vs_pipeline")
+            if v is not None:  # informational: the least the target is measured against
+                out["import_audit_least_vs_pipeline_100k"] = {
+                    **v,
+                    "target": TARGETS["import_audit_vs_pipeline"],
+                    "met": v["cpu"] <= TARGETS["import_audit_vs_pipeline"],
+                }
             v = per["import_audit_vs_load_pipeline"]  # informational: the whole jobs
             out["import_audit_vs_load_pipeline_100k"] = {
                 **v,
@@ -501,6 +557,16 @@ def _whole_job_ratio(r: dict[str, Any]) -> str:
     return f"{job / (s['load']['cpu'] + s['pipeline']['cpu']):.1f}x"
 
 
+def _least_ratio(r: dict[str, Any]) -> str:
+    """(QDQ node fields + float graph build + index + pipeline) / pipeline, CPU medians: what
+    import + audit cost at the least in this design (issue 11's target sits at 2x)."""
+    s = r["stages"]
+    if "least_read_qdq" not in s:
+        return "-"
+    least = sum(s[k]["cpu"] for k in ("least_read_qdq", "least_build_float", "index"))
+    return f"{(least + s['pipeline']['cpu']) / s['pipeline']['cpu']:.2f}x"
+
+
 def table(results: dict[str, Any], rat: dict[str, Any]) -> str:
     sizes = sorted(results, key=lambda k: results[k]["ops"])
     stages = [
@@ -514,6 +580,8 @@ def table(results: dict[str, Any], rat: dict[str, Any]) -> str:
         "export_qdq",
         "import_quantized",
         "audit",
+        "least_read_qdq",
+        "least_build_float",
     ]
     lines = []
     head = f"{'stage':<28}" + "".join(f"{s:>22}" for s in sizes)
@@ -546,6 +614,7 @@ def table(results: dict[str, Any], rat: dict[str, Any]) -> str:
         ("floor agrees", lambda r: str(r.get("floor_agrees", "-"))),
         ("import+audit / pipeline", _import_audit_ratio),
         ("import+audit / (load+pipe)", _whole_job_ratio),
+        ("import+audit least / pipe", _least_ratio),
         ("rerun returns same plan", lambda r: str(r.get("rerun_same_object"))),
         ("peak RSS MiB", lambda r: f"{r['peak_rss_bytes'] / 2**20:.0f}"),
         (
