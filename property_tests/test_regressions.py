@@ -308,3 +308,28 @@ def test_passive_law_and_fusion_agree_on_a_folded_constant_chain() -> None:
     )
     plan = fusekit.init_plan(g, "trt_int8", {"c": "trt_int8", "r": "trt_int8", "m": "trt_int8"})
     assert laws.check(g, default_pipeline("trt_int8").run(g, plan).plan, "trt_int8") == ()
+
+
+def test_law6_accepts_a_passive_op_that_quantizes_its_own_input() -> None:
+    """Law 6 (a Hypothesis case of issue 16's join rule sets, then on any passive op): when a
+    user leaves a Conv's output float (FP32), the MaxPool after it quantizes its own input and
+    passive fusion overlaps its output onto that input slot, so the next Conv reads a value
+    quantized at the MaxPool's input. ``no_dead_quantization`` only looked for a quantizer at
+    the producer upstream and reported the edge as dead."""
+    g = build(
+        [
+            ("c", "Conv", ["x", "w"]),
+            ("r", "Relu", ["c"]),
+            ("m", "MaxPool", ["c"]),
+            ("c2", "Conv", ["m", "w"]),
+        ],
+        ["c2", "r"],
+        w=W,
+    )
+    plan = fusekit.init_plan(g, "trt_int8", {"c": "trt_int8", "m": "trt_int8", "c2": "trt_int8"})
+    ev = plan.evolver()
+    ev.set_config(out("c"), plan[out("c")].with_state(QuantState.FP32))
+    final = default_pipeline("trt_int8").run(g, ev.persistent()).plan
+    assert final[inp("m")].state == QuantState.INITIAL and final.root(inp("m")) == inp("m")
+    assert final.root(inp("c2")) == inp("m") and final[inp("c2")].state == OVERLAPPED
+    assert laws.no_dead_quantization(g, final, "trt_int8") == ()

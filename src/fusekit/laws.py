@@ -247,6 +247,13 @@ def no_dead_quantization(
     outputs = frozenset(graph.outputs)
     memo: dict[str, bool] = {}
 
+    def quantized_at(slot: Slot, t: str) -> bool:
+        """Does ``slot`` read ``t`` through an active quantizer on ``t`` itself? (A passive
+        op whose producer leaves ``t`` float quantizes it at its own input; its output then
+        carries that quantized value.)"""
+        root = plan.root(slot)
+        return plan[root].state in PENDING_OR_ACTIVE and graph.tensor_of(root) == t
+
     def upstream(t: str) -> bool:
         """Is tensor ``t`` quantized where it is produced (directly or through passive ops)?"""
         if t in memo:
@@ -267,7 +274,7 @@ def no_dead_quantization(
                     and bool(pop.inputs[0])
                     and plan.get(first) is not None
                     and plan.root(first) == plan.root(prod)
-                    and upstream(pop.inputs[0])
+                    and (upstream(pop.inputs[0]) or quantized_at(first, pop.inputs[0]))
                 )
         memo[t] = ok
         return ok
