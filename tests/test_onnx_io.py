@@ -434,3 +434,28 @@ def test_saved_files_follow_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+
+
+def _fresh_index(g: Graph) -> Any:
+    from fusekit._topology import Topology
+
+    return Topology.build((g.ops[n] for n in g.order), g.initializers, g.outputs)
+
+
+def test_the_loaders_op_list_numbers_the_index_as_the_ops_by_name_do() -> None:
+    """``load`` hands its op list (in file order, already topological) to the first index
+    build instead of a PMap lookup per op; the index is the one a lookup per op gives, the
+    list is dropped once used, and a file out of order keeps the lookups (its order is sorted
+    afresh)."""
+    g = fusekit.load(example_model_path())
+    listed = g._cache.ops_in_order
+    assert listed is not None and [op.name for op in listed] == list(g.order)
+    assert g.index.snapshot() == _fresh_index(g).snapshot()
+    assert g._cache.ops_in_order is None
+
+    m = conv_relu_model()
+    m.graph.node.reverse()  # mul, relu, conv: not in order
+    h = fusekit.load(m)
+    assert h._cache.ops_in_order is None
+    assert [h.ops[n].op_type for n in h.order] == ["Conv", "Relu", "Mul"]
+    assert h.index.snapshot() == _fresh_index(h).snapshot()

@@ -42,6 +42,7 @@ from .graph import (
     TensorType,
     make_lazy_initializer,
     make_loaded_op,
+    remember_op_order,
     topological_order,
 )
 
@@ -647,7 +648,8 @@ def _build_graph(
         op_list, original = _unique_names(op_list)
         names = list(map(_NAME, op_list))
 
-    if in_order and len(defined) == expected and issuperset(output_names):
+    listed = in_order and len(defined) == expected and issuperset(output_names)
+    if listed:
         order = names
     else:
         order = topological_order(op_list, available, label, outputs=output_names)
@@ -665,6 +667,8 @@ def _build_graph(
         original_names=pmap(original),
         extras=ModelExtras(m, base_dir, label, init_order),
     )
+    if listed:  # op_list is in ``order``: the index numbers it without name lookups
+        remember_op_order(graph, op_list)
     promote_to_old_generation()
     return graph
 
