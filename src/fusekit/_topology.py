@@ -176,60 +176,70 @@ class Topology:
     ) -> Topology:
         """Number ``ops`` (in the given order, which must be topological for the constant
         facts to be right) and derive every relation in one sweep."""
-        op_id: dict[str, int] = {}
-        op_names: list[str] = []
-        op_types: list[str] = []
+        op_list: list[Op] = ops if isinstance(ops, list) else list(ops)
+        op_names = [op.name for op in op_list]
+        op_id = dict(zip(op_names, range(len(op_names))))  # a repeated name: the last wins
+        op_types = [
+            op.op_type if op.domain in ONNX_DOMAINS else f"{op.domain}::{op.op_type}"
+            for op in op_list
+        ]
         slot_base: list[int] = []
         n_in: list[int] = []
         n_out: list[int] = []
-        slot_op: list[int] = []
         slot_tensor: list[int] = []
         tensor_id: dict[str, int] = {}
         tensor_names: list[str] = []
         producer: list[int] = []
         consumers: list[list[int]] = []
-        op_list: list[Op] = []
+        # the hot loop (every slot of every op): bound methods, no attribute lookups
+        get_tid = tensor_id.get
+        put_slot = slot_tensor.append
+        new_name, new_producer, new_consumers = (
+            tensor_names.append,
+            producer.append,
+            consumers.append,
+        )
+        put_base, put_in, put_out = slot_base.append, n_in.append, n_out.append
         sid = 0
-        for oid, op in enumerate(ops):
-            op_list.append(op)
-            op_id[op.name] = oid
-            op_names.append(op.name)
-            d = op.domain
-            op_types.append(op.op_type if d in ONNX_DOMAINS else f"{d}::{op.op_type}")
-            slot_base.append(sid)
+        for op in op_list:
+            put_base(sid)
             ins, outs = op.inputs, op.outputs
-            n_in.append(len(ins))
-            n_out.append(len(outs))
+            put_in(len(ins))
+            put_out(len(outs))
             for t in ins:
                 if t:
-                    tid = tensor_id.get(t)
+                    tid = get_tid(t)
                     if tid is None:
                         tid = tensor_id[t] = len(tensor_names)
-                        tensor_names.append(t)
-                        producer.append(-1)
-                        consumers.append([])
-                    consumers[tid].append(sid)
-                    slot_tensor.append(tid)
+                        new_name(t)
+                        new_producer(-1)
+                        new_consumers([sid])
+                    else:
+                        consumers[tid].append(sid)
+                    put_slot(tid)
                 else:
-                    slot_tensor.append(-1)
-                slot_op.append(oid)
+                    put_slot(-1)
                 sid += 1
             for t in outs:
                 if t:
-                    tid = tensor_id.get(t)
+                    tid = get_tid(t)
                     if tid is None:
                         tid = tensor_id[t] = len(tensor_names)
-                        tensor_names.append(t)
-                        producer.append(sid)
-                        consumers.append([])
+                        new_name(t)
+                        new_producer(sid)
+                        new_consumers([])
                     elif producer[tid] < 0:
                         producer[tid] = sid
                     # a second producer is reported by check_invariants, first one wins here
-                    slot_tensor.append(tid)
+                    put_slot(tid)
                 else:
-                    slot_tensor.append(-1)
-                slot_op.append(oid)
+                    put_slot(-1)
                 sid += 1
+        slot_op = list(
+            itertools.chain.from_iterable(
+                itertools.repeat(o, a + b) for o, (a, b) in enumerate(zip(n_in, n_out))
+            )
+        )
         n_ops, n_t = len(op_names), len(tensor_names)
         cons = [tuple(c) for c in consumers]
         order = list(range(n_ops))
