@@ -50,7 +50,7 @@ from .graph import Graph, Slot, rule_type
 from .passes import default_pipeline
 from .passes._core import Decision, PipelineResult
 from .platforms import Platform, get_platform
-from .quant import QuantPlan, QuantState
+from .quant import QuantPlan, QuantState, Visibility
 
 __all__ = ["SEVERITIES", "AuditResult", "Finding", "audit", "kernel_findings"]
 
@@ -130,29 +130,184 @@ class AuditResult:
 
 
 class _Where:
-    """Where a plan quantizes: per input slot the root it reads, per tensor its after-root."""
+    """Where a plan quantizes, as :func:`fusekit.export_qdq` places its Q/DQ: per input slot
+    the root whose scale it reads, per tensor the root of the pair after its producer.
+
+    ``roots``: the root slot id of every slot id that has a config. ``after``: ``{tensor id:
+    root}`` for the tensors quantized right after their producer. ``reads``: ``{input slot
+    id: root}`` for every slot that reads a quantized value (its own pair, a parameter's DQ, or
+    the pair after the producer). :func:`_placement_ids` computes them over plain int lists
+    (the exporter's placement builds a key object per slot and the audit needs two of them:
+    ~0.7 s at 100k ops); a plan that path does not decide goes to the exporter's own
+    ``_Placement``, which decides (or raises) as export does.
+    """
 
     def __init__(self, plan: QuantPlan, require_scales: bool):
-        from .export import _Placement  # the exporter's own placement decision
-
-        pl = _Placement(plan, require_scales=require_scales, constant_params=True)
         self.plan = plan
-        self.roots = pl.roots  # root slot id of every slot id (the placement computed them)
-        self.after = {tid: k.root for tid, k in pl.after.items()}
-        self.reads: dict[int, int] = {}
-        ar = plan.graph.arrays()  # plain lists: a PVector element costs twice a list's
-        st = ar.slot_tensor
-        for sid, k in (*pl.before.items(), *pl.params.items()):
-            self.reads[sid] = k.root
-        consumers = ar.consumers
-        for tid, root in self.after.items():
-            for sid in consumers[tid]:
-                self.reads.setdefault(sid, root)
+        got = _placement_ids(plan, require_scales)
+        if got is None:
+            got = _exporter_placement(plan, require_scales)
+        self.roots, self.after, self.reads = got
+        st = plan.graph.arrays().slot_tensor
         self.quantized_tensors = set(self.after) | {st[s] for s in self.reads}
 
     def scale(self, root: int) -> np.ndarray[Any, Any] | None:
         cfg = self.plan.configs[root]
         return None if cfg is None else cfg.scale
+
+
+_Placed = tuple[list[int], dict[int, int], dict[int, int]]  # roots, after, reads
+
+
+def _exporter_placement(plan: QuantPlan, require_scales: bool) -> _Placed:
+    """``(roots, after, reads)`` from the exporter's ``_Placement`` (the reference the fast
+    path below must agree with; tests compare the two)."""
+    from .export import _Placement  # the exporter's own placement decision
+
+    pl = _Placement(plan, require_scales=require_scales, constant_params=True)
+    after = {tid: k.root for tid, k in pl.after.items()}
+    reads: dict[int, int] = {}
+    for sid, k in (*pl.before.items(), *pl.params.items()):
+        reads[sid] = k.root
+    consumers = plan.graph.arrays().consumers
+    for tid, root in after.items():
+        for sid in consumers[tid]:
+            reads.setdefault(sid, root)
+    return pl.roots, after, reads
+
+
+def _slot_arrays(graph: Graph) -> tuple[np.ndarray[Any, Any], ...]:
+    """Per slot id: its tensor id (-1 for none), whether it is an input, its op id; per tensor
+    id plus one (for -1): whether it is a constant (``export._constant_tensors``). Read-only
+    numpy arrays, made once per graph (``Graph.derived``) for :func:`_placement_ids`."""
+    from .export import _constant_tensors
+
+    ar = graph.arrays()
+    n = len(ar.slot_tensor)
+    st = np.asarray(ar.slot_tensor, dtype=np.int64)
+    op = np.asarray(ar.slot_op, dtype=np.int64)
+    base, n_in = np.asarray(ar.slot_base, dtype=np.int64), np.asarray(ar.n_in, dtype=np.int64)
+    is_in = (np.arange(n, dtype=np.int64) - base[op]) < n_in[op] if n else np.zeros(0, bool)
+    const = np.zeros(len(ar.tensor_names) + 1, dtype=bool)  # [-1]: no tensor, not constant
+    const[sorted(_constant_tensors(graph))] = True
+    out = (st, is_in, op, const)
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
+def _root_array(parents: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
+    """The root of every slot id by pointer jumping (each round doubles the length of chain
+    resolved: a few rounds whatever the depth); None if the links loop."""
+    r = np.where(parents < 0, np.arange(len(parents), dtype=np.int64), parents)
+    for _ in range(64):  # 2**64 exceeds any chain: more rounds means a loop
+        nxt = r[r]
+        if np.array_equal(nxt, r):
+            return r
+        r = nxt
+    return None
+
+
+#: bits of a config's code in :func:`_placement_ids`
+_EXPORTS, _OVERLAPPED, _READS_ROOT, _CONST_ONLY, _HAS_SCALE, _CONFIG, _NEEDS_SCALE = (
+    1,
+    2,
+    4,
+    8,
+    16,
+    32,
+    64,
+)
+
+
+def _placement_ids(plan: QuantPlan, require_scales: bool) -> _Placed | None:
+    """The exporter's placement decision (``export._Placement``: ``_status`` per slot,
+    ``_same_tensor_exporter`` for an overlapped input, a constant input as a parameter, a
+    consumer reading the pair after its producer) for the root ids only, over numpy arrays.
+
+    The decision per slot depends on its config and whether its tensor is a constant; plans
+    share config objects (a pipeline's plan has ~10, an imported one one per point), so it is
+    made once per config object and spread over the slots by ``id``; the rest is array work.
+    Returns None when the exporter would raise or when a plan is unusual (a slot still waiting
+    for a scale while scales are required, a root without a config or scale, a sharing loop):
+    the caller then runs the exporter's placement itself, which raises or decides as export
+    does.
+    """
+    from .export import _qtype
+
+    graph = plan.graph
+    st, is_in, slot_op, const = graph.derived(_slot_arrays)
+    configs = plan.configs.tolist()
+    parents = np.asarray(plan.parent_ids(), dtype=np.int64)
+    roots = _root_array(parents)
+    if roots is None:
+        return None  # a sharing loop: root_ids raises InvalidPlan naming it
+    FP32, OVERLAPPED = QuantState.FP32, QuantState.OVERLAPPED
+    INTERNAL, FORCE_EXPORT = Visibility.INTERNAL, Visibility.FORCE_EXPORT
+    PENDING, EXPORTED = QuantState.PENDING, QuantState.EXPORTED
+    ids = list(map(id, configs))
+    code_of: dict[int, int] = {id(None): 0}
+    for i, cfg in dict(zip(ids, configs)).items():
+        if cfg is None:
+            continue
+        state = cfg.state
+        code = _CONFIG | (_OVERLAPPED if state == OVERLAPPED else 0)
+        if cfg.scale is not None and cfg.offset is not None:
+            code |= _HAS_SCALE
+        if state == FP32 or cfg.visibility == INTERNAL:
+            code_of[i] = code  # _status: None before it reads the root
+            continue
+        if state in PENDING:
+            if require_scales:
+                return None  # the exporter names the first such slot (NotCalibrated)
+            ok = True
+        else:
+            ok = state in EXPORTED or cfg.visibility == FORCE_EXPORT
+            if state in EXPORTED:
+                code |= _NEEDS_SCALE  # its root's scale, with require_scales
+        code |= _READS_ROOT
+        if ok and _qtype(cfg, False) is not None:
+            code |= _EXPORTS
+        elif ok and _qtype(cfg, True) is not None:
+            code |= _CONST_ONLY  # a 32-bit bias: an int32 DQ when its tensor is a constant
+        code_of[i] = code
+    codes = np.fromiter(map(code_of.__getitem__, ids), dtype=np.int64, count=len(ids))
+    # _status reads the root's config of these slots (and, with require_scales, the scale
+    # of an exported state's root): without them the exporter raises
+    if not np.all(codes[roots[(codes & _READS_ROOT) != 0]] & _CONFIG):
+        return None
+    if require_scales and not np.all(codes[roots[(codes & _NEEDS_SCALE) != 0]] & _HAS_SCALE):
+        return None  # NotCalibrated, naming the first such slot
+    codes[((codes & _CONST_ONLY) != 0) & const[st]] |= _EXPORTS
+    quantized = np.asarray([d is not None for d in plan.dispatch.tolist()], dtype=bool)
+    live = quantized[slot_op] & (st >= 0) if len(st) else np.zeros(0, bool)
+    exports = (codes & _EXPORTS) != 0
+    overlapped = (codes & _OVERLAPPED) != 0
+    # producers first: the tensors quantized right after their producer
+    outs = np.flatnonzero(live & ~is_in & exports)
+    after = dict(zip(st[outs].tolist(), roots[outs].tolist()))
+    # inputs: their own pair, or a parameter's DQ (the exporter's before and params)
+    ins = np.flatnonzero(live & is_in & exports & ~overlapped)
+    reads = dict(zip(ins.tolist(), roots[ins].tolist()))
+    # overlapped inputs: the value their nearest exporting ancestor on the same tensor gives
+    todo = np.flatnonzero(live & is_in & overlapped)
+    tid, cur = st[todo], parents[todo]
+    while len(todo):
+        on = cur >= 0
+        on[on] = st[cur[on]] == tid[on]
+        todo, tid, cur = todo[on], tid[on], cur[on]
+        hit = exports[cur]
+        reads.update(zip(todo[hit].tolist(), roots[cur[hit]].tolist()))
+        todo, tid, cur = todo[~hit], tid[~hit], parents[cur[~hit]]
+    # every other reader of a tensor quantized after its producer reads that pair (the
+    # exporter's setdefault: a slot with its own key keeps it)
+    after_root = np.full(len(const), -1, dtype=np.int64)
+    after_root[st[outs]] = roots[outs]
+    got = after_root[st]
+    rest = np.flatnonzero(is_in & (got >= 0))
+    rest = rest[[s not in reads for s in rest.tolist()]] if reads else rest
+    reads.update(zip(rest.tolist(), got[rest].tolist()))
+    return roots.tolist(), after, reads
 
 
 def _same(a: np.ndarray[Any, Any] | None, b: np.ndarray[Any, Any] | None) -> bool:
