@@ -101,7 +101,7 @@ def test_a_root_without_a_scale_goes_to_the_exporter() -> None:
 
 #: Python work (lines + calls, ``test_perf_smoke.work``) per op of the audit's two placements
 #: on the 1k-op generated graph's QDQ import: the imported plan and the pipeline's. Measured
-#: 24 + 6 (the exporter's placement: 124 + 136); the work per config object is what is left.
+#: 24 + 5 (the exporter's placement: 124 + 136); the work per config object is what is left.
 PLACEMENT_WORK_PER_OP = 45
 
 
@@ -115,3 +115,24 @@ def test_audit_placement_work_is_per_config_not_per_slot() -> None:
     )
     count = work(lambda: (_Where(got.plan, True), _Where(want.plan, False)))
     assert 0 < count / n < PLACEMENT_WORK_PER_OP, count / n
+
+
+_WALK = ("float_input", "unaligned_inputs", "weight_per_tensor", "weight_axis")
+_WALK_RANK = {**{k: i for i, k in enumerate(_WALK)}, "bias_not_int32": 4, "bias_scale": 4}
+
+
+@pytest.mark.parametrize(
+    ("exported_for", "audited_for"), [("ort_int8", "trt_int8"), ("trt_int8", "ort_int8")]
+)
+def test_slot_findings_come_in_walk_order(exported_for: str, audited_for: str) -> None:
+    """The slot-by-slot findings are gathered per kind over arrays, then sorted back: in op
+    order, and per op its float inputs, its aligned groups, its weight, its bias."""
+    got = import_quantized(_export("unet_small_leaky", exported_for, True))
+    res = fusekit.audit(got.graph, got.plan, audited_for)
+    kinds = [f.kind for f in res.findings]
+    walk = [i for i, k in enumerate(kinds) if k in _WALK_RANK]
+    assert len({kinds[i] for i in walk}) >= 2  # the case mixes kinds
+    assert walk == list(range(walk[0], walk[-1] + 1))  # one block, between the other steps
+    position = {name: i for i, name in enumerate(got.graph.order)}
+    keys = [(position[res.findings[i].ops[0]], _WALK_RANK[kinds[i]]) for i in walk]
+    assert keys == sorted(keys)

@@ -38,6 +38,7 @@ cost.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -144,19 +145,30 @@ class _Where:
 
     def __init__(self, plan: QuantPlan, require_scales: bool):
         self.plan = plan
-        got = _placement_ids(plan, require_scales)
+        self.configs = plan.configs.tolist()
+        #: per slot id, the bits of its config (:func:`_config_codes`)
+        self.codes = _config_codes(self.configs)
+        got = _placement_ids(plan, require_scales, self.codes)
         if got is None:
             got = _exporter_placement(plan, require_scales)
-        self.roots, self.after, self.reads = got
+        roots, self.after, self.reads = got
+        self.roots = np.asarray(roots, dtype=np.int64)
         st = plan.graph.arrays().slot_tensor
-        self.quantized_tensors = set(self.after) | {st[s] for s in self.reads}
+        self.quantized_tensors = set(self.after)
+        self.quantized_tensors.update(map(st.__getitem__, self.reads))
+
+    def read_mask(self) -> np.ndarray[Any, Any]:
+        """Per slot id: True where the slot reads a quantized value (a key of ``reads``)."""
+        out = np.zeros(len(self.configs), dtype=bool)
+        out[np.fromiter(self.reads, dtype=np.int64, count=len(self.reads))] = True
+        return out
 
     def scale(self, root: int) -> np.ndarray[Any, Any] | None:
         cfg = self.plan.configs[root]
         return None if cfg is None else cfg.scale
 
 
-_Placed = tuple[list[int], dict[int, int], dict[int, int]]  # roots, after, reads
+_Placed = tuple[Any, dict[int, int], dict[int, int]]  # roots (list or array), after, reads
 
 
 def _exporter_placement(plan: QuantPlan, require_scales: bool) -> _Placed:
@@ -208,40 +220,23 @@ def _root_array(parents: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
     return None
 
 
-#: bits of a config's code in :func:`_placement_ids`
-_EXPORTS, _OVERLAPPED, _READS_ROOT, _CONST_ONLY, _HAS_SCALE, _CONFIG, _NEEDS_SCALE = (
-    1,
-    2,
-    4,
-    8,
-    16,
-    32,
-    64,
-)
+#: bits of a config's code (:func:`_config_codes`)
+_EXPORTS = 1  # export's _status gives it a key (when its tensor is a constant: _CONST_ONLY)
+_OVERLAPPED = 2  # state OVERLAPPED
+_READS_ROOT = 4  # _status reads its root's config (not FP32, not INTERNAL)
+_CONST_ONLY = 8  # a 32-bit bias: an int32 DQ when its tensor is a constant, else float
+_HAS_SCALE = 16  # scale and offset set
+_CONFIG = 32  # a config (the slot's op is quantized)
+_NEEDS_SCALE = 64  # an exported state: with require_scales, its root must have a scale
+_PENDING_SCALE = 128  # INITIAL or PASSIVE_INIT (not FP32, not INTERNAL): waits for a scale
 
 
-def _placement_ids(plan: QuantPlan, require_scales: bool) -> _Placed | None:
-    """The exporter's placement decision (``export._Placement``: ``_status`` per slot,
-    ``_same_tensor_exporter`` for an overlapped input, a constant input as a parameter, a
-    consumer reading the pair after its producer) for the root ids only, over numpy arrays.
-
-    The decision per slot depends on its config and whether its tensor is a constant; plans
-    share config objects (a pipeline's plan has ~10, an imported one one per point), so it is
-    made once per config object and spread over the slots by ``id``; the rest is array work.
-    Returns None when the exporter would raise or when a plan is unusual (a slot still waiting
-    for a scale while scales are required, a root without a config or scale, a sharing loop):
-    the caller then runs the exporter's placement itself, which raises or decides as export
-    does.
-    """
+def _config_codes(configs: list[Any]) -> np.ndarray[Any, Any]:
+    """Per slot id, the bits above of its config: what export's ``_status`` decides from
+    the config alone. Plans share config objects (a pipeline's plan has ~10, an imported one
+    one per point), so each is decided once and spread over the slots by ``id``."""
     from .export import _qtype
 
-    graph = plan.graph
-    st, is_in, slot_op, const = graph.derived(_slot_arrays)
-    configs = plan.configs.tolist()
-    parents = np.asarray(plan.parent_ids(), dtype=np.int64)
-    roots = _root_array(parents)
-    if roots is None:
-        return None  # a sharing loop: root_ids raises InvalidPlan naming it
     FP32, OVERLAPPED = QuantState.FP32, QuantState.OVERLAPPED
     INTERNAL, FORCE_EXPORT = Visibility.INTERNAL, Visibility.FORCE_EXPORT
     PENDING, EXPORTED = QuantState.PENDING, QuantState.EXPORTED
@@ -257,21 +252,46 @@ def _placement_ids(plan: QuantPlan, require_scales: bool) -> _Placed | None:
         if state == FP32 or cfg.visibility == INTERNAL:
             code_of[i] = code  # _status: None before it reads the root
             continue
+        code |= _READS_ROOT
         if state in PENDING:
-            if require_scales:
-                return None  # the exporter names the first such slot (NotCalibrated)
-            ok = True
+            code |= _PENDING_SCALE
+            ok = True  # _status: a key, or NotCalibrated with require_scales
         else:
             ok = state in EXPORTED or cfg.visibility == FORCE_EXPORT
             if state in EXPORTED:
-                code |= _NEEDS_SCALE  # its root's scale, with require_scales
-        code |= _READS_ROOT
+                code |= _NEEDS_SCALE
         if ok and _qtype(cfg, False) is not None:
             code |= _EXPORTS
         elif ok and _qtype(cfg, True) is not None:
-            code |= _CONST_ONLY  # a 32-bit bias: an int32 DQ when its tensor is a constant
+            code |= _CONST_ONLY
         code_of[i] = code
-    codes = np.fromiter(map(code_of.__getitem__, ids), dtype=np.int64, count=len(ids))
+    return np.fromiter(map(code_of.__getitem__, ids), dtype=np.int64, count=len(ids))
+
+
+def _placement_ids(
+    plan: QuantPlan, require_scales: bool, codes: np.ndarray[Any, Any] | None = None
+) -> _Placed | None:
+    """The exporter's placement decision (``export._Placement``: ``_status`` per slot,
+    ``_same_tensor_exporter`` for an overlapped input, a constant input as a parameter, a
+    consumer reading the pair after its producer) for the root ids only, over numpy arrays
+    (``codes``: the :func:`_config_codes` of the plan's configs, computed when not given).
+
+    Returns None when the exporter would raise or when a plan is unusual (a slot still waiting
+    for a scale while scales are required, a root without a config or scale, a sharing loop):
+    the caller then runs the exporter's placement itself, which raises or decides as export
+    does.
+    """
+    graph = plan.graph
+    st, is_in, slot_op, const = graph.derived(_slot_arrays)
+    if codes is None:
+        codes = _config_codes(plan.configs.tolist())
+    if require_scales and np.any(codes & _PENDING_SCALE):
+        return None  # the exporter names the first such slot (NotCalibrated)
+    parents = np.asarray(plan.parent_ids(), dtype=np.int64)
+    roots = _root_array(parents)
+    if roots is None:
+        return None  # a sharing loop: root_ids raises InvalidPlan naming it
+    codes = codes.copy()
     # _status reads the root's config of these slots (and, with require_scales, the scale
     # of an exported state's root): without them the exporter raises
     if not np.all(codes[roots[(codes & _READS_ROOT) != 0]] & _CONFIG):
@@ -289,6 +309,8 @@ def _placement_ids(plan: QuantPlan, require_scales: bool) -> _Placed | None:
     # inputs: their own pair, or a parameter's DQ (the exporter's before and params)
     ins = np.flatnonzero(live & is_in & exports & ~overlapped)
     reads = dict(zip(ins.tolist(), roots[ins].tolist()))
+    keyed = np.zeros(len(st), dtype=bool)  # the slots in reads so far
+    keyed[ins] = True
     # overlapped inputs: the value their nearest exporting ancestor on the same tensor gives
     todo = np.flatnonzero(live & is_in & overlapped)
     tid, cur = st[todo], parents[todo]
@@ -298,23 +320,31 @@ def _placement_ids(plan: QuantPlan, require_scales: bool) -> _Placed | None:
         todo, tid, cur = todo[on], tid[on], cur[on]
         hit = exports[cur]
         reads.update(zip(todo[hit].tolist(), roots[cur[hit]].tolist()))
+        keyed[todo[hit]] = True
         todo, tid, cur = todo[~hit], tid[~hit], parents[cur[~hit]]
     # every other reader of a tensor quantized after its producer reads that pair (the
     # exporter's setdefault: a slot with its own key keeps it)
     after_root = np.full(len(const), -1, dtype=np.int64)
     after_root[st[outs]] = roots[outs]
     got = after_root[st]
-    rest = np.flatnonzero(is_in & (got >= 0))
-    rest = rest[[s not in reads for s in rest.tolist()]] if reads else rest
+    rest = np.flatnonzero(is_in & (got >= 0) & ~keyed)
     reads.update(zip(rest.tolist(), got[rest].tolist()))
-    return roots.tolist(), after, reads
+    return roots, after, reads
 
 
 def _same(a: np.ndarray[Any, Any] | None, b: np.ndarray[Any, Any] | None) -> bool:
     if a is None or b is None:
         return a is b
+    if a is b and a.size == 1:  # members reading one root's scale: no numpy call
+        v = a.item()
+        return not (isinstance(v, float) and math.isnan(v))  # array_equal: NaN != NaN
     a32, b32 = np.asarray(a, np.float32).reshape(-1), np.asarray(b, np.float32).reshape(-1)
     return a32.shape == b32.shape and bool(np.array_equal(a32, b32))
+
+
+def _nonzero(offset: np.ndarray[Any, Any] | None) -> bool:
+    """``offset.any()`` (a zero point set) without the Python wrapper of ``ndarray.any``."""
+    return offset is not None and bool(np.count_nonzero(offset))
 
 
 def _decisions_by_slot(res: PipelineResult) -> dict[Slot, Decision]:
@@ -363,7 +393,6 @@ def _audit(
     names = ar.tensor_names
     findings: list[Finding] = []
     symmetric_only = p.ppq_target in _SYMMETRIC_ONLY
-    want_roots = want.roots
 
     def decision_of(slot: Slot) -> Decision | None:
         # the decision log costs more than the audit: build it only when a finding needs it
@@ -477,94 +506,127 @@ def _audit(
             )
         )
 
-    # 2. slot by slot on the ops the platform quantizes (the op value is read only for a
-    #    finding: most quantized ops have none)
+    # 2. slot by slot on the ops the platform quantizes. The candidates of each kind are
+    #    found over arrays (input slots of quantized ops by what each plan reads, aligned
+    #    groups by op and root), the op values read only for a finding; the findings are
+    #    sorted back into the order of a walk over the ops (per op: its float inputs, its
+    #    aligned groups, its weight, its bias).
+    staged: list[tuple[int, int, int, Finding]] = []  # (op position, kind, slot id, finding)
+    pos = ar.pos
     dispatched = want_plan.dispatch.tolist()
-    weight_types = frozenset(p.weights)  # a PMap's ``in`` runs in Python, once per op
-    want_cfgs = want_plan.configs.tolist()
-    for oid in ar.order:
-        if dispatched[oid] is None:
-            continue
-        name = ar.op_names[oid]
+    st_np, is_in, slot_op_np, _ = graph.derived(_slot_arrays)
+    slot_op = ar.slot_op
+    quantized_op = np.asarray([d is not None for d in dispatched], dtype=bool)
+    live_in = quantized_op[slot_op_np] & is_in if len(st_np) else np.zeros(0, dtype=bool)
+    have_reads, want_reads = have.read_mask(), want.read_mask()
+    # computing op inputs the platform quantizes but the model reads float
+    computing, bias_types = p.computing_types, p.bias_types
+    for sid in np.flatnonzero(live_in & want_reads & ~have_reads & (st_np >= 0)).tolist():
+        oid = slot_op[sid]
         t_rule = ar.op_types[oid]  # the rule type
-        base = ar.slot_base[oid]
-        in_sids = list(range(base, base + ar.n_in[oid]))
-        # computing op inputs the platform quantizes but the model reads float
-        if t_rule in p.computing_types:
-            for k, sid in enumerate(in_sids):
-                if st[sid] < 0 or sid not in want.reads or sid in have.reads:
-                    continue
-                if k == 2 and t_rule in p.bias_types:
-                    continue  # the bias rules below
-                what = "weight" if k == 1 else "activation"
-                op = graph.op(name)
-                findings.append(
-                    Finding(
-                        "float_input",
-                        "error",
-                        f"{op.op_type} {name} input {k} ({what} {names[st[sid]]}) has no Q/DQ: "
-                        "the op runs in float",
-                        (name,),
-                        (names[st[sid]],),
-                        (Slot(name, "in", k),),
-                        rule=f"{p.name} quantizes {op.op_type} input {k}",
-                        fix=f"quantize {names[st[sid]]} in front of {name}",
-                    )
-                )
-        # aligned inputs: the platform gives them one scale, the model several
-        groups: dict[int, list[int]] = {}
-        for sid in in_sids:
-            w = want_cfgs[sid]
-            if w is None or w.state == QuantState.OVERLAPPED or sid not in have.reads:
-                continue  # overlapped: fused away, not aligned
-            groups.setdefault(want_roots[sid], []).append(sid)
-        for members in groups.values():
-            if len(members) < 2:
+        k = sid - ar.slot_base[oid]
+        if t_rule not in computing or (k == 2 and t_rule in bias_types):
+            continue  # a bias: the rules below
+        name = ar.op_names[oid]
+        what = "weight" if k == 1 else "activation"
+        op = graph.op(name)
+        finding = Finding(
+            "float_input",
+            "error",
+            f"{op.op_type} {name} input {k} ({what} {names[st[sid]]}) has no Q/DQ: "
+            "the op runs in float",
+            (name,),
+            (names[st[sid]],),
+            (Slot(name, "in", k),),
+            rule=f"{p.name} quantizes {op.op_type} input {k}",
+            fix=f"quantize {names[st[sid]]} in front of {name}",
+        )
+        staged.append((pos[oid], 0, sid, finding))
+    # aligned inputs: the platform gives them one scale (one root), the model several
+    # (overlapped: fused away, not aligned)
+    aligned = live_in & have_reads & ((want.codes & (_CONFIG | _OVERLAPPED)) == _CONFIG)
+    sids = np.flatnonzero(aligned)
+    key = slot_op_np[sids] * max(len(st_np), 1) + want.roots[sids]
+    by_key = np.argsort(key, kind="stable")  # members of a group stay in slot order
+    runs = np.flatnonzero(np.r_[True, key[by_key][1:] != key[by_key][:-1]])
+    ends = np.r_[runs[1:], len(by_key)]
+    for lo, hi in zip(runs[ends - runs > 1].tolist(), ends[ends - runs > 1].tolist()):
+        members = sids[by_key[lo:hi]].tolist()
+        scales = [have.scale(have.reads[s]) for s in members]
+        if all(_same(scales[0], sc) for sc in scales[1:]):
+            continue
+        oid = slot_op[members[0]]
+        name = ar.op_names[oid]
+        slots_ = tuple(idx.slot_key(s) for s in members)
+        op = graph.op(name)
+        d = next((x for x in map(decision_of, slots_) if x is not None), None)
+        finding = Finding(
+            "unaligned_inputs",
+            "warning",
+            f"{op.op_type} {name} inputs {[s.index for s in slots_]} have different "
+            f"scales; {p.name} aligns them to one",
+            (name,),
+            tuple(names[st[s]] for s in members),
+            slots_,
+            rule=d.rule if d is not None else "alignment",
+            decision=str(d) if d is not None else "",
+            fix="quantize these inputs with one scale (the range covering all of them)",
+        )
+        staged.append((pos[oid], 1, members[0], finding))
+    # weights and biases
+    n_in, base = ar.n_in, ar.slot_base
+    FP32 = QuantState.FP32
+    want_cfgs, have_cfgs = want.configs, have.configs
+    for t_rule in p.weights:
+        for oid in ar.by_type.get(t_rule, ()):
+            if dispatched[oid] is None or n_in[oid] < 2:
                 continue
-            scales = [have.scale(have.reads[s]) for s in members]
-            if all(_same(scales[0], s) for s in scales[1:]):
+            sid = base[oid] + 1
+            root = have.reads.get(sid)
+            want_cfg = want_cfgs[sid]
+            if root is None or want_cfg is None or want_cfg.state == FP32:
                 continue
-            slots_ = tuple(idx.slot_key(s) for s in members)
-            op = graph.op(name)
-            d = next((x for x in map(decision_of, slots_) if x is not None), None)
-            findings.append(
-                Finding(
-                    "unaligned_inputs",
-                    "warning",
-                    f"{op.op_type} {name} inputs {[s.index for s in slots_]} have different "
-                    f"scales; {p.name} aligns them to one",
-                    (name,),
-                    tuple(names[st[s]] for s in members),
-                    slots_,
-                    rule=d.rule if d is not None else "alignment",
-                    decision=str(d) if d is not None else "",
-                    fix="quantize these inputs with one scale (the range covering all of them)",
-                )
-            )
-        # weights and biases
-        if t_rule in weight_types and len(in_sids) > 1:
-            _weights(findings, name, in_sids[1], have, want_plan, p)
-        if t_rule in p.bias_types and len(in_sids) > 2 and st[in_sids[2]] >= 0:
-            _bias(findings, name, in_sids, have, want_plan, p)
+            cfg = have_cfgs[root]
+            if want_cfg.policy.per_channel and not (
+                cfg.scale is not None
+                and cfg.scale.size > 1
+                and cfg.channel_axis == want_cfg.channel_axis
+            ):  # else per channel on the platform's axis: _weights finds nothing
+                before = len(findings)
+                _weights(findings, ar.op_names[oid], sid, have, want_plan, p)
+                staged.extend((pos[oid], 2, sid, f) for f in findings[before:])
+                del findings[before:]
+    for t_rule in bias_types:
+        for oid in ar.by_type.get(t_rule, ()):
+            if dispatched[oid] is None or n_in[oid] < 3 or st[base[oid] + 2] < 0:
+                continue
+            before = len(findings)
+            in_sids = range(base[oid], base[oid] + n_in[oid])
+            _bias(findings, ar.op_names[oid], in_sids, have, want_plan, p)
+            staged.extend((pos[oid], 3, base[oid] + 2, f) for f in findings[before:])
+            del findings[before:]
+    staged.sort(key=lambda x: x[:3])
+    findings.extend(f for *_, f in staged)
 
     # 3. schemes the backend cannot run
     want_act = p.activation
+    want_bits, symmetric = want_act.num_bits, want_act.policy.symmetric
     for root in sorted({*have.reads.values(), *have.after.values()}):
-        cfg = plan.configs[root]
+        cfg = have_cfgs[root]
         if cfg is None or cfg.num_bits >= 32:
             continue
-        problems = []
-        if cfg.num_bits != want_act.num_bits:
-            problems.append(f"{cfg.num_bits}-bit (the platform runs {want_act.num_bits}-bit)")
-        if want_act.policy.symmetric and cfg.quant_min >= 0:
-            problems.append("unsigned (uint8)")
-        if want_act.policy.symmetric and cfg.offset is not None and cfg.offset.any():
-            problems.append("non-zero zero point")
-        if not problems:
+        bits_bad = cfg.num_bits != want_bits
+        if not (bits_bad or (symmetric and (cfg.quant_min >= 0 or _nonzero(cfg.offset)))):
             continue
+        problems = []
+        if bits_bad:
+            problems.append(f"{cfg.num_bits}-bit (the platform runs {want_bits}-bit)")
+        if symmetric and cfg.quant_min >= 0:
+            problems.append("unsigned (uint8)")
+        if symmetric and _nonzero(cfg.offset):
+            problems.append("non-zero zero point")
         slot = idx.slot_key(root)
         t = names[st[root]]
-        bits_bad = cfg.num_bits != want_act.num_bits
         sev = "error" if symmetric_only or bits_bad else "info"
         findings.append(
             Finding(
