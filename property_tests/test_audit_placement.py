@@ -66,7 +66,8 @@ def test_audit_placement_is_the_exporters(
                 for s, c in enumerate(configs)
             )
             continue
-        roots, after, reads = fast
+        roots, after, reads, read_roots = fast
+        assert reads == {s: r for s, r in enumerate(read_roots.tolist()) if r >= 0}
         assert after == ref[1]
         assert reads == ref[2]
         assert all(roots[s] == ref[0][s] for s, c in enumerate(configs) if c is not None)

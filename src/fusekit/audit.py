@@ -38,6 +38,7 @@ cost.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -151,16 +152,27 @@ class _Where:
         got = _placement_ids(plan, require_scales, self.codes)
         if got is None:
             got = _exporter_placement(plan, require_scales)
-        roots, self.after, self.reads = got
+        roots, self.after, self.reads, read_roots = got
         self.roots = np.asarray(roots, dtype=np.int64)
-        st = plan.graph.arrays().slot_tensor
-        self.quantized_tensors = set(self.after)
-        self.quantized_tensors.update(map(st.__getitem__, self.reads))
+        if read_roots is None:
+            read_roots = np.full(len(self.configs), -1, dtype=np.int64)
+            n = len(self.reads)
+            keys = np.fromiter(self.reads, np.int64, n)
+            read_roots[keys] = np.fromiter(self.reads.values(), np.int64, n)
+        #: ``reads`` as an array: per slot id the root it reads, -1 where it reads float
+        self.read_roots: np.ndarray[Any, Any] = read_roots
 
-    def read_mask(self) -> np.ndarray[Any, Any]:
-        """Per slot id: True where the slot reads a quantized value (a key of ``reads``)."""
-        out = np.zeros(len(self.configs), dtype=bool)
-        out[np.fromiter(self.reads, dtype=np.int64, count=len(self.reads))] = True
+    @functools.cached_property
+    def quantized_tensors(self) -> set[int]:
+        """The tensor ids quantized after their producer or in front of a reader."""
+        return {int(t) for t in np.flatnonzero(self.quantized_mask()[:-1])}
+
+    def quantized_mask(self) -> np.ndarray[Any, Any]:
+        """Per tensor id (plus one, for -1): whether it is quantized somewhere."""
+        st, _, _, const = self.plan.graph.derived(_slot_arrays)
+        out = np.zeros(len(const), dtype=bool)
+        out[np.fromiter(self.after, np.int64, len(self.after))] = True
+        out[st[self.read_roots >= 0]] = True
         return out
 
     def scale(self, root: int) -> np.ndarray[Any, Any] | None:
@@ -168,12 +180,13 @@ class _Where:
         return None if cfg is None else cfg.scale
 
 
-_Placed = tuple[Any, dict[int, int], dict[int, int]]  # roots (list or array), after, reads
+#: roots (list or array), after, reads, reads as an array (or None: made from the dict)
+_Placed = tuple[Any, dict[int, int], dict[int, int], np.ndarray[Any, Any] | None]
 
 
 def _exporter_placement(plan: QuantPlan, require_scales: bool) -> _Placed:
-    """``(roots, after, reads)`` from the exporter's ``_Placement`` (the reference the fast
-    path below must agree with; tests compare the two)."""
+    """``(roots, after, reads, None)`` from the exporter's ``_Placement`` (the reference the
+    fast path below must agree with; tests compare the two)."""
     from .export import _Placement  # the exporter's own placement decision
 
     pl = _Placement(plan, require_scales=require_scales, constant_params=True)
@@ -185,7 +198,7 @@ def _exporter_placement(plan: QuantPlan, require_scales: bool) -> _Placed:
     for tid, root in after.items():
         for sid in consumers[tid]:
             reads.setdefault(sid, root)
-    return pl.roots, after, reads
+    return pl.roots, after, reads, None
 
 
 def _slot_arrays(graph: Graph) -> tuple[np.ndarray[Any, Any], ...]:
@@ -308,9 +321,8 @@ def _placement_ids(
     after = dict(zip(st[outs].tolist(), roots[outs].tolist()))
     # inputs: their own pair, or a parameter's DQ (the exporter's before and params)
     ins = np.flatnonzero(live & is_in & exports & ~overlapped)
-    reads = dict(zip(ins.tolist(), roots[ins].tolist()))
-    keyed = np.zeros(len(st), dtype=bool)  # the slots in reads so far
-    keyed[ins] = True
+    read_roots = np.full(len(st), -1, dtype=np.int64)  # per slot id, the root it reads
+    read_roots[ins] = roots[ins]
     # overlapped inputs: the value their nearest exporting ancestor on the same tensor gives
     todo = np.flatnonzero(live & is_in & overlapped)
     tid, cur = st[todo], parents[todo]
@@ -319,17 +331,17 @@ def _placement_ids(
         on[on] = st[cur[on]] == tid[on]
         todo, tid, cur = todo[on], tid[on], cur[on]
         hit = exports[cur]
-        reads.update(zip(todo[hit].tolist(), roots[cur[hit]].tolist()))
-        keyed[todo[hit]] = True
+        read_roots[todo[hit]] = roots[cur[hit]]
         todo, tid, cur = todo[~hit], tid[~hit], parents[cur[~hit]]
     # every other reader of a tensor quantized after its producer reads that pair (the
     # exporter's setdefault: a slot with its own key keeps it)
     after_root = np.full(len(const), -1, dtype=np.int64)
     after_root[st[outs]] = roots[outs]
     got = after_root[st]
-    rest = np.flatnonzero(is_in & (got >= 0) & ~keyed)
-    reads.update(zip(rest.tolist(), got[rest].tolist()))
-    return roots, after, reads
+    rest = is_in & (got >= 0) & (read_roots < 0)
+    read_roots[rest] = got[rest]
+    keys = np.flatnonzero(read_roots >= 0)
+    return roots, after, dict(zip(keys.tolist(), read_roots[keys].tolist())), read_roots
 
 
 def _same(a: np.ndarray[Any, Any] | None, b: np.ndarray[Any, Any] | None) -> bool:
@@ -401,7 +413,7 @@ def _audit(
         return made_by.get(slot)
 
     # 1. points the model has where the platform has none: fused, passive, or float ops
-    for tid in sorted(have.quantized_tensors - want.quantized_tensors):
+    for tid in np.flatnonzero(have.quantized_mask() & ~want.quantized_mask()).tolist():
         t = names[tid]
         prod = graph.producer(t)
         readers = graph.consumers(t)
@@ -518,7 +530,8 @@ def _audit(
     slot_op = ar.slot_op
     quantized_op = np.asarray([d is not None for d in dispatched], dtype=bool)
     live_in = quantized_op[slot_op_np] & is_in if len(st_np) else np.zeros(0, dtype=bool)
-    have_reads, want_reads = have.read_mask(), want.read_mask()
+    have_root = have.read_roots
+    have_reads, want_reads = have_root >= 0, want.read_roots >= 0
     # computing op inputs the platform quantizes but the model reads float
     computing, bias_types = p.computing_types, p.bias_types
     for sid in np.flatnonzero(live_in & want_reads & ~have_reads & (st_np >= 0)).tolist():
@@ -550,7 +563,21 @@ def _audit(
     by_key = np.argsort(key, kind="stable")  # members of a group stay in slot order
     runs = np.flatnonzero(np.r_[True, key[by_key][1:] != key[by_key][:-1]])
     ends = np.r_[runs[1:], len(by_key)]
-    for lo, hi in zip(runs[ends - runs > 1].tolist(), ends[ends - runs > 1].tolist()):
+    groups = ends - runs > 1
+    # a group whose members all read one root of the model has one scale (unless it is
+    # NaN, which array_equal does not equal to itself): only the others are compared
+    one_root = np.zeros(len(runs), dtype=bool)
+    if len(by_key):
+        member_roots = have_root[sids[by_key]]
+        first = member_roots[runs]
+        one_root = first == np.maximum.reduceat(member_roots, runs)
+        one_root &= first == np.minimum.reduceat(member_roots, runs)
+        for r in np.unique(first[groups & one_root]).tolist():
+            sc = have.scale(r)
+            if not _same(sc, sc):
+                one_root[first == r] = False
+    check = groups & ~one_root
+    for lo, hi in zip(runs[check].tolist(), ends[check].tolist()):
         members = sids[by_key[lo:hi]].tolist()
         scales = [have.scale(have.reads[s]) for s in members]
         if all(_same(scales[0], sc) for sc in scales[1:]):
@@ -600,6 +627,9 @@ def _audit(
         for oid in ar.by_type.get(t_rule, ()):
             if dispatched[oid] is None or n_in[oid] < 3 or st[base[oid] + 2] < 0:
                 continue
+            want_cfg = want_cfgs[base[oid] + 2]
+            if want_cfg is None or want_cfg.state == FP32:
+                continue  # the platform leaves the bias float: _bias finds nothing
             before = len(findings)
             in_sids = range(base[oid], base[oid] + n_in[oid])
             _bias(findings, ar.op_names[oid], in_sids, have, want_plan, p)
