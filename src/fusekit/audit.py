@@ -572,7 +572,7 @@ def _audit(
         first = member_roots[runs]
         one_root = first == np.maximum.reduceat(member_roots, runs)
         one_root &= first == np.minimum.reduceat(member_roots, runs)
-        for r in np.unique(first[groups & one_root]).tolist():
+        for r in set(first[groups & one_root].tolist()):
             sc = have.scale(r)
             if not _same(sc, sc):
                 one_root[first == r] = False
