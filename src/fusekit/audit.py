@@ -138,10 +138,11 @@ class _Where:
     ``roots``: the root slot id of every slot id that has a config. ``after``: ``{tensor id:
     root}`` for the tensors quantized right after their producer. ``reads``: ``{input slot
     id: root}`` for every slot that reads a quantized value (its own pair, a parameter's DQ, or
-    the pair after the producer). :func:`_placement_ids` computes them over plain int lists
-    (the exporter's placement builds a key object per slot and the audit needs two of them:
-    ~0.7 s at 100k ops); a plan that path does not decide goes to the exporter's own
-    ``_Placement``, which decides (or raises) as export does.
+    the pair after the producer); ``read_roots`` is ``reads`` as an array (-1: reads float).
+    :func:`_placement_ids` computes them over numpy arrays from one decision per config object
+    (the exporter's placement decides per slot and builds a key object for each: ~0.35 s per
+    plan at 100k ops, and the audit places two); a plan that path does not decide goes to the
+    exporter's own ``_Placement``, which decides (or raises) as export does.
     """
 
     def __init__(self, plan: QuantPlan, require_scales: bool):
