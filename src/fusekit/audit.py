@@ -38,6 +38,8 @@ cost.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -50,7 +52,7 @@ from .graph import Graph, Slot, rule_type
 from .passes import default_pipeline
 from .passes._core import Decision, PipelineResult
 from .platforms import Platform, get_platform
-from .quant import QuantPlan, QuantState
+from .quant import QuantPlan, QuantState, Visibility
 
 __all__ = ["SEVERITIES", "AuditResult", "Finding", "audit", "kernel_findings"]
 
@@ -130,36 +132,232 @@ class AuditResult:
 
 
 class _Where:
-    """Where a plan quantizes: per input slot the root it reads, per tensor its after-root."""
+    """Where a plan quantizes, as :func:`fusekit.export_qdq` places its Q/DQ: per input slot
+    the root whose scale it reads, per tensor the root of the pair after its producer.
+
+    ``roots``: the root slot id of every slot id that has a config. ``after``: ``{tensor id:
+    root}`` for the tensors quantized right after their producer. ``reads``: ``{input slot
+    id: root}`` for every slot that reads a quantized value (its own pair, a parameter's DQ, or
+    the pair after the producer); ``read_roots`` is ``reads`` as an array (-1: reads float).
+    :func:`_placement_ids` computes them over numpy arrays from one decision per config object
+    (the exporter's placement decides per slot and builds a key object for each: ~0.35 s per
+    plan at 100k ops, and the audit places two); a plan that path does not decide goes to the
+    exporter's own ``_Placement``, which decides (or raises) as export does.
+    """
 
     def __init__(self, plan: QuantPlan, require_scales: bool):
-        from .export import _Placement  # the exporter's own placement decision
-
-        pl = _Placement(plan, require_scales=require_scales, constant_params=True)
         self.plan = plan
-        self.roots = pl.roots  # root slot id of every slot id (the placement computed them)
-        self.after = {tid: k.root for tid, k in pl.after.items()}
-        self.reads: dict[int, int] = {}
-        ar = plan.graph.arrays()  # plain lists: a PVector element costs twice a list's
-        st = ar.slot_tensor
-        for sid, k in (*pl.before.items(), *pl.params.items()):
-            self.reads[sid] = k.root
-        consumers = ar.consumers
-        for tid, root in self.after.items():
-            for sid in consumers[tid]:
-                self.reads.setdefault(sid, root)
-        self.quantized_tensors = set(self.after) | {st[s] for s in self.reads}
+        self.configs = plan.configs.tolist()
+        #: per slot id, the bits of its config (:func:`_config_codes`)
+        self.codes = _config_codes(self.configs)
+        got = _placement_ids(plan, require_scales, self.codes)
+        if got is None:
+            got = _exporter_placement(plan, require_scales)
+        roots, self.after, self.reads, read_roots = got
+        self.roots = np.asarray(roots, dtype=np.int64)
+        if read_roots is None:
+            read_roots = np.full(len(self.configs), -1, dtype=np.int64)
+            n = len(self.reads)
+            keys = np.fromiter(self.reads, np.int64, n)
+            read_roots[keys] = np.fromiter(self.reads.values(), np.int64, n)
+        #: ``reads`` as an array: per slot id the root it reads, -1 where it reads float
+        self.read_roots: np.ndarray[Any, Any] = read_roots
+
+    @functools.cached_property
+    def quantized_tensors(self) -> set[int]:
+        """The tensor ids quantized after their producer or in front of a reader."""
+        return {int(t) for t in np.flatnonzero(self.quantized_mask()[:-1])}
+
+    def quantized_mask(self) -> np.ndarray[Any, Any]:
+        """Per tensor id (plus one, for -1): whether it is quantized somewhere."""
+        st, _, _, const = self.plan.graph.derived(_slot_arrays)
+        out = np.zeros(len(const), dtype=bool)
+        out[np.fromiter(self.after, np.int64, len(self.after))] = True
+        out[st[self.read_roots >= 0]] = True
+        return out
 
     def scale(self, root: int) -> np.ndarray[Any, Any] | None:
         cfg = self.plan.configs[root]
         return None if cfg is None else cfg.scale
 
 
+#: roots (list or array), after, reads, reads as an array (or None: made from the dict)
+_Placed = tuple[Any, dict[int, int], dict[int, int], np.ndarray[Any, Any] | None]
+
+
+def _exporter_placement(plan: QuantPlan, require_scales: bool) -> _Placed:
+    """``(roots, after, reads, None)`` from the exporter's ``_Placement`` (the reference the
+    fast path below must agree with; tests compare the two)."""
+    from .export import _Placement  # the exporter's own placement decision
+
+    pl = _Placement(plan, require_scales=require_scales, constant_params=True)
+    after = {tid: k.root for tid, k in pl.after.items()}
+    reads: dict[int, int] = {}
+    for sid, k in (*pl.before.items(), *pl.params.items()):
+        reads[sid] = k.root
+    consumers = plan.graph.arrays().consumers
+    for tid, root in after.items():
+        for sid in consumers[tid]:
+            reads.setdefault(sid, root)
+    return pl.roots, after, reads, None
+
+
+def _slot_arrays(graph: Graph) -> tuple[np.ndarray[Any, Any], ...]:
+    """Per slot id: its tensor id (-1 for none), whether it is an input, its op id; per tensor
+    id plus one (for -1): whether it is a constant (``export._constant_tensors``). Read-only
+    numpy arrays, made once per graph (``Graph.derived``) for :func:`_placement_ids`."""
+    from .export import _constant_tensors
+
+    ar = graph.arrays()
+    n = len(ar.slot_tensor)
+    st = np.asarray(ar.slot_tensor, dtype=np.int64)
+    op = np.asarray(ar.slot_op, dtype=np.int64)
+    base, n_in = np.asarray(ar.slot_base, dtype=np.int64), np.asarray(ar.n_in, dtype=np.int64)
+    is_in = (np.arange(n, dtype=np.int64) - base[op]) < n_in[op] if n else np.zeros(0, bool)
+    const = np.zeros(len(ar.tensor_names) + 1, dtype=bool)  # [-1]: no tensor, not constant
+    const[sorted(_constant_tensors(graph))] = True
+    out = (st, is_in, op, const)
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
+def _root_array(parents: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
+    """The root of every slot id by pointer jumping (each round doubles the length of chain
+    resolved: a few rounds whatever the depth); None if the links loop."""
+    r = np.where(parents < 0, np.arange(len(parents), dtype=np.int64), parents)
+    for _ in range(64):  # 2**64 exceeds any chain: more rounds means a loop
+        nxt = r[r]
+        if np.array_equal(nxt, r):
+            return r
+        r = nxt
+    return None
+
+
+#: bits of a config's code (:func:`_config_codes`)
+_EXPORTS = 1  # export's _status gives it a key (when its tensor is a constant: _CONST_ONLY)
+_OVERLAPPED = 2  # state OVERLAPPED
+_READS_ROOT = 4  # _status reads its root's config (not FP32, not INTERNAL)
+_CONST_ONLY = 8  # a 32-bit bias: an int32 DQ when its tensor is a constant, else float
+_HAS_SCALE = 16  # scale and offset set
+_CONFIG = 32  # a config (the slot's op is quantized)
+_NEEDS_SCALE = 64  # an exported state: with require_scales, its root must have a scale
+_PENDING_SCALE = 128  # INITIAL or PASSIVE_INIT (not FP32, not INTERNAL): waits for a scale
+
+
+def _config_codes(configs: list[Any]) -> np.ndarray[Any, Any]:
+    """Per slot id, the bits above of its config: what export's ``_status`` decides from
+    the config alone. Plans share config objects (a pipeline's plan has ~10, an imported one
+    one per point), so each is decided once and spread over the slots by ``id``."""
+    from .export import _qtype
+
+    FP32, OVERLAPPED = QuantState.FP32, QuantState.OVERLAPPED
+    INTERNAL, FORCE_EXPORT = Visibility.INTERNAL, Visibility.FORCE_EXPORT
+    PENDING, EXPORTED = QuantState.PENDING, QuantState.EXPORTED
+    ids = list(map(id, configs))
+    code_of: dict[int, int] = {id(None): 0}
+    for i, cfg in dict(zip(ids, configs)).items():
+        if cfg is None:
+            continue
+        state = cfg.state
+        code = _CONFIG | (_OVERLAPPED if state == OVERLAPPED else 0)
+        if cfg.scale is not None and cfg.offset is not None:
+            code |= _HAS_SCALE
+        if state == FP32 or cfg.visibility == INTERNAL:
+            code_of[i] = code  # _status: None before it reads the root
+            continue
+        code |= _READS_ROOT
+        if state in PENDING:
+            code |= _PENDING_SCALE
+            ok = True  # _status: a key, or NotCalibrated with require_scales
+        else:
+            ok = state in EXPORTED or cfg.visibility == FORCE_EXPORT
+            if state in EXPORTED:
+                code |= _NEEDS_SCALE
+        if ok and _qtype(cfg, False) is not None:
+            code |= _EXPORTS
+        elif ok and _qtype(cfg, True) is not None:
+            code |= _CONST_ONLY
+        code_of[i] = code
+    return np.fromiter(map(code_of.__getitem__, ids), dtype=np.int64, count=len(ids))
+
+
+def _placement_ids(
+    plan: QuantPlan, require_scales: bool, codes: np.ndarray[Any, Any] | None = None
+) -> _Placed | None:
+    """The exporter's placement decision (``export._Placement``: ``_status`` per slot,
+    ``_same_tensor_exporter`` for an overlapped input, a constant input as a parameter, a
+    consumer reading the pair after its producer) for the root ids only, over numpy arrays
+    (``codes``: the :func:`_config_codes` of the plan's configs, computed when not given).
+
+    Returns None when the exporter would raise or when a plan is unusual (a slot still waiting
+    for a scale while scales are required, a root without a config or scale, a sharing loop):
+    the caller then runs the exporter's placement itself, which raises or decides as export
+    does.
+    """
+    graph = plan.graph
+    st, is_in, slot_op, const = graph.derived(_slot_arrays)
+    if codes is None:
+        codes = _config_codes(plan.configs.tolist())
+    if require_scales and np.any(codes & _PENDING_SCALE):
+        return None  # the exporter names the first such slot (NotCalibrated)
+    parents = np.asarray(plan.parent_ids(), dtype=np.int64)
+    roots = _root_array(parents)
+    if roots is None:
+        return None  # a sharing loop: root_ids raises InvalidPlan naming it
+    codes = codes.copy()
+    # _status reads the root's config of these slots (and, with require_scales, the scale
+    # of an exported state's root): without them the exporter raises
+    if not np.all(codes[roots[(codes & _READS_ROOT) != 0]] & _CONFIG):
+        return None
+    if require_scales and not np.all(codes[roots[(codes & _NEEDS_SCALE) != 0]] & _HAS_SCALE):
+        return None  # NotCalibrated, naming the first such slot
+    codes[((codes & _CONST_ONLY) != 0) & const[st]] |= _EXPORTS
+    quantized = np.asarray([d is not None for d in plan.dispatch.tolist()], dtype=bool)
+    live = quantized[slot_op] & (st >= 0) if len(st) else np.zeros(0, bool)
+    exports = (codes & _EXPORTS) != 0
+    overlapped = (codes & _OVERLAPPED) != 0
+    # producers first: the tensors quantized right after their producer
+    outs = np.flatnonzero(live & ~is_in & exports)
+    after = dict(zip(st[outs].tolist(), roots[outs].tolist()))
+    # inputs: their own pair, or a parameter's DQ (the exporter's before and params)
+    ins = np.flatnonzero(live & is_in & exports & ~overlapped)
+    read_roots = np.full(len(st), -1, dtype=np.int64)  # per slot id, the root it reads
+    read_roots[ins] = roots[ins]
+    # overlapped inputs: the value their nearest exporting ancestor on the same tensor gives
+    todo = np.flatnonzero(live & is_in & overlapped)
+    tid, cur = st[todo], parents[todo]
+    while len(todo):
+        on = cur >= 0
+        on[on] = st[cur[on]] == tid[on]
+        todo, tid, cur = todo[on], tid[on], cur[on]
+        hit = exports[cur]
+        read_roots[todo[hit]] = roots[cur[hit]]
+        todo, tid, cur = todo[~hit], tid[~hit], parents[cur[~hit]]
+    # every other reader of a tensor quantized after its producer reads that pair (the
+    # exporter's setdefault: a slot with its own key keeps it)
+    after_root = np.full(len(const), -1, dtype=np.int64)
+    after_root[st[outs]] = roots[outs]
+    got = after_root[st]
+    rest = is_in & (got >= 0) & (read_roots < 0)
+    read_roots[rest] = got[rest]
+    keys = np.flatnonzero(read_roots >= 0)
+    return roots, after, dict(zip(keys.tolist(), read_roots[keys].tolist())), read_roots
+
+
 def _same(a: np.ndarray[Any, Any] | None, b: np.ndarray[Any, Any] | None) -> bool:
     if a is None or b is None:
         return a is b
+    if a is b and a.size == 1:  # members reading one root's scale: no numpy call
+        v = a.item()
+        return not (isinstance(v, float) and math.isnan(v))  # array_equal: NaN != NaN
     a32, b32 = np.asarray(a, np.float32).reshape(-1), np.asarray(b, np.float32).reshape(-1)
     return a32.shape == b32.shape and bool(np.array_equal(a32, b32))
+
+
+def _nonzero(offset: np.ndarray[Any, Any] | None) -> bool:
+    """``offset.any()`` (a zero point set) without the Python wrapper of ``ndarray.any``."""
+    return offset is not None and bool(np.count_nonzero(offset))
 
 
 def _decisions_by_slot(res: PipelineResult) -> dict[Slot, Decision]:
@@ -208,7 +406,6 @@ def _audit(
     names = ar.tensor_names
     findings: list[Finding] = []
     symmetric_only = p.ppq_target in _SYMMETRIC_ONLY
-    want_roots = want.roots
 
     def decision_of(slot: Slot) -> Decision | None:
         # the decision log costs more than the audit: build it only when a finding needs it
@@ -217,7 +414,7 @@ def _audit(
         return made_by.get(slot)
 
     # 1. points the model has where the platform has none: fused, passive, or float ops
-    for tid in sorted(have.quantized_tensors - want.quantized_tensors):
+    for tid in np.flatnonzero(have.quantized_mask() & ~want.quantized_mask()).tolist():
         t = names[tid]
         prod = graph.producer(t)
         readers = graph.consumers(t)
@@ -322,94 +519,145 @@ def _audit(
             )
         )
 
-    # 2. slot by slot on the ops the platform quantizes (the op value is read only for a
-    #    finding: most quantized ops have none)
+    # 2. slot by slot on the ops the platform quantizes. The candidates of each kind are
+    #    found over arrays (input slots of quantized ops by what each plan reads, aligned
+    #    groups by op and root), the op values read only for a finding; the findings are
+    #    sorted back into the order of a walk over the ops (per op: its float inputs, its
+    #    aligned groups, its weight, its bias).
+    staged: list[tuple[int, int, int, Finding]] = []  # (op position, kind, slot id, finding)
+    pos = ar.pos
     dispatched = want_plan.dispatch.tolist()
-    weight_types = frozenset(p.weights)  # a PMap's ``in`` runs in Python, once per op
-    want_cfgs = want_plan.configs.tolist()
-    for oid in ar.order:
-        if dispatched[oid] is None:
-            continue
-        name = ar.op_names[oid]
+    st_np, is_in, slot_op_np, _ = graph.derived(_slot_arrays)
+    slot_op = ar.slot_op
+    quantized_op = np.asarray([d is not None for d in dispatched], dtype=bool)
+    live_in = quantized_op[slot_op_np] & is_in if len(st_np) else np.zeros(0, dtype=bool)
+    have_root = have.read_roots
+    have_reads, want_reads = have_root >= 0, want.read_roots >= 0
+    # computing op inputs the platform quantizes but the model reads float
+    computing, bias_types = p.computing_types, p.bias_types
+    for sid in np.flatnonzero(live_in & want_reads & ~have_reads & (st_np >= 0)).tolist():
+        oid = slot_op[sid]
         t_rule = ar.op_types[oid]  # the rule type
-        base = ar.slot_base[oid]
-        in_sids = list(range(base, base + ar.n_in[oid]))
-        # computing op inputs the platform quantizes but the model reads float
-        if t_rule in p.computing_types:
-            for k, sid in enumerate(in_sids):
-                if st[sid] < 0 or sid not in want.reads or sid in have.reads:
-                    continue
-                if k == 2 and t_rule in p.bias_types:
-                    continue  # the bias rules below
-                what = "weight" if k == 1 else "activation"
-                op = graph.op(name)
-                findings.append(
-                    Finding(
-                        "float_input",
-                        "error",
-                        f"{op.op_type} {name} input {k} ({what} {names[st[sid]]}) has no Q/DQ: "
-                        "the op runs in float",
-                        (name,),
-                        (names[st[sid]],),
-                        (Slot(name, "in", k),),
-                        rule=f"{p.name} quantizes {op.op_type} input {k}",
-                        fix=f"quantize {names[st[sid]]} in front of {name}",
-                    )
-                )
-        # aligned inputs: the platform gives them one scale, the model several
-        groups: dict[int, list[int]] = {}
-        for sid in in_sids:
-            w = want_cfgs[sid]
-            if w is None or w.state == QuantState.OVERLAPPED or sid not in have.reads:
-                continue  # overlapped: fused away, not aligned
-            groups.setdefault(want_roots[sid], []).append(sid)
-        for members in groups.values():
-            if len(members) < 2:
+        k = sid - ar.slot_base[oid]
+        if t_rule not in computing or (k == 2 and t_rule in bias_types):
+            continue  # a bias: the rules below
+        name = ar.op_names[oid]
+        what = "weight" if k == 1 else "activation"
+        op = graph.op(name)
+        finding = Finding(
+            "float_input",
+            "error",
+            f"{op.op_type} {name} input {k} ({what} {names[st[sid]]}) has no Q/DQ: "
+            "the op runs in float",
+            (name,),
+            (names[st[sid]],),
+            (Slot(name, "in", k),),
+            rule=f"{p.name} quantizes {op.op_type} input {k}",
+            fix=f"quantize {names[st[sid]]} in front of {name}",
+        )
+        staged.append((pos[oid], 0, sid, finding))
+    # aligned inputs: the platform gives them one scale (one root), the model several
+    # (overlapped: fused away, not aligned)
+    aligned = live_in & have_reads & ((want.codes & (_CONFIG | _OVERLAPPED)) == _CONFIG)
+    sids = np.flatnonzero(aligned)
+    key = slot_op_np[sids] * max(len(st_np), 1) + want.roots[sids]
+    by_key = np.argsort(key, kind="stable")  # members of a group stay in slot order
+    runs = np.flatnonzero(np.r_[True, key[by_key][1:] != key[by_key][:-1]])
+    ends = np.r_[runs[1:], len(by_key)]
+    groups = ends - runs > 1
+    # a group whose members all read one root of the model has one scale (unless it is
+    # NaN, which array_equal does not equal to itself): only the others are compared
+    one_root = np.zeros(len(runs), dtype=bool)
+    if len(by_key):
+        member_roots = have_root[sids[by_key]]
+        first = member_roots[runs]
+        one_root = first == np.maximum.reduceat(member_roots, runs)
+        one_root &= first == np.minimum.reduceat(member_roots, runs)
+        for r in set(first[groups & one_root].tolist()):
+            sc = have.scale(r)
+            if not _same(sc, sc):
+                one_root[first == r] = False
+    check = groups & ~one_root
+    for lo, hi in zip(runs[check].tolist(), ends[check].tolist()):
+        members = sids[by_key[lo:hi]].tolist()
+        scales = [have.scale(have.reads[s]) for s in members]
+        if all(_same(scales[0], sc) for sc in scales[1:]):
+            continue
+        oid = slot_op[members[0]]
+        name = ar.op_names[oid]
+        slots_ = tuple(idx.slot_key(s) for s in members)
+        op = graph.op(name)
+        d = next((x for x in map(decision_of, slots_) if x is not None), None)
+        finding = Finding(
+            "unaligned_inputs",
+            "warning",
+            f"{op.op_type} {name} inputs {[s.index for s in slots_]} have different "
+            f"scales; {p.name} aligns them to one",
+            (name,),
+            tuple(names[st[s]] for s in members),
+            slots_,
+            rule=d.rule if d is not None else "alignment",
+            decision=str(d) if d is not None else "",
+            fix="quantize these inputs with one scale (the range covering all of them)",
+        )
+        staged.append((pos[oid], 1, members[0], finding))
+    # weights and biases
+    n_in, base = ar.n_in, ar.slot_base
+    FP32 = QuantState.FP32
+    want_cfgs, have_cfgs = want.configs, have.configs
+    for t_rule in p.weights:
+        for oid in ar.by_type.get(t_rule, ()):
+            if dispatched[oid] is None or n_in[oid] < 2:
                 continue
-            scales = [have.scale(have.reads[s]) for s in members]
-            if all(_same(scales[0], s) for s in scales[1:]):
+            sid = base[oid] + 1
+            root = have.reads.get(sid)
+            want_cfg = want_cfgs[sid]
+            if root is None or want_cfg is None or want_cfg.state == FP32:
                 continue
-            slots_ = tuple(idx.slot_key(s) for s in members)
-            op = graph.op(name)
-            d = next((x for x in map(decision_of, slots_) if x is not None), None)
-            findings.append(
-                Finding(
-                    "unaligned_inputs",
-                    "warning",
-                    f"{op.op_type} {name} inputs {[s.index for s in slots_]} have different "
-                    f"scales; {p.name} aligns them to one",
-                    (name,),
-                    tuple(names[st[s]] for s in members),
-                    slots_,
-                    rule=d.rule if d is not None else "alignment",
-                    decision=str(d) if d is not None else "",
-                    fix="quantize these inputs with one scale (the range covering all of them)",
-                )
-            )
-        # weights and biases
-        if t_rule in weight_types and len(in_sids) > 1:
-            _weights(findings, name, in_sids[1], have, want_plan, p)
-        if t_rule in p.bias_types and len(in_sids) > 2 and st[in_sids[2]] >= 0:
-            _bias(findings, name, in_sids, have, want_plan, p)
+            cfg = have_cfgs[root]
+            if want_cfg.policy.per_channel and not (
+                cfg.scale is not None
+                and cfg.scale.size > 1
+                and cfg.channel_axis == want_cfg.channel_axis
+            ):  # else per channel on the platform's axis: _weights finds nothing
+                before = len(findings)
+                _weights(findings, ar.op_names[oid], sid, have, want_plan, p)
+                staged.extend((pos[oid], 2, sid, f) for f in findings[before:])
+                del findings[before:]
+    for t_rule in bias_types:
+        for oid in ar.by_type.get(t_rule, ()):
+            if dispatched[oid] is None or n_in[oid] < 3 or st[base[oid] + 2] < 0:
+                continue
+            want_cfg = want_cfgs[base[oid] + 2]
+            if want_cfg is None or want_cfg.state == FP32:
+                continue  # the platform leaves the bias float: _bias finds nothing
+            before = len(findings)
+            in_sids = range(base[oid], base[oid] + n_in[oid])
+            _bias(findings, ar.op_names[oid], in_sids, have, want_plan, p)
+            staged.extend((pos[oid], 3, base[oid] + 2, f) for f in findings[before:])
+            del findings[before:]
+    staged.sort(key=lambda x: x[:3])
+    findings.extend(f for *_, f in staged)
 
     # 3. schemes the backend cannot run
     want_act = p.activation
+    want_bits, symmetric = want_act.num_bits, want_act.policy.symmetric
     for root in sorted({*have.reads.values(), *have.after.values()}):
-        cfg = plan.configs[root]
+        cfg = have_cfgs[root]
         if cfg is None or cfg.num_bits >= 32:
             continue
-        problems = []
-        if cfg.num_bits != want_act.num_bits:
-            problems.append(f"{cfg.num_bits}-bit (the platform runs {want_act.num_bits}-bit)")
-        if want_act.policy.symmetric and cfg.quant_min >= 0:
-            problems.append("unsigned (uint8)")
-        if want_act.policy.symmetric and cfg.offset is not None and cfg.offset.any():
-            problems.append("non-zero zero point")
-        if not problems:
+        bits_bad = cfg.num_bits != want_bits
+        if not (bits_bad or (symmetric and (cfg.quant_min >= 0 or _nonzero(cfg.offset)))):
             continue
+        problems = []
+        if bits_bad:
+            problems.append(f"{cfg.num_bits}-bit (the platform runs {want_bits}-bit)")
+        if symmetric and cfg.quant_min >= 0:
+            problems.append("unsigned (uint8)")
+        if symmetric and _nonzero(cfg.offset):
+            problems.append("non-zero zero point")
         slot = idx.slot_key(root)
         t = names[st[root]]
-        bits_bad = cfg.num_bits != want_act.num_bits
         sev = "error" if symmetric_only or bits_bad else "info"
         findings.append(
             Finding(
