@@ -62,6 +62,7 @@ from .quant import (
     QuantProperty,
     QuantState,
     TensorQuantConfig,
+    _scaled_copy,
 )
 
 __all__ = [
@@ -151,9 +152,11 @@ class _Reader:
         self.inits = {t.name: t for t in g.initializer}
         # the Constant nodes from the fields already read (``nd``: no protobuf access per node)
         self.constants: dict[str, onnx.NodeProto] = {
-            outs[0]: n
-            for n, t, outs in zip(nd.protos, nd.types, nd.outs, strict=True)
-            if t == "Constant" and len(outs) == 1 and n.domain in ("", "ai.onnx")
+            nd.outs[i][0]: nd.protos[i]
+            for i in nd.constants
+            if nd.types[i] == "Constant"
+            and len(nd.outs[i]) == 1
+            and nd.protos[i].domain in ("", "ai.onnx")
         }
         self.opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 21)
         self._values: dict[str, np.ndarray[Any, Any]] = {}
@@ -371,13 +374,14 @@ _INT32_DATA = frozenset(
 
 def _refuse_qoperator(types: list[str], label: str) -> None:
     """Refuse QOperator nodes (``types``: op types, "" outside the ONNX/com.microsoft domains)."""
-    found = Counter(
+    bad = {
         t
-        for t in types
+        for t in set(types)  # the distinct types (a set in C), then the test per type
         if (t in QUANTIZATION_OP_TYPES or t.startswith("QLinear"))
         and t not in ("QuantizeLinear", "DequantizeLinear")
-    )
-    if found:
+    }
+    if bad:
+        found = Counter(t for t in types if t in bad)
         kinds = ", ".join(f"{t} x{c}" for t, c in sorted(found.items()))
         raise UnsupportedQuantization(
             f"QOperator-format model: fusekit cannot read these op types: {kinds}; "
@@ -417,6 +421,8 @@ _TEMPLATES: dict[tuple[int, int | None, bool, QuantState], TensorQuantConfig] = 
 
 
 def _config(p: _Params, rank: int | None, state: QuantState) -> TensorQuantConfig:
+    """The config of a point with parameters ``p`` (``rank``: its tensor's, read only for a
+    negative axis): a copy of one template per kind with the point's own read-only arrays."""
     _name, bits, lo, hi = _INT_TYPES[p.dtype]
     sym = lo < 0 and not p.zero.any()
     axis = p.axis
@@ -436,8 +442,18 @@ def _config(p: _Params, rank: int | None, state: QuantState) -> TensorQuantConfi
         )
     # per axis: one value per channel; per tensor: a scalar
     shape: Any = -1 if axis is not None else ()
-    scale = np.asarray(p.scale, np.float32).reshape(shape)
-    return template.with_scale(scale, p.zero.astype(np.float32).reshape(shape))
+    scale = np.array(p.scale, _F32).reshape(shape)
+    scale.setflags(write=False)
+    if sym and axis is None:
+        offset = _ZERO_OFFSET  # a symmetric point's zero point: one shared read-only 0.0
+    else:
+        offset = p.zero.astype(_F32).reshape(shape)
+        offset.setflags(write=False)
+    return _scaled_copy(template, scale, offset, state)
+
+
+_ZERO_OFFSET = np.zeros((), np.float32)
+_ZERO_OFFSET.setflags(write=False)
 
 
 @attrs.define
@@ -447,8 +463,11 @@ class _Point:
     params: _Params
     kind: str  # "after" | "before" | "param"
     tensor: str  # the float tensor's name in the imported graph
-    readers: list[tuple[str, int]] = attrs.field(factory=list)  # (first output, input index)
-    producer: tuple[str, int] | None = None  # (first output of producer, output index)
+    #: (model node, input index) of the reading slots
+    readers: list[tuple[int, int]] = attrs.field(factory=list)
+    #: (model node, output index) of the producer's slot; node -1: the Clip restored in front of
+    #: a clamping Q (the op writing ``tensor``)
+    producer: tuple[int, int] | None = None
 
 
 def import_quantized(
@@ -507,25 +526,8 @@ def _import(
     nodes, node_ins, node_outs = nd.protos, nd.ins, nd.outs
     kinds = {"QuantizeLinear": 1, "DequantizeLinear": 2}
     qdq = [kinds.get(t, 0) for t in nd.types]  # 1 QuantizeLinear, 2 DequantizeLinear, else 0
-    # one pass: tensor -> its (reader, input index) (a defaultdict while it is built, the
-    # append runs in C; a plain mapping after, a missing key raises again), tensor -> its
-    # producer, and whether the file order is topological (no name read before it is written)
-    readers: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
-    producer: dict[str, int] = {}
-    unwritten: set[str] = set()  # names read before any node wrote them
-    writes = 0  # more than len(producer): a name written twice (load refuses it, unsorted)
-    for i, ins in enumerate(node_ins):
-        for k, t in enumerate(ins):
-            if t:
-                readers[t].append((i, k))
-                if t not in producer:
-                    unwritten.add(t)
-        for t in node_outs[i]:
-            if t:
-                producer[t] = i
-                writes += 1
-    readers.default_factory = None
-    sorted_file = writes == len(producer) and unwritten.isdisjoint(producer)
+    # tensor -> its (reader, input index), tensor -> its producer (read with the fields)
+    readers, producer, sorted_file = nd.readers, nd.producer, nd.sorted_file
     outputs = [o.name for o in g.output]
     out_set = set(outputs)
 
@@ -720,7 +722,7 @@ def _import(
         if after:
             assert prod is not None
             p0 = _Point(q_params[level1[0]], "after", canonical)
-            p0.producer = (first_out[prod], node_outs[prod].index(src))
+            p0.producer = (prod, node_outs[prod].index(src))
             if (
                 restore_clamps
                 and _clamps(p0.params)
@@ -728,19 +730,19 @@ def _import(
                 and not _all_clamp(rd, nd, [r for q in level1 for r in readers_of(q)])
             ):
                 relus.append((canonical, _top(p0.params)))
-                p0.producer = (_RELU + canonical, 0)
+                p0.producer = (-1, 0)
             for q in level1:
-                p0.readers.extend((first_out[j], k) for j, k in readers_of(q))
+                p0.readers.extend(readers_of(q))
             points.append(p0)
             kept_float.add(src)
             for q in level2:
                 pt = _Point(q_params[q], "before", canonical)
-                pt.readers.extend((first_out[j], k) for j, k in readers_of(q))
+                pt.readers.extend(readers_of(q))
                 points.append(pt)
         else:
             for q in level1:
                 pt = _Point(q_params[q], "before", canonical)
-                pt.readers.extend((first_out[j], k) for j, k in readers_of(q))
+                pt.readers.extend(readers_of(q))
                 points.append(pt)
 
     # a pair after its producer that only float readers bypass is a point, not unread
@@ -774,13 +776,18 @@ def _import(
         if dq_out != fname:
             rename[dq_out] = fname
         pt = _Point(p, "param", fname)
-        pt.readers.extend((first_out[j], k) for j, k in direct_readers(dq_out))
+        pt.readers.extend(direct_readers(dq_out))
         points.append(pt)
 
     # 5. the float graph, straight from the node fields (no float model written and read back)
     pre: dict[str, str] = {}
-    graph = _float_graph(m, nd, removed, rename, new_inits, used_names, label, base_dir, relus, pre)
-    plan, scale_names = _plan(graph, points, rd, rename, pre, dispatch, entry_ops)
+    rows: tuple[list[int], list[str]] = ([], [])  # the graph's ops: model node, name
+    graph = _float_graph(
+        m, nd, removed, rename, new_inits, used_names, label, base_dir, relus, pre, rows
+    )
+    plan, scale_names = _plan(
+        graph, points, rd, rename, pre, dispatch, entry_ops, first_out, rows[0], rows[1]
+    )
     return QuantizedImport(graph, plan, tuple(dangling), scale_names, label)
 
 
@@ -858,9 +865,6 @@ def _all_clamp(rd: _Reader, nd: _Nodes, readers: list[tuple[int, int]]) -> bool:
         k == 0 and (nd.types[j] == "Relu" or _clips_at_zero(rd, nd.protos[j], nd.types[j]))
         for j, k in readers
     )
-
-
-_RELU = "\x00relu:"
 
 
 def _clamps(p: _Params) -> bool:
@@ -944,21 +948,62 @@ class _Nodes:
     names: list[str]
     op_types: list[str]  # as in the node
     domains: list[str]
+    #: tensor -> its (reader, input index), in node order
+    readers: dict[str, list[tuple[int, int]]]
+    producer: dict[str, int]  # tensor -> the node writing it
+    #: whether the file order is topological (no name read before it is written, none twice)
+    sorted_file: bool
+    constants: list[int]  # the nodes whose op_type is "Constant" (any domain)
 
     @classmethod
     def read(cls, g: onnx.GraphProto) -> _Nodes:
+        """The fields, and in the same pass the readers and producers of every tensor and
+        whether the file is sorted (one loop over the nodes, not one per table)."""
         protos = list(g.node)
         ins, outs, types, names, op_types, domains = [], [], [], [], [], []
+        constants: list[int] = []
         qdq_domains = _QDQ_DOMAINS
-        for n in protos:  # slicing first: a third faster than iterating the container
-            ins.append(tuple(n.input[:]))
-            outs.append(tuple(n.output[:]))
+        # a defaultdict while it is built (the append runs in C); a plain mapping after, where
+        # a missing key raises again
+        readers: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+        producer: dict[str, int] = {}
+        unwritten: set[str] = set()  # names read before any node wrote them
+        writes = 0  # more than len(producer): a name written twice (load refuses it, unsorted)
+        for i, n in enumerate(protos):  # slicing first: a third faster than iterating
+            n_ins, n_outs = tuple(n.input[:]), tuple(n.output[:])
+            ins.append(n_ins)
+            outs.append(n_outs)
             op_type, domain = n.op_type, n.domain
             op_types.append(op_type)
             domains.append(domain)
             types.append(op_type if domain in qdq_domains else "")
             names.append(n.name)
-        return cls(protos, ins, outs, types, names, op_types, domains)
+            if op_type == "Constant":
+                constants.append(i)
+            for k, t in enumerate(n_ins):
+                if t:
+                    readers[t].append((i, k))
+                    if t not in producer:
+                        unwritten.add(t)
+            for t in n_outs:
+                if t:
+                    producer[t] = i
+                    writes += 1
+        readers.default_factory = None
+        sorted_file = writes == len(producer) and unwritten.isdisjoint(producer)
+        return cls(
+            protos,
+            ins,
+            outs,
+            types,
+            names,
+            op_types,
+            domains,
+            readers,
+            producer,
+            sorted_file,
+            constants,
+        )
 
 
 def _float_graph(
@@ -972,6 +1017,7 @@ def _float_graph(
     base_dir: str | None,
     relus: Iterable[tuple[str, float]] = (),
     pre_names: dict[str, str] | None = None,
+    rows_out: tuple[list[int], list[str]] | None = None,
 ) -> Graph:
     """The float graph: the model without the removed Q/DQ, tensors renamed, dequantized
     weights added (numpy arrays, never written as tensors).
@@ -980,7 +1026,8 @@ def _float_graph(
     :func:`fusekit.load`'s checks, no float model written and read back). The kept nodes are
     the ops' sources (their attributes decode lazily); their renamed inputs and outputs are
     the ops' own, which :func:`fusekit.to_model` writes. ``taken`` holds every name in use
-    (fresh names for restored clamps avoid it).
+    (fresh names for restored clamps avoid it). ``rows_out`` receives, per op given to the
+    builder in order, the model node it is (-1 for a restored Clip) and its name.
     """
     out = ModelProto()
     relu_at = dict(relus)
@@ -995,6 +1042,7 @@ def _float_graph(
     g = out.graph
     copy_fields(m.graph, g, skip=("node", "initializer", "value_info"))
     kept: list[NodeFields] = []
+    kept_nodes: list[int] = []  # the model node of each entry of ``kept`` (-1: a Clip)
     constants: list[tuple[int, str]] = []  # (position in kept, output) of Constant nodes
     read: set[str] = {o.name for o in g.output}
     produced: set[str] = set()
@@ -1044,11 +1092,19 @@ def _float_graph(
                 clips.append((clip.name, "Clip", "", tuple(clip.input), tuple(clip.output), clip))
             kept.append((names[i], op_types[i], domains[i], ins, tuple(new_outs), c))
             kept.extend(clips)
+            kept_nodes.append(i)
+            kept_nodes.extend([-1] * len(clips))
             continue
         kept.append((names[i], op_types[i], domains[i], ins, outs, c))
+        kept_nodes.append(i)
     # Constant nodes that only fed Q/DQ parameters go with them
     unread = {k for k, t in constants if t not in read}
     rows = [n for k, n in enumerate(kept) if k not in unread] if unread else kept
+    if rows_out is not None:
+        rows_out[0].extend(
+            [j for k, j in enumerate(kept_nodes) if k not in unread] if unread else kept_nodes
+        )
+        rows_out[1].extend([r[0] for r in rows])
     src = m.graph
     dense: list[TensorProto | Initializer] = [t for t in src.initializer if t.name in read]
     dropped = {t.name for t in src.initializer} - read
@@ -1097,11 +1153,19 @@ def _plan(
     rd: _Reader,
     rename: dict[str, str],
     pre: dict[str, str],
-    dispatch: str = IMPORTED_PLATFORM,
-    entry_ops: set[str] | frozenset[str] = frozenset(),
+    dispatch: str,
+    entry_ops: set[str],
+    first_out: list[str],
+    row_nodes: list[int],
+    row_names: list[str],
 ) -> tuple[QuantPlan, tuple[tuple[Slot, str], ...]]:
     """The plan of ``points`` on the imported graph (links: overlap per point, follow per
     shared scale initializer).
+
+    A point names its slots by model node: the op of node ``j`` is found by position when
+    the graph kept the builder's order and names (``row_nodes``, ``row_names``: a list
+    compare), else by the tensor it writes (``first_out[j]``), as a reordered or renamed
+    graph needs.
 
     With a ``"node-unit"`` ``dispatch`` platform or the default ``"imported"`` one, the ops of
     ``entry_ops`` (whose quantized output some float readers bypass: fusekit's export of an
@@ -1131,17 +1195,28 @@ def _plan(
     overlaps: list[tuple[int, int, _Params, int | None]] = []
     roots: list[tuple[int, _Point]] = []
 
-    def op_of(first_output: str) -> int:
-        """The id of the op whose first output was ``first_output`` in the model."""
-        if first_output.startswith(_RELU):  # the Clip restored in front of a clamping Q
-            name = first_output[len(_RELU) :]
+    # model node -> op id (-1: found by name, ``op_of``)
+    node_op = [-1] * len(first_out)
+    if ar.op_names == row_names:  # op id = position among the builder's rows
+        for oid, j in enumerate(row_nodes):
+            if j >= 0 and first_out[j]:
+                node_op[j] = oid
+
+    def op_of(j: int, tensor: str = "") -> int:
+        """The id of the op of model node ``j`` (-1: the Clip restored in front of a clamping
+        Q, the op writing ``tensor``), found by the tensor it writes."""
+        if j < 0:
+            name = tensor
         else:  # the node that wrote it (it writes the pre-Clip value when one was restored)
+            first_output = first_out[j]
             name = rename.get(first_output, first_output)
             name = pre.get(name, name)
         tid = tid_of.get(name)
         if tid is None or a_producer[tid] < 0:
             raise UnsupportedQuantization(
-                f"cannot find the op writing {first_output!r} in the imported graph", rd.label
+                f"cannot find the op writing {first_out[j] if j >= 0 else tensor!r} in the "
+                "imported graph",
+                rd.label,
             )
         return int(slot_op[a_producer[tid]])
 
@@ -1165,24 +1240,33 @@ def _plan(
         key = (id(p), rank, state)
         got = memo.get(key)
         if got is None:
-            if state is QuantState.OVERLAPPED:  # a copy of the point's own (no converters)
-                got = config(p, rank, QuantState.ACTIVATED).with_state(state)
+            if state is QuantState.OVERLAPPED:  # a copy of the point's own (its arrays)
+                a = config(p, rank, QuantState.ACTIVATED)
+                assert a.scale is not None and a.offset is not None
+                got = _scaled_copy(a, a.scale, a.offset, state)
             else:
                 got = _config(p, rank, state)
             memo[key] = got
         return got
 
     for pt in points:
-        rank = rank_of(pt.tensor)
+        axis = pt.params.axis
+        # the rank only places a negative axis (a per-tensor config is the same at any rank)
+        rank = rank_of(pt.tensor) if axis is not None and axis < 0 else None
         first: int | None = None
         overlapped: TensorQuantConfig | None = None
         if pt.kind == "after":
             assert pt.producer is not None
-            oid = op_of(pt.producer[0])
-            first = slot_base[oid] + n_in[oid] + pt.producer[1]
+            j, out_k = pt.producer
+            oid = node_op[j] if j >= 0 else -1
+            if oid < 0:
+                oid = op_of(j, pt.tensor)
+            first = slot_base[oid] + n_in[oid] + out_k
             configs[first] = config(pt.params, rank, QuantState.ACTIVATED)
-        for out0, k in pt.readers:
-            reader = op_of(out0)
+        for j, k in pt.readers:
+            reader = node_op[j]
+            if reader < 0:
+                reader = op_of(j)
             if pt.kind == "after" and reader in entry_oids:
                 continue  # an op running in float: its input stays FP32 (see above)
             if pt.kind == "after" and k == 0 and op_types[reader] == _BN:
@@ -1291,7 +1375,7 @@ class _Getter:
 
 
 def _is_qoperator(types: list[str]) -> bool:
-    return any(t in _QOP or t in _QOP_REFUSED or t.startswith("QLinear") for t in types)
+    return any(t in _QOP or t in _QOP_REFUSED or t.startswith("QLinear") for t in set(types))
 
 
 def _qoperator_to_qdq(m: ModelProto, nd: _Nodes, label: str, base_dir: str | None) -> ModelProto:
