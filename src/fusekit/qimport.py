@@ -124,10 +124,14 @@ class _Params:
     zero: np.ndarray[Any, Any] = attrs.field(eq=False)
     axis: int | None
     names: tuple[str, str]
-    #: the parameters by value: computed once (pairs are matched and grouped by it)
-    key: tuple[Any, ...] = attrs.field(init=False, eq=False)
+    #: the parameters by value, ``(dtype, scale as float32 bytes, scale shape, zero point as
+    #: int64 bytes, axis)``: computed once (pairs are matched and grouped by it); given by a
+    #: reader that has the bytes already, else computed here
+    key: tuple[Any, ...] = attrs.field(default=(), eq=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.key:
+            return
         scale, zero = self.scale, self.zero
         key = (
             self.dtype,
@@ -279,11 +283,13 @@ class _Reader:
         dtype = tz.data_type
         if dtype not in _SCALAR_FORMATS:
             return None
-        sv, zv = _scalar(ts), _scalar(tz)
+        sv, zv = _scalar(ts, _FLOAT), _scalar(tz, dtype)
         if sv is None or zv is None:
             return None
         scale, zero = np.array(sv, np.float32), np.array(zv, np.int64)
-        return _Params(dtype, scale, zero, None, (ins[1], ins[2]))
+        # the key ``_Params`` computes, from the values (``=``: native order, as ``tobytes``)
+        key = (dtype, _PACK_F32(sv), (), _PACK_I64(zv), None)
+        return _Params(dtype, scale, zero, None, (ins[1], ins[2]), key)
 
     def _const_type(self, name: str, node: onnx.NodeProto) -> int:
         t = self.inits.get(name)
@@ -305,10 +311,14 @@ _SCALAR_FORMATS: dict[int, struct.Struct] = {
 }
 
 
-def _scalar(t: TensorProto) -> float | int | None:
+_PACK_F32, _PACK_I64 = struct.Struct("=f").pack, struct.Struct("=q").pack
+
+
+def _scalar(t: TensorProto, data_type: int) -> float | int | None:
     """The value of a scalar (``dims`` empty) float32 or 8/16-bit initializer held in the
-    file, or None (another shape or type, external data: :func:`_fast_array` reads those)."""
-    fmt = _SCALAR_FORMATS.get(t.data_type)
+    file (``data_type``: its type, read already), or None (another shape or type, external
+    data: :func:`_fast_array` reads those)."""
+    fmt = _SCALAR_FORMATS.get(data_type)
     if fmt is None or len(t.dims) or t.data_location == _EXTERNAL or t.HasField("segment"):
         return None
     raw = t.raw_data
@@ -317,7 +327,7 @@ def _scalar(t: TensorProto) -> float | int | None:
             return None
         v: float | int = fmt.unpack(raw)[0]
         return v
-    if t.data_type == _FLOAT:
+    if data_type == _FLOAT:
         return t.float_data[0] if len(t.float_data) == 1 else None
     return t.int32_data[0] if len(t.int32_data) == 1 else None  # 8/16-bit scalars live there
 
@@ -372,19 +382,20 @@ _INT32_DATA = frozenset(
 )
 
 
-def _refuse_qoperator(types: list[str], label: str) -> None:
-    """Refuse QOperator nodes (``types``: op types, "" outside the ONNX/com.microsoft domains)."""
+def _refuse_qoperator(types: list[str], label: str, kinds: set[str] | None = None) -> None:
+    """Refuse QOperator nodes (``types``: op types, "" outside the ONNX/com.microsoft domains;
+    ``kinds``: the distinct ones, when known)."""
     bad = {
         t
-        for t in set(types)  # the distinct types (a set in C), then the test per type
+        for t in (set(types) if kinds is None else kinds)  # the test per distinct type
         if (t in QUANTIZATION_OP_TYPES or t.startswith("QLinear"))
         and t not in ("QuantizeLinear", "DequantizeLinear")
     }
     if bad:
         found = Counter(t for t in types if t in bad)
-        kinds = ", ".join(f"{t} x{c}" for t, c in sorted(found.items()))
+        listed = ", ".join(f"{t} x{c}" for t, c in sorted(found.items()))
         raise UnsupportedQuantization(
-            f"QOperator-format model: fusekit cannot read these op types: {kinds}; "
+            f"QOperator-format model: fusekit cannot read these op types: {listed}; "
             "export it in QDQ format (onnxruntime: quantize_static(..., "
             "quant_format=QuantFormat.QDQ)) and import that",
             label,
@@ -424,7 +435,7 @@ def _config(p: _Params, rank: int | None, state: QuantState) -> TensorQuantConfi
     """The config of a point with parameters ``p`` (``rank``: its tensor's, read only for a
     negative axis): a copy of one template per kind with the point's own read-only arrays."""
     _name, bits, lo, hi = _INT_TYPES[p.dtype]
-    sym = lo < 0 and not p.zero.any()
+    sym = lo < 0 and not p.key[3].strip(b"\0")  # the zero point's int64 bytes: all zero
     axis = p.axis
     if axis is not None and axis < 0 and rank is not None:
         axis += rank
@@ -517,11 +528,13 @@ def _import(
         return _plain(load(m), label)
     g = m.graph
     nd = _Nodes.read(g)
-    if _is_qoperator(nd.types):  # QLinearConv, QGemm, ...: the QDQ form it computes
+    op_kinds = set(nd.types)  # the distinct op types (a set built in C)
+    if _is_qoperator(op_kinds):  # QLinearConv, QGemm, ...: the QDQ form it computes
         m = _qoperator_to_qdq(m, nd, label, base_dir)
         g = m.graph
         nd = _Nodes.read(g)
-    _refuse_qoperator(nd.types, label)
+        op_kinds = set(nd.types)
+    _refuse_qoperator(nd.types, label, op_kinds)
     rd = _Reader(m, label, base_dir, nd)
     nodes, node_ins, node_outs = nd.protos, nd.ins, nd.outs
     kinds = {"QuantizeLinear": 1, "DequantizeLinear": 2}
@@ -554,7 +567,12 @@ def _import(
         n = nodes[i]
         out = node_outs[i][0]
         rs = readers.get(out, [])
-        if out in out_set or not rs or not all(qdq[j] == 2 for j, _ in rs):
+        paired = bool(rs) and out not in out_set
+        for j, _ in rs:
+            if qdq[j] != 2:
+                paired = False
+                break
+        if not paired:
             dangling.append(Dangling("q_without_dq", nm(i), node_ins[i][0]))
             continue
         p = rd.params(n, node_ins[i])
@@ -669,8 +687,11 @@ def _import(
         return [rj for d in dq_outputs(q) for rj in direct_readers(d)]
 
     for src, qs in by_src.items():
-        level1 = [q for q in qs if node_ins[q][0] == src]
-        level2 = [q for q in qs if q not in level1]
+        if len(qs) == 1:  # the common case: one pair on the value
+            level1, level2 = (qs, []) if node_ins[qs[0]][0] == src else ([], qs)
+        else:
+            level1 = [q for q in qs if node_ins[q][0] == src]
+            level2 = [q for q in qs if q not in level1]
         prod = producer.get(src)
         after = (
             bool(level1)
@@ -678,7 +699,7 @@ def _import(
             and prod not in removed
             and not rd.is_const(src)
             and src not in out_set
-            and len({q_params[q].key for q in level1}) == 1
+            and (len(level1) == 1 or len({q_params[q].key for q in level1}) == 1)
         )
         outs1 = [d for q in level1 for d in dq_outputs(q)]
         if after and direct_readers(src):
@@ -721,8 +742,9 @@ def _import(
         assert prod is not None or not after
         if after:
             assert prod is not None
-            p0 = _Point(q_params[level1[0]], "after", canonical)
-            p0.producer = (prod, node_outs[prod].index(src))
+            p0 = _Point(
+                q_params[level1[0]], "after", canonical, [], (prod, node_outs[prod].index(src))
+            )
             if (
                 restore_clamps
                 and _clamps(p0.params)
@@ -736,22 +758,32 @@ def _import(
             points.append(p0)
             kept_float.add(src)
             for q in level2:
-                pt = _Point(q_params[q], "before", canonical)
-                pt.readers.extend(readers_of(q))
-                points.append(pt)
+                points.append(_Point(q_params[q], "before", canonical, readers_of(q)))
         else:
             for q in level1:
-                pt = _Point(q_params[q], "before", canonical)
-                pt.readers.extend(readers_of(q))
-                points.append(pt)
+                points.append(_Point(q_params[q], "before", canonical, readers_of(q)))
 
     # a pair after its producer that only float readers bypass is a point, not unread
     dangling = [d for d in dangling if d.kind != "dq_unread" or d.tensor not in kept_float]
 
     # 4. quantized constants: one float initializer per (integer initializer, parameters)
     new_inits: list[Initializer] = []
-    used_names = set(readers) | set(producer) | set(rd.inits) | out_set
-    used_names |= {vi.name for vi in g.input}
+    input_names = {vi.name for vi in g.input}
+    new_names: set[str] = set()  # names this step takes
+
+    def in_use(t: str) -> bool:
+        return (
+            t in new_names
+            or t in readers
+            or t in producer
+            or t in rd.inits
+            or t in out_set
+            or t in input_names
+        )
+
+    def used_names() -> set[str]:  # every name in use (for fresh names: rarely needed)
+        return set(readers) | set(producer) | set(rd.inits) | out_set | input_names | new_names
+
     made: dict[tuple[Any, ...], str] = {}
     for i, p in param_dq.items():
         n = nodes[i]
@@ -766,24 +798,22 @@ def _import(
                 fname = stripped  # the float original is still there (read as it is too)
                 made[key] = fname
             else:
-                if dq_out in out_set or not stripped or stripped in used_names:
+                if dq_out in out_set or not stripped or in_use(stripped):
                     fname = dq_out
                 else:
                     fname = stripped
-                    used_names.add(fname)
+                    new_names.add(fname)
                 made[key] = fname
                 new_inits.append(Initializer.from_array(fname, value))
         if dq_out != fname:
             rename[dq_out] = fname
-        pt = _Point(p, "param", fname)
-        pt.readers.extend(direct_readers(dq_out))
-        points.append(pt)
+        points.append(_Point(p, "param", fname, list(direct_readers(dq_out))))
 
     # 5. the float graph, straight from the node fields (no float model written and read back)
     pre: dict[str, str] = {}
     rows: tuple[list[int], list[str]] = ([], [])  # the graph's ops: model node, name
     graph = _float_graph(
-        m, nd, removed, rename, new_inits, used_names, label, base_dir, relus, pre, rows
+        m, nd, removed, rename, new_inits, used_names, label, base_dir, relus, pre, rows, rd.inits
     )
     plan, scale_names = _plan(
         graph, points, rd, rename, pre, dispatch, entry_ops, first_out, rows[0], rows[1]
@@ -1012,12 +1042,13 @@ def _float_graph(
     removed: set[int],
     rename: dict[str, str],
     new_inits: Iterable[Initializer],
-    taken: set[str],
+    taken: Callable[[], set[str]],
     label: str,
     base_dir: str | None,
     relus: Iterable[tuple[str, float]] = (),
     pre_names: dict[str, str] | None = None,
     rows_out: tuple[list[int], list[str]] | None = None,
+    inits: dict[str, TensorProto] | None = None,
 ) -> Graph:
     """The float graph: the model without the removed Q/DQ, tensors renamed, dequantized
     weights added (numpy arrays, never written as tensors).
@@ -1025,17 +1056,24 @@ def _float_graph(
     Built straight from the node fields the importer read (:func:`build_graph_from_nodes`:
     :func:`fusekit.load`'s checks, no float model written and read back). The kept nodes are
     the ops' sources (their attributes decode lazily); their renamed inputs and outputs are
-    the ops' own, which :func:`fusekit.to_model` writes. ``taken`` holds every name in use
-    (fresh names for restored clamps avoid it). ``rows_out`` receives, per op given to the
-    builder in order, the model node it is (-1 for a restored Clip) and its name.
+    the ops' own, which :func:`fusekit.to_model` writes. ``taken()`` gives every name in use
+    (fresh names for restored clamps avoid it; built only when a clamp is restored).
+    ``rows_out`` receives, per op given to the builder in order, the model node it is (-1 for
+    a restored Clip) and its name. ``inits``: the model's initializers by name (read
+    already), else read here.
     """
+    if inits is None:
+        inits = {t.name: t for t in m.graph.initializer}
     out = ModelProto()
     relu_at = dict(relus)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 21)
     clip_inits: list[TensorProto] = []
-    taken = taken | set(nodes.names)
+    namer: list[Callable[[str], str]] = []
 
-    fresh = _namer(taken)
+    def fresh(base: str) -> str:
+        if not namer:  # the first restored clamp: the names in use, once
+            namer.append(_namer(taken() | set(nodes.names)))
+        return namer[0](base)
 
     # everything but the nodes, initializers and value_info is copied into a header model
     copy_fields(m, out, skip=("graph",))
@@ -1047,15 +1085,18 @@ def _float_graph(
     read: set[str] = {o.name for o in g.output}
     produced: set[str] = set()
     rget = rename.get
+    renamed = rename.keys()
     protos, names, all_ins, all_outs = nodes.protos, nodes.names, nodes.ins, nodes.outs
     op_types, domains = nodes.op_types, nodes.domains
     for i, c in enumerate(protos):
         if i in removed:
             continue
         ins, outs = all_ins[i], all_outs[i]
-        if rename:
-            ins = tuple([rget(t, t) for t in ins])
-            outs = tuple([rget(t, t) for t in outs])
+        if rename:  # most nodes touch no renamed name: a set test in C first
+            if not renamed.isdisjoint(ins):
+                ins = tuple([rget(t, t) for t in ins])
+            if not renamed.isdisjoint(outs):
+                outs = tuple([rget(t, t) for t in outs])
         read.update(ins)
         produced.update(outs)
         op = nodes.types[i]
@@ -1106,8 +1147,13 @@ def _float_graph(
         )
         rows_out[1].extend([r[0] for r in rows])
     src = m.graph
-    dense: list[TensorProto | Initializer] = [t for t in src.initializer if t.name in read]
-    dropped = {t.name for t in src.initializer} - read
+    dense: list[TensorProto | Initializer]
+    if len(inits) == len(src.initializer):  # ``inits`` in file order (no name twice)
+        dense = [t for name, t in inits.items() if name in read]
+        dropped = inits.keys() - read
+    else:  # a name twice: the builder refuses it, as load does
+        dense = [t for t in src.initializer if t.name in read]
+        dropped = {t.name for t in src.initializer} - read
     dense.extend(new_inits)
     dense.extend(clip_inits)
     if dropped:
@@ -1374,8 +1420,9 @@ class _Getter:
         return self.ins[k] if k < len(self.ins) else ""
 
 
-def _is_qoperator(types: list[str]) -> bool:
-    return any(t in _QOP or t in _QOP_REFUSED or t.startswith("QLinear") for t in set(types))
+def _is_qoperator(kinds: Iterable[str]) -> bool:
+    """True when a node has one of ``kinds``: QOperator op types (``kinds``: distinct)."""
+    return any(t in _QOP or t in _QOP_REFUSED or t.startswith("QLinear") for t in kinds)
 
 
 def _qoperator_to_qdq(m: ModelProto, nd: _Nodes, label: str, base_dir: str | None) -> ModelProto:
