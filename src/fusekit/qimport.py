@@ -42,6 +42,7 @@ import os
 import struct
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 import attrs
@@ -686,6 +687,7 @@ def _import(
     def readers_of(q: int) -> list[tuple[int, int]]:
         return [rj for d in dq_outputs(q) for rj in direct_readers(d)]
 
+    const_inits, const_nodes = rd.inits, rd.constants
     for src, qs in by_src.items():
         if len(qs) == 1:  # the common case: one pair on the value
             level1, level2 = (qs, []) if node_ins[qs[0]][0] == src else ([], qs)
@@ -697,11 +699,17 @@ def _import(
             bool(level1)
             and prod is not None
             and prod not in removed
-            and not rd.is_const(src)
+            and src not in const_inits  # rd.is_const, inlined
+            and src not in const_nodes
             and src not in out_set
             and (len(level1) == 1 or len({q_params[q].key for q in level1}) == 1)
         )
-        outs1 = [d for q in level1 for d in dq_outputs(q)]
+        # (one pair: its DQ outputs as they are, never modified here)
+        outs1 = (
+            dq_outputs(level1[0])
+            if len(level1) == 1
+            else [d for q in level1 for d in dq_outputs(q)]
+        )
         if after and direct_readers(src):
             # read both as it is and through the pair: a point after the producer only when
             # fusekit's exporter wrote it so (``X_float -> Q -> DQ -> X``, the float readers
@@ -1235,7 +1243,6 @@ def _plan(
     tid_of = ar.tensor_id  # name -> tensor id (a dict)
     slot_base, n_in, slot_op, a_producer = ar.slot_base, ar.n_in, ar.slot_op, ar.producer
     op_types = ar.op_types
-    configs: dict[int, TensorQuantConfig] = {}
     # (slot, root slot, parameters, rank): the slot's config is OVERLAPPED already (one shared
     # object per point; ``overlap_sid`` would copy an ACTIVATED one per slot)
     overlaps: list[tuple[int, int, _Params, int | None]] = []
@@ -1295,31 +1302,51 @@ def _plan(
             memo[key] = got
         return got
 
+    # the tables by id (what ``QuantPlan.from_configs`` builds from names, without them); ops
+    # with a quantized slot get configs for all their slots (FP32 where the model has none),
+    # filled when the op is first met, before its points' configs are written
+    fp32 = TensorQuantConfig(
+        policy=QuantPolicy.of("PER_TENSOR", "LINEAR", "SYMMETRICAL"), state=QuantState.FP32
+    )
+    n_out = ar.n_out
+    cfg_table: list[TensorQuantConfig | None] = [None] * idx.n_slots
+    dispatch_table: list[str | None] = [None] * len(ar.op_names)
+
+    def claim(oid: int) -> None:
+        dispatch_table[oid] = dispatch
+        base, size = slot_base[oid], n_in[oid] + n_out[oid]
+        cfg_table[base : base + size] = [fp32] * size
+
     for pt in points:
         axis = pt.params.axis
         # the rank only places a negative axis (a per-tensor config is the same at any rank)
         rank = rank_of(pt.tensor) if axis is not None and axis < 0 else None
         first: int | None = None
         overlapped: TensorQuantConfig | None = None
-        if pt.kind == "after":
+        after = pt.kind == "after"
+        if after:
             assert pt.producer is not None
             j, out_k = pt.producer
             oid = node_op[j] if j >= 0 else -1
             if oid < 0:
                 oid = op_of(j, pt.tensor)
             first = slot_base[oid] + n_in[oid] + out_k
-            configs[first] = config(pt.params, rank, QuantState.ACTIVATED)
+            if dispatch_table[oid] is None:
+                claim(oid)
+            cfg_table[first] = config(pt.params, rank, QuantState.ACTIVATED)
         for j, k in pt.readers:
             reader = node_op[j]
             if reader < 0:
                 reader = op_of(j)
-            if pt.kind == "after" and reader in entry_oids:
+            if after and reader in entry_oids:
                 continue  # an op running in float: its input stays FP32 (see above)
-            if pt.kind == "after" and k == 0 and op_types[reader] == _BN:
+            if after and k == 0 and op_types[reader] == _BN:
                 # it reads the pair's output as every consumer does; an OVERLAPPED input would
                 # tell the exporter the BatchNormalization is fused into its producer (folded)
                 continue
             sid = slot_base[reader] + k
+            if dispatch_table[reader] is None:
+                claim(reader)
             if first is None:
                 first = sid
                 state = (
@@ -1327,30 +1354,14 @@ def _plan(
                     if pt.kind == "param" and pt.params.dtype == TensorProto.INT32
                     else QuantState.ACTIVATED
                 )
-                configs[sid] = config(pt.params, rank, state)
+                cfg_table[sid] = config(pt.params, rank, state)
             else:
                 if overlapped is None:  # once per point, not per reader
                     overlapped = config(pt.params, rank, QuantState.OVERLAPPED)
-                configs[sid] = overlapped
+                cfg_table[sid] = overlapped
                 overlaps.append((sid, first, pt.params, rank))
         if first is not None:
             roots.append((first, pt))
-    # ops with a quantized slot get configs for all their slots (FP32 where the model has none)
-    fp32 = TensorQuantConfig(
-        policy=QuantPolicy.of("PER_TENSOR", "LINEAR", "SYMMETRICAL"), state=QuantState.FP32
-    )
-    # the tables by id (what ``QuantPlan.from_configs`` builds from names, without them)
-    n_out = ar.n_out
-    cfg_table: list[TensorQuantConfig | None] = [None] * idx.n_slots
-    dispatch_table: list[str | None] = [None] * len(ar.op_names)
-    for sid in configs:
-        oid = slot_op[sid]
-        if dispatch_table[oid] is None:
-            dispatch_table[oid] = dispatch
-            base = slot_base[oid]
-            cfg_table[base : base + n_in[oid] + n_out[oid]] = [fp32] * (n_in[oid] + n_out[oid])
-    for sid, cfg in configs.items():
-        cfg_table[sid] = cfg
     n = idx.n_slots
     plan = QuantPlan(graph, pvector(cfg_table), pvector([NO_LINK] * n), pvector(dispatch_table))
     e = plan.evolver()
@@ -1359,7 +1370,7 @@ def _plan(
             e.set_cfg(a, config(p, rank, QuantState.ACTIVATED))
     by_name: dict[tuple[Any, ...], int] = {}
     names: list[tuple[Slot, str]] = []
-    for sid, pt in sorted(roots, key=lambda r: r[0]):
+    for sid, pt in sorted(roots, key=itemgetter(0)):
         key = (pt.params.names, pt.params.key)
         names.append((idx.slot_key(sid), pt.params.names[0]))
         master = by_name.get(key)
