@@ -42,6 +42,7 @@ import os
 import struct
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -1096,57 +1097,92 @@ def _float_graph(
     rget = rename.get
     renamed = rename.keys()
     protos, names, all_ins, all_outs = nodes.protos, nodes.names, nodes.ins, nodes.outs
-    op_types, domains = nodes.op_types, nodes.domains
-    for i, c in enumerate(protos):
-        if i in removed:
-            continue
-        ins, outs = all_ins[i], all_outs[i]
+    op_types, domains, types = nodes.op_types, nodes.domains, nodes.types
+    kinds = set(types)
+    if not relu_at and "" not in kinds and kinds.isdisjoint(_SUBGRAPH_OPS):
+        # the common case, no clamp to restore and no sub-graph: the rows by comprehensions
+        # (one per field, each in the interpreter loop), the names read and written by
+        # ``set.update`` over them all
+        keep = [i for i in range(len(protos)) if i not in removed]
+        k_ins = [all_ins[i] for i in keep]
+        k_outs = [all_outs[i] for i in keep]
         if rename:  # most nodes touch no renamed name: a set test in C first
-            if not renamed.isdisjoint(ins):
-                ins = tuple([rget(t, t) for t in ins])
-            if not renamed.isdisjoint(outs):
-                outs = tuple([rget(t, t) for t in outs])
-        read.update(ins)
-        produced.update(outs)
-        op = nodes.types[i]
-        if op in _SUBGRAPH_OPS or not op:  # only these can hold sub-graphs
-            for a in c.attribute:
-                if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                    read.update(_captured(a))  # sub-graph captures
-        if op == "Constant" and domains[i] in ("", "ai.onnx"):
-            constants.append((len(kept), outs[0] if outs else ""))
-        if relu_at and any(t in relu_at for t in outs):
-            new_outs = list(outs)
-            clips: list[NodeFields] = []
-            for k, t in enumerate(outs):
-                if t not in relu_at:
-                    continue
-                # the Relu/Clip the quantizer folded into a clamping Q
-                pre = fresh(f"{t}_before_clip")
-                new_outs[k] = pre
-                if pre_names is not None:
-                    pre_names[t] = pre
-                top = relu_at[t]
-                if opset >= 11:
-                    lo, hi = fresh(f"{t}_clip_min"), fresh(f"{t}_clip_max")
-                    clip_inits.append(numpy_helper.from_array(np.array(0, np.float32), lo))
-                    clip_inits.append(numpy_helper.from_array(np.array(top, np.float32), hi))
-                    clip = helper.make_node("Clip", [pre, lo, hi], [t], fresh(f"{t}_Clip"))
-                    read.update((pre, lo, hi))
-                else:
-                    clip = helper.make_node(
-                        "Clip", [pre], [t], fresh(f"{t}_Clip"), min=0.0, max=float(top)
+            disjoint = renamed.isdisjoint
+            k_ins = [x if disjoint(x) else tuple([rget(t, t) for t in x]) for x in k_ins]
+            k_outs = [x if disjoint(x) else tuple([rget(t, t) for t in x]) for x in k_outs]
+        read.update(chain.from_iterable(k_ins))
+        produced.update(chain.from_iterable(k_outs))
+        if "Constant" in kinds:
+            constants = [
+                (k, k_outs[k][0] if k_outs[k] else "")
+                for k, i in enumerate(keep)
+                if types[i] == "Constant" and domains[i] in ("", "ai.onnx")
+            ]
+        kept = list(
+            zip(
+                [names[i] for i in keep],
+                [op_types[i] for i in keep],
+                [domains[i] for i in keep],
+                k_ins,
+                k_outs,
+                [protos[i] for i in keep],
+                strict=True,
+            )
+        )
+        kept_nodes = keep
+    else:  # clamps to restore or sub-graphs to read: node by node
+        for i, c in enumerate(protos):
+            if i in removed:
+                continue
+            ins, outs = all_ins[i], all_outs[i]
+            if rename:  # most nodes touch no renamed name: a set test in C first
+                if not renamed.isdisjoint(ins):
+                    ins = tuple([rget(t, t) for t in ins])
+                if not renamed.isdisjoint(outs):
+                    outs = tuple([rget(t, t) for t in outs])
+            read.update(ins)
+            produced.update(outs)
+            op = nodes.types[i]
+            if op in _SUBGRAPH_OPS or not op:  # only these can hold sub-graphs
+                for a in c.attribute:
+                    if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                        read.update(_captured(a))  # sub-graph captures
+            if op == "Constant" and domains[i] in ("", "ai.onnx"):
+                constants.append((len(kept), outs[0] if outs else ""))
+            if relu_at and any(t in relu_at for t in outs):
+                new_outs = list(outs)
+                clips: list[NodeFields] = []
+                for k, t in enumerate(outs):
+                    if t not in relu_at:
+                        continue
+                    # the Relu/Clip the quantizer folded into a clamping Q
+                    pre = fresh(f"{t}_before_clip")
+                    new_outs[k] = pre
+                    if pre_names is not None:
+                        pre_names[t] = pre
+                    top = relu_at[t]
+                    if opset >= 11:
+                        lo, hi = fresh(f"{t}_clip_min"), fresh(f"{t}_clip_max")
+                        clip_inits.append(numpy_helper.from_array(np.array(0, np.float32), lo))
+                        clip_inits.append(numpy_helper.from_array(np.array(top, np.float32), hi))
+                        clip = helper.make_node("Clip", [pre, lo, hi], [t], fresh(f"{t}_Clip"))
+                        read.update((pre, lo, hi))
+                    else:
+                        clip = helper.make_node(
+                            "Clip", [pre], [t], fresh(f"{t}_Clip"), min=0.0, max=float(top)
+                        )
+                        read.add(pre)
+                    produced.add(pre)
+                    clips.append(
+                        (clip.name, "Clip", "", tuple(clip.input), tuple(clip.output), clip)
                     )
-                    read.add(pre)
-                produced.add(pre)
-                clips.append((clip.name, "Clip", "", tuple(clip.input), tuple(clip.output), clip))
-            kept.append((names[i], op_types[i], domains[i], ins, tuple(new_outs), c))
-            kept.extend(clips)
+                kept.append((names[i], op_types[i], domains[i], ins, tuple(new_outs), c))
+                kept.extend(clips)
+                kept_nodes.append(i)
+                kept_nodes.extend([-1] * len(clips))
+                continue
+            kept.append((names[i], op_types[i], domains[i], ins, outs, c))
             kept_nodes.append(i)
-            kept_nodes.extend([-1] * len(clips))
-            continue
-        kept.append((names[i], op_types[i], domains[i], ins, outs, c))
-        kept_nodes.append(i)
     # Constant nodes that only fed Q/DQ parameters go with them
     unread = {k for k, t in constants if t not in read}
     rows = [n for k, n in enumerate(kept) if k not in unread] if unread else kept
