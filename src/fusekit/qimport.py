@@ -550,6 +550,7 @@ def _import(
     dangling: list[Dangling] = []
     alias: dict[str, tuple[str, int, int]] = {}  # DQ output -> (Q input, Q node, level)
     q_params: dict[int, _Params] = {}
+    dq_of: dict[int, list[str]] = {}  # a pair's Q -> the outputs of its DQ nodes
     param_dq: dict[int, _Params] = {}
 
     def nm(i: int) -> str:
@@ -602,9 +603,12 @@ def _import(
             )
         q_params[i] = p
         removed.add(i)
+        dq_outs: list[str] = []
+        dq_of[i] = dq_outs
         for j, _ in rs:
             removed.add(j)
             dq_out = node_outs[j][0]
+            dq_outs.append(dq_out)
             alias[dq_out] = (src, i, level)
             if not readers.get(dq_out) and dq_out not in out_set:
                 dangling.append(Dangling("dq_unread", nm(j), src))
@@ -631,7 +635,6 @@ def _import(
             got = direct_memo[t] = [(j, k) for j, k in readers.get(t, ()) if j not in removed]
         return got
 
-    dq_memo: dict[int, list[str]] = {}
     kept_float: set[str] = set()  # values with a point after the producer
     entry_ops: set[str] = set()  # (first outputs of) ops whose float output readers bypass
     nonneg_memo: dict[str, bool] = {}
@@ -679,14 +682,8 @@ def _import(
             nonneg_memo[c] = result
         return result
 
-    def dq_outputs(q: int) -> list[str]:
-        got = dq_memo.get(q)
-        if got is None:
-            got = dq_memo[q] = [node_outs[j][0] for j, _ in readers[node_outs[q][0]]]
-        return got
-
     def readers_of(q: int) -> list[tuple[int, int]]:
-        return [rj for d in dq_outputs(q) for rj in direct_readers(d)]
+        return [rj for d in dq_of[q] for rj in direct_readers(d)]
 
     const_inits, const_nodes = rd.inits, rd.constants
     for src, qs in by_src.items():
@@ -706,11 +703,7 @@ def _import(
             and (len(level1) == 1 or len({q_params[q].key for q in level1}) == 1)
         )
         # (one pair: its DQ outputs as they are, never modified here)
-        outs1 = (
-            dq_outputs(level1[0])
-            if len(level1) == 1
-            else [d for q in level1 for d in dq_outputs(q)]
-        )
+        outs1 = dq_of[level1[0]] if len(level1) == 1 else [d for q in level1 for d in dq_of[q]]
         if after and direct_readers(src):
             # read both as it is and through the pair: a point after the producer only when
             # fusekit's exporter wrote it so (``X_float -> Q -> DQ -> X``, the float readers
@@ -734,7 +727,7 @@ def _import(
             elif len(outs1) == 1:
                 canonical = outs1[0]
         else:
-            bad = [d for q in qs for d in dq_outputs(q) if d in out_set]
+            bad = [d for q in qs for d in dq_of[q] if d in out_set]
             if bad or level2:
                 raise UnsupportedQuantization(
                     f"tensor {src!r} is read both as it is and through Q/DQ "
@@ -745,7 +738,7 @@ def _import(
         if canonical != src:
             rename[src] = canonical
         for q in qs:
-            for d in dq_outputs(q):
+            for d in dq_of[q]:
                 if d != canonical:
                     rename[d] = canonical
         assert prod is not None or not after
