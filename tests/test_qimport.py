@@ -663,6 +663,57 @@ def test_unsorted_file_imports_as_the_sorted_one() -> None:
             import_quantized(shuffled)
 
 
+def test_ops_found_by_position_and_by_name_agree() -> None:
+    """The plan builder finds a point's ops by their position among the float graph's ops when
+    the graph kept the importer's order and names, else by the tensor each writes (unnamed
+    nodes get invented names). Both give the same plan, also when the positions shift: a
+    Constant that only fed Q/DQ parameters is dropped, a Clip is restored after a Conv."""
+    f = TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", f, [1, 2, 3, 3])
+    y = helper.make_tensor_value_info("y", f, [1, 2, 3, 3])
+    inits = [
+        numpy_helper.from_array(np.array(0, np.uint8), "zx"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "sc"),
+        numpy_helper.from_array(np.array(0, np.uint8), "zc"),
+        numpy_helper.from_array(np.arange(4, dtype=np.int8).reshape(2, 2, 1, 1), "wq"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+        numpy_helper.from_array(np.array(0, np.int8), "wz"),
+    ]
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "sx_value")
+    nodes = [
+        helper.make_node("Constant", [], ["sx"], "const", value=scale),  # dropped: a shift
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"], "qx"),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"], "dqx"),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], "dqw"),
+        helper.make_node("Conv", ["xd", "w"], ["c"], "conv1"),
+        helper.make_node("QuantizeLinear", ["c", "sc", "zc"], ["cq"], "qc"),  # clamps: a Clip
+        helper.make_node("DequantizeLinear", ["cq", "sc", "zc"], ["cd"], "dqc"),
+        helper.make_node("Conv", ["cd", "w"], ["y"], "conv2"),
+    ]
+    named = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    unnamed = onnx.ModelProto()
+    unnamed.CopyFrom(named)
+    for n in unnamed.graph.node:
+        n.name = ""
+    for restore in (False, True):
+        a = import_quantized(named, restore_clamps=restore)
+        b = import_quantized(unnamed, restore_clamps=restore)
+        ia, ib = a.graph.index, b.graph.index
+        assert ia.op_names != ib.op_names  # invented names: the ops found by name
+        assert [a.graph.ops[n].op_type for n in ia.op_names] == [
+            b.graph.ops[n].op_type for n in ib.op_names
+        ]
+        assert ("Clip" in [a.graph.ops[n].op_type for n in ia.op_names]) is restore
+        assert list(a.plan.configs) == list(b.plan.configs)
+        assert [a.plan.root_id(s) for s in range(ia.n_slots)] == [
+            b.plan.root_id(s) for s in range(ib.n_slots)
+        ]
+        quantized = [ia.slot_key(s) for s, c in enumerate(a.plan.configs) if c is not None]
+        assert {k.op for k in quantized} == {"conv1", "conv2"} | ({"cd_Clip"} if restore else set())
+
+
 @pytest.mark.parametrize("zp_type", [TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16])
 @pytest.mark.parametrize("raw", [True, False])
 def test_scalar_parameters_read_as_the_general_reader_reads_them(zp_type: int, raw: bool) -> None:

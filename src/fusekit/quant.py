@@ -389,6 +389,58 @@ def _fast_replace(cfg: TensorQuantConfig, **changes: Any) -> TensorQuantConfig:
     return new
 
 
+def _scaled_copy(
+    cfg: TensorQuantConfig,
+    scale: np.ndarray[Any, Any],
+    offset: np.ndarray[Any, Any],
+    state: QuantState,
+) -> TensorQuantConfig:
+    """Copy ``cfg`` with ``scale``, ``offset`` and ``state``, the arrays taken as they are.
+
+    The bulk builder's path (the importer makes one per quantization point, tens of thousands
+    on a large model): the caller passes read-only float32 arrays it made itself, so neither
+    the converter's copy nor :func:`_fast_replace`'s keyword lookups run (~4x cheaper).
+    """
+    new = object.__new__(TensorQuantConfig)
+    for setter, value in zip(
+        _TQC_SETTERS,
+        (
+            cfg.policy,
+            cfg.num_bits,
+            cfg.quant_min,
+            cfg.quant_max,
+            cfg.exponent_bits,
+            cfg.rounding,
+            cfg.channel_axis,
+            cfg.observer,
+            scale,
+            offset,
+            cfg.visibility,
+            state,
+        ),
+        strict=True,
+    ):
+        setter(new, value)
+    return new
+
+
+# the field order _scaled_copy writes in
+assert _TQC_FIELDS == (
+    "policy",
+    "num_bits",
+    "quant_min",
+    "quant_max",
+    "exponent_bits",
+    "rounding",
+    "channel_axis",
+    "observer",
+    "scale",
+    "offset",
+    "visibility",
+    "state",
+), _TQC_FIELDS
+
+
 # id(config) -> (config, {state: variant}, {visibility: variant}). Holding the config keeps
 # its id from being reused while the entry exists. Bounded: cleared when full, which only
 # costs later calls a fresh copy (variants are equal by value either way).
