@@ -45,7 +45,7 @@ def _work(n: int) -> dict[str, int]:
 #: contains, on the QDQ export of a 1k-op generated graph. Measured 534 (the import 489, the
 #: audit beyond its pipeline 45: the placements and the comparison over arrays, 324 before;
 #: 837 with the importer's third pass alone, the import 513 per op; the loader's op list
-#: numbering the index took the import from 513 to 489;
+#: and a tighter index build (the loader's op list, no name lookups) took the import 513 -> 489;
 #: 946 and 623 before the third issue 11 speed pass on the importer: points naming
 #: their ops by model node, found by position in the float graph; configs copied from their
 #: template with the point's own arrays; names in use built only to name a restored clamp;
