@@ -44,7 +44,7 @@ def _work(n: int) -> dict[str, int]:
 #: Work (``work``: lines + calls) per op of import + audit beyond the pipeline run the audit
 #: contains, on the QDQ export of a 1k-op generated graph. Measured 534 (the import 489, the
 #: audit beyond its pipeline 45: the placements and the comparison over arrays, 324 before;
-#: 837 with the importer's third pass alone, the import 513 per op; the loader's op list
+#: 837 with the importer's third pass alone, the import 513 per op;
 #: and a tighter index build (the loader's op list, no name lookups) took the import 513 -> 489;
 #: 946 and 623 before the third issue 11 speed pass on the importer: points naming
 #: their ops by model node, found by position in the float graph; configs copied from their
