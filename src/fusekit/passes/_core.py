@@ -295,8 +295,16 @@ def _materialize(plan: QuantPlan, pass_name: str, raw: tuple[Any, ...]) -> tuple
     """Turn raw records into Decisions by replaying them on ``plan``."""
     ev = plan.evolver()
     idx = plan.graph.index
-    key = idx.slot_key
+    slot_key = idx.slot_key
     names = idx.op_names
+    keys: dict[int, Slot] = {}  # a slot's key once: a record names its slots 4-5 times
+
+    def key(sid: int) -> Slot:
+        k = keys.get(sid)
+        if k is None:
+            k = keys[sid] = slot_key(sid)
+        return k
+
     out: list[Decision] = []
     for record in raw:
         action, rule, ops, a, b, why, args, cfg = record
