@@ -236,3 +236,62 @@ class TestConcat:
         ).run(g, plan)
         assert r.plan == steps.plan
         assert [d.reason for d in r.decisions] == [d.reason for d in steps.decisions]
+
+
+def _first_change_scan(res: fusekit.FusionResult) -> dict[fusekit.Slot, object]:
+    want: dict[fusekit.Slot, object] = {}
+    for d in res.changes:
+        for ch in d.changes:
+            want.setdefault(ch.slot, d)
+    return want
+
+
+@pytest.mark.parametrize("platform", ["trt_int8", "ort_int8", "ppq066_trt_int8"])
+def test_first_changes_name_the_first_decision_that_changed_each_slot(platform: str) -> None:
+    """The audit's lookup of "which decision changed this slot" replays the log as ids and
+    builds only the decisions asked for; it must give, for every slot, the first change that
+    lists the slot among its ``changes``, as scanning the materialized log does."""
+    import sys
+    from pathlib import Path
+
+    from fusekit.examples import example_model_path
+    from fusekit.passes._core import _first_changes
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import generate
+
+    for g in (
+        fusekit.load(example_model_path()),
+        fusekit.load(generate.make_model(400, seed=3).SerializeToString()),
+    ):
+        res = fusekit.default_pipeline(platform).run(g, fusekit.init_plan(g, platform))
+        want = _first_change_scan(res)
+        get = _first_changes(res)
+        got = {s: get(s) for op in g for s in op.slots()}
+        assert len(want) > 100
+        assert {s: d for s, d in got.items() if d is not None} == want
+        assert get(fusekit.Slot("no such op", "in", 0)) is None
+
+
+def test_first_changes_name_an_old_root_switched_off_by_an_overlap() -> None:
+    """Overlapping a slot that already shares another root switches that root off too: the
+    decision lists both slots, and the lookup names it for the old root as well."""
+    from fusekit.examples import example_model_path
+    from fusekit.passes._core import _first_changes
+
+    g = fusekit.load(example_model_path())
+    plan = fusekit.init_plan(g, "trt_int8")
+    idx = g.index
+    convs = [op.name for op in g if op.op_type == "Conv"][:3]
+    a, b, c = (idx.slot_id(fusekit.Slot(n, "out", 0)) for n in convs)
+    ctx = PassContext(g, plan, "trt_int8", "test")
+    ctx.rec.overlap("r", (idx.op_id[convs[0]],), a, b, "first")
+    ctx.rec.overlap("r", (idx.op_id[convs[0]],), a, c, "second")
+    res = ctx.rec.result(plan)
+    first, second = res.changes
+    assert len(second.changes) == 2  # a, and b (a's root until then)
+    get = _first_changes(res)
+    assert get(fusekit.Slot(convs[0], "out", 0)) == first
+    assert get(fusekit.Slot(convs[1], "out", 0)) == second
+    assert get(fusekit.Slot(convs[2], "out", 0)) is None
+    assert {k: get(k) for k in _first_change_scan(res)} == _first_change_scan(res)

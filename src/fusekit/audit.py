@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -50,7 +50,7 @@ from ._util import gc_paused
 from .dispatch import init_plan
 from .graph import Graph, Slot, rule_type
 from .passes import default_pipeline
-from .passes._core import Decision, PipelineResult
+from .passes._core import Decision, PipelineResult, _first_changes
 from .platforms import Platform, get_platform
 from .quant import QuantPlan, QuantState, Visibility
 
@@ -360,16 +360,6 @@ def _nonzero(offset: np.ndarray[Any, Any] | None) -> bool:
     return offset is not None and bool(np.count_nonzero(offset))
 
 
-def _decisions_by_slot(res: PipelineResult) -> dict[Slot, Decision]:
-    out: dict[Slot, Decision] = {}
-    for d in res.decisions:
-        if d.is_refusal:
-            continue
-        for ch in d.changes:
-            out.setdefault(ch.slot, d)
-    return out
-
-
 def audit(
     graph: Graph,
     plan: QuantPlan,
@@ -399,7 +389,7 @@ def _audit(
     want_plan = res.plan
     have = _Where(plan, require_scales=True)
     want = _Where(want_plan, require_scales=False)
-    made_by: dict[Slot, Decision] = {}  # materialized on the first finding that needs it
+    made_by: list[Callable[[Slot], Decision | None]] = []  # on the first finding needing it
     idx = graph.index
     ar = graph.arrays()  # plain lists for the per-slot loops (the pipeline built them)
     st = ar.slot_tensor
@@ -408,10 +398,11 @@ def _audit(
     symmetric_only = p.ppq_target in _SYMMETRIC_ONLY
 
     def decision_of(slot: Slot) -> Decision | None:
-        # the decision log costs more than the audit: build it only when a finding needs it
+        # the decision log costs more than the audit: replay it only when a finding needs it,
+        # and build only the decisions findings name (27k findings at 100k ops: ~1 s -> ~0.5 s)
         if not made_by:
-            made_by.update(_decisions_by_slot(res))
-        return made_by.get(slot)
+            made_by.append(_first_changes(res))
+        return made_by[0](slot)
 
     # 1. points the model has where the platform has none: fused, passive, or float ops
     for tid in np.flatnonzero(have.quantized_mask() & ~want.quantized_mask()).tolist():

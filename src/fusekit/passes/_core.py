@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 
 from .._util import gc_paused
-from ..errors import InvalidPlan, PostconditionError, SharingCycle, UnknownLaw
+from ..errors import InvalidPlan, PostconditionError, SharingCycle, UnknownLaw, UnknownSlot
 from ..graph import Graph, GraphArrays, Slot
 from ..laws import LAWS, Violation
 from ..laws import check as check_laws
@@ -291,34 +291,30 @@ class FusionResult:
         )
 
 
-def _materialize(plan: QuantPlan, pass_name: str, raw: tuple[Any, ...]) -> tuple[Decision, ...]:
-    """Turn raw records into Decisions by replaying them on ``plan``."""
+#: One changed slot of a replayed record, as ids: slot, state and root before, state and root
+#: after.
+_Touched = tuple[int, QuantState, int, QuantState, int]
+
+
+def _replay(
+    plan: QuantPlan, raw: tuple[Any, ...]
+) -> Iterator[tuple[tuple[Any, ...], tuple[_Touched, ...]]]:
+    """Replay raw records on ``plan``: each record with the slots it changed, as ids.
+
+    A change touches its slot and, for an overlap, the slot's old root (switched off with it).
+    """
     ev = plan.evolver()
-    idx = plan.graph.index
-    slot_key = idx.slot_key
-    names = idx.op_names
-    keys: dict[int, Slot] = {}  # a slot's key once: a record names its slots 4-5 times
-
-    def key(sid: int) -> Slot:
-        k = keys.get(sid)
-        if k is None:
-            k = keys[sid] = slot_key(sid)
-        return k
-
-    out: list[Decision] = []
     for record in raw:
-        action, rule, ops, a, b, why, args, cfg = record
-        op_names = tuple(names[o] for o in ops)
-        reason = _fmt(why, args)
+        action, a, b, cfg = record[0], record[3], record[4], record[7]
         if action == REFUSE:
-            out.append(Decision(pass_name, rule, op_names, REFUSE, reason))
+            yield record, ()
             continue
         touched = [a]
         if action == OVERLAP:
             ra = ev.root(a)
             if ra != a:
                 touched.append(ra)
-        before = {s: (ev.cfg(s).state, ev.root(s)) for s in touched}
+        before = [(s, ev.cfg(s).state, ev.root(s)) for s in touched]
         if action == OVERLAP:
             ev.overlap_sid(a, b)
         elif action == FOLLOW:
@@ -327,24 +323,94 @@ def _materialize(plan: QuantPlan, pass_name: str, raw: tuple[Any, ...]) -> tuple
             ev.set_cfg(a, cfg)
         elif action == UNLINK:
             ev.unlink_sid(a)
+        yield record, tuple((s, st, r, ev.cfg(s).state, ev.root(s)) for s, st, r in before)
+
+
+class _Namer:
+    """Slot keys and op names of one graph's ids, each slot's key built once (a record names
+    its slots four or five times)."""
+
+    __slots__ = ("keys", "names", "slot_key")
+
+    def __init__(self, graph: Graph):
+        idx = graph.index
+        self.slot_key = idx.slot_key
+        self.names = idx.op_names
+        self.keys: dict[int, Slot] = {}
+
+    def key(self, sid: int) -> Slot:
+        k = self.keys.get(sid)
+        if k is None:
+            k = self.keys[sid] = self.slot_key(sid)
+        return k
+
+    def decision(
+        self, pass_name: str, record: tuple[Any, ...], touched: tuple[_Touched, ...]
+    ) -> Decision:
+        """The :class:`Decision` of one replayed record."""
+        action, rule, ops, a, b, why, args, cfg = record
+        names = self.names
+        op_names = tuple(names[o] for o in ops)
+        reason = _fmt(why, args)
+        if action == REFUSE:
+            return Decision(pass_name, rule, op_names, REFUSE, reason)
+        key = self.key
         changes = tuple(
-            SlotChange(key(s), st, ev.cfg(s).state, key(r), key(ev.root(s)))
-            for s, (st, r) in before.items()
+            SlotChange(key(s), st, st_after, key(r), key(r_after))
+            for s, st, r, st_after, r_after in touched
         )
-        out.append(
-            Decision(
-                pass_name,
-                rule,
-                op_names,
-                action,
-                reason,
-                key(a),
-                key(b) if b >= 0 else None,
-                cfg,
-                changes,
-            )
+        return Decision(
+            pass_name,
+            rule,
+            op_names,
+            action,
+            reason,
+            key(a),
+            key(b) if b >= 0 else None,
+            cfg,
+            changes,
         )
-    return tuple(out)
+
+
+def _materialize(plan: QuantPlan, pass_name: str, raw: tuple[Any, ...]) -> tuple[Decision, ...]:
+    """Turn raw records into Decisions by replaying them on ``plan``."""
+    namer = _Namer(plan.graph)
+    return tuple(namer.decision(pass_name, rec, t) for rec, t in _replay(plan, raw))
+
+
+def _first_changes(result: FusionResult) -> Callable[[Slot], Decision | None]:
+    """The first decision of ``result`` (a pass's or a pipeline's) that changed a slot.
+
+    Equal to scanning ``result.changes`` for the first decision listing the slot among its
+    ``changes``, without building every :class:`Decision`: the records are replayed as ids
+    and a decision is built when asked for (the audit names the decision of a few slots among
+    hundreds of thousands). Slots the result never changed, or not in its graph, give None.
+    """
+    parts = result.results if isinstance(result, PipelineResult) else (result,)
+    first: dict[int, tuple[str, tuple[Any, ...], tuple[_Touched, ...]]] = {}
+    for r in parts:
+        for rec, touched in _replay(r.input_plan, r._raw):
+            for t in touched:
+                if t[0] not in first:
+                    first[t[0]] = (r.pass_name, rec, touched)
+    idx = result.plan.graph.index
+    namer = _Namer(result.plan.graph)
+    built: dict[int, Decision] = {}  # one object per record, as ``decisions`` gives
+
+    def get(slot: Slot) -> Decision | None:
+        try:
+            sid = idx.slot_id(slot)
+        except UnknownSlot:
+            return None
+        entry = first.get(sid)
+        if entry is None:
+            return None
+        d = built.get(id(entry[1]))
+        if d is None:
+            d = built[id(entry[1])] = namer.decision(*entry)
+        return d
+
+    return get
 
 
 def replay(plan: QuantPlan, decisions: Iterable[Decision]) -> QuantPlan:
