@@ -611,10 +611,9 @@ def _audit(
                 and cfg.scale.size > 1
                 and cfg.channel_axis == want_cfg.channel_axis
             ):  # else per channel on the platform's axis: _weights finds nothing
-                before = len(findings)
-                _weights(findings, ar.op_names[oid], sid, have, want_plan, p)
-                staged.extend((pos[oid], 2, sid, f) for f in findings[before:])
-                del findings[before:]
+                found: list[Finding] = []
+                _weights(found, ar.op_names[oid], sid, have, want_plan, p)
+                staged.extend((pos[oid], 2, sid, f) for f in found)
     for t_rule in bias_types:
         for oid in ar.by_type.get(t_rule, ()):
             if dispatched[oid] is None or n_in[oid] < 3 or st[base[oid] + 2] < 0:
@@ -622,11 +621,10 @@ def _audit(
             want_cfg = want_cfgs[base[oid] + 2]
             if want_cfg is None or want_cfg.state == FP32:
                 continue  # the platform leaves the bias float: _bias finds nothing
-            before = len(findings)
+            found = []
             in_sids = range(base[oid], base[oid] + n_in[oid])
-            _bias(findings, ar.op_names[oid], in_sids, have, want_plan, p)
-            staged.extend((pos[oid], 3, base[oid] + 2, f) for f in findings[before:])
-            del findings[before:]
+            _bias(found, ar.op_names[oid], in_sids, have, want_plan, p)
+            staged.extend((pos[oid], 3, base[oid] + 2, f) for f in found)
     staged.sort(key=lambda x: x[:3])
     findings.extend(f for *_, f in staged)
 
@@ -638,8 +636,6 @@ def _audit(
         if cfg is None or cfg.num_bits >= 32:
             continue
         bits_bad = cfg.num_bits != want_bits
-        if not (bits_bad or (symmetric and (cfg.quant_min >= 0 or _nonzero(cfg.offset)))):
-            continue
         problems = []
         if bits_bad:
             problems.append(f"{cfg.num_bits}-bit (the platform runs {want_bits}-bit)")
@@ -647,6 +643,8 @@ def _audit(
             problems.append("unsigned (uint8)")
         if symmetric and _nonzero(cfg.offset):
             problems.append("non-zero zero point")
+        if not problems:
+            continue
         slot = idx.slot_key(root)
         t = names[st[root]]
         sev = "error" if symmetric_only or bits_bad else "info"

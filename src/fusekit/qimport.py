@@ -685,7 +685,6 @@ def _import(
     def readers_of(q: int) -> list[tuple[int, int]]:
         return [rj for d in dq_of[q] for rj in direct_readers(d)]
 
-    const_inits, const_nodes = rd.inits, rd.constants
     for src, qs in by_src.items():
         if len(qs) == 1:  # the common case: one pair on the value
             level1, level2 = (qs, []) if node_ins[qs[0]][0] == src else ([], qs)
@@ -697,8 +696,7 @@ def _import(
             bool(level1)
             and prod is not None
             and prod not in removed
-            and src not in const_inits  # rd.is_const, inlined
-            and src not in const_nodes
+            and not rd.is_const(src)
             and src not in out_set
             and (len(level1) == 1 or len({q_params[q].key for q in level1}) == 1)
         )

@@ -424,8 +424,8 @@ def _scaled_copy(
     return new
 
 
-# the field order _scaled_copy writes in
-assert _TQC_FIELDS == (
+# the field order _scaled_copy writes in (checked at import, also under ``python -O``)
+if _TQC_FIELDS != (
     "policy",
     "num_bits",
     "quant_min",
@@ -438,7 +438,8 @@ assert _TQC_FIELDS == (
     "offset",
     "visibility",
     "state",
-), _TQC_FIELDS
+):
+    raise ImportError(f"TensorQuantConfig's fields changed order: {_TQC_FIELDS}")
 
 
 # id(config) -> (config, {state: variant}, {visibility: variant}). Holding the config keeps
